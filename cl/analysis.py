@@ -1,0 +1,115 @@
+"""Read runs back from MLflow into tidy pandas frames; tables and plots over seeds.
+
+Used by `clsuite report` and by the notebooks; it only reads the tracking store. One row per
+grid cell: when a `config_hash` has several FINISHED runs (a cell rerun by hand), the latest
+one counts, so no seed is counted twice.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+FINAL_COLUMNS = ("final/avg_acc", "final/avg_inc_acc", "final/forgetting", "final/bwt",
+                 "final/memory_mb", "final/train_seconds")
+PERCENT_METRICS = frozenset({"final/avg_acc", "final/avg_inc_acc", "final/forgetting", "final/bwt"})
+
+
+def load_runs(
+    experiment: str,
+    *,
+    tracking_uri: str | None = None,
+    config_hashes: Iterable[str] | None = None,
+    statuses: Sequence[str] = ("FINISHED",),
+) -> pd.DataFrame:
+    """One row per config hash (latest run) with tags, params (``param.<key>``) and metrics."""
+    from cl.tracking import client_for, resolve_tracking_uri, search_all_runs
+
+    client = client_for(resolve_tracking_uri(tracking_uri))
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return _empty_frame()
+    wanted = set(config_hashes) if config_hashes is not None else None
+    rows = []
+    for run in search_all_runs(client, exp.experiment_id, "tags.config_hash != ''"):
+        tags = run.data.tags
+        if run.info.status not in statuses or (wanted is not None and tags["config_hash"] not in wanted):
+            continue
+        row = {
+            "run_id": run.info.run_id,
+            "status": run.info.status,
+            "start_time": run.info.start_time,
+            "config_hash": tags["config_hash"],
+            "group_hash": tags.get("group_hash"),
+            "label": tags.get("cell"),
+            "strategy": tags.get("strategy"),
+            "scenario": tags.get("scenario"),
+            "seed": int(tags.get("seed", -1)),
+            "failure_reason": tags.get("failure_reason"),
+        }
+        row.update({f"param.{k}": v for k, v in run.data.params.items()})
+        row.update(run.data.metrics)
+        rows.append(row)
+    if not rows:
+        return _empty_frame()
+    frame = pd.DataFrame(rows).sort_values("start_time")
+    frame = frame.drop_duplicates("config_hash", keep="last").reset_index(drop=True)
+    frame["label"] = _group_labels(frame)
+    return frame
+
+
+def summarize(runs: pd.DataFrame, metrics: Sequence[str] = FINAL_COLUMNS) -> pd.DataFrame:
+    """Mean, sample std and n over seeds per `group_hash` (columns ``<metric>.mean`` etc.)."""
+    if runs.empty:
+        return pd.DataFrame(columns=["group_hash", "label", "n"])
+    present = [m for m in metrics if m in runs.columns]
+    grouped = runs.groupby("group_hash", sort=False)
+    out = grouped.agg(label=("label", "first"), n=("seed", "nunique")).reset_index()
+    for metric in present:
+        out[f"{metric}.mean"] = grouped[metric].mean().values
+        out[f"{metric}.std"] = grouped[metric].std(ddof=1).values
+    return out
+
+
+def format_mean_std(mean: float, std: float, metric: str) -> str:
+    scale = 100.0 if metric in PERCENT_METRICS else 1.0
+    if mean is None or np.isnan(mean):
+        return "—"
+    text = f"{scale * mean:.1f}" if scale == 100.0 else f"{mean:.3g}"
+    if std is not None and not np.isnan(std):
+        text += f" ± {scale * std:.1f}" if scale == 100.0 else f" ± {std:.2g}"
+    return text
+
+
+def comparison_plot(summary: pd.DataFrame, metric: str = "final/avg_acc", title: str = ""):
+    """Bar chart of one final metric per group with ±1 std error bars."""
+    from matplotlib.figure import Figure
+
+    scale = 100.0 if metric in PERCENT_METRICS else 1.0
+    fig = Figure(figsize=(1.5 + 0.8 * max(len(summary), 1), 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    means = scale * summary[f"{metric}.mean"].to_numpy(dtype=float)
+    stds = scale * np.nan_to_num(summary[f"{metric}.std"].to_numpy(dtype=float))
+    ax.bar(range(len(summary)), means, yerr=stds, capsize=4, color="tab:blue", alpha=0.8)
+    ax.set_xticks(range(len(summary)), summary["label"], rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(metric + (" (%)" if scale == 100.0 else ""))
+    ax.set_title(title or f"{metric}: mean ± std over seeds", fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    return fig
+
+
+def _group_labels(frame: pd.DataFrame) -> pd.Series:
+    """Grid cell labels where every run has one; otherwise the params that vary across groups."""
+    if frame["label"].notna().all():
+        return frame["label"]
+    params = [c for c in frame.columns if c.startswith("param.") and c not in ("param.seed", "param.experiment")]
+    varying = [c for c in params if frame[c].astype(str).nunique() > 1]
+    if not varying:
+        return frame["strategy"].fillna("run")
+    return frame[varying].astype(str).apply(
+        lambda r: ", ".join(f"{c[len('param.'):]}={v}" for c, v in r.items()), axis=1)
+
+
+def _empty_frame() -> pd.DataFrame:
+    return pd.DataFrame(columns=["run_id", "status", "config_hash", "group_hash", "label", "seed"])

@@ -1,0 +1,145 @@
+"""Built-in scenarios and models: their options and where their builders live.
+
+Kept free of torch/Avalanche imports so configs validate instantly; the builders in
+`cl.scenarios` and `cl.models` are imported only when a run is built.
+"""
+from __future__ import annotations
+
+from typing import ClassVar, Optional
+
+from pydantic import Field, model_validator
+
+from cl.datafiles import check_dataset, check_path
+from cl.registry import MODELS, SCENARIOS, NoParams, Params
+
+DEFAULT_EXPERIENCES = 5
+
+
+class ClassSplitParams(Params):
+    """How classes are split into experiences (shared by every class-incremental scenario)."""
+
+    n_experiences: Optional[int] = Field(
+        None, ge=1, description="number of experiences; must divide the number of classes "
+        f"(default {DEFAULT_EXPERIENCES}, or len(classes_per_experience))")
+    classes_per_experience: Optional[list[int]] = Field(
+        None, description="classes in each experience, e.g. [5, 1, 1, 1, 1, 1] for B5-Inc1")
+    class_order: Optional[list[int]] = Field(
+        None, description="explicit class order (a permutation of 0..C-1); overrides shuffling")
+    shuffle_classes: bool = Field(
+        True, description="draw the class order from `seed` when class_order is not given")
+    seed: int = Field(
+        0, description="scenario seed (class order); separate from the training seed")
+    task_labels: bool = Field(
+        False, description="task-incremental: experience t carries task label t")
+
+    @model_validator(mode="after")
+    def _resolve_experiences(self):
+        per_exp = self.classes_per_experience
+        if per_exp is not None:
+            if not per_exp or any(n < 1 for n in per_exp):
+                raise ValueError("classes_per_experience must be a non-empty list of positive ints")
+            if self.n_experiences is not None and self.n_experiences != len(per_exp):
+                raise ValueError(
+                    f"n_experiences={self.n_experiences} disagrees with classes_per_experience "
+                    f"(length {len(per_exp)}); set only one of them")
+            object.__setattr__(self, "n_experiences", len(per_exp))
+        elif self.n_experiences is None:
+            object.__setattr__(self, "n_experiences", DEFAULT_EXPERIENCES)
+        return self
+
+    def split_kwargs(self) -> dict:
+        """Options for a builder: `n_experiences` is passed only when it defines the split."""
+        kwargs = self.model_dump()
+        if self.classes_per_experience is not None:
+            kwargs.pop("n_experiences")
+        return kwargs
+
+
+    def preflight(self) -> None:
+        """Cheap checks before any run starts (data present); raises `ConfigError`."""
+
+
+class DigitsParams(ClassSplitParams):
+    test_fraction: float = Field(0.3, gt=0, lt=1, description="held-out share (fixed split)")
+    train_samples_per_class: Optional[int] = Field(None, ge=1, description="subsample training data")
+
+
+class DiskParams(ClassSplitParams):
+    dataset: ClassVar[str]
+    data_root: Optional[str] = Field(
+        None, description="folder holding the dataset in torchvision's layout "
+        "(default: $CLSUITE_DATA_ROOT, else ./data)")
+    train_samples_per_class: Optional[int] = Field(None, ge=1, description="subsample training data")
+
+    def preflight(self) -> None:
+        check_dataset(self.dataset, self.data_root)
+
+
+class MNISTParams(DiskParams):
+    dataset = "mnist"
+
+
+class FMNISTParams(DiskParams):
+    dataset = "fmnist"
+
+
+class CifarParams(DiskParams):
+    augment: bool = Field(True, description="random crop (pad 4) + horizontal flip on train")
+
+
+class Cifar10Params(CifarParams):
+    dataset = "cifar10"
+
+
+class Cifar100Params(CifarParams):
+    dataset = "cifar100"
+
+
+class TensorFileParams(ClassSplitParams):
+    path: str = Field(description=".npz or .pt file with x_train, y_train, x_test, y_test")
+
+    def preflight(self) -> None:
+        check_path("path", self.path)
+
+
+class FolderParams(ClassSplitParams):
+    train_dir: str = Field(description="ImageFolder root of the training images")
+    test_dir: str = Field(description="ImageFolder root of the test images")
+    image_size: int = Field(32, ge=1, description="images are resized to image_size²")
+    grayscale: bool = False
+
+    def preflight(self) -> None:
+        check_path("train_dir", self.train_dir, directory=True)
+        check_path("test_dir", self.test_dir, directory=True)
+
+
+for _name, _params, _target, _summary in [
+    ("split_digits", DigitsParams, "split_digits",
+     "scikit-learn's bundled 8×8 digits, 10 classes (offline default)"),
+    ("split_mnist", MNISTParams, "split_mnist", "MNIST from data_root (torchvision layout)"),
+    ("split_fmnist", FMNISTParams, "split_fmnist", "Fashion-MNIST from data_root"),
+    ("split_cifar10", Cifar10Params, "split_cifar10", "CIFAR-10 from data_root"),
+    ("split_cifar100", Cifar100Params, "split_cifar100", "CIFAR-100 from data_root"),
+    ("from_tensors", TensorFileParams, "from_file", "your own arrays from an .npz/.pt file"),
+    ("from_folder", FolderParams, "from_folder", "your own images in ImageFolder layout"),
+]:
+    SCENARIOS.register(_name, params=_params, target=f"cl.scenarios:{_target}", summary=_summary)
+
+
+class MLPParams(Params):
+    hidden: list[int] = Field([256, 256], description="hidden layer widths")
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class CNNParams(Params):
+    channels: list[int] = Field([32, 64], description="conv block widths (3×3 conv, ReLU, 2×2 pool)")
+    hidden: int = Field(128, ge=1, description="width of the feature layer")
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+MODELS.register("mlp", params=MLPParams, target="cl.models:build_mlp",
+                summary="multi-layer perceptron on flattened input")
+MODELS.register("cnn", params=CNNParams, target="cl.models:build_cnn",
+                summary="small conv net")
+MODELS.register("resnet32", params=NoParams, target="cl.models:build_resnet32",
+                summary="CIFAR-style ResNet-32 as PyCIL builds it (463,504 params)")

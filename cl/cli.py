@@ -1,0 +1,319 @@
+"""`clsuite` command line: run, grid expand|launch, report, ui, list.
+
+Only this module prints. It imports torch, Avalanche and MLflow lazily, inside the commands
+that need them, so ``clsuite --help`` and ``clsuite grid expand`` answer instantly.
+Exit codes: 0 success, 1 some runs failed, 2 bad input (the message names the field).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Iterator, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from cl.errors import ConfigError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="Continual-learning experiment grids, tracked in MLflow.")
+grid_app = typer.Typer(no_args_is_help=True, help="Expand or launch a YAML grid.")
+app.add_typer(grid_app, name="grid")
+
+console = Console()
+err_console = Console(stderr=True)
+
+TrackingOpt = typer.Option(None, "--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+
+
+@contextlib.contextmanager
+def _user_errors() -> Iterator[None]:
+    try:
+        yield
+    except ConfigError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+
+
+# --------------------------------------------------------------------------- run
+
+
+@app.command()
+def run(
+    config: Path = typer.Argument(..., help="YAML with scenario, model, strategy, train (and seed)"),
+    seed: Optional[int] = typer.Option(None, help="training seed (overrides the file)"),
+    set_: list[str] = typer.Option([], "--set", help="override a field: --set train.lr=0.05"),
+    tracking_uri: Optional[str] = TrackingOpt,
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Train one configuration in this process and log it to MLflow."""
+    _setup_logging(verbose)
+    with _user_errors():
+        from cl.config import load_run_config
+
+        overrides = _parse_sets(set_)
+        if seed is not None:
+            overrides["seed"] = seed
+        cfg = load_run_config(config, overrides)
+    from cl.runner import run as run_one
+
+    with _user_errors(), _progress(console.is_terminal) as progress:
+        task = progress.add_task(f"{cfg.strategy.name} on {cfg.scenario.name}", total=None)
+        result = run_one(cfg, tracking_uri=tracking_uri,
+                         on_progress=lambda d, t, w: progress.update(task, completed=d, total=t, description=w))
+    if not result.ok:
+        err_console.print(f"[bold red]FAILED[/] run {result.run_id}: {result.reason}", highlight=False)
+        raise typer.Exit(1)
+    table = Table(title=f"run {result.run_id} ({cfg.experiment})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    from cl.analysis import format_mean_std
+
+    for key, value in result.metrics.items():
+        if key.startswith("final/"):
+            table.add_row(key, format_mean_std(value, float("nan"), key))
+    console.print(table)
+
+
+def _parse_sets(items: list[str]) -> dict:
+    import yaml
+
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set train.lr=0.05")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+# --------------------------------------------------------------------------- grid
+
+
+@grid_app.command("expand")
+def grid_expand(
+    grid: Path = typer.Argument(..., help="grid YAML"),
+    as_json: bool = typer.Option(False, "--json", help="one JSON object per cell"),
+) -> None:
+    """List the cells of a grid (validated) with their config hashes. Imports no torch."""
+    with _user_errors():
+        from cl.grid import expand, load_grid
+
+        spec = load_grid(grid)
+        cells = expand(spec, source=str(grid))
+    if as_json:
+        import json
+
+        for cell in cells:
+            print(json.dumps({"label": cell.label, "seed": cell.seed, "config_hash": cell.config_hash,
+                              "group_hash": cell.config.group_hash, "config": cell.config.to_dict()}))
+        return
+    table = Table(title=f"grid {spec.name}: {len(cells)} cells → experiment {spec.experiment_name}")
+    for col in ("#", "cell", "seed", "config_hash", "group_hash"):
+        table.add_column(col)
+    for i, cell in enumerate(cells, 1):
+        table.add_row(str(i), cell.label, str(cell.seed), cell.config_hash, cell.config.group_hash)
+    console.print(table)
+
+
+@grid_app.command("launch")
+def grid_launch(
+    grid: Path = typer.Argument(..., help="grid YAML"),
+    workers: int = typer.Option(1, min=1, help="parallel runs (processes, or Ray tasks)"),
+    backend: str = typer.Option("local", help="local | ray"),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="rerun cells whose last run FAILED"),
+    tracking_uri: Optional[str] = TrackingOpt,
+    report: bool = typer.Option(True, "--report/--no-report", help="print the results table at the end"),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Run every cell not yet FINISHED, then print the results table."""
+    _setup_logging(verbose)
+    with _user_errors():
+        if backend not in ("local", "ray"):
+            raise ConfigError(f"--backend: {backend!r} is not a backend; use local or ray")
+        from cl.grid import expand, launch, load_grid
+
+        spec = load_grid(grid)
+        cells = expand(spec, source=str(grid))
+        reporter = _GridReporter(console)
+        with reporter:
+            summary = launch(spec, cells, tracking_uri=tracking_uri, workers=workers, backend=backend,
+                             retry_failed=retry_failed, reporter=reporter, grid_yaml=grid.read_text())
+    console.print(
+        f"grid [bold]{spec.name}[/]: {summary.total} cells — {summary.finished} finished now, "
+        f"{summary.skipped_finished} already finished, {len(summary.failed)} failed", highlight=False)
+    if report:
+        _report(spec.experiment_name, [c.config_hash for c in cells], tracking_uri,
+                title=f"{spec.name} ({spec.experiment_name})", plot_name=spec.name)
+    if summary.failed:
+        err_console.print("[bold red]failed cells:[/]")
+        for label, seed, reason in summary.failed:
+            err_console.print(f"  {label} seed={seed}: {reason}", highlight=False, markup=False)
+        if summary.skipped_failed:
+            err_console.print("rerun them with --retry-failed")
+        raise typer.Exit(1)
+
+
+class _GridReporter:
+    """Progress bars for a launch (off when stdout is not a terminal) and one line per cell."""
+
+    def __init__(self, out: Console):
+        self.out = out
+        self.progress = _progress(out.is_terminal)
+        self.tasks: dict[str, int] = {}
+        self.done = 0
+        self.total = 0
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.progress.__exit__(*exc)
+
+    def launch_started(self, total: int, skipped: int) -> None:
+        self.total = total
+        if skipped:
+            self.out.print(f"skipping {skipped} cell(s) already recorded", highlight=False)
+        self.grid_task = self.progress.add_task("grid", total=total)
+
+    def cell_started(self, cell) -> None:
+        self.tasks[cell.config_hash] = self.progress.add_task(f"  {cell.label} s{cell.seed}", total=None)
+
+    def cell_progress(self, cell, done: int, total: int, what: str) -> None:
+        task = self.tasks.get(cell.config_hash)
+        if task is not None:
+            self.progress.update(task, completed=done, total=total,
+                                 description=f"  {cell.label} s{cell.seed}: {what}")
+
+    def cell_finished(self, cell, status: str, reason: Optional[str]) -> None:
+        self.done += 1
+        task = self.tasks.pop(cell.config_hash, None)
+        if task is not None:
+            self.progress.remove_task(task)
+        self.progress.advance(self.grid_task)
+        colour = "green" if status == "FINISHED" else "red"
+        line = f"[{self.done}/{self.total}] [{colour}]{status}[/] {cell.label} seed={cell.seed}"
+        if reason and status != "FINISHED":
+            line += f" — {reason}"
+        self.progress.console.print(line, highlight=False)
+
+
+def _progress(enabled: bool):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=console, disable=not enabled, transient=False)
+
+
+# --------------------------------------------------------------------------- report
+
+
+@app.command()
+def report(
+    grid: Optional[Path] = typer.Argument(None, help="grid YAML (report its cells)"),
+    experiment: Optional[str] = typer.Option(None, "--experiment", "-e", help="report a whole experiment"),
+    tracking_uri: Optional[str] = TrackingOpt,
+    plot_dir: Path = typer.Option(Path("reports"), help="where the comparison plot is saved"),
+) -> None:
+    """Final metrics per group (mean ± std over seeds) and a comparison plot."""
+    with _user_errors():
+        if (grid is None) == (experiment is None):
+            raise ConfigError("report: give either a grid YAML or --experiment NAME")
+        if grid is not None:
+            from cl.grid import expand, load_grid
+
+            spec = load_grid(grid)
+            cells = expand(spec, source=str(grid))
+            found = _report(spec.experiment_name, [c.config_hash for c in cells], tracking_uri,
+                            title=f"{spec.name} ({spec.experiment_name})", plot_name=spec.name, plot_dir=plot_dir)
+        else:
+            found = _report(experiment, None, tracking_uri, title=experiment, plot_name=experiment,
+                            plot_dir=plot_dir)
+    if not found:
+        raise typer.Exit(1)
+
+
+def _report(experiment: str, config_hashes, tracking_uri, *, title: str, plot_name: str,
+            plot_dir: Path = Path("reports")) -> bool:
+    from cl.analysis import FINAL_COLUMNS, comparison_plot, format_mean_std, load_runs, summarize
+    from cl.plots import to_png
+
+    runs = load_runs(experiment, tracking_uri=tracking_uri, config_hashes=config_hashes)
+    if runs.empty:
+        err_console.print(f"no FINISHED runs found in experiment {experiment!r}")
+        return False
+    summary = summarize(runs)
+    table = Table(title=f"{title}: mean ± std over seeds")
+    table.add_column("group")
+    table.add_column("n", justify="right")
+    for metric in FINAL_COLUMNS:
+        table.add_column(metric.removeprefix("final/") + (" %" if "acc" in metric or metric in
+                         ("final/forgetting", "final/bwt") else ""), justify="right")
+    for _, row in summary.iterrows():
+        table.add_row(str(row["label"]), str(row["n"]),
+                      *(format_mean_std(row.get(f"{m}.mean"), row.get(f"{m}.std"), m) for m in FINAL_COLUMNS))
+    console.print(table)
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    path = plot_dir / f"{plot_name}_comparison.png"
+    path.write_bytes(to_png(comparison_plot(summary, title=f"{title}: final average accuracy")))
+    console.print(f"comparison plot: {path}", highlight=False)
+    return True
+
+
+# --------------------------------------------------------------------------- ui, list
+
+
+@app.command()
+def ui(
+    tracking_uri: Optional[str] = TrackingOpt,
+    port: int = typer.Option(5000, help="port on 127.0.0.1"),
+) -> None:
+    """Start the MLflow UI on 127.0.0.1 for the store in use."""
+    from cl.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(tracking_uri)
+    mlflow_bin = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
+    console.print(f"MLflow UI for {uri} at http://127.0.0.1:{port}", highlight=False)
+    raise typer.Exit(subprocess.call([mlflow_bin, "ui", "--backend-store-uri", uri,
+                                      "--host", "127.0.0.1", "--port", str(port)]))
+
+
+@app.command("list")
+def list_entries(kind: str = typer.Argument("all", help="strategies | scenarios | models | all")) -> None:
+    """What can be named in a config."""
+    from cl.registry import REGISTRIES
+
+    kinds = {"strategies": "strategy", "scenarios": "scenario", "models": "model"}
+    with _user_errors():
+        if kind != "all" and kind not in kinds:
+            raise ConfigError(f"list: {kind!r} is not one of strategies, scenarios, models, all")
+        for plural, singular in kinds.items():
+            if kind not in ("all", plural):
+                continue
+            table = Table(title=plural)
+            for col in ("name", "options", "summary"):
+                table.add_column(col)
+            for entry in REGISTRIES[singular].entries():
+                table.add_row(entry.name, ", ".join(entry.params.model_fields), entry.summary)
+            console.print(table)
+
+
+def main() -> None:
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,255 @@
+"""Validated, frozen run configurations and their canonical hashes.
+
+A run is fully described by a `RunConfig`: the scenario, model and strategy (each a registry
+name plus that entry's options), the training settings, and the training seed. Validation
+fills in every default, so two YAML files that mean the same thing resolve to the same
+config and the same `config_hash` whatever their key order or omitted defaults.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from cl.errors import ConfigError
+from cl.registry import REGISTRIES, import_user_modules
+
+COMPONENTS = ("scenario", "model", "strategy")
+
+
+class TrainConfig(BaseModel):
+    """Optimisation settings shared by every strategy."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    epochs: int = Field(1, ge=1, description="epochs per experience")
+    batch_size: int = Field(32, ge=1)
+    eval_batch_size: int = Field(256, ge=1)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum (not reset between experiences)")
+    weight_decay: float = Field(0.0, ge=0)
+    device: str = Field("cpu", description="'cpu', 'cuda', 'cuda:N' or 'auto'")
+
+
+class ComponentConfig(BaseModel):
+    """A registry name and its validated options (all defaults filled in)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    def flat(self) -> dict[str, Any]:
+        """The YAML form: ``{name: ..., option: value, ...}``."""
+        return {"name": self.name, **self.options}
+
+
+class RunConfig(BaseModel):
+    """One run. Build it with `RunConfig.from_dict` (validates components against the registry)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    experiment: str = Field("default", min_length=1, description="MLflow experiment name")
+    scenario: ComponentConfig
+    model: ComponentConfig
+    strategy: ComponentConfig
+    train: TrainConfig = TrainConfig()
+    seed: int = Field(0, description="training seed (weights, batch order); not the class order")
+    imports: tuple[str, ...] = Field((), description="modules to import first (they register entries)")
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any], *, source: str | None = None) -> "RunConfig":
+        """Validate a plain mapping (e.g. parsed YAML); errors name the dotted field path."""
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"expected a mapping at the top level, got {type(raw).__name__}",
+                              source=source)
+        imports = raw.get("imports") or ()
+        if isinstance(imports, str) or not isinstance(imports, (list, tuple)):
+            raise ConfigError("imports: must be a list of module names", source=source)
+        import_user_modules(imports)
+
+        problems: list[str] = []
+        data = dict(raw)
+        for kind in COMPONENTS:
+            if kind not in data:
+                problems.append(f"{kind}: missing; give at least `{kind}: {{name: ...}}`")
+                continue
+            try:
+                data[kind] = resolve_component(kind, data[kind])
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+        if problems:  # report the other sections' problems too, in one go
+            unknown = sorted(set(data) - set(cls.model_fields))
+            problems.extend(f"{key}: unknown field; allowed: {', '.join(cls.model_fields)}" for key in unknown)
+            try:
+                TrainConfig.model_validate(data.get("train") or {})
+            except ValidationError as exc:
+                problems.extend(format_validation_error(exc, prefix="train"))
+            raise ConfigError(problems, source=source)
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc), source=source) from None
+
+    def preflight(self) -> None:
+        """Cheap checks that need the machine, not just the config (e.g. data on disk)."""
+        for kind in COMPONENTS:
+            component = getattr(self, kind)
+            params = REGISTRIES[kind].get(component.name).params.model_validate(component.options)
+            check = getattr(params, "preflight", None)
+            if check is not None:
+                check()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config as plain data (components flattened, as in YAML)."""
+        out = self.model_dump(mode="json")
+        for kind in COMPONENTS:
+            out[kind] = getattr(self, kind).flat()
+        out["imports"] = list(self.imports)
+        return out
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def identity(self, *, with_seed: bool = True) -> dict[str, Any]:
+        """What the run computes: everything but the experiment name (and the seed, optionally)."""
+        out = self.to_dict()
+        out.pop("experiment")
+        if not with_seed:
+            out.pop("seed")
+        return out
+
+    @property
+    def config_hash(self) -> str:
+        """Hash of the canonical resolved config, seed included: one per grid cell."""
+        return canonical_hash(self.identity())
+
+    @property
+    def group_hash(self) -> str:
+        """Hash without the seed: runs differing only by seed share it (aggregated in reports)."""
+        return canonical_hash(self.identity(with_seed=False))
+
+    def flat_params(self) -> dict[str, str]:
+        """Dotted key -> value strings, for MLflow params."""
+        return {k: _param_str(v) for k, v in flatten(self.to_dict()).items()}
+
+
+def resolve_component(kind: str, raw: Any) -> ComponentConfig:
+    """Look up `raw['name']` in the registry of `kind` and validate the other keys as its options."""
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{kind}: expected a mapping with a `name`, got {raw!r}")
+    name = raw.get("name")
+    registry = REGISTRIES[kind]
+    if not isinstance(name, str):
+        raise ConfigError(f"{kind}.name: missing; registered: {', '.join(registry.names())}")
+    try:
+        entry = registry.get(name)
+    except ConfigError as exc:
+        raise ConfigError(f"{kind}.name: {exc.problems[0]}") from None
+    options = {k: v for k, v in raw.items() if k != "name"}
+    try:
+        params = entry.params.model_validate(options)
+    except ValidationError as exc:
+        allowed = ", ".join(entry.params.model_fields) or "(none)"
+        raise ConfigError(
+            format_validation_error(exc, prefix=kind, allowed=f"{kind} {name!r} accepts: {allowed}")
+        ) from None
+    return ComponentConfig(name=name, options=params.model_dump(mode="json"))
+
+
+def format_validation_error(exc: ValidationError, *, prefix: str = "", allowed: str = "") -> list[str]:
+    """One line per error: ``dotted.path: message (got value)``; unknown keys list the known ones."""
+    lines = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        path = ".".join(str(p) for p in ((prefix,) if prefix else ()) + loc)
+        if err["type"] == "extra_forbidden":
+            known = allowed or _known_fields(exc.title, loc[:-1])
+            msg = "unknown field" + (f"; {known}" if known else "")
+        else:
+            msg = err["msg"]
+            if "input" in err and err["type"] != "missing":
+                msg += f" (got {err['input']!r})"
+        lines.append(f"{path or '<root>'}: {msg}")
+    return lines
+
+
+def _known_fields(model_name: str, loc: tuple) -> str:
+    """'allowed: a, b' for the model that owns the field at `loc` (our config models only)."""
+    from cl.grid import GridSpec
+
+    models = {m.__name__: m for m in (RunConfig, TrainConfig, GridSpec)}
+    model = models.get(model_name)
+    for part in loc:
+        field = model.model_fields.get(str(part)) if model else None
+        annotation = field.annotation if field else None
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return f"allowed: {', '.join(model.model_fields)}" if model else ""
+
+
+def canonical_hash(data: Any, length: int = 16) -> str:
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def _param_str(value: Any) -> str:
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def load_yaml(path: str | Path) -> Any:
+    """Parse a YAML file; problems become a `ConfigError` that names the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"file not found: {path}")
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"not valid YAML: {exc}", source=str(path)) from None
+
+
+def load_run_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> RunConfig:
+    """A `RunConfig` from a YAML file (the `base` keys of a grid plus `seed`)."""
+    raw = load_yaml(path)
+    if isinstance(raw, Mapping) and overrides:
+        raw = dict(raw)
+        for key, value in overrides.items():
+            raw = set_dotted(raw, key, value)
+    return RunConfig.from_dict(raw, source=str(path))
+
+
+def set_dotted(data: Mapping[str, Any], dotted: str, value: Any) -> dict[str, Any]:
+    """A copy of `data` with `a.b.c` set to `value` (intermediate mappings created as needed)."""
+    head, _, rest = dotted.partition(".")
+    out = dict(data)
+    if not rest:
+        out[head] = value
+        return out
+    child = out.get(head)
+    if isinstance(child, str) and head in COMPONENTS:
+        child = {"name": child}
+    if child is None:
+        child = {}
+    if not isinstance(child, Mapping):
+        raise ConfigError(f"{dotted}: cannot set a field inside {head}={child!r}, which is not a mapping")
+    out[head] = set_dotted(child, rest, value)
+    return out

@@ -1,0 +1,539 @@
+"""Experiment grids: YAML -> `GridSpec` -> cells (one `RunConfig` each) -> launch.
+
+A grid file::
+
+    name: quickstart                 # the grid's name (tag `grid` on every run)
+    experiment: quickstart           # MLflow experiment (default: name)
+    base: {scenario: ..., model: ..., strategy: ..., train: ...}
+    grid:                            # cartesian product over dotted keys
+      strategy.name: [naive, ewc]
+      train.lr: [0.1, 0.01]
+    seeds: [0, 1]                    # training seeds; the scenario seed is scenario.seed
+
+A grid value that is a mapping replaces the whole subtree, which is how strategies with
+different options share one grid::
+
+    grid:
+      strategy: [{name: naive}, {name: replay, mem_size: 500}]
+
+Launching skips every cell whose `config_hash` already has a FINISHED run in the
+experiment (and FAILED ones unless ``retry_failed``), so an interrupted grid resumes where it
+stopped. One parent run per launch; one child run per cell. Workers never write to MLflow:
+they forward their logging to the launcher (see `cl.tracking.QueueRunLog`).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import queue as queue_module
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Literal, Mapping, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from cl.config import COMPONENTS, RunConfig, format_validation_error, load_yaml, set_dotted
+from cl.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+GRID_KEYS = (*COMPONENTS, "train")
+
+
+class GridSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.\-]+$")
+    experiment: str | None = Field(None, description="MLflow experiment (default: the grid name)")
+    description: str = ""
+    base: dict[str, Any]
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    imports: list[str] = Field(default_factory=list)
+
+    @field_validator("grid")
+    @classmethod
+    def _check_grid(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for key, values in grid.items():
+            head = key.split(".")[0]
+            if head not in GRID_KEYS:
+                raise ValueError(f"key {key!r}: must start with one of {', '.join(GRID_KEYS)} "
+                                 "(training seeds go under `seeds:`)")
+            if not values:
+                raise ValueError(f"key {key!r}: needs at least one value")
+        return grid
+
+    @field_validator("seeds")
+    @classmethod
+    def _check_seeds(cls, seeds: list[int]) -> list[int]:
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"repeated seeds in {seeds}")
+        return seeds
+
+    @property
+    def experiment_name(self) -> str:
+        return self.experiment or self.name
+
+
+@dataclass(frozen=True)
+class Cell:
+    config: RunConfig
+    overrides: Mapping[str, Any]       # the grid values of this cell (without the seed)
+
+    @property
+    def config_hash(self) -> str:
+        return self.config.config_hash
+
+    @property
+    def label(self) -> str:
+        return describe_overrides(self.overrides) or "base"
+
+    @property
+    def seed(self) -> int:
+        return self.config.seed
+
+
+def load_grid(path: str | Path) -> GridSpec:
+    raw = load_yaml(path)
+    if not isinstance(raw, Mapping):
+        raise ConfigError("a grid file must be a mapping with name, base, grid, seeds", source=str(path))
+    try:
+        return GridSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc), source=str(path)) from None
+
+
+def expand(spec: GridSpec, *, source: str | None = None) -> list[Cell]:
+    """Every (grid combination × seed) as a validated cell; all problems reported at once."""
+    keys = list(spec.grid)
+    problems: dict[str, list[str]] = {}          # problem -> the cells it occurs in
+    n_combos = 0
+    cells: list[Cell] = []
+    seen: set[str] = set()
+    for combo in itertools.product(*(spec.grid[k] for k in keys)):
+        n_combos += 1
+        overrides = dict(zip(keys, combo))
+        where = describe_overrides(overrides) or "base"
+        raw: dict[str, Any] = dict(spec.base)
+        try:
+            for key, value in overrides.items():
+                raw = set_dotted(raw, key, value)
+            raw["experiment"] = spec.experiment_name
+            raw["imports"] = list(dict.fromkeys([*spec.imports, *(raw.get("imports") or [])]))
+            configs = [RunConfig.from_dict({**raw, "seed": seed}) for seed in spec.seeds]
+        except ConfigError as exc:
+            for problem in exc.problems:
+                problems.setdefault(problem, []).append(where)
+            continue
+        for config in configs:
+            if config.config_hash in seen:
+                log.warning("grid %s: %s resolves to a config already in the grid; skipped",
+                            spec.name, where)
+                continue
+            seen.add(config.config_hash)
+            cells.append(Cell(config, overrides))
+    if problems:
+        lines = [p if len(cells_) == n_combos else f"{'; '.join(cells_)} -> {p}"
+                 for p, cells_ in problems.items()]
+        raise ConfigError(lines, source=source)
+    return cells
+
+
+def describe_overrides(overrides: Mapping[str, Any]) -> str:
+    parts = []
+    for key, value in overrides.items():
+        if isinstance(value, Mapping):
+            extras = {k: v for k, v in value.items() if k != "name"}
+            shown = value.get("name", "") + (json.dumps(extras, sort_keys=True) if extras else "")
+        else:
+            shown = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+        parts.append(f"{key}={shown}")
+    return ", ".join(parts)
+
+
+# --------------------------------------------------------------------------- launching
+
+
+class Reporter(Protocol):
+    """Receives launch events; the CLI draws progress bars from them. Library code never prints."""
+
+    def launch_started(self, total: int, skipped: int) -> None: ...
+    def cell_started(self, cell: Cell) -> None: ...
+    def cell_progress(self, cell: Cell, done: int, total: int, what: str) -> None: ...
+    def cell_finished(self, cell: Cell, status: str, reason: str | None) -> None: ...
+
+
+class SilentReporter:
+    def launch_started(self, total, skipped): pass
+    def cell_started(self, cell): pass
+    def cell_progress(self, cell, done, total, what): pass
+    def cell_finished(self, cell, status, reason): pass
+
+
+@dataclass
+class LaunchSummary:
+    grid: str
+    experiment: str
+    total: int
+    skipped_finished: int = 0
+    skipped_failed: int = 0
+    finished: int = 0
+    failed: list[tuple[str, int, str]] = field(default_factory=list)   # (label, seed, reason)
+    parent_run_id: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.skipped_failed
+
+
+@dataclass(frozen=True)
+class CellState:
+    """What the store already holds for one config hash."""
+
+    finished: bool = False
+    failed_reason: str | None = None
+
+
+def cell_states(client, experiment_id: str) -> dict[str, CellState]:
+    """Latest known outcome per config hash among the experiment's runs."""
+    from cl.tracking import search_all_runs
+
+    states: dict[str, CellState] = {}
+    for run in search_all_runs(client, experiment_id, "tags.config_hash != ''"):
+        key = run.data.tags.get("config_hash")
+        status = run.info.status
+        current = states.get(key, CellState())
+        if status == "FINISHED":
+            states[key] = CellState(finished=True)
+        elif status == "FAILED" and not current.finished:
+            states[key] = CellState(failed_reason=run.data.tags.get("failure_reason", "unknown"))
+    return states
+
+
+def close_orphans(client, experiment_id: str, grid_name: str) -> int:
+    """Mark runs of this grid left RUNNING by a launcher that died as KILLED.
+
+    Raises `ConfigError` if a launcher of the same grid is still alive on this host, because
+    two launchers would run the same cells twice.
+    """
+    from cl.tracking import search_all_runs
+
+    closed = 0
+    parents = search_all_runs(client, experiment_id,
+                          f"tags.grid = '{grid_name}' and tags.kind = 'launch' and attributes.status = 'RUNNING'")
+    for parent in parents:
+        tags = parent.data.tags
+        host, pid = tags.get("launcher.host"), int(tags.get("launcher.pid", "0") or 0)
+        if host == socket.gethostname() and _pid_alive(pid):
+            raise ConfigError(f"grid {grid_name!r} is already being launched by process {pid} "
+                              "on this host; wait for it or stop it first")
+        if host != socket.gethostname():
+            log.warning("launch %s of grid %s on host %s is still RUNNING; treating it as dead",
+                        parent.info.run_id, grid_name, host)
+        for child in search_all_runs(client, experiment_id,
+                                 f"tags.`mlflow.parentRunId` = '{parent.info.run_id}' and attributes.status = 'RUNNING'"):
+            client.set_tag(child.info.run_id, "failure_reason", "launcher died before the run ended")
+            client.set_terminated(child.info.run_id, "KILLED")
+            closed += 1
+        client.set_terminated(parent.info.run_id, "KILLED")
+    return closed
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def launch(
+    spec: GridSpec,
+    cells: list[Cell],
+    *,
+    tracking_uri: str | None = None,
+    workers: int = 1,
+    backend: Literal["local", "ray"] = "local",
+    retry_failed: bool = False,
+    reporter: Reporter | None = None,
+    grid_yaml: str | None = None,
+) -> LaunchSummary:
+    """Run every cell not yet FINISHED; returns what happened. Never raises for a failed cell.
+
+    Raises `ConfigError` before opening any run if a cell's data is missing.
+    """
+    from cl.runner import open_run
+    from cl.tracking import MlflowRunLog, client_for, experiment_id, resolve_tracking_uri
+
+    reporter = reporter or SilentReporter()
+    preflight(cells)
+    uri = resolve_tracking_uri(tracking_uri)
+    client = client_for(uri)
+    exp_id = experiment_id(client, spec.experiment_name)
+    close_orphans(client, exp_id, spec.name)
+
+    summary = LaunchSummary(grid=spec.name, experiment=spec.experiment_name, total=len(cells))
+    states = cell_states(client, exp_id)
+    todo: list[Cell] = []
+    for cell in cells:
+        state = states.get(cell.config_hash, CellState())
+        if state.finished:
+            summary.skipped_finished += 1
+        elif state.failed_reason is not None and not retry_failed:
+            summary.skipped_failed += 1
+            summary.failed.append((cell.label, cell.seed, f"(earlier run) {state.failed_reason}"))
+        else:
+            todo.append(cell)
+    reporter.launch_started(len(todo), len(cells) - len(todo))
+    if not todo:
+        return summary
+
+    parent = client.create_run(exp_id, tags={
+        "grid": spec.name, "kind": "launch", "mlflow.runName": f"{spec.name} launch",
+        "launcher.host": socket.gethostname(), "launcher.pid": str(os.getpid()),
+        "backend": backend, "workers": str(workers), "cells.todo": str(len(todo)),
+        "cells.total": str(len(cells)),
+    })
+    summary.parent_run_id = parent.info.run_id
+    parent_log = MlflowRunLog(client, parent.info.run_id)
+    if grid_yaml is not None:
+        parent_log.log_artifact("grid.yaml", grid_yaml.encode())
+
+    by_key = {cell.config_hash: cell for cell in todo}
+    open_runs: dict[str, str] = {}
+
+    def start(key: str) -> MlflowRunLog:
+        cell = by_key[key]
+        run_id = open_run(client, cell.config, parent_run_id=parent.info.run_id, tags={
+            "grid": spec.name, "kind": "cell", "cell": cell.label,
+        }, run_name=f"{cell.label or 'base'} s{cell.seed}")
+        open_runs[key] = run_id
+        reporter.cell_started(cell)
+        return MlflowRunLog(client, run_id, lambda d, t, w, c=cell: reporter.cell_progress(c, d, t, w))
+
+    def finish(key: str, status: str, reason: str | None) -> None:
+        cell = by_key[key]
+        run_id = open_runs.pop(key, None)
+        if run_id is None:  # died before it could start: still leave a FAILED record
+            run_id = start(key).run_id
+            open_runs.pop(key)
+        if reason and status != "FINISHED":
+            client.set_tag(run_id, "failure_reason", reason[:5000])
+        client.set_terminated(run_id, status)
+        if status == "FINISHED":
+            summary.finished += 1
+        else:
+            summary.failed.append((cell.label, cell.seed, reason or status))
+        reporter.cell_finished(cell, status, reason)
+
+    try:
+        if backend == "local" and workers <= 1:
+            _run_serial(todo, start, finish)
+        else:
+            executor = _make_executor(backend, workers)
+            try:
+                _run_parallel(executor, todo, start, finish)
+            finally:
+                executor.shutdown()
+    except BaseException:
+        for key, run_id in list(open_runs.items()):
+            client.set_tag(run_id, "failure_reason", "launch interrupted")
+            client.set_terminated(run_id, "KILLED")
+        client.set_terminated(parent.info.run_id, "KILLED")
+        raise
+    parent_log.log_metrics({"cells/finished": summary.finished, "cells/failed": len(summary.failed)})
+    client.set_terminated(parent.info.run_id, "FINISHED" if not summary.failed else "FAILED")
+    return summary
+
+
+def preflight(cells: Iterable[Cell]) -> None:
+    """Check every cell's machine-dependent inputs (data on disk) before any run is opened."""
+    problems: dict[str, None] = {}
+    for cell in cells:
+        try:
+            cell.config.preflight()
+        except ConfigError as exc:
+            problems.update(dict.fromkeys(exc.problems))
+    if problems:
+        raise ConfigError(list(problems))
+
+
+def _run_serial(todo: Iterable[Cell], start, finish) -> None:
+    from cl.runner import execute
+
+    for cell in todo:
+        runlog = start(cell.config_hash)
+        result = execute(cell.config, runlog)
+        finish(cell.config_hash, result.status, result.reason)
+
+
+# ---- parallel backends: a worker executes a cell and streams its log calls through a queue.
+
+
+def _run_parallel(executor: "_Executor", todo: list[Cell], start, finish) -> None:
+    """Dispatch cells and replay their log calls until every cell has ended.
+
+    A cell ends with its ``__end__`` message. A worker that dies without sending it (killed,
+    segfault, broken pool) fails its cell once a grace period shows no message is coming.
+    """
+    logs: dict[str, Any] = {}
+    ended: set[str] = set()
+    pending = {executor.submit(cell): cell.config_hash for cell in todo}
+    done_since: dict[Any, float] = {}
+    while pending:
+        for key, method, args in executor.drain(timeout=0.2):
+            if method == "__start__":
+                logs[key] = start(key)
+            elif method == "__end__":
+                logs.pop(key, None)
+                ended.add(key)
+                finish(key, *args)
+            elif key in logs:
+                logs[key].apply(method, args)
+        for handle, key in list(pending.items()):
+            outcome = executor.crashed(handle)
+            if outcome is _STILL_RUNNING:
+                continue
+            if key in ended:
+                del pending[handle]
+                continue
+            first_seen = done_since.setdefault(handle, time.monotonic())
+            if time.monotonic() - first_seen > _END_MESSAGE_GRACE_S:
+                del pending[handle]
+                logs.pop(key, None)
+                ended.add(key)
+                finish(key, "FAILED", f"worker ended without reporting: {outcome or 'no message'}")
+
+
+_END_MESSAGE_GRACE_S = 10.0
+_STILL_RUNNING = object()
+
+
+class _Executor(Protocol):
+    def submit(self, cell: Cell) -> Any: ...
+    def drain(self, timeout: float) -> list[tuple[str, str, tuple]]: ...
+    def crashed(self, handle: Any) -> Any: ...
+    def shutdown(self) -> None: ...
+
+
+def _make_executor(backend: str, workers: int) -> _Executor:
+    if backend == "ray":
+        return _RayExecutor(workers)
+    return _ProcessExecutor(workers)
+
+
+class _ProcessExecutor:
+    """A spawn-based process pool; each worker gets a share of the CPU threads."""
+
+    def __init__(self, workers: int):
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        context = multiprocessing.get_context("spawn")
+        self.queue = context.Queue()
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=context,
+                                        initializer=_init_worker, initargs=(self.queue, threads))
+
+    def submit(self, cell: Cell):
+        return self.pool.submit(_work, cell.config.to_dict(), cell.config_hash)
+
+    def drain(self, timeout: float):
+        items = []
+        try:
+            items.append(self.queue.get(timeout=timeout))
+            while True:
+                items.append(self.queue.get_nowait())
+        except queue_module.Empty:
+            pass
+        return items
+
+    def crashed(self, future):
+        if not future.done():
+            return _STILL_RUNNING
+        exc = future.exception()
+        return None if exc is None else f"{type(exc).__name__}: {exc}"
+
+    def shutdown(self):
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+_worker_queue = None
+
+
+def _init_worker(q, threads: int) -> None:
+    global _worker_queue
+    _worker_queue = q
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _work(config_dict: dict, key: str, q=None) -> str:
+    """Run one cell in a worker; every log call and the outcome travel through the queue."""
+    from cl.runner import execute
+    from cl.tracking import QueueRunLog
+
+    q = q if q is not None else _worker_queue
+    q.put((key, "__start__", ()))
+    try:
+        config = RunConfig.from_dict(config_dict)
+        result = execute(config, QueueRunLog(q, key))
+        status, reason = result.status, result.reason
+    except BaseException as exc:  # noqa: BLE001 - report, then let the pool see it too
+        q.put((key, "__end__", ("FAILED", f"{type(exc).__name__}: {exc}")))
+        raise
+    q.put((key, "__end__", (status, reason)))
+    return status
+
+
+class _RayExecutor:
+    """The same protocol on Ray: tasks on a cluster (or a local `ray.init()`), a Ray queue actor."""
+
+    def __init__(self, workers: int):
+        try:
+            import ray
+            from ray.util.queue import Queue
+        except ImportError as exc:
+            raise ConfigError("--backend ray needs Ray: pip install 'clsuite[ray]'") from exc
+        if not ray.is_initialized():
+            ray.init(address=os.environ.get("RAY_ADDRESS"), num_cpus=None if os.environ.get("RAY_ADDRESS") else max(workers, 1),
+                     include_dashboard=False, log_to_driver=False)
+        self.ray = ray
+        self.queue = Queue()
+        self.remote = ray.remote(num_cpus=1)(_work)
+
+    def submit(self, cell: Cell):
+        return self.remote.remote(cell.config.to_dict(), cell.config_hash, self.queue)
+
+    def drain(self, timeout: float):
+        from ray.util.queue import Empty
+
+        items = []
+        try:
+            items.append(self.queue.get(block=True, timeout=timeout))
+            items.extend(self.queue.get_nowait_batch(self.queue.qsize()))
+        except Empty:
+            pass
+        return items
+
+    def crashed(self, ref):
+        ready, _ = self.ray.wait([ref], timeout=0)
+        if not ready:
+            return _STILL_RUNNING
+        try:
+            self.ray.get(ref)
+        except Exception as exc:  # noqa: BLE001
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
+    def shutdown(self):
+        self.queue.shutdown()

@@ -1,0 +1,162 @@
+"""Name -> builder registries for scenarios, models and strategies.
+
+An entry pairs a *params* model (pydantic, light) with a *target* builder. Targets may be
+given as ``"package.module:function"`` strings and are imported only when a run is built,
+so validating a grid (``clsuite grid expand``) never imports torch or Avalanche.
+
+Built-in entries live in light catalogue modules (``cl.catalog``, ``strategies.catalog``)
+that are imported the first time a registry is queried. Third-party packages add entries by
+exposing a module under the ``clsuite.registry`` entry-point group; a researcher's own
+module can be listed under ``imports:`` in a config and registers on import::
+
+    from cl.registry import STRATEGIES, Params
+
+    class MineParams(Params):
+        strength: float = 1.0
+
+    STRATEGIES.register("mine", params=MineParams, target="my_pkg.mine:build",
+                        summary="My plugin on top of Naive")
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+from pydantic import BaseModel, ConfigDict
+
+from cl.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+ENTRY_POINT_GROUP = "clsuite.registry"
+
+
+class Params(BaseModel):
+    """Base for every entry's options: immutable, and unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NoParams(Params):
+    """For entries that take no options."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    kind: str
+    params: type[Params]
+    target: str | Callable[..., Any]
+    summary: str = ""
+
+    def load(self) -> Callable[..., Any]:
+        """The builder callable, importing its module on first use."""
+        if callable(self.target):
+            return self.target
+        module_name, _, attr = self.target.partition(":")
+        module = importlib.import_module(module_name)
+        try:
+            return getattr(module, attr)
+        except AttributeError as exc:  # a registration bug, not a user error
+            raise ImportError(f"{self.kind} {self.name!r}: {self.target} does not exist") from exc
+
+
+class Registry:
+    """One namespace of entries (all scenarios, all models, or all strategies)."""
+
+    def __init__(self, kind: str, builtin_modules: Iterable[str] = ()):
+        self.kind = kind
+        self._builtin_modules = tuple(builtin_modules)
+        self._entries: dict[str, Entry] = {}
+        self._builtins_loaded = False
+
+    def register(
+        self,
+        name: str,
+        *,
+        params: type[Params] = NoParams,
+        target: str | Callable[..., Any],
+        summary: str = "",
+    ) -> Entry:
+        if not issubclass(params, Params):
+            raise TypeError(f"params for {self.kind} {name!r} must subclass cl.registry.Params")
+        existing = self._entries.get(name)
+        entry = Entry(name=name, kind=self.kind, params=params, target=target, summary=summary)
+        if existing is not None and existing != entry:
+            raise ValueError(f"{self.kind} {name!r} is already registered (target {existing.target})")
+        self._entries[name] = entry
+        return entry
+
+    def get(self, name: str) -> Entry:
+        self._ensure_builtins()
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise ConfigError(
+                f"unknown {self.kind} {name!r}; registered: {', '.join(self.names())}"
+            ) from None
+
+    def names(self) -> list[str]:
+        self._ensure_builtins()
+        return sorted(self._entries)
+
+    def entries(self) -> list[Entry]:
+        return [self._entries[n] for n in self.names()]
+
+    def __contains__(self, name: object) -> bool:
+        self._ensure_builtins()
+        return name in self._entries
+
+    def _ensure_builtins(self) -> None:
+        if self._builtins_loaded:
+            return
+        self._builtins_loaded = True
+        for module in self._builtin_modules:
+            importlib.import_module(module)
+        _load_entry_points()
+
+
+_entry_points_loaded = False
+
+
+def _load_entry_points() -> None:
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            ep.load()
+        except Exception:  # a broken third-party plugin must not break the suite
+            log.exception("could not load clsuite registry plugin %s", ep.value)
+
+
+def import_user_modules(modules: Iterable[str]) -> None:
+    """Import the modules a config lists under ``imports:`` so their entries register.
+
+    The working directory is searched first, as `python -m` would, so a project's own
+    modules work from the `clsuite` console script too.
+    """
+    modules = list(modules)
+    if modules and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ConfigError(
+                f"imports: cannot import module {name!r} ({exc}); it must be importable "
+                "from the working directory or installed in this environment"
+            ) from exc
+
+
+SCENARIOS = Registry("scenario", builtin_modules=("cl.catalog",))
+MODELS = Registry("model", builtin_modules=("cl.catalog",))
+STRATEGIES = Registry("strategy", builtin_modules=("strategies.catalog",))
+
+REGISTRIES: dict[str, Registry] = {"scenario": SCENARIOS, "model": MODELS, "strategy": STRATEGIES}

@@ -1,0 +1,244 @@
+"""One run, end to end: seed, build scenario/model/strategy, train and evaluate, log.
+
+`execute(cfg, runlog)` does the work and never raises for a failure of the run itself: an
+exception or a non-finite loss becomes a FAILED `RunResult` whose reason is also set as the
+``failure_reason`` tag (with the traceback as an artifact). Whoever opened the MLflow run
+closes it with the result's status — `run()` here, or the grid launcher.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import random
+import time
+import traceback
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import numpy as np
+
+from cl.config import RunConfig
+from cl.registry import MODELS, SCENARIOS, STRATEGIES, import_user_modules
+from cl.tracking import RunLog
+
+log = logging.getLogger(__name__)
+
+FINAL_METRICS = (
+    "final/avg_acc", "final/avg_inc_acc", "final/forgetting", "final/bwt",
+    "final/memory_mb", "final/train_seconds",
+)
+
+
+@dataclass
+class RunResult:
+    config_hash: str
+    status: str                                  # "FINISHED" or "FAILED"
+    metrics: dict[str, float] = field(default_factory=dict)
+    accuracy_matrix: list[list[float]] | None = None
+    reason: str | None = None
+    run_id: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "FINISHED"
+
+
+def execute(cfg: RunConfig, runlog: RunLog) -> RunResult:
+    """Train `cfg` and log everything to `runlog`; failures are returned, not raised."""
+    try:
+        return _execute(cfg, runlog)
+    except Exception as exc:  # noqa: BLE001 - any failure of the run is reported, the grid goes on
+        reason = f"{type(exc).__name__}: {exc}"
+        log.warning("run %s failed: %s", cfg.config_hash, reason)
+        try:
+            runlog.set_tags({"failure_reason": reason[:5000]})
+            runlog.log_artifact("failure/traceback.txt", traceback.format_exc().encode())
+        except Exception:  # noqa: BLE001 - the tracking store itself may be what failed
+            log.exception("could not record the failure of run %s", cfg.config_hash)
+        return RunResult(cfg.config_hash, "FAILED", reason=reason)
+
+
+def _execute(cfg: RunConfig, runlog: RunLog) -> RunResult:
+    import torch
+
+    from cl import metrics, plots
+    from cl.models import count_parameters
+    from cl.tracking import make_finite_loss_guard, make_logger_plugin, provenance, to_json_bytes
+    from strategies.base import StrategyContext, count_exemplars, persistent_state_bytes
+
+    import_user_modules(cfg.imports)
+    started = time.perf_counter()
+    scenario_params = _params(SCENARIOS, cfg.scenario)
+    runlog.log_artifact("provenance.json", to_json_bytes(
+        provenance({"seed": cfg.seed, "scenario.seed": scenario_params.seed})))
+    seed_everything(cfg.seed)
+
+    build_scenario = SCENARIOS.get(cfg.scenario.name).load()
+    scenario = build_scenario(**scenario_params.split_kwargs())
+    device = resolve_device(cfg.train.device)
+    model = MODELS.get(cfg.model.name).load()(
+        input_shape=scenario.input_shape, n_classes=scenario.n_classes,
+        **_params(MODELS, cfg.model).model_dump()).to(device)
+    optimizer = make_optimizer(model, cfg.train)
+    logger = make_logger_plugin(runlog, test_sizes=scenario.test_sizes,
+                                classes_per_experience=scenario.classes_per_experience,
+                                task_aware=scenario.task_labels)
+    ctx = StrategyContext(
+        model=model, optimizer=optimizer, criterion=torch.nn.CrossEntropyLoss(), train=cfg.train,
+        scenario=scenario, device=device, evaluator=_silent_evaluator(),
+        plugins=[logger, make_finite_loss_guard()])
+    with _quiet_avalanche():
+        strategy = STRATEGIES.get(cfg.strategy.name).load()(ctx, _params(STRATEGIES, cfg.strategy))
+        T = scenario.n_experiences
+        for t, experience in enumerate(scenario.benchmark.train_stream):
+            runlog.progress(t, T, f"experience {t + 1}/{T}")
+            strategy.train(experience, num_workers=0)
+            strategy.eval(scenario.benchmark.test_stream, num_workers=0)
+        runlog.progress(T, T, "done")
+
+    R = logger.R
+    weights = np.asarray(scenario.test_sizes, dtype=float)
+    n_exemplars = count_exemplars(strategy)
+    footprint = metrics.memory_footprint(count_parameters(strategy.model), n_exemplars, scenario.input_shape)
+    final = {
+        "final/avg_acc": metrics.average_accuracy(R, weights),
+        "final/avg_inc_acc": metrics.average_incremental_accuracy(R, weights),
+        "final/forgetting": metrics.forgetting(R),
+        "final/bwt": metrics.backward_transfer(R),
+        "final/memory_mb": footprint.total_mb,
+        "final/train_seconds": logger.train_seconds,
+        "final/wall_seconds": time.perf_counter() - started,
+        "memory/model_bytes": footprint.model_bytes,
+        "memory/exemplar_bytes": footprint.exemplar_bytes,
+        "memory/n_exemplars": n_exemplars,
+        "memory/persistent_state_bytes": persistent_state_bytes(strategy),
+    }
+    runlog.log_metrics(final, step=T - 1)
+    avg_seen = [metrics.seen_accuracy(R, t, weights) for t in range(T)]
+    runlog.log_artifact("accuracy_matrix.csv", matrix_csv(R))
+    runlog.log_artifact("accuracy_matrix.png", plots.to_png(plots.accuracy_heatmap(R)))
+    runlog.log_artifact("accuracy_curve.png", plots.to_png(plots.accuracy_curves(R, avg_seen)))
+    return RunResult(cfg.config_hash, "FINISHED", metrics={k: float(v) for k, v in final.items()},
+                     accuracy_matrix=R.tolist())
+
+
+def run(
+    cfg: RunConfig,
+    *,
+    tracking_uri: str | None = None,
+    parent_run_id: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    on_progress=None,
+) -> RunResult:
+    """Open an MLflow run for `cfg`, execute it in this process, and close it with its status.
+
+    Raises `ConfigError` (nothing logged) when a preflight check fails, e.g. data missing.
+    """
+    from cl.tracking import MlflowRunLog, client_for, resolve_tracking_uri
+
+    cfg.preflight()  # bad input is an error before anything is logged
+    client = client_for(resolve_tracking_uri(tracking_uri))
+    run_id = open_run(client, cfg, parent_run_id=parent_run_id, tags=tags)
+    try:
+        result = execute(cfg, MlflowRunLog(client, run_id, on_progress))
+    except BaseException:
+        client.set_terminated(run_id, "KILLED")
+        raise
+    client.set_terminated(run_id, result.status)
+    result.run_id = run_id
+    return result
+
+
+def open_run(client, cfg: RunConfig, *, parent_run_id: str | None = None,
+             tags: Mapping[str, str] | None = None, run_name: str | None = None) -> str:
+    """Create the MLflow run of `cfg` (RUNNING) with its hashes, params and resolved config."""
+    from cl.tracking import PARENT_TAG, RUN_NAME_TAG, MlflowRunLog, experiment_id
+
+    all_tags = {
+        "config_hash": cfg.config_hash,
+        "group_hash": cfg.group_hash,
+        "strategy": cfg.strategy.name,
+        "scenario": cfg.scenario.name,
+        "seed": str(cfg.seed),
+        RUN_NAME_TAG: run_name or f"{cfg.strategy.name}-{cfg.scenario.name}-s{cfg.seed}",
+        **(tags or {}),
+    }
+    if parent_run_id:
+        all_tags[PARENT_TAG] = parent_run_id
+    run = client.create_run(experiment_id(client, cfg.experiment), tags=all_tags)
+    runlog = MlflowRunLog(client, run.info.run_id)
+    runlog.log_params(cfg.flat_params())
+    runlog.log_artifact("config.yaml", cfg.to_yaml().encode())
+    return run.info.run_id
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy, torch and Avalanche's RNG manager with the training seed."""
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        from avalanche.training.determinism.rng_manager import RNGManager
+
+        RNGManager.set_random_seeds(seed)
+    except ImportError:  # pragma: no cover - older/newer Avalanche layouts
+        pass
+
+
+def resolve_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        from cl.errors import ConfigError
+
+        raise ConfigError(f"train.device: {name!r} requested but CUDA is not available; use 'cpu' or 'auto'")
+    return device
+
+
+def make_optimizer(model, train):
+    import torch
+
+    if train.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=train.lr, momentum=train.momentum,
+                           weight_decay=train.weight_decay)
+
+
+def matrix_csv(R: np.ndarray) -> bytes:
+    buffer = io.StringIO()
+    n = R.shape[0]
+    buffer.write("after_exp," + ",".join(f"exp_{j}" for j in range(n)) + "\n")
+    for t in range(n):
+        buffer.write(f"{t}," + ",".join("" if np.isnan(v) else f"{v:.6f}" for v in R[t]) + "\n")
+    return buffer.getvalue().encode()
+
+
+def _params(registry, component) -> Any:
+    return registry.get(component.name).params.model_validate(component.options)
+
+
+def _silent_evaluator():
+    """An EvaluationPlugin with no metrics and no loggers: the suite does its own logging."""
+    from avalanche.training.plugins import EvaluationPlugin
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="No loggers specified", category=UserWarning)
+        return EvaluationPlugin(loggers=[])
+
+
+class _quiet_avalanche(warnings.catch_warnings):
+    """Silence Avalanche's known, harmless deprecation notices (and only those)."""
+
+    def __enter__(self):
+        result = super().__enter__()
+        warnings.filterwarnings("ignore", message="Call to deprecated function", category=DeprecationWarning)
+        return result

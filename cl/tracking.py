@@ -1,0 +1,342 @@
+"""MLflow tracking: where a run's metrics go, the Avalanche logger plugin, and provenance.
+
+A running experiment writes to a `RunLog`. In a single process that is `MlflowRunLog`
+(direct writes); grid workers get a `QueueRunLog` that forwards every call to the launcher,
+which replays them through one `MlflowRunLog` — a single writer, so parallel workers lose
+nothing to SQLite's locking. Strategies never call MLflow: the `MLflowLoggerPlugin` observes
+training and evaluation and logs through the `RunLog`.
+
+Logged per run (experience t = 0..T-1, metrics with ``step=t``):
+  acc/exp_<j>        row t of the accuracy matrix R[t, j]
+  acc/avg_seen       accuracy on experiences 0..t (weighted by test-set size)
+  train/loss         mean training loss of each epoch (step = global epoch)
+  time/train_exp_s   wall time of the training phase of experience t
+and at the end (see `cl.runner`): final/avg_acc, final/avg_inc_acc, final/forgetting,
+final/bwt, final/memory_mb, final/train_seconds, plus artifacts (config, R as CSV and PNG,
+accuracy curves, provenance).
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+PARENT_TAG = "mlflow.parentRunId"
+RUN_NAME_TAG = "mlflow.runName"
+
+
+class RunLog(Protocol):
+    """The sink one run writes to."""
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
+    def log_params(self, params: Mapping[str, str]) -> None: ...
+    def set_tags(self, tags: Mapping[str, str]) -> None: ...
+    def log_artifact(self, path: str, data: bytes) -> None: ...
+    def progress(self, done: int, total: int, what: str) -> None: ...
+
+
+# --------------------------------------------------------------------------- MLflow store
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """`uri` if given, else what MLflow resolves ($MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)."""
+    import mlflow
+
+    return uri or mlflow.get_tracking_uri()
+
+
+@functools.lru_cache(maxsize=8)
+def client_for(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def experiment_id(client, name: str) -> str:
+    """The id of experiment `name`, creating it if needed (restoring it if deleted)."""
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        try:
+            return client.create_experiment(name)
+        except Exception:  # another process created it between our two calls
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if exp.lifecycle_stage == "deleted":
+        client.restore_experiment(exp.experiment_id)
+    return exp.experiment_id
+
+
+def search_all_runs(client, experiment_id: str, filter_string: str = ""):
+    """Every run matching `filter_string`, following MLflow's pagination."""
+    token = None
+    while True:
+        page = client.search_runs([experiment_id], filter_string=filter_string,
+                                  max_results=1000, page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
+class MlflowRunLog:
+    """Writes straight to an MLflow run. Not safe to share between processes."""
+
+    def __init__(self, client, run_id: str, on_progress: Callable[[int, int, str], None] | None = None):
+        self.client = client
+        self.run_id = run_id
+        self._on_progress = on_progress
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        batch = [Metric(k, float(v), ts, step or 0) for k, v in metrics.items()]
+        for i in range(0, len(batch), 500):
+            self.client.log_batch(self.run_id, metrics=batch[i:i + 500])
+
+    def log_params(self, params: Mapping[str, str]) -> None:
+        from mlflow.entities import Param
+
+        batch = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(batch), 100):
+            self.client.log_batch(self.run_id, params=batch[i:i + 100])
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+
+    def log_artifact(self, path: str, data: bytes) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / Path(path).name
+            local.write_bytes(data)
+            folder = str(Path(path).parent)
+            self.client.log_artifact(self.run_id, str(local), None if folder == "." else folder)
+
+    def progress(self, done: int, total: int, what: str) -> None:
+        if self._on_progress is not None:
+            self._on_progress(done, total, what)
+
+    def apply(self, method: str, args: tuple) -> None:
+        """Replay a call forwarded by a `QueueRunLog`."""
+        if method not in _FORWARDED:
+            raise ValueError(f"unexpected run-log call {method!r}")
+        getattr(self, method)(*args)
+
+
+_FORWARDED = frozenset({"log_metrics", "log_params", "set_tags", "log_artifact", "progress"})
+
+
+class QueueRunLog:
+    """Forwards every call to the launcher as ``(key, method, args)`` on a queue."""
+
+    def __init__(self, queue, key: str):
+        self.queue = queue
+        self.key = key
+
+    def _send(self, method: str, *args) -> None:
+        self.queue.put((self.key, method, args))
+
+    def log_metrics(self, metrics, step=None):
+        self._send("log_metrics", {k: float(v) for k, v in metrics.items()}, step)
+
+    def log_params(self, params):
+        self._send("log_params", dict(params))
+
+    def set_tags(self, tags):
+        self._send("set_tags", dict(tags))
+
+    def log_artifact(self, path, data):
+        self._send("log_artifact", path, bytes(data))
+
+    def progress(self, done, total, what):
+        self._send("progress", done, total, what)
+
+
+class NullRunLog:
+    """Discards everything (benchmarks of raw training speed, dry runs)."""
+
+    def log_metrics(self, metrics, step=None): pass
+    def log_params(self, params): pass
+    def set_tags(self, tags): pass
+    def log_artifact(self, path, data): pass
+    def progress(self, done, total, what): pass
+
+
+# --------------------------------------------------------------------------- Avalanche plugin
+
+
+def _plugin_base():
+    from avalanche.core import SupervisedPlugin
+
+    return SupervisedPlugin
+
+
+def make_logger_plugin(runlog: RunLog, *, test_sizes, classes_per_experience, task_aware: bool = False):
+    """An Avalanche plugin that records the accuracy matrix and logs it per experience.
+
+    Accuracy of test experience j is computed from the model's outputs on it during
+    ``strategy.eval``; with ``task_aware`` (task-incremental scenarios) the prediction is
+    restricted to that experience's classes (single-head model, task-aware inference).
+    """
+    base = _plugin_base()
+
+    class MLflowLoggerPlugin(base):  # type: ignore[misc, valid-type]
+        def __init__(self):
+            super().__init__()
+            n = len(test_sizes)
+            self.R = np.full((n, n), np.nan)
+            self.test_sizes = np.asarray(test_sizes, dtype=float)
+            self.trained = 0
+            self.epochs = 0
+            self.train_seconds = 0.0
+            self._correct = np.zeros(n)
+            self._seen = np.zeros(n)
+            self._class_mask: dict[int, Any] = {}
+
+        # ---- training
+        def before_training_exp(self, strategy, **kwargs):
+            self._t0 = time.perf_counter()
+
+        def before_training_epoch(self, strategy, **kwargs):
+            self._loss_sum, self._loss_n = 0.0, 0
+
+        def after_training_iteration(self, strategy, **kwargs):
+            self._loss_sum += float(strategy.loss.detach())
+            self._loss_n += 1
+
+        def after_training_epoch(self, strategy, **kwargs):
+            if self._loss_n:
+                runlog.log_metrics({"train/loss": self._loss_sum / self._loss_n}, step=self.epochs)
+            self.epochs += 1
+
+        def after_training_exp(self, strategy, **kwargs):
+            seconds = time.perf_counter() - self._t0
+            self.train_seconds += seconds
+            runlog.log_metrics({"time/train_exp_s": seconds}, step=self.trained)
+            self.trained += 1
+
+        # ---- evaluation
+        def before_eval(self, strategy, **kwargs):
+            self._correct[:] = 0
+            self._seen[:] = 0
+
+        def after_eval_iteration(self, strategy, **kwargs):
+            j = strategy.experience.current_experience
+            logits = strategy.mb_output.detach()
+            if task_aware:
+                logits = logits + self._mask(j, logits)
+            pred = logits.argmax(dim=1)
+            self._correct[j] += float((pred == strategy.mb_y).sum())
+            self._seen[j] += len(strategy.mb_y)
+
+        def after_eval(self, strategy, **kwargs):
+            if self.trained == 0:
+                return  # an evaluation before any training is not a row of R
+            t = self.trained - 1
+            evaluated = self._seen > 0
+            self.R[t, evaluated] = self._correct[evaluated] / self._seen[evaluated]
+            row = {f"acc/exp_{j}": self.R[t, j] for j in np.flatnonzero(evaluated)}
+            seen = self.R[t, : t + 1]
+            if not np.isnan(seen).any():
+                row["acc/avg_seen"] = float(np.average(seen, weights=self.test_sizes[: t + 1]))
+            runlog.log_metrics(row, step=t)
+
+        def _mask(self, j, logits):
+            import torch
+
+            if j not in self._class_mask:
+                mask = torch.full((logits.shape[1],), -math.inf)
+                mask[list(classes_per_experience[j])] = 0.0
+                self._class_mask[j] = mask
+            return self._class_mask[j].to(logits.device)
+
+    return MLflowLoggerPlugin()
+
+
+def make_finite_loss_guard():
+    """A plugin that stops training with `NonFiniteLossError` when the loss is NaN or infinite."""
+    from cl.errors import NonFiniteLossError
+
+    class FiniteLossGuard(_plugin_base()):  # type: ignore[misc]
+        def before_backward(self, strategy, **kwargs):
+            loss = strategy.loss
+            if not bool(loss.detach().isfinite().all()):
+                clock = strategy.clock
+                raise NonFiniteLossError(
+                    f"loss became {float(loss.detach().mean())} in experience "
+                    f"{clock.train_exp_counter}, epoch {clock.train_exp_epochs}, "
+                    f"iteration {clock.train_epoch_iterations}; lower train.lr or check the inputs")
+
+    return FiniteLossGuard()
+
+
+# --------------------------------------------------------------------------- provenance
+
+
+_PACKAGES = ("clsuite", "torch", "torchvision", "avalanche-lib", "mlflow", "numpy", "scikit-learn", "pydantic")
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> dict[str, Any]:
+    """Git commit of the clsuite source in use and whether it has uncommitted changes."""
+    root = Path(__file__).resolve().parents[1]
+
+    def git(*args: str) -> str | None:
+        try:
+            out = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return out.stdout.strip() if out.returncode == 0 else None
+
+    sha = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no") if sha else None
+    return {"git_sha": sha or "unknown", "git_dirty": bool(status) if sha else None, "source": str(root)}
+
+
+def provenance(seeds: Mapping[str, int]) -> dict[str, Any]:
+    versions = {}
+    for pkg in _PACKAGES:
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {
+        **code_version(),
+        "seeds": dict(seeds),
+        "versions": versions,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "argv": sys.argv,
+        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def provenance_tags(prov: Mapping[str, Any]) -> dict[str, str]:
+    """The headline provenance as MLflow tags (MLflow's own names where they exist)."""
+    return {
+        "mlflow.source.git.commit": str(prov["git_sha"]),
+        "git_dirty": str(prov["git_dirty"]),
+    }
+
+
+def to_json_bytes(data: Any) -> bytes:
+    return json.dumps(data, indent=2, sort_keys=True, default=str).encode()

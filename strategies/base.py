@@ -1,0 +1,103 @@
+"""What every strategy builder receives, and how a built strategy's memory is counted.
+
+Builders are ``build(ctx: StrategyContext, params) -> SupervisedTemplate``. The runner owns
+the model, optimiser, evaluator and the suite's own plugins (logging, NaN guard); a builder
+only chooses the Avalanche template and its algorithm-specific plugins.
+
+Memory accounting follows MEMO (Zhou et al., ICLR 2023, Sec. 3): exemplars are what a
+strategy *stores* between experiences. Strategies that keep extra tensors across
+experiences (EWC's importances, LwF's and iCaRL's previous model) report them separately as
+*persistent state*, which MEMO's budget does not count but a reader should see.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+
+@dataclass
+class StrategyContext:
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    criterion: nn.Module
+    train: Any                      # cl.config.TrainConfig
+    scenario: Any                   # cl.scenarios.Scenario
+    device: torch.device
+    evaluator: Any                  # avalanche EvaluationPlugin (metric-free: the suite logs itself)
+    plugins: list = field(default_factory=list)
+
+    def template_kwargs(self, extra_plugins: list | tuple = ()) -> dict[str, Any]:
+        """Keyword arguments every Avalanche template takes."""
+        return dict(
+            train_mb_size=self.train.batch_size,
+            train_epochs=self.train.epochs,
+            eval_mb_size=self.train.eval_batch_size,
+            device=self.device,
+            plugins=[*extra_plugins, *self.plugins],
+            evaluator=self.evaluator,
+        )
+
+
+@runtime_checkable
+class StoresExemplars(Protocol):
+    """Implemented by the suite's own strategies/plugins that keep a buffer."""
+
+    def n_exemplars(self) -> int: ...
+
+
+@runtime_checkable
+class KeepsState(Protocol):
+    """Implemented by the suite's own plugins that keep tensors across experiences."""
+
+    def persistent_state_bytes(self) -> int: ...
+
+
+def count_exemplars(strategy: Any) -> int:
+    """Raw samples the strategy holds after training (buffers, iCaRL's memory, Cumulative's data)."""
+    total = 0
+    for obj in _parts(strategy):
+        if isinstance(obj, StoresExemplars):
+            total += int(obj.n_exemplars())
+        elif getattr(obj, "storage_policy", None) is not None:  # Replay, ER-ACE, Dark-ER, GDumb
+            total += len(obj.storage_policy.buffer)
+        elif isinstance(getattr(obj, "x_memory", None), list):  # iCaRL
+            total += sum(len(x) for x in obj.x_memory)
+    # Cumulative keeps every sample seen so far: honest accounting counts all of them.
+    if type(strategy).__name__ == "Cumulative" and getattr(strategy, "dataset", None) is not None:
+        total += len(strategy.dataset)
+    return total
+
+
+def persistent_state_bytes(strategy: Any) -> int:
+    """Float32 bytes of tensors a strategy keeps across experiences besides its model."""
+    total = 0
+    for obj in _parts(strategy):
+        if isinstance(obj, KeepsState):
+            total += int(obj.persistent_state_bytes())
+            continue
+        for attr in ("saved_params", "importances"):  # EWC
+            total += _tensor_bytes(getattr(obj, attr, None))
+        lwf = getattr(obj, "lwf", None)  # LwFPlugin wraps the regulariser
+        total += _tensor_bytes(getattr(lwf, "prev_model", None))
+        total += _tensor_bytes(getattr(obj, "old_model", None))  # iCaRL
+    return total
+
+
+def _parts(strategy: Any) -> list[Any]:
+    return [strategy, *getattr(strategy, "plugins", [])]
+
+
+def _tensor_bytes(obj: Any) -> int:
+    if obj is None:
+        return 0
+    if isinstance(obj, nn.Module):
+        return sum(p.numel() for p in obj.parameters()) * 4
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * 4
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    data = getattr(obj, "data", None)  # avalanche ParamData
+    return data.numel() * 4 if isinstance(data, torch.Tensor) else 0

@@ -1,0 +1,59 @@
+"""Built-in strategies: options (validated without importing Avalanche) and builder targets.
+
+Baselines are thin entries over Avalanche 0.6's own strategies (see `strategies.baselines`).
+Every memory-based strategy takes its buffer size as `mem_size` (Avalanche's iCaRL calls it
+`memory_size`), so a grid can vary the budget with one key.
+"""
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field
+
+from cl.registry import STRATEGIES, NoParams, Params
+
+
+class MemoryParams(Params):
+    mem_size: int = Field(200, ge=1, description="exemplars kept in the buffer (total, all classes)")
+
+
+class EWCParams(Params):
+    ewc_lambda: float = Field(1.0, ge=0, description="penalty strength (tune per scenario)")
+    mode: Literal["separate", "online"] = "separate"
+    decay_factor: Optional[float] = Field(None, gt=0, le=1, description="online mode only")
+
+
+class LwFParams(Params):
+    alpha: float = Field(1.0, ge=0, description="distillation weight")
+    temperature: float = Field(2.0, gt=0, description="softmax temperature of the distillation")
+
+
+class ICaRLParams(MemoryParams):
+    fixed_memory: bool = Field(True, description="mem_size is the total (True) or per class (False)")
+
+
+class ERACEParams(MemoryParams):
+    batch_size_mem: int = Field(10, ge=1, description="buffer samples per step (Avalanche default 10)")
+
+
+class DarkERParams(MemoryParams):
+    batch_size_mem: Optional[int] = Field(None, ge=1, description="buffer samples per step (default: batch_size)")
+    alpha: float = Field(0.1, ge=0, description="logit-matching weight")
+    beta: float = Field(0.5, ge=0, description="buffer cross-entropy weight (0 = DER, >0 = DER++)")
+
+
+_BASELINES = [
+    ("naive", NoParams, "fine-tuning, no protection against forgetting (lower bound)"),
+    ("replay", MemoryParams, "experience replay from an experience-balanced buffer"),
+    ("ewc", EWCParams, "Elastic Weight Consolidation (Kirkpatrick et al. 2017)"),
+    ("lwf", LwFParams, "Learning without Forgetting (Li & Hoiem 2016)"),
+    ("icarl", ICaRLParams, "iCaRL: herding exemplars, distillation, nearest-mean classifier"),
+    ("gdumb", MemoryParams, "GDumb: greedy class-balanced buffer, retrain from scratch"),
+    ("er_ace", ERACEParams, "ER-ACE: replay with asymmetric cross-entropy (Caccia et al. 2022)"),
+    ("dark_er", DarkERParams, "Dark Experience Replay (Buzzega et al. 2020; Avalanche's `DER`)"),
+    ("cumulative", NoParams, "retrain on all data seen so far (upper bound; stores everything)"),
+]
+
+for _name, _params, _summary in _BASELINES:
+    STRATEGIES.register(_name, params=_params, target=f"strategies.baselines:build_{_name}",
+                        summary=_summary)

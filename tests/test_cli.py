@@ -1,0 +1,142 @@
+"""The `clsuite` command line end to end, in subprocesses, against real MLflow stores."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+ROOT = Path(__file__).resolve().parents[1]
+CLSUITE = [sys.executable, "-m", "cl.cli"]
+
+TINY = {
+    "name": "tiny",
+    "experiment": "tiny",
+    "base": {
+        "scenario": {"name": "split_digits", "n_experiences": 2},
+        "model": {"name": "mlp", "hidden": [32]},
+        "strategy": {"name": "naive"},
+        "train": {"epochs": 1, "lr": 0.05},
+    },
+    "grid": {"strategy.name": ["naive", "replay"]},
+    "seeds": [0, 1],
+}
+
+
+def clsuite(*args, cwd, timeout=300, **kwargs):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([*CLSUITE, *map(str, args)], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout, **kwargs)
+
+
+def write_grid(path: Path, **changes) -> Path:
+    path.write_text(yaml.safe_dump({**TINY, **changes}))
+    return path
+
+
+def runs_of(store: str, experiment: str):
+    client = MlflowClient(store)
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id]) if exp else []
+
+
+def test_help_and_expand_do_not_import_torch(tmp_path):
+    grid = write_grid(tmp_path / "g.yaml")
+    code = ("import sys; from cl.cli import app; from typer.testing import CliRunner; "
+            f"r = CliRunner().invoke(app, ['grid', 'expand', {str(grid)!r}]); "
+            "assert r.exit_code == 0, r.output; "
+            "heavy = [m for m in ('torch', 'avalanche', 'mlflow') if m in sys.modules]; "
+            "print('HEAVY', heavy)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "HEAVY []" in out.stdout
+
+
+def test_grid_launch_end_to_end_and_relaunch_adds_nothing(tmp_path):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    grid = write_grid(tmp_path / "tiny.yaml")
+    first = clsuite("grid", "launch", grid, "--tracking-uri", store, "--workers", "2", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr + first.stdout
+    assert "mean ± std over seeds" in first.stdout
+    assert "strategy.name=replay" in first.stdout
+    assert (tmp_path / "reports" / "tiny_comparison.png").stat().st_size > 1000
+
+    runs = runs_of(store, "tiny")
+    parents = [r for r in runs if r.data.tags.get("kind") == "launch"]
+    children = [r for r in runs if r.data.tags.get("kind") == "cell"]
+    assert len(parents) == 1 and len(children) == 4
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in children)
+    for child in children:   # nothing lost on the way from the workers to the single writer
+        assert {"final/avg_acc", "final/memory_mb", "acc/exp_1", "acc/avg_seen"} <= set(child.data.metrics)
+        assert child.data.params["strategy.name"] == child.data.tags["strategy"]
+
+    again = clsuite("grid", "launch", grid, "--tracking-uri", store, "--no-report", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "skipping 4 cell(s)" in again.stdout
+    assert len(runs_of(store, "tiny")) == 5
+
+    report = clsuite("report", "--experiment", "tiny", "--tracking-uri", store, cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    assert "naive" in report.stdout and "replay" in report.stdout
+
+
+def test_killed_launch_resumes_and_runs_every_cell_exactly_once(tmp_path):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    grid = write_grid(tmp_path / "resume.yaml", name="resume", experiment="resume",
+                      grid={"strategy.name": ["naive", "replay", "ewc"]}, seeds=[0, 1])
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    launcher = subprocess.Popen([*CLSUITE, "grid", "launch", str(grid), "--tracking-uri", store, "--no-report"],
+                                cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:
+        finished = [r for r in runs_of(store, "resume") if r.info.status == "FINISHED"] if (tmp_path / "mlflow.db").exists() else []
+        if len(finished) >= 2:
+            break
+        assert launcher.poll() is None, "the launcher ended before it could be interrupted"
+        time.sleep(0.5)
+    launcher.send_signal(signal.SIGKILL)
+    launcher.wait()
+    before = runs_of(store, "resume")
+    assert 2 <= sum(r.info.status == "FINISHED" for r in before) < 6
+
+    resumed = clsuite("grid", "launch", grid, "--tracking-uri", store, "--no-report", "--workers", "2", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr + resumed.stdout
+
+    cells = [r for r in runs_of(store, "resume") if r.data.tags.get("kind") == "cell"]
+    finished = [r.data.tags["config_hash"] for r in cells if r.info.status == "FINISHED"]
+    assert len(finished) == 6 and len(set(finished)) == 6
+    # whatever the killed launcher left RUNNING is closed, not left dangling
+    assert all(r.info.status in ("FINISHED", "KILLED") for r in runs_of(store, "resume"))
+
+
+def test_bad_config_exits_2_naming_the_field_and_logs_nothing(tmp_path):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    grid = write_grid(tmp_path / "bad.yaml", base={**TINY["base"], "strategy": {"name": "replay", "mem_size": -1}},
+                      grid={})
+    out = clsuite("grid", "launch", grid, "--tracking-uri", store, cwd=tmp_path)
+    assert out.returncode == 2
+    assert "strategy.mem_size" in out.stderr and "greater than or equal to 1" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "mlflow.db").exists() or runs_of(store, "tiny") == []
+
+    unknown = write_grid(tmp_path / "unknown.yaml", grid={"strategy.name": ["naive", "replya"]})
+    out = clsuite("grid", "launch", unknown, "--tracking-uri", store, cwd=tmp_path)
+    assert out.returncode == 2
+    assert "unknown strategy 'replya'" in out.stderr and "dark_er" in out.stderr
+
+
+def test_missing_data_root_exits_2_with_the_expected_files_and_logs_nothing(tmp_path):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({**TINY["base"], "experiment": "nodata",
+                                      "scenario": {"name": "split_mnist", "data_root": str(tmp_path / "nowhere")}}))
+    out = clsuite("run", config, "--tracking-uri", store, cwd=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert "train-images-idx3-ubyte" in out.stderr and "nowhere" in out.stderr
+    assert "scenario.data_root" in out.stderr
+    assert not (tmp_path / "mlflow.db").exists() or runs_of(store, "nodata") == []

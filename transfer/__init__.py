@@ -1,0 +1,1 @@
+"""Knowledge-transfer methods (ScaLearn, SkillPacks, CMT, MemControl, MobileTL, TimeTic)."""
