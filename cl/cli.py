@@ -26,8 +26,9 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
 grid_app = typer.Typer(no_args_is_help=True, help="Expand or launch a YAML grid.")
 app.add_typer(grid_app, name="grid")
 
-console = Console()
-err_console = Console(stderr=True)
+# Off a terminal (CI logs, pipes) rich would wrap tables at 80 columns; use a wide page instead.
+console = Console(width=None if sys.stdout.isatty() else 160)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 TrackingOpt = typer.Option(None, "--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
 

@@ -7,6 +7,7 @@ closes it with the result's status — `run()` here, or the grid launcher.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import random
@@ -235,10 +236,25 @@ def _silent_evaluator():
         return EvaluationPlugin(loggers=[])
 
 
-class _quiet_avalanche(warnings.catch_warnings):
-    """Silence Avalanche's known, harmless deprecation notices (and only those)."""
+_AVALANCHE_NOISE = (
+    # Replay/GDumb/ER-ACE/Dark-ER call a storage-policy method deprecated in 0.6, once per experience.
+    "Call to deprecated function update",
+)
 
-    def __enter__(self):
-        result = super().__enter__()
-        warnings.filterwarnings("ignore", message="Call to deprecated function", category=DeprecationWarning)
-        return result
+
+@contextlib.contextmanager
+def _quiet_avalanche():
+    """Drop Avalanche's known, harmless deprecation notices and only those.
+
+    Avalanche's `@deprecated` resets the warning filters itself (``simplefilter("once")``),
+    so a filter cannot hold them back: record everything, then re-emit all but the known notices.
+    """
+    caught: list = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            yield
+    finally:
+        for w in caught:
+            if issubclass(w.category, DeprecationWarning) and str(w.message).startswith(_AVALANCHE_NOISE):
+                continue
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)

@@ -89,12 +89,13 @@ def test_killed_launch_resumes_and_runs_every_cell_exactly_once(tmp_path):
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     grid = write_grid(tmp_path / "resume.yaml", name="resume", experiment="resume",
                       grid={"strategy.name": ["naive", "replay", "ewc"]}, seeds=[0, 1])
+    MlflowClient(store).search_experiments()   # create the schema first: the test polls while the launcher writes
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     launcher = subprocess.Popen([*CLSUITE, "grid", "launch", str(grid), "--tracking-uri", store, "--no-report"],
                                 cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
-        finished = [r for r in runs_of(store, "resume") if r.info.status == "FINISHED"] if (tmp_path / "mlflow.db").exists() else []
+        finished = [r for r in runs_of(store, "resume") if r.info.status == "FINISHED"]
         if len(finished) >= 2:
             break
         assert launcher.poll() is None, "the launcher ended before it could be interrupted"

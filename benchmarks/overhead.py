@@ -1,0 +1,172 @@
+"""What does the suite cost on top of Avalanche, and Avalanche on top of a plain loop?
+
+The same model (small CNN), data (split Fashion-MNIST, 5 × 2 classes, class-incremental),
+optimiser and epochs, trained three ways, each evaluating the whole test stream after every
+experience:
+
+  clsuite    `cl.runner.run` end to end: scenario build, Avalanche training, our logger
+             plugin, MLflow writes to a fresh SQLite store, plots and provenance
+  avalanche  the same scenario object, Avalanche's `Naive` with an accuracy-only evaluator
+  raw        a plain PyTorch loop over the same tensors (no Avalanche, no MLflow)
+
+Runs are interleaved (clsuite, avalanche, raw, clsuite, ...) so machine noise hits all three
+alike; the table reports medians and the ratios clsuite/avalanche and clsuite/raw. The
+scenario build is timed inside clsuite's run and outside the other two: its cost is
+reported on its own line.
+
+    python benchmarks/overhead.py --quick        # ≤ 3 minutes on 2 cores
+    python benchmarks/overhead.py                # the full measurement (60k images, 3 repeats)
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from cl.config import RunConfig  # noqa: E402
+from cl.models import build_cnn  # noqa: E402
+from cl.runner import make_optimizer, run, seed_everything  # noqa: E402
+from cl.scenarios import split_fmnist  # noqa: E402
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="subsample to finish in ≤3 min")
+    parser.add_argument("--data-root", default=os.environ.get("CLSUITE_DATA_ROOT", str(ROOT.parent / "shared" / "data")))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--samples-per-class", type=int, default=None,
+                        help="training samples per class (default: all 6000; --quick: 300)")
+    return parser.parse_args()
+
+
+def make_config(args, data_root: str, per_class: int | None) -> RunConfig:
+    return RunConfig.from_dict({
+        "experiment": "overhead",
+        "scenario": {"name": "split_fmnist", "n_experiences": 5, "shuffle_classes": False,
+                     "data_root": data_root, "train_samples_per_class": per_class},
+        "model": {"name": "cnn"},
+        "strategy": {"name": "naive"},
+        "train": {"epochs": args.epochs, "batch_size": 32, "eval_batch_size": 256, "lr": 0.01,
+                  "momentum": 0.9},
+        "seed": 0,
+    })
+
+
+def time_clsuite(cfg: RunConfig, store_dir: str, i: int) -> float:
+    uri = f"sqlite:///{store_dir}/run{i}.db"
+    from cl.tracking import client_for
+    client_for(uri).search_experiments()   # create the store (schema migrations) outside the timing
+    start = time.perf_counter()
+    result = run(cfg, tracking_uri=uri)
+    elapsed = time.perf_counter() - start
+    assert result.ok, result.reason
+    return elapsed
+
+
+def time_avalanche(cfg: RunConfig, scenario) -> float:
+    from avalanche.evaluation.metrics import accuracy_metrics
+    from avalanche.training import Naive
+    from avalanche.training.plugins import EvaluationPlugin
+
+    seed_everything(cfg.seed)
+    model = build_cnn(input_shape=scenario.input_shape, n_classes=scenario.n_classes)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="No loggers specified")
+        evaluator = EvaluationPlugin(accuracy_metrics(experience=True), loggers=[])
+    strategy = Naive(model=model, optimizer=make_optimizer(model, cfg.train), criterion=nn.CrossEntropyLoss(),
+                     train_mb_size=cfg.train.batch_size, train_epochs=cfg.train.epochs,
+                     eval_mb_size=cfg.train.eval_batch_size, evaluator=evaluator)
+    start = time.perf_counter()
+    for experience in scenario.benchmark.train_stream:
+        strategy.train(experience, num_workers=0)
+        strategy.eval(scenario.benchmark.test_stream, num_workers=0)
+    return time.perf_counter() - start
+
+
+def tensors_of(dataset) -> tuple[torch.Tensor, torch.Tensor]:
+    xs, ys = [], []
+    for i in range(len(dataset)):
+        x, y, *_ = dataset[i]
+        xs.append(x)
+        ys.append(int(y))
+    return torch.stack(xs), torch.tensor(ys)
+
+
+def time_raw(cfg: RunConfig, scenario, train_sets, test_sets) -> float:
+    seed_everything(cfg.seed)
+    model = build_cnn(input_shape=scenario.input_shape, n_classes=scenario.n_classes)
+    optimizer = make_optimizer(model, cfg.train)
+    loss_fn = nn.CrossEntropyLoss()
+    bs, ebs = cfg.train.batch_size, cfg.train.eval_batch_size
+    start = time.perf_counter()
+    for x_train, y_train in train_sets:
+        model.train()
+        for _ in range(cfg.train.epochs):
+            order = torch.randperm(len(y_train))
+            for k in range(0, len(order), bs):
+                idx = order[k:k + bs]
+                optimizer.zero_grad()
+                loss_fn(model(x_train[idx]), y_train[idx]).backward()
+                optimizer.step()
+        model.eval()
+        with torch.no_grad():
+            for x_test, y_test in test_sets:
+                correct = sum(int((model(x_test[k:k + ebs]).argmax(1) == y_test[k:k + ebs]).sum())
+                              for k in range(0, len(y_test), ebs))
+                _ = correct / len(y_test)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    args = parse_args()
+    per_class = args.samples_per_class or (300 if args.quick else None)
+    repeats = args.repeats
+    cfg = make_config(args, args.data_root, per_class)
+
+    t0 = time.perf_counter()
+    scenario = split_fmnist(data_root=args.data_root, n_experiences=5, shuffle_classes=False,
+                            train_samples_per_class=per_class)
+    build_seconds = time.perf_counter() - t0
+    train_sets = [tensors_of(e.dataset) for e in scenario.benchmark.train_stream]
+    test_sets = [tensors_of(e.dataset) for e in scenario.benchmark.test_stream]
+    n_train = sum(len(y) for _, y in train_sets)
+
+    times: dict[str, list[float]] = {"clsuite": [], "avalanche": [], "raw": []}
+    with tempfile.TemporaryDirectory() as store_dir:
+        for i in range(repeats):
+            times["clsuite"].append(time_clsuite(cfg, store_dir, i))
+            times["avalanche"].append(time_avalanche(cfg, scenario))
+            times["raw"].append(time_raw(cfg, scenario, train_sets, test_sets))
+            print(f"repeat {i + 1}/{repeats}: " + ", ".join(f"{k} {v[-1]:.1f}s" for k, v in times.items()),
+                  flush=True)
+
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print()
+    print(f"split_fmnist 5×2, {n_train} train images, cnn, {args.epochs} epoch(s)/experience, "
+          f"batch 32, medians of {repeats} interleaved repeats; torch threads {torch.get_num_threads()}")
+    print(f"{'way':<11}{'median s':>10}{'min s':>9}{'max s':>9}{'vs raw':>9}")
+    for way in ("clsuite", "avalanche", "raw"):
+        print(f"{way:<11}{med[way]:>10.2f}{min(times[way]):>9.2f}{max(times[way]):>9.2f}{med[way] / med['raw']:>9.2f}")
+    print(f"(scenario build, inside clsuite's time only: {build_seconds:.2f}s)")
+    print(f"ratios: clsuite/avalanche = {med['clsuite'] / med['avalanche']:.3f}, "
+          f"clsuite/raw = {med['clsuite'] / med['raw']:.3f}, avalanche/raw = {med['avalanche'] / med['raw']:.3f}")
+    print(f"RESULT clsuite_over_avalanche={med['clsuite'] / med['avalanche']:.3f} "
+          f"clsuite_over_raw={med['clsuite'] / med['raw']:.3f} avalanche_over_raw={med['avalanche'] / med['raw']:.3f} "
+          f"clsuite_s={med['clsuite']:.2f} avalanche_s={med['avalanche']:.2f} raw_s={med['raw']:.2f} "
+          f"repeats={repeats} train_images={n_train} quick={int(args.quick)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,118 @@
+"""Continual-learning metrics as pure functions of the accuracy matrix, and memory in bytes.
+
+R is a T×T array: R[t, j] is the accuracy on test experience j after training experience t
+(values in [0, 1]). Only numpy here, so notebooks and reports can recompute any figure from
+the CSV every run logs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+BYTES_PER_PARAMETER = 4          # float32
+BYTES_PER_MB = 10**6             # decimal megabytes
+
+
+def _check(R) -> np.ndarray:
+    R = np.asarray(R, dtype=float)
+    if R.ndim != 2 or R.shape[0] != R.shape[1] or R.shape[0] == 0:
+        raise ValueError(f"R must be a non-empty square T×T matrix, got shape {R.shape}")
+    if not np.isfinite(R).all():
+        raise ValueError("R has NaN or infinite entries: every experience must be evaluated after every step")
+    return R
+
+
+def _weights(weights, n: int) -> np.ndarray:
+    if weights is None:
+        return np.ones(n)
+    w = np.asarray(weights, dtype=float)
+    if w.shape != (n,) or (w < 0).any() or w.sum() == 0:
+        raise ValueError(f"weights must be {n} non-negative numbers, not all zero; got {weights!r}")
+    return w
+
+
+def seen_accuracy(R, t: int, weights: Sequence[float] | None = None) -> float:
+    """Accuracy on experiences 0..t after training t: Σ_{j≤t} w_j R[t, j] / Σ_{j≤t} w_j."""
+    R = _check(R)
+    if not 0 <= t < R.shape[0]:
+        raise ValueError(f"t must be in 0..{R.shape[0] - 1}, got {t}")
+    w = _weights(weights, R.shape[0])[: t + 1]
+    return float(np.average(R[t, : t + 1], weights=w))
+
+
+def average_accuracy(R, weights: Sequence[float] | None = None) -> float:
+    """A_T = Σ_j w_j R[T−1, j] / Σ_j w_j — the final row's mean.
+
+    Lopez-Paz & Ranzato 2017 (GEM), "ACC". With `weights` = test-set sizes this is the
+    accuracy over all test samples seen, the class-incremental convention (PyCIL, MEMO).
+    """
+    R = _check(R)
+    return seen_accuracy(R, R.shape[0] - 1, weights)
+
+
+def average_incremental_accuracy(R, weights: Sequence[float] | None = None) -> float:
+    """Ā = (1/T) Σ_t seen_accuracy(R, t): Rebuffi et al. 2017 (iCaRL); MEMO's Ā."""
+    R = _check(R)
+    return float(np.mean([seen_accuracy(R, t, weights) for t in range(R.shape[0])]))
+
+
+def forgetting_per_experience(R) -> np.ndarray:
+    """f_j = max_{t<T−1} R[t, j] − R[T−1, j] for j < T−1 (Chaudhry et al. 2018, RWalk)."""
+    R = _check(R)
+    T = R.shape[0]
+    if T == 1:
+        return np.zeros(0)
+    return R[: T - 1, : T - 1].max(axis=0) - R[T - 1, : T - 1]
+
+
+def forgetting(R) -> float:
+    """F = mean_j f_j, max-based forgetting (Chaudhry et al. 2018); 0 when T = 1.
+
+    Not Avalanche's `forgetting`, which is R[j, j] − R[t, j] (accuracy right after learning
+    j, not the best accuracy ever reached on j).
+    """
+    f = forgetting_per_experience(R)
+    return float(f.mean()) if f.size else 0.0
+
+
+def backward_transfer(R) -> float:
+    """BWT = (1/(T−1)) Σ_{j<T−1} (R[T−1, j] − R[j, j]) (Lopez-Paz & Ranzato 2017); 0 when T = 1."""
+    R = _check(R)
+    T = R.shape[0]
+    if T == 1:
+        return 0.0
+    return float(np.mean(R[T - 1, : T - 1] - np.diag(R)[: T - 1]))
+
+
+# --------------------------------------------------------------------------- memory (MEMO)
+
+
+def model_bytes(n_params: int) -> int:
+    """A model costs its parameters × 4 bytes (float32): MEMO, Zhou et al. ICLR 2023, Sec. 3."""
+    return int(n_params) * BYTES_PER_PARAMETER
+
+
+def exemplar_bytes(n_exemplars: int, input_shape: Sequence[int]) -> int:
+    """An exemplar costs its raw pixels, H·W·C bytes (uint8), as in MEMO's accounting."""
+    return int(n_exemplars) * int(np.prod(input_shape))
+
+
+@dataclass(frozen=True)
+class MemoryFootprint:
+    model_bytes: int
+    exemplar_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.model_bytes + self.exemplar_bytes
+
+    @property
+    def total_mb(self) -> float:
+        """Total in decimal megabytes (1 MB = 10^6 bytes)."""
+        return self.total_bytes / BYTES_PER_MB
+
+
+def memory_footprint(n_params: int, n_exemplars: int, input_shape: Sequence[int]) -> MemoryFootprint:
+    return MemoryFootprint(model_bytes(n_params), exemplar_bytes(n_exemplars, input_shape))

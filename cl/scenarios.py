@@ -1,0 +1,315 @@
+"""Class-incremental Avalanche benchmarks that build offline.
+
+Every builder loads its data into tensors, then splits classes into experiences with
+Avalanche 0.6's `class_incremental_benchmark`. Scenario seed (class order) and training seed
+are separate: the class order comes from `seed` here, never from the global RNG.
+
+Avalanche 0.6 quirks handled here (see ../shared/notes/avalanche-0.6.md):
+- samples are ``(x, y, t)`` with `y` a Python int: iCaRL's mixed batches (memory + new data)
+  fail to collate otherwise;
+- datasets are task-aware (`task_set`), which LwF needs;
+- task labels are a `ConstantSequence`, which iCaRL's memory concatenation needs;
+- new-style experiences have no `benchmark`; iCaRL reads `experience.benchmark.
+  n_classes_per_exp` and `.classes_order`, so every experience gets a small `_BenchmarkInfo`.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from cl.datafiles import DataNotFoundError, check_dataset, check_path, resolve_data_root  # noqa: F401
+
+DIGITS_SPLIT_SEED = 0                       # the digits train/test split is fixed, whatever the seed
+CIFAR_STATS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    benchmark: Any                                  # avalanche CLScenario: train_stream, test_stream
+    name: str
+    n_classes: int
+    input_shape: tuple[int, ...]                    # (C, H, W) of one sample
+    class_order: tuple[int, ...]
+    classes_per_experience: tuple[tuple[int, ...], ...]
+    task_labels: bool
+    train_sizes: tuple[int, ...]
+    test_sizes: tuple[int, ...]
+
+    @property
+    def n_experiences(self) -> int:
+        return len(self.classes_per_experience)
+
+    @property
+    def exemplar_bytes(self) -> int:
+        """Raw bytes to keep one exemplar: C·H·W (uint8 pixels), MEMO's accounting."""
+        return int(np.prod(self.input_shape))
+
+
+@dataclass(frozen=True)
+class _BenchmarkInfo:
+    """What iCaRL expects to find as `experience.benchmark`."""
+
+    n_classes_per_exp: list[int]
+    classes_order: list[int]
+    n_classes: int
+
+
+class _Samples(Dataset):
+    """(x, int(y)) pairs over tensors, with an optional per-sample transform on x."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor):
+        self.x = x
+        self.y = y.tolist()
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def __getitem__(self, i: int):
+        return self.x[i], self.y[i]
+
+
+def _avalanche_dataset(x: torch.Tensor, y: torch.Tensor, train_transform: Callable | None = None):
+    from avalanche.benchmarks.utils import DataAttribute
+    from avalanche.benchmarks.utils.classification_dataset import TaskAwareSupervisedClassificationDataset
+    from avalanche.benchmarks.utils.flat_data import ConstantSequence
+    from avalanche.benchmarks.utils.transform_groups import TransformGroups
+
+    groups = TransformGroups({"train": train_transform, "eval": None}) if train_transform else None
+    return TaskAwareSupervisedClassificationDataset(
+        [_Samples(x, y)],
+        data_attributes=[
+            DataAttribute(y.tolist(), "targets"),
+            DataAttribute(ConstantSequence(0, len(y)), "targets_task_labels", use_in_getitem=True),
+        ],
+        transform_groups=groups,
+    )
+
+
+# --------------------------------------------------------------------------- class order
+
+
+def resolve_class_order(n_classes: int, *, class_order: Optional[Sequence[int]], shuffle_classes: bool,
+                        seed: int) -> list[int]:
+    if class_order is not None:
+        order = [int(c) for c in class_order]
+        if sorted(order) != list(range(n_classes)):
+            raise ValueError(f"scenario.class_order must be a permutation of 0..{n_classes - 1}, got {order}")
+        return order
+    if not shuffle_classes:
+        return list(range(n_classes))
+    return np.random.default_rng(seed).permutation(n_classes).tolist()
+
+
+def resolve_split(n_classes: int, *, n_experiences: Optional[int],
+                  classes_per_experience: Optional[Sequence[int]]) -> list[int]:
+    if classes_per_experience is not None:
+        sizes = [int(n) for n in classes_per_experience]
+        if sum(sizes) != n_classes or any(n < 1 for n in sizes):
+            raise ValueError(f"scenario.classes_per_experience must be positive and sum to {n_classes}, got {sizes}")
+        return sizes
+    n_experiences = n_experiences or 5
+    if n_classes % n_experiences:
+        raise ValueError(f"scenario.n_experiences={n_experiences} does not divide the {n_classes} classes; "
+                         "choose a divisor or give classes_per_experience")
+    return [n_classes // n_experiences] * n_experiences
+
+
+# --------------------------------------------------------------------------- generic builder
+
+
+def from_tensors(
+    x_train, y_train, x_test, y_test, *,
+    name: str = "tensors",
+    n_experiences: Optional[int] = None,
+    classes_per_experience: Optional[Sequence[int]] = None,
+    class_order: Optional[Sequence[int]] = None,
+    shuffle_classes: bool = True,
+    seed: int = 0,
+    task_labels: bool = False,
+    train_transform: Callable | None = None,
+) -> Scenario:
+    """A class-incremental scenario from arrays: x as (N, C, H, W) or (N, D) floats, y in 0..C-1.
+
+    (N, D) inputs are treated as (N, 1, 1, D). `train_transform` applies to training samples only.
+    """
+    x_train, x_test = (_as_images(torch.as_tensor(np.asarray(x)) if not torch.is_tensor(x) else x)
+                       for x in (x_train, x_test))
+    y_train, y_test = (torch.as_tensor(np.asarray(y), dtype=torch.long) for y in (y_train, y_test))
+    if len(x_train) != len(y_train) or len(x_test) != len(y_test):
+        raise ValueError("x and y must have the same number of samples (train and test)")
+    if x_train.shape[1:] != x_test.shape[1:]:
+        raise ValueError(f"train and test samples differ in shape: {tuple(x_train.shape[1:])} vs {tuple(x_test.shape[1:])}")
+    n_classes = int(y_train.max()) + 1
+    present = set(torch.unique(y_train).tolist())
+    if min(present) < 0 or present != set(range(n_classes)) or not set(torch.unique(y_test).tolist()) <= present:
+        raise ValueError("labels must be the integers 0..C-1, each present in the training data "
+                         "(remap your labels first)")
+    order = resolve_class_order(n_classes, class_order=class_order, shuffle_classes=shuffle_classes, seed=seed)
+    sizes = resolve_split(n_classes, n_experiences=n_experiences, classes_per_experience=classes_per_experience)
+
+    from avalanche.benchmarks.scenarios.supervised import class_incremental_benchmark
+
+    benchmark = class_incremental_benchmark(
+        {"train": _avalanche_dataset(x_train, y_train, train_transform),
+         "test": _avalanche_dataset(x_test, y_test)},
+        class_order=order, num_classes_per_exp=sizes)
+    if task_labels:
+        from avalanche.benchmarks.scenarios.task_aware import task_incremental_benchmark
+
+        benchmark = task_incremental_benchmark(benchmark, reset_task_labels=True)
+    info = _BenchmarkInfo(n_classes_per_exp=sizes, classes_order=order, n_classes=n_classes)
+    for stream in (benchmark.train_stream, benchmark.test_stream):
+        for experience in stream:
+            experience.benchmark = info
+    bounds = np.cumsum([0, *sizes])
+    per_exp = tuple(tuple(order[bounds[i]:bounds[i + 1]]) for i in range(len(sizes)))
+    return Scenario(
+        benchmark=benchmark, name=name, n_classes=n_classes, input_shape=tuple(x_train.shape[1:]),
+        class_order=tuple(order), classes_per_experience=per_exp, task_labels=task_labels,
+        train_sizes=tuple(len(e.dataset) for e in benchmark.train_stream),
+        test_sizes=tuple(len(e.dataset) for e in benchmark.test_stream),
+    )
+
+
+def _as_images(x: torch.Tensor) -> torch.Tensor:
+    x = x.float()
+    if x.ndim == 2:
+        return x.reshape(len(x), 1, 1, x.shape[1])
+    if x.ndim == 3:
+        return x.unsqueeze(1)
+    if x.ndim != 4:
+        raise ValueError(f"x must be (N, D), (N, H, W) or (N, C, H, W); got shape {tuple(x.shape)}")
+    return x
+
+
+def _per_class_subset(x: torch.Tensor, y: torch.Tensor, per_class: Optional[int], seed: int = 0):
+    """The first `per_class` samples of each class after a fixed shuffle (same subset every run)."""
+    if per_class is None:
+        return x, y
+    order = torch.from_numpy(np.random.default_rng(seed).permutation(len(y)))
+    keep = []
+    for c in torch.unique(y).tolist():
+        keep.append(order[y[order] == c][:per_class])
+    idx = torch.sort(torch.cat(keep)).values
+    return x[idx], y[idx]
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+def split_digits(*, test_fraction: float = 0.3, train_samples_per_class: Optional[int] = None, **split) -> Scenario:
+    """scikit-learn's 8×8 digits (1,797 images, 10 classes), values scaled to [0, 1].
+
+    The stratified train/test split is fixed (random_state 0), so `seed` changes only the
+    class order.
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    x = torch.tensor(digits.images / 16.0, dtype=torch.float32).unsqueeze(1)
+    y = torch.tensor(digits.target, dtype=torch.long)
+    i_train, i_test = train_test_split(np.arange(len(y)), test_size=test_fraction,
+                                       stratify=digits.target, random_state=DIGITS_SPLIT_SEED)
+    x_train, y_train = _per_class_subset(x[i_train], y[i_train], train_samples_per_class)
+    return from_tensors(x_train, y_train, x[i_test], y[i_test], name="split_digits", **split)
+
+
+def _torchvision_images(cls_name: str, dataset: str, data_root, train_samples_per_class, split):
+    import torchvision
+
+    root = check_dataset(dataset, data_root)
+    cls = getattr(torchvision.datasets, cls_name)
+    train, test = cls(root=str(root), train=True, download=False), cls(root=str(root), train=False, download=False)
+    x_train, y_train = _per_class_subset(train.data.unsqueeze(1).float() / 255.0, train.targets.long(),
+                                         train_samples_per_class)
+    x_test = test.data.unsqueeze(1).float() / 255.0
+    return from_tensors(x_train, y_train, x_test, test.targets.long(), name=f"split_{dataset}", **split)
+
+
+def split_mnist(*, data_root=None, train_samples_per_class: Optional[int] = None, **split) -> Scenario:
+    """MNIST from `data_root` (torchvision layout, `MNIST/raw`), pixels in [0, 1], (1, 28, 28)."""
+    return _torchvision_images("MNIST", "mnist", data_root, train_samples_per_class, split)
+
+
+def split_fmnist(*, data_root=None, train_samples_per_class: Optional[int] = None, **split) -> Scenario:
+    """Fashion-MNIST from `data_root` (`FashionMNIST/raw`), pixels in [0, 1], (1, 28, 28)."""
+    return _torchvision_images("FashionMNIST", "fmnist", data_root, train_samples_per_class, split)
+
+
+def _cifar(dataset: str, cls_name: str, data_root, train_samples_per_class, augment: bool, split) -> Scenario:
+    import torchvision
+    from torchvision.transforms import v2
+
+    root = check_dataset(dataset, data_root)
+    cls = getattr(torchvision.datasets, cls_name)
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in CIFAR_STATS[dataset])
+
+    def tensors(train: bool):
+        ds = cls(root=str(root), train=train, download=False)
+        x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).float() / 255.0
+        return (x - mean) / std, torch.tensor(ds.targets, dtype=torch.long)
+
+    x_train, y_train = _per_class_subset(*tensors(True), train_samples_per_class)
+    x_test, y_test = tensors(False)
+    transform = v2.Compose([v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()]) if augment else None
+    return from_tensors(x_train, y_train, x_test, y_test, name=f"split_{dataset}", train_transform=transform, **split)
+
+
+def split_cifar10(*, data_root=None, train_samples_per_class: Optional[int] = None, augment: bool = True,
+                  **split) -> Scenario:
+    """CIFAR-10 (`cifar-10-batches-py` under data_root), normalised; crop+flip on train when `augment`."""
+    return _cifar("cifar10", "CIFAR10", data_root, train_samples_per_class, augment, split)
+
+
+def split_cifar100(*, data_root=None, train_samples_per_class: Optional[int] = None, augment: bool = True,
+                   **split) -> Scenario:
+    """CIFAR-100 (`cifar-100-python` under data_root), normalised; crop+flip on train when `augment`."""
+    return _cifar("cifar100", "CIFAR100", data_root, train_samples_per_class, augment, split)
+
+
+def from_file(*, path: str | os.PathLike, **split) -> Scenario:
+    """Arrays x_train, y_train, x_test, y_test from an .npz (numpy) or .pt (torch.save of a dict)."""
+    path = check_path("path", path)
+    if path.suffix == ".npz":
+        with np.load(path) as data:
+            arrays = {k: data[k] for k in data.files}
+    elif path.suffix in (".pt", ".pth"):
+        arrays = torch.load(path, map_location="cpu", weights_only=True)
+    else:
+        raise ValueError(f"scenario.path: {path} must be an .npz or .pt file")
+    keys = ("x_train", "y_train", "x_test", "y_test")
+    missing = [k for k in keys if k not in arrays]
+    if missing:
+        raise ValueError(f"scenario.path: {path} lacks {', '.join(missing)} (needs {', '.join(keys)})")
+    return from_tensors(*(arrays[k] for k in keys), name=path.stem, **split)
+
+
+def from_folder(*, train_dir, test_dir, image_size: int = 32, grayscale: bool = False, **split) -> Scenario:
+    """Images in torchvision's ImageFolder layout (one sub-folder per class), resized, in [0, 1]."""
+    from torchvision import datasets
+    from torchvision.transforms import v2
+
+    steps = [v2.Grayscale()] if grayscale else [v2.RGB()]
+    transform = v2.Compose([*steps, v2.Resize((image_size, image_size)), v2.ToImage(),
+                            v2.ToDtype(torch.float32, scale=True)])
+
+    def load(folder):
+        ds = datasets.ImageFolder(str(check_path("train_dir" if folder is train_dir else "test_dir", folder,
+                                                 directory=True)), transform=transform)
+        return ds, torch.stack([ds[i][0] for i in range(len(ds))]), torch.tensor(ds.targets, dtype=torch.long)
+
+    train, x_train, y_train = load(train_dir)
+    test, x_test, y_test = load(test_dir)
+    if test.classes != train.classes:
+        raise ValueError(f"scenario.test_dir: classes {test.classes} differ from train_dir's {train.classes}")
+    return from_tensors(x_train, y_train, x_test, y_test, name=Path(train_dir).parent.name or "folder", **split)
