@@ -76,9 +76,10 @@ def format_mean_std(mean: float, std: float, metric: str) -> str:
     scale = 100.0 if metric in PERCENT_METRICS else 1.0
     if mean is None or np.isnan(mean):
         return "—"
-    text = f"{scale * mean:.1f}" if scale == 100.0 else f"{mean:.3g}"
+    digits = 1 if scale == 100.0 else 3
+    text = f"{scale * mean:.{digits}f}"
     if std is not None and not np.isnan(std):
-        text += f" ± {scale * std:.1f}" if scale == 100.0 else f" ± {std:.2g}"
+        text += f" ± {scale * std:.{digits}f}"
     return text
 
 

@@ -65,14 +65,16 @@ def _execute(cfg: RunConfig, runlog: RunLog) -> RunResult:
 
     from cl import metrics, plots
     from cl.models import count_parameters
-    from cl.tracking import make_finite_loss_guard, make_logger_plugin, provenance, to_json_bytes
+    from cl.tracking import (make_finite_loss_guard, make_logger_plugin, provenance, provenance_tags,
+                             to_json_bytes)
     from strategies.base import StrategyContext, count_exemplars, persistent_state_bytes
 
     import_user_modules(cfg.imports)
     started = time.perf_counter()
     scenario_params = _params(SCENARIOS, cfg.scenario)
-    runlog.log_artifact("provenance.json", to_json_bytes(
-        provenance({"seed": cfg.seed, "scenario.seed": scenario_params.seed})))
+    prov = provenance({"seed": cfg.seed, "scenario.seed": scenario_params.seed})
+    runlog.log_artifact("provenance.json", to_json_bytes(prov))
+    runlog.set_tags(provenance_tags(prov))
     seed_everything(cfg.seed)
 
     build_scenario = SCENARIOS.get(cfg.scenario.name).load()
