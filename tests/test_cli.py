@@ -141,3 +141,62 @@ def test_missing_data_root_exits_2_with_the_expected_files_and_logs_nothing(tmp_
     assert "train-images-idx3-ubyte" in out.stderr and "nowhere" in out.stderr
     assert "scenario.data_root" in out.stderr
     assert not (tmp_path / "mlflow.db").exists() or runs_of(store, "nodata") == []
+
+
+def test_run_command_with_overrides(tmp_path):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({**TINY["base"], "experiment": "single"}))
+    out = clsuite("run", config, "--seed", "4", "--set", "strategy.name=replay", "--set", "train.lr=0.02",
+                  "--tracking-uri", store, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "final/avg_acc" in out.stdout
+    [run] = runs_of(store, "single")
+    assert run.info.status == "FINISHED"
+    assert run.data.params["seed"] == "4" and run.data.params["strategy.name"] == "replay"
+    assert run.data.params["train.lr"] == "0.02"
+    assert run.data.tags["mlflow.source.git.commit"]
+
+    bad = clsuite("run", config, "--set", "train.lr", "--tracking-uri", store, cwd=tmp_path)
+    assert bad.returncode == 2 and "expected KEY=VALUE" in bad.stderr
+
+
+def test_failed_cells_make_the_launch_exit_1_with_a_summary(tmp_path):
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    grid = write_grid(tmp_path / "boom.yaml", name="boom", experiment="boom", seeds=[0],
+                      imports=["tests.helpers.failing_strategies"],
+                      grid={"strategy": [{"name": "naive"}, {"name": "explode", "at_experience": 1}]})
+    out = clsuite("grid", "launch", grid, "--tracking-uri", store, cwd=tmp_path)
+    assert out.returncode == 1
+    assert "1 finished now" in out.stdout and "1 failed" in out.stdout
+    assert "failed cells:" in out.stderr and "RuntimeError: boom at experience 1" in out.stderr
+    statuses = sorted(r.info.status for r in runs_of(store, "boom") if r.data.tags.get("kind") == "cell")
+    assert statuses == ["FAILED", "FINISHED"]
+
+
+def test_ui_serves_the_store_on_localhost(tmp_path):
+    import socket
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    MlflowClient(store).search_experiments()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    server = subprocess.Popen([*CLSUITE, "ui", "--tracking-uri", store, "--port", str(port)], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                    assert response.status == 200
+                    break
+            except OSError:
+                assert server.poll() is None, server.stdout.read().decode()
+                assert time.monotonic() < deadline, "MLflow UI did not come up"
+                time.sleep(0.5)
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
