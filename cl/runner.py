@@ -94,11 +94,9 @@ def _execute(cfg: RunConfig, runlog: RunLog) -> RunResult:
     with _quiet_avalanche():
         strategy = STRATEGIES.get(cfg.strategy.name).load()(ctx, _params(STRATEGIES, cfg.strategy))
         T = scenario.n_experiences
-        for t, experience in enumerate(scenario.benchmark.train_stream):
-            runlog.progress(t, T, f"experience {t + 1}/{T}")
+        for experience in scenario.benchmark.train_stream:   # progress is reported per epoch by the logger
             strategy.train(experience, num_workers=0)
             strategy.eval(scenario.benchmark.test_stream, num_workers=0)
-        runlog.progress(T, T, "done")
 
     R = logger.R
     weights = np.asarray(scenario.test_sizes, dtype=float)

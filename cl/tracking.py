@@ -225,6 +225,9 @@ def make_logger_plugin(runlog: RunLog, *, test_sizes, classes_per_experience, ta
             if self._loss_n:
                 runlog.log_metrics({"train/loss": self._loss_sum / self._loss_n}, step=self.epochs)
             self.epochs += 1
+            T, E = len(test_sizes), strategy.train_epochs
+            runlog.progress(self.epochs, T * E,
+                            f"experience {self.trained + 1}/{T}, epoch {strategy.clock.train_exp_epochs + 1}/{E}")
 
         def after_training_exp(self, strategy, **kwargs):
             seconds = time.perf_counter() - self._t0
