@@ -42,6 +42,23 @@ class DarkERParams(MemoryParams):
     beta: float = Field(0.5, ge=0, description="buffer cross-entropy weight (0 = DER, >0 = DER++)")
 
 
+class ExpandableParams(MemoryParams):
+    alpha_aux: float = Field(1.0, ge=0, description="weight of the auxiliary (new vs old) loss")
+    weight_align: bool = Field(True, description="weight aligning of new-class head rows after each task")
+
+
+class MEMOParams(ExpandableParams):
+    split_at: str = Field("auto", description="last generalized stage (ResNet-32: 'stage_2'; "
+                          "MLP/CNN: index, 'auto' = before the last layer)")
+    train_shared: bool = Field(True, description="keep training the generalized blocks after task 1 "
+                               "(reference `train_base`; freeze them when the base task has ≥ ~20 classes)")
+
+
+STRATEGIES.register("memo", params=MEMOParams, target="strategies.memo:build_memo",
+                    summary="MEMO: shared generalized blocks + one specialized block per task (Zhou et al. 2023)")
+STRATEGIES.register("der", params=ExpandableParams, target="strategies.memo:build_der",
+                    summary="DER: a whole backbone per task, no pruning (Yan et al. 2021), as PyCIL runs it")
+
 _BASELINES = [
     ("naive", NoParams, "fine-tuning, no protection against forgetting (lower bound)"),
     ("replay", MemoryParams, "experience replay from an experience-balanced buffer"),

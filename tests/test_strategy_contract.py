@@ -18,7 +18,7 @@ from cl.runner import FINAL_METRICS, run
 
 ARTIFACTS = {"config.yaml", "provenance.json", "accuracy_matrix.csv", "accuracy_matrix.png",
              "accuracy_curve.png"}
-MEMORY_STRATEGIES = {"replay", "icarl", "gdumb", "er_ace", "dark_er"}
+MEMORY_STRATEGIES = {"replay", "icarl", "gdumb", "er_ace", "dark_er", "memo", "der"}
 DIGITS_PIXELS = 8 * 8 * 1
 
 

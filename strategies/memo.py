@@ -1,0 +1,338 @@
+"""MEMO and DER: expandable representations for class-incremental learning.
+
+MEMO — "A Model or 603 Exemplars: Towards Memory-Efficient Class-Incremental Learning",
+Zhou et al., ICLR 2023 (reference: wangkiw/ICLR23-MEMO, PyCIL `models/memo.py`,
+`utils/inc_net.py:AdaptiveNet`). DER — "Dynamically Expandable Representation", Yan et al.,
+CVPR 2021, without its pruning step, as PyCIL runs it. DER is MEMO with no shared blocks:
+one `ExpandableNet` serves both (`shared=None` gives DER).
+
+What each step does and where it comes from:
+- Backbone split (MEMO §4.1): generalized blocks φg (shallow, shared) and specialized blocks
+  φs (deep, one per task). ResNet-32: φg = stem + stage_1 + stage_2, φs = stage_3 + pool.
+- Expansion per task b (AdaptiveNet.update_fc): φs_b is a copy of φs_{b−1} (the first one
+  is the backbone's own); feature = concat_i φs_i(φg(x)). The new head covers all seen
+  classes; old rows × old feature columns are copied, the rest is Kaiming-uniform
+  (nonlinearity 'linear') with zero bias (PyCIL's SimpleLinear).
+- Auxiliary head Linear(d, |Y_b|+1) on φs_b's features; new classes keep their order, every
+  old class maps to label 0; loss = CE(head) + α·CE(aux) from task 2 on (α = 1). The aux
+  head is dropped after the task.
+- Freezing: old φs get no gradient and stay in eval mode (BN statistics frozen). φg trains
+  after task 1 only with `train_shared` (the reference's `train_base`, right for B0 splits).
+- Weight aligning (WA, Zhao et al. 2020) after every task but the first: new-class rows ×
+  mean‖old row‖ / mean‖new row‖.
+- Exemplars: iCaRL herding on L2-normalised concatenated features, m = ⌊budget / #seen⌋
+  per class; shrinking keeps the first m in herding order. The paper's text says "closest to
+  the class mean"; the code herds — we follow the code.
+- Optimiser state is reset at every task (the reference builds a new SGD per task).
+
+Deviations (ours, not the paper's):
+- Labels are the scenario's original class ids. The head keeps one row per seen class in
+  arrival order and its logits are scattered into the full label space, unseen classes at
+  −inf: the same cross-entropy over seen classes as the reference's remapped labels.
+- Exemplars are kept as indices into the experience's dataset (not copied tensors), so they
+  are replayed with the same train-time transforms; they are counted as H·W·C bytes each.
+- The reference's per-task learning-rate schedules (MultiStepLR milestones) come from the
+  run's train config; nearest-mean-of-exemplars accuracy is not yet logged (see issue 3).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Sequence
+
+import torch
+from avalanche.benchmarks.utils.utils import concat_datasets
+from avalanche.core import SupervisedPlugin
+from avalanche.models import DynamicModule
+from avalanche.training.templates import SupervisedTemplate
+from torch import nn
+from torch.nn import functional as F
+
+from strategies.base import StrategyContext
+
+EPSILON = 1e-8
+
+
+# --------------------------------------------------------------------------- the network
+
+
+def _linear(in_features: int, out_features: int) -> nn.Linear:
+    """PyCIL's SimpleLinear initialisation: Kaiming-uniform (linear), zero bias."""
+    layer = nn.Linear(in_features, out_features)
+    nn.init.kaiming_uniform_(layer.weight, nonlinearity="linear")
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+class ExpandableNet(DynamicModule):
+    """φg (shared) followed by one specialized block per task, concatenated, and a growing head.
+
+    `shared=None` gives DER (a whole backbone per task). Grows in Avalanche's model
+    adaptation, before each *training* experience with classes it has not seen.
+    """
+
+    def __init__(self, shared: nn.Module | None, specialized: nn.Module, out_dim: int, n_classes: int,
+                 *, train_shared: bool = True):
+        super().__init__()
+        self.shared = shared if shared is not None else nn.Identity()
+        self.has_shared = shared is not None
+        self.specialized = nn.ModuleList()
+        self._template = specialized        # the first φs; later ones copy their predecessor
+        self.out_dim = out_dim
+        self.n_classes = n_classes
+        self.train_shared = train_shared
+        self.head: nn.Linear | None = None
+        self.aux_head: nn.Linear | None = None
+        self.class_ids: list[int] = []      # head row -> original class id
+        self.task_sizes: list[int] = []
+        self._adapted_experiences: set[int] = set()
+        self._last_features: torch.Tensor | None = None
+
+    # ---- growth
+    def adaptation(self, experience) -> None:
+        if not self.training or experience.current_experience in self._adapted_experiences:
+            return
+        self._adapted_experiences.add(experience.current_experience)
+        new = [c for c in sorted(experience.classes_in_this_experience) if c not in self.class_ids]
+        if new:
+            self.expand(new)
+
+    def expand(self, new_classes: Sequence[int]) -> None:
+        """Add a specialized block and grow the head to cover `new_classes` (one task)."""
+        device = next(self.parameters()).device if any(True for _ in self.parameters()) else None
+        block = self._template if not self.specialized else copy.deepcopy(self.specialized[-1])
+        self.specialized.append(block)
+        old_head, n_old = self.head, len(self.class_ids)
+        self.class_ids.extend(int(c) for c in new_classes)
+        self.task_sizes.append(len(new_classes))
+        head = _linear(self.feature_dim, len(self.class_ids))
+        if old_head is not None:
+            with torch.no_grad():
+                head.weight[:n_old, : old_head.in_features] = old_head.weight
+                head.bias[:n_old] = old_head.bias
+        self.head = head
+        self.aux_head = _linear(self.out_dim, len(new_classes) + 1)
+        self._freeze_old()
+        if device is not None:
+            self.to(device)
+
+    def _freeze_old(self) -> None:
+        for block in self.specialized[:-1]:
+            block.requires_grad_(False)
+        if self.has_shared and len(self.specialized) > 1 and not self.train_shared:
+            self.shared.requires_grad_(False)
+        self.train(self.training)
+
+    def drop_aux_head(self) -> None:
+        self.aux_head = None
+
+    @property
+    def feature_dim(self) -> int:
+        return self.out_dim * len(self.specialized)
+
+    @property
+    def frozen_blocks(self) -> list[nn.Module]:
+        frozen = list(self.specialized[:-1])
+        if self.has_shared and len(self.specialized) > 1 and not self.train_shared:
+            frozen.insert(0, self.shared)
+        return frozen
+
+    def train(self, mode: bool = True):
+        """Frozen blocks stay in eval mode (their BN statistics must not move)."""
+        super().train(mode)
+        for block in self.frozen_blocks:
+            block.eval()
+        return self
+
+    # ---- forward
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        base = self.shared(x)
+        return torch.cat([block(base) for block in self.specialized], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.head is None:
+            raise RuntimeError("ExpandableNet has not seen any experience yet: call expand() first")
+        features = self.features(x)
+        self._last_features = features if self.training else None
+        logits = x.new_full((len(x), self.n_classes), -math.inf)
+        logits[:, self.class_ids] = self.head(features)
+        return logits
+
+    def aux_logits(self) -> torch.Tensor:
+        """Aux head on the newest block's part of the last training forward's features."""
+        return self.aux_head(self._last_features[:, -self.out_dim:])
+
+    def aux_targets(self, y: torch.Tensor) -> torch.Tensor:
+        """New classes -> 1..|Y_b| in head order; every old class -> 0 (reference: aux_targets)."""
+        lookup = torch.zeros(self.n_classes, dtype=torch.long, device=y.device)
+        new = torch.tensor(self.class_ids[-self.task_sizes[-1]:], device=y.device)
+        lookup[new] = torch.arange(1, len(new) + 1, device=y.device)
+        return lookup[y]
+
+    def align_weights(self) -> float:
+        """WA: scale new-class rows by mean‖old row‖ / mean‖new row‖; returns γ."""
+        increment = self.task_sizes[-1]
+        with torch.no_grad():
+            weights = self.head.weight
+            gamma = weights[:-increment].norm(dim=1).mean() / weights[-increment:].norm(dim=1).mean()
+            weights[-increment:] *= gamma
+        return float(gamma)
+
+
+# --------------------------------------------------------------------------- exemplars
+
+
+def herding_order(features: torch.Tensor, m: int) -> list[int]:
+    """iCaRL herding (Rebuffi et al. 2017, Alg. 4) as PyCIL runs it, on normalised features.
+
+    Picks, one at a time, the sample that brings the mean of the picked set closest to the
+    class mean; returns the indices in the order picked (at most `m`).
+    """
+    vectors = features / (features.norm(dim=1, keepdim=True) + EPSILON)
+    class_mean = vectors.mean(dim=0)
+    available = torch.ones(len(vectors), dtype=torch.bool)
+    picked: list[int] = []
+    running_sum = torch.zeros_like(class_mean)
+    for k in range(1, min(m, len(vectors)) + 1):
+        candidates = (running_sum + vectors) / k
+        distance = (class_mean - candidates).norm(dim=1)
+        distance[~available] = math.inf
+        i = int(distance.argmin())
+        picked.append(i)
+        available[i] = False
+        running_sum += vectors[i]
+    return picked
+
+
+class HerdingMemory:
+    """Per-class exemplars (dataset + indices in herding order) under a total budget."""
+
+    def __init__(self, budget: int):
+        self.budget = budget
+        self.per_class: dict[int, tuple[object, list[int]]] = {}
+
+    def per_class_quota(self, n_classes: int) -> int:
+        return self.budget // max(n_classes, 1)
+
+    def add_class(self, class_id: int, dataset, indices: list[int]) -> None:
+        self.per_class[class_id] = (dataset, list(indices))
+
+    def shrink(self, m: int) -> None:
+        """Keep the first m exemplars of every class (herding order = most representative first)."""
+        for class_id, (dataset, indices) in self.per_class.items():
+            self.per_class[class_id] = (dataset, indices[:m])
+
+    def __len__(self) -> int:
+        return sum(len(indices) for _, indices in self.per_class.values())
+
+    def dataset(self):
+        parts = [dataset.subset(indices) for dataset, indices in self.per_class.values() if indices]
+        return concat_datasets(parts) if parts else None
+
+
+# --------------------------------------------------------------------------- the plugin
+
+
+class MEMOPlugin(SupervisedPlugin):
+    """The training recipe around an `ExpandableNet`: aux loss, WA, herding memory, fresh optimiser."""
+
+    def __init__(self, *, mem_size: int, alpha_aux: float = 1.0, weight_align: bool = True,
+                 feature_batch_size: int = 256):
+        super().__init__()
+        self.memory = HerdingMemory(mem_size)
+        self.alpha_aux = alpha_aux
+        self.weight_align = weight_align
+        self.feature_batch_size = feature_batch_size
+        self.gammas: list[float] = []
+
+    def n_exemplars(self) -> int:
+        return len(self.memory)
+
+    def after_train_dataset_adaptation(self, strategy, **kwargs):
+        replay = self.memory.dataset()
+        if replay is not None:
+            strategy.adapted_dataset = concat_datasets([strategy.adapted_dataset, replay])
+
+    def before_training_exp(self, strategy, **kwargs):
+        strategy.optimizer.state.clear()   # the reference builds a new SGD for every task
+
+    def before_backward(self, strategy, **kwargs):
+        net: ExpandableNet = strategy.model
+        if len(net.specialized) > 1 and self.alpha_aux > 0:
+            aux = F.cross_entropy(net.aux_logits(), net.aux_targets(strategy.mb_y))
+            strategy.loss = strategy.loss + self.alpha_aux * aux
+
+    def after_training_exp(self, strategy, **kwargs):
+        net: ExpandableNet = strategy.model
+        if len(net.specialized) > 1 and self.weight_align:
+            self.gammas.append(net.align_weights())
+        net.drop_aux_head()
+        self._update_memory(strategy, net)
+
+    @torch.no_grad()
+    def _update_memory(self, strategy, net: ExpandableNet) -> None:
+        quota = self.memory.per_class_quota(len(net.class_ids))
+        self.memory.shrink(quota)
+        dataset = strategy.experience.dataset
+        plain = dataset.eval()              # features of un-augmented samples
+        targets = torch.as_tensor(list(dataset.targets))
+        was_training = net.training
+        net.eval()
+        for class_id in net.class_ids[-net.task_sizes[-1]:]:
+            indices = torch.nonzero(targets == class_id).flatten().tolist()
+            features = torch.cat([
+                net.features(torch.stack([plain[i][0] for i in indices[k:k + self.feature_batch_size]])
+                             .to(strategy.device)).cpu()
+                for k in range(0, len(indices), self.feature_batch_size)])
+            chosen = herding_order(features, quota)
+            self.memory.add_class(class_id, dataset, [indices[i] for i in chosen])
+        net.train(was_training)
+
+
+# --------------------------------------------------------------------------- builders
+
+
+def split_backbone(feature_extractor: nn.Module, at: str = "auto") -> tuple[nn.Module, nn.Module]:
+    """(generalized, specialized) halves of a backbone.
+
+    ResNet-32 splits at a named stage (`auto` = ``stage_2``, MEMO's choice); a plain
+    `nn.Sequential` (our MLP/CNN) splits before its last parametric layer (`auto`) or at an
+    integer index.
+    """
+    if hasattr(feature_extractor, "split"):
+        return feature_extractor.split("stage_2" if at == "auto" else at)
+    if isinstance(feature_extractor, nn.Sequential):
+        if at == "auto":
+            parametric = [i for i, m in enumerate(feature_extractor) if isinstance(m, (nn.Linear, nn.Conv2d))]
+            cut = parametric[-1]
+        else:
+            cut = int(at)
+        return feature_extractor[:cut], feature_extractor[cut:]
+    raise TypeError(f"cannot split a {type(feature_extractor).__name__}; give a ResNet-32 or an nn.Sequential")
+
+
+def memo_net(model, *, split_at: str = "auto", n_classes: int, train_shared: bool = True) -> ExpandableNet:
+    """MEMO's network from one of our `ClassifierNet`s (its head is replaced by the growing one)."""
+    shared, specialized = split_backbone(model.feature_extractor, split_at)
+    return ExpandableNet(shared, specialized, model.feature_dim, n_classes, train_shared=train_shared)
+
+
+def der_net(model, *, n_classes: int) -> ExpandableNet:
+    """DER's network: the whole backbone is specialized, one copy per task."""
+    return ExpandableNet(None, model.feature_extractor, model.feature_dim, n_classes)
+
+
+def _template(ctx: StrategyContext, net: ExpandableNet, params) -> SupervisedTemplate:
+    plugin = MEMOPlugin(mem_size=params.mem_size, alpha_aux=params.alpha_aux, weight_align=params.weight_align)
+    return SupervisedTemplate(model=net.to(ctx.device), optimizer=ctx.optimizer, criterion=ctx.criterion,
+                              **ctx.template_kwargs([plugin]))
+
+
+def build_memo(ctx: StrategyContext, params) -> SupervisedTemplate:
+    net = memo_net(ctx.model, split_at=params.split_at, n_classes=ctx.scenario.n_classes,
+                   train_shared=params.train_shared)
+    return _template(ctx, net, params)
+
+
+def build_der(ctx: StrategyContext, params) -> SupervisedTemplate:
+    return _template(ctx, der_net(ctx.model, n_classes=ctx.scenario.n_classes), params)
