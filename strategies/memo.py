@@ -76,8 +76,9 @@ class ExpandableNet(DynamicModule):
         super().__init__()
         self.shared = shared if shared is not None else nn.Identity()
         self.has_shared = shared is not None
-        self.specialized = nn.ModuleList()
-        self._template = specialized        # the first φs; later ones copy their predecessor
+        # φs_1 is registered from the start so parameter names never change (Avalanche's
+        # optimizer update matches parameters by name); later blocks copy their predecessor.
+        self.specialized = nn.ModuleList([specialized])
         self.out_dim = out_dim
         self.n_classes = n_classes
         self.train_shared = train_shared
@@ -99,9 +100,8 @@ class ExpandableNet(DynamicModule):
 
     def expand(self, new_classes: Sequence[int]) -> None:
         """Add a specialized block and grow the head to cover `new_classes` (one task)."""
-        device = next(self.parameters()).device if any(True for _ in self.parameters()) else None
-        block = self._template if not self.specialized else copy.deepcopy(self.specialized[-1])
-        self.specialized.append(block)
+        if self.n_tasks > 0:
+            self.specialized.append(copy.deepcopy(self.specialized[-1]))
         old_head, n_old = self.head, len(self.class_ids)
         self.class_ids.extend(int(c) for c in new_classes)
         self.task_sizes.append(len(new_classes))
@@ -113,13 +113,12 @@ class ExpandableNet(DynamicModule):
         self.head = head
         self.aux_head = _linear(self.out_dim, len(new_classes) + 1)
         self._freeze_old()
-        if device is not None:
-            self.to(device)
+        self.to(next(self.specialized.parameters()).device)
 
     def _freeze_old(self) -> None:
-        for block in self.specialized[:-1]:
+        for block in self.specialized[: self.n_tasks - 1]:
             block.requires_grad_(False)
-        if self.has_shared and len(self.specialized) > 1 and not self.train_shared:
+        if self.has_shared and self.n_tasks > 1 and not self.train_shared:
             self.shared.requires_grad_(False)
         self.train(self.training)
 
@@ -127,13 +126,17 @@ class ExpandableNet(DynamicModule):
         self.aux_head = None
 
     @property
+    def n_tasks(self) -> int:
+        return len(self.task_sizes)
+
+    @property
     def feature_dim(self) -> int:
-        return self.out_dim * len(self.specialized)
+        return self.out_dim * self.n_tasks
 
     @property
     def frozen_blocks(self) -> list[nn.Module]:
-        frozen = list(self.specialized[:-1])
-        if self.has_shared and len(self.specialized) > 1 and not self.train_shared:
+        frozen = list(self.specialized[: self.n_tasks - 1])
+        if self.has_shared and self.n_tasks > 1 and not self.train_shared:
             frozen.insert(0, self.shared)
         return frozen
 
@@ -258,13 +261,13 @@ class MEMOPlugin(SupervisedPlugin):
 
     def before_backward(self, strategy, **kwargs):
         net: ExpandableNet = strategy.model
-        if len(net.specialized) > 1 and self.alpha_aux > 0:
+        if net.n_tasks > 1 and self.alpha_aux > 0:
             aux = F.cross_entropy(net.aux_logits(), net.aux_targets(strategy.mb_y))
             strategy.loss = strategy.loss + self.alpha_aux * aux
 
     def after_training_exp(self, strategy, **kwargs):
         net: ExpandableNet = strategy.model
-        if len(net.specialized) > 1 and self.weight_align:
+        if net.n_tasks > 1 and self.weight_align:
             self.gammas.append(net.align_weights())
         net.drop_aux_head()
         self._update_memory(strategy, net)

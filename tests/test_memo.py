@@ -144,6 +144,10 @@ def test_in_an_avalanche_loop_old_blocks_freeze_and_keep_their_statistics():
         warnings.simplefilter("ignore")
         strategy.train(scenario.benchmark.train_stream[1])
     assert len(net.specialized) == 2
+    # every parameter is optimised once (no double updates after the model grew)
+    in_optimizer = [p for group in strategy.optimizer.param_groups for p in group["params"]]
+    assert len(in_optimizer) == len({id(p) for p in in_optimizer})
+    assert {id(p) for p in net.parameters()} <= {id(p) for p in in_optimizer}
     assert all(not p.requires_grad for p in net.specialized[0].parameters())
     assert not net.specialized[0].training and net.specialized[1].training
     # weights *and* BN running statistics of the old block are untouched by task 2
