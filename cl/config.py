@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -36,6 +36,15 @@ class TrainConfig(BaseModel):
     device: str = Field("cpu", description="'cpu', 'cuda', 'cuda:N' or 'auto'")
 
 
+class MemoryBudget(BaseModel):
+    """Equal total memory (MEMO §4.2): exemplars derived from the bytes a smaller model saves."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    aligned_to: str = Field(description="the strategy whose final model sets the budget (the largest, e.g. der)")
+    exemplars: int = Field(ge=0, description="exemplars the reference strategy keeps (MEMO: 2000)")
+
+
 class ComponentConfig(BaseModel):
     """A registry name and its validated options (all defaults filled in)."""
 
@@ -59,6 +68,7 @@ class RunConfig(BaseModel):
     model: ComponentConfig
     strategy: ComponentConfig
     train: TrainConfig = TrainConfig()
+    memory: Optional[MemoryBudget] = Field(None, description="align exemplar counts to equal total memory")
     seed: int = Field(0, description="training seed (weights, batch order); not the class order")
     imports: tuple[str, ...] = Field((), description="modules to import first (they register entries)")
 
@@ -92,9 +102,23 @@ class RunConfig(BaseModel):
                 problems.extend(format_validation_error(exc, prefix="train"))
             raise ConfigError(problems, source=source)
         try:
-            return cls.model_validate(data)
+            config = cls.model_validate(data)
         except ValidationError as exc:
             raise ConfigError(format_validation_error(exc), source=source) from None
+        if config.memory is not None:
+            config._check_memory_budget(source)
+        return config
+
+    def _check_memory_budget(self, source: str | None) -> None:
+        from cl.registry import STRATEGIES
+
+        try:
+            STRATEGIES.get(self.memory.aligned_to)
+        except ConfigError as exc:
+            raise ConfigError(f"memory.aligned_to: {exc.problems[0]}", source=source) from None
+        if "mem_size" not in STRATEGIES.get(self.strategy.name).params.model_fields:
+            raise ConfigError(f"memory: strategy {self.strategy.name!r} keeps no exemplars, so there is no "
+                              "budget to align; drop `memory` for it", source=source)
 
     def preflight(self) -> None:
         """Cheap checks that need the machine, not just the config (e.g. data on disk)."""
@@ -120,6 +144,8 @@ class RunConfig(BaseModel):
         """What the run computes: everything but the experiment name (and the seed, optionally)."""
         out = self.to_dict()
         out.pop("experiment")
+        for key in [k for k, v in out.items() if v is None]:  # unset options leave old hashes unchanged
+            out.pop(key)
         if not with_seed:
             out.pop("seed")
         return out

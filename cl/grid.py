@@ -41,7 +41,7 @@ from cl.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-GRID_KEYS = (*COMPONENTS, "train")
+GRID_KEYS = (*COMPONENTS, "train", "memory")
 
 
 class GridSpec(BaseModel):

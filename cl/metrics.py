@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 
 BYTES_PER_PARAMETER = 4          # float32
-BYTES_PER_MB = 10**6             # decimal megabytes
+BYTES_PER_MB = 2**20             # MEMO's tables: DER on CIFAR-100 B0 Inc10 = 23.5 MB = 24,684,160 bytes
 
 
 def _check(R) -> np.ndarray:
@@ -110,9 +110,25 @@ class MemoryFootprint:
 
     @property
     def total_mb(self) -> float:
-        """Total in decimal megabytes (1 MB = 10^6 bytes)."""
+        """Total in MB of 2^20 bytes, the unit of MEMO's tables."""
         return self.total_bytes / BYTES_PER_MB
 
 
 def memory_footprint(n_params: int, n_exemplars: int, input_shape: Sequence[int]) -> MemoryFootprint:
     return MemoryFootprint(model_bytes(n_params), exemplar_bytes(n_exemplars, input_shape))
+
+
+def aligned_exemplars(reference_params: int, params: int, reference_exemplars: int,
+                      input_shape: Sequence[int]) -> int:
+    """Exemplars a method may keep to match a reference's total memory (MEMO §4.2).
+
+    extra = ⌊(P_ref − P) · 4 / (H·W·C)⌋: the bytes a smaller model saves are spent on
+    exemplars. MEMO's worked example (CIFAR-100, B0 Inc10, 2,000 exemplars for DER): MEMO
+    3,626,896 vs DER 4,635,040 backbone parameters -> 3,312 exemplars; a single ResNet-32
+    (463,504) -> 7,431. Raises if the method's model is larger than the reference's.
+    """
+    saved = model_bytes(reference_params) - model_bytes(params)
+    if saved < 0:
+        raise ValueError(f"the model ({params:,} params) is larger than the reference ({reference_params:,}); "
+                         "align to the largest model")
+    return int(reference_exemplars) + saved // exemplar_bytes(1, input_shape)

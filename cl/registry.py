@@ -53,17 +53,29 @@ class Entry:
     params: type[Params]
     target: str | Callable[..., Any]
     summary: str = ""
+    # strategies that grow their model: (model, scenario, params) -> backbone parameters at the end
+    final_backbone_params: str | Callable[..., int] | None = None
 
     def load(self) -> Callable[..., Any]:
         """The builder callable, importing its module on first use."""
-        if callable(self.target):
-            return self.target
-        module_name, _, attr = self.target.partition(":")
-        module = importlib.import_module(module_name)
-        try:
-            return getattr(module, attr)
-        except AttributeError as exc:  # a registration bug, not a user error
-            raise ImportError(f"{self.kind} {self.name!r}: {self.target} does not exist") from exc
+        return _resolve(self.target, f"{self.kind} {self.name!r}")
+
+    def load_final_backbone_params(self) -> Callable[..., int] | None:
+        if self.final_backbone_params is None:
+            return None
+        return _resolve(self.final_backbone_params, f"{self.kind} {self.name!r}")
+
+
+def _resolve(target: str | Callable[..., Any], what: str) -> Callable[..., Any]:
+    """A callable, or the ``"module:attr"`` it names (imported now)."""
+    if callable(target):
+        return target
+    module_name, _, attr = target.partition(":")
+    module = importlib.import_module(module_name)
+    try:
+        return getattr(module, attr)
+    except AttributeError as exc:  # a registration bug, not a user error
+        raise ImportError(f"{what}: {target} does not exist") from exc
 
 
 class Registry:
@@ -82,11 +94,13 @@ class Registry:
         params: type[Params] = NoParams,
         target: str | Callable[..., Any],
         summary: str = "",
+        final_backbone_params: str | Callable[..., int] | None = None,
     ) -> Entry:
         if not issubclass(params, Params):
             raise TypeError(f"params for {self.kind} {name!r} must subclass cl.registry.Params")
         existing = self._entries.get(name)
-        entry = Entry(name=name, kind=self.kind, params=params, target=target, summary=summary)
+        entry = Entry(name=name, kind=self.kind, params=params, target=target, summary=summary,
+                      final_backbone_params=final_backbone_params)
         if existing is not None and existing != entry:
             raise ValueError(f"{self.kind} {name!r} is already registered (target {existing.target})")
         self._entries[name] = entry

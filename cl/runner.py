@@ -67,7 +67,7 @@ def _execute(cfg: RunConfig, runlog: RunLog) -> RunResult:
     from cl.models import count_parameters
     from cl.tracking import (make_finite_loss_guard, make_logger_plugin, provenance, provenance_tags,
                              to_json_bytes)
-    from strategies.base import StrategyContext, count_exemplars, persistent_state_bytes
+    from strategies.base import StrategyContext, aligned_mem_size, count_exemplars, persistent_state_bytes
 
     import_user_modules(cfg.imports)
     started = time.perf_counter()
@@ -80,9 +80,16 @@ def _execute(cfg: RunConfig, runlog: RunLog) -> RunResult:
     build_scenario = SCENARIOS.get(cfg.scenario.name).load()
     scenario = build_scenario(**scenario_params.split_kwargs())
     device = resolve_device(cfg.train.device)
-    model = MODELS.get(cfg.model.name).load()(
-        input_shape=scenario.input_shape, n_classes=scenario.n_classes,
-        **_params(MODELS, cfg.model).model_dump()).to(device)
+    def build_model():
+        return MODELS.get(cfg.model.name).load()(
+            input_shape=scenario.input_shape, n_classes=scenario.n_classes, **_params(MODELS, cfg.model).model_dump())
+
+    strategy_params = _params(STRATEGIES, cfg.strategy)
+    if cfg.memory is not None:  # equal total memory: the exemplar budget follows from the bytes
+        mem_size = aligned_mem_size(cfg.memory, cfg.strategy.name, cfg.strategy.options, build_model, scenario)
+        strategy_params = strategy_params.model_copy(update={"mem_size": mem_size})
+        runlog.log_params({"memory.resolved_mem_size": str(mem_size)})
+    model = build_model().to(device)
     optimizer = make_optimizer(model, cfg.train)
     logger = make_logger_plugin(runlog, test_sizes=scenario.test_sizes,
                                 classes_per_experience=scenario.classes_per_experience,
@@ -92,7 +99,7 @@ def _execute(cfg: RunConfig, runlog: RunLog) -> RunResult:
         scenario=scenario, device=device, evaluator=_silent_evaluator(),
         plugins=[logger, make_finite_loss_guard()])
     with _quiet_avalanche():
-        strategy = STRATEGIES.get(cfg.strategy.name).load()(ctx, _params(STRATEGIES, cfg.strategy))
+        strategy = STRATEGIES.get(cfg.strategy.name).load()(ctx, strategy_params)
         T = scenario.n_experiences
         for experience in scenario.benchmark.train_stream:   # progress is reported per epoch by the logger
             strategy.train(experience, num_workers=0)

@@ -101,3 +101,35 @@ def _tensor_bytes(obj: Any) -> int:
         return sum(_tensor_bytes(v) for v in obj.values())
     data = getattr(obj, "data", None)  # avalanche ParamData
     return data.numel() * 4 if isinstance(data, torch.Tensor) else 0
+
+
+def final_backbone_parameters(strategy_name: str, model_factory, scenario, params) -> int:
+    """Backbone parameters of the model `strategy_name` ends the stream with (heads excluded).
+
+    MEMO's accounting counts backbones only: its worked example (DER = 10 × 463,504) has no
+    classifier in it. Strategies that grow register `final_backbone_params`; the others end
+    with the backbone they start with.
+    """
+    from cl.models import count_parameters
+    from cl.registry import STRATEGIES
+
+    entry = STRATEGIES.get(strategy_name)
+    counter = entry.load_final_backbone_params()
+    model = model_factory()
+    if counter is not None:
+        return int(counter(model, scenario, entry.params.model_validate(params)))
+    return count_parameters(model.feature_extractor)
+
+
+def aligned_mem_size(budget, strategy_name: str, strategy_options: dict, model_factory, scenario) -> int:
+    """Exemplars `strategy_name` may keep so its total memory equals the budget's reference."""
+    from cl.metrics import aligned_exemplars
+    from cl.registry import STRATEGIES
+
+    reference_options = {} if budget.aligned_to != strategy_name else strategy_options
+    reference_entry = STRATEGIES.get(budget.aligned_to)
+    reference = final_backbone_parameters(
+        budget.aligned_to, model_factory, scenario,
+        reference_entry.params.model_validate(reference_options).model_dump())
+    own = final_backbone_parameters(strategy_name, model_factory, scenario, strategy_options)
+    return aligned_exemplars(reference, own, budget.exemplars, scenario.input_shape)

@@ -55,9 +55,11 @@ class MEMOParams(ExpandableParams):
 
 
 STRATEGIES.register("memo", params=MEMOParams, target="strategies.memo:build_memo",
-                    summary="MEMO: shared generalized blocks + one specialized block per task (Zhou et al. 2023)")
+                    summary="MEMO: shared generalized blocks + one specialized block per task (Zhou et al. 2023)",
+                    final_backbone_params="strategies.memo:memo_final_backbone_params")
 STRATEGIES.register("der", params=ExpandableParams, target="strategies.memo:build_der",
-                    summary="DER: a whole backbone per task, no pruning (Yan et al. 2021), as PyCIL runs it")
+                    summary="DER: a whole backbone per task, no pruning (Yan et al. 2021), as PyCIL runs it",
+                    final_backbone_params="strategies.memo:der_final_backbone_params")
 
 _BASELINES = [
     ("naive", NoParams, "fine-tuning, no protection against forgetting (lower bound)"),

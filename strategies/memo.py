@@ -339,3 +339,21 @@ def build_memo(ctx: StrategyContext, params) -> SupervisedTemplate:
 
 def build_der(ctx: StrategyContext, params) -> SupervisedTemplate:
     return _template(ctx, der_net(ctx.model, n_classes=ctx.scenario.n_classes), params)
+
+
+def _final_backbone(net: ExpandableNet, scenario) -> int:
+    from cl.models import count_parameters
+
+    for classes in scenario.classes_per_experience:
+        net.expand(list(classes))
+    return count_parameters(net.shared) + count_parameters(net.specialized)
+
+
+def memo_final_backbone_params(model, scenario, params) -> int:
+    """φg + one φs per experience (MEMO: 112,016 + T × 351,488 for ResNet-32)."""
+    return _final_backbone(memo_net(model, split_at=params.split_at, n_classes=scenario.n_classes), scenario)
+
+
+def der_final_backbone_params(model, scenario, params) -> int:
+    """One whole backbone per experience (DER: T × 463,504 for ResNet-32)."""
+    return _final_backbone(der_net(model, n_classes=scenario.n_classes), scenario)

@@ -167,3 +167,53 @@ def test_frozen_shared_blocks_when_train_shared_is_off():
     net.expand([2, 3])
     net.train()
     assert not net.shared.training and all(not p.requires_grad for p in net.shared.parameters())
+
+
+def test_final_backbone_counts_follow_the_stream():
+    from cl.scenarios import split_digits
+    from strategies.base import final_backbone_parameters
+
+    scenario = split_digits(n_experiences=5)
+
+    def factory():
+        return build_resnet32(input_shape=(3, 32, 32), n_classes=10)
+
+    assert final_backbone_parameters("der", factory, scenario, {}) == 5 * 463_504
+    assert final_backbone_parameters("memo", factory, scenario, {}) == 112_016 + 5 * 351_488
+    assert final_backbone_parameters("replay", factory, scenario, {}) == 463_504
+
+
+def test_memory_budget_aligns_exemplars_in_a_run():
+    from cl.config import RunConfig
+    from cl.runner import execute
+    from cl.tracking import NullRunLog
+
+    class Params(NullRunLog):
+        logged = {}
+
+        def log_params(self, params):
+            self.logged.update(params)
+
+    log = Params()
+    cfg = RunConfig.from_dict({
+        "scenario": {"name": "split_digits", "n_experiences": 2, "train_samples_per_class": 100},
+        "model": {"name": "mlp", "hidden": [32, 16]}, "strategy": {"name": "memo"},
+        "memory": {"aligned_to": "der", "exemplars": 20}, "train": {"epochs": 1}})
+    result = execute(cfg, log)
+    assert result.ok, result.reason
+    # MLP 64-32-16 split before its last layer: DER keeps 2 whole backbones (2,080 + 528 each),
+    # MEMO shares the first layer (2,080) -> saves 2,080 params = 8,320 bytes = 130 digits (64 B each)
+    assert log.logged["memory.resolved_mem_size"] == str(20 + 130)
+    assert result.metrics["memory/n_exemplars"] == 150
+
+
+def test_memory_budget_needs_an_exemplar_strategy():
+    from cl.config import RunConfig
+    from cl.errors import ConfigError
+
+    base = {"scenario": "split_digits", "model": "mlp", "strategy": "naive",
+            "memory": {"aligned_to": "der", "exemplars": 20}}
+    with pytest.raises(ConfigError, match="'naive' keeps no exemplars"):
+        RunConfig.from_dict(base)
+    with pytest.raises(ConfigError, match="memory.aligned_to: unknown strategy 'dre'"):
+        RunConfig.from_dict({**base, "strategy": "replay", "memory": {"aligned_to": "dre", "exemplars": 2}})

@@ -79,4 +79,17 @@ def test_memory_accounting_reproduces_memos_title():
     assert model // metrics.exemplar_bytes(1, (3, 32, 32)) == 603
     footprint = metrics.memory_footprint(463_504, 2000, (3, 32, 32))
     assert footprint.exemplar_bytes == 2000 * 3072
-    assert footprint.total_mb == pytest.approx((1_854_016 + 6_144_000) / 1e6)
+    assert footprint.total_mb == pytest.approx((1_854_016 + 6_144_000) / 2**20)
+
+
+def test_memory_alignment_reproduces_memos_worked_example():
+    # CIFAR-100 B0 Inc10: DER ends with 10 ResNet-32 backbones and keeps 2,000 exemplars
+    der, memo, single = 10 * 463_504, 112_016 + 10 * 351_488, 463_504
+    assert (der, memo) == (4_635_040, 3_626_896)
+    assert metrics.aligned_exemplars(der, der, 2000, (3, 32, 32)) == 2000
+    assert metrics.aligned_exemplars(der, memo, 2000, (3, 32, 32)) == 3312
+    assert metrics.aligned_exemplars(der, single, 2000, (3, 32, 32)) == 7431
+    # ... and the budget is the paper's 23.5 MB
+    assert metrics.memory_footprint(der, 2000, (3, 32, 32)).total_mb == pytest.approx(23.54, abs=0.01)
+    with pytest.raises(ValueError, match="larger than the reference"):
+        metrics.aligned_exemplars(single, der, 2000, (3, 32, 32))

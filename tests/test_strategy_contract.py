@@ -73,7 +73,7 @@ def test_strategy_contract(name, shared_store):
 
     # memory accounting: params x 4 bytes + exemplars x H*W*C bytes (MEMO)
     n_ex = metrics["memory/n_exemplars"]
-    expected_mb = (metrics["memory/model_bytes"] + n_ex * DIGITS_PIXELS) / 1e6
+    expected_mb = (metrics["memory/model_bytes"] + n_ex * DIGITS_PIXELS) / 2**20
     assert metrics["final/memory_mb"] == pytest.approx(expected_mb)
     if name in MEMORY_STRATEGIES:
         assert 0 < n_ex <= 200
