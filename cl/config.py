@@ -21,6 +21,17 @@ from cl.registry import REGISTRIES, import_user_modules
 COMPONENTS = ("scenario", "model", "strategy")
 
 
+class FirstExperience(BaseModel):
+    """Settings that differ for the first experience (e.g. MEMO's 200-epoch base task)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    epochs: Optional[int] = Field(None, ge=1)
+    lr: Optional[float] = Field(None, gt=0)
+    weight_decay: Optional[float] = Field(None, ge=0)
+    milestones: Optional[list[int]] = None
+
+
 class TrainConfig(BaseModel):
     """Optimisation settings shared by every strategy."""
 
@@ -34,6 +45,17 @@ class TrainConfig(BaseModel):
     momentum: float = Field(0.0, ge=0, lt=1, description="SGD momentum (not reset between experiences)")
     weight_decay: float = Field(0.0, ge=0)
     device: str = Field("cpu", description="'cpu', 'cuda', 'cuda:N' or 'auto'")
+    milestones: list[int] = Field(default_factory=list, description="epochs (within an experience) where lr *= lr_decay")
+    lr_decay: float = Field(0.1, gt=0, le=1)
+    first: Optional[FirstExperience] = Field(None, description="overrides for the first experience")
+
+    def for_experience(self, index: int) -> dict:
+        """epochs, lr, weight_decay and milestones in force for experience `index`."""
+        settings = {"epochs": self.epochs, "lr": self.lr, "weight_decay": self.weight_decay,
+                    "milestones": list(self.milestones)}
+        if index == 0 and self.first is not None:
+            settings.update({k: v for k, v in self.first.model_dump().items() if v is not None})
+        return settings
 
 
 class MemoryBudget(BaseModel):

@@ -65,6 +65,7 @@ def _execute(cfg: RunConfig, runlog: RunLog) -> RunResult:
 
     from cl import metrics, plots
     from cl.models import count_parameters
+    from cl.schedule import ExperienceSchedule
     from cl.tracking import (make_finite_loss_guard, make_logger_plugin, provenance, provenance_tags,
                              to_json_bytes)
     from strategies.base import StrategyContext, aligned_mem_size, count_exemplars, persistent_state_bytes
@@ -80,6 +81,7 @@ def _execute(cfg: RunConfig, runlog: RunLog) -> RunResult:
     build_scenario = SCENARIOS.get(cfg.scenario.name).load()
     scenario = build_scenario(**scenario_params.split_kwargs())
     device = resolve_device(cfg.train.device)
+
     def build_model():
         return MODELS.get(cfg.model.name).load()(
             input_shape=scenario.input_shape, n_classes=scenario.n_classes, **_params(MODELS, cfg.model).model_dump())
@@ -89,6 +91,7 @@ def _execute(cfg: RunConfig, runlog: RunLog) -> RunResult:
         mem_size = aligned_mem_size(cfg.memory, cfg.strategy.name, cfg.strategy.options, build_model, scenario)
         strategy_params = strategy_params.model_copy(update={"mem_size": mem_size})
         runlog.log_params({"memory.resolved_mem_size": str(mem_size)})
+        seed_everything(cfg.seed)  # the budget's trial models must not shift the real model's init
     model = build_model().to(device)
     optimizer = make_optimizer(model, cfg.train)
     logger = make_logger_plugin(runlog, test_sizes=scenario.test_sizes,
@@ -97,7 +100,7 @@ def _execute(cfg: RunConfig, runlog: RunLog) -> RunResult:
     ctx = StrategyContext(
         model=model, optimizer=optimizer, criterion=torch.nn.CrossEntropyLoss(), train=cfg.train,
         scenario=scenario, device=device, evaluator=_silent_evaluator(),
-        plugins=[logger, make_finite_loss_guard()])
+        plugins=[ExperienceSchedule(cfg.train), logger, make_finite_loss_guard()])
     with _quiet_avalanche():
         strategy = STRATEGIES.get(cfg.strategy.name).load()(ctx, strategy_params)
         T = scenario.n_experiences

@@ -200,3 +200,26 @@ def test_ui_serves_the_store_on_localhost(tmp_path):
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+def test_readme_quickstart_grid_as_published(tmp_path):
+    """README command 1's grid: one parent, ten FINISHED children with metrics and artifacts; rerun adds none."""
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    grid = ROOT / "experiments" / "quickstart.yaml"
+    out = clsuite("grid", "launch", grid, "--tracking-uri", store, "--workers", "2", cwd=tmp_path, timeout=600)
+    assert out.returncode == 0, out.stderr + out.stdout
+    for strategy in ("naive", "replay", "ewc", "lwf", "icarl"):
+        assert f"strategy.name={strategy}" in out.stdout
+    runs = runs_of(store, "quickstart")
+    children = [r for r in runs if r.data.tags.get("kind") == "cell"]
+    assert len(runs) == 11 and len(children) == 10
+    assert all(r.info.status == "FINISHED" for r in runs)
+    client = MlflowClient(store)
+    for child in children:
+        assert {"final/avg_acc", "final/avg_inc_acc", "final/forgetting", "final/bwt", "final/memory_mb",
+                "final/train_seconds"} <= set(child.data.metrics)
+        artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert {"config.yaml", "accuracy_matrix.csv", "accuracy_matrix.png", "accuracy_curve.png",
+                "provenance.json"} <= artifacts
+    again = clsuite("grid", "launch", grid, "--tracking-uri", store, "--no-report", cwd=tmp_path)
+    assert again.returncode == 0 and len(runs_of(store, "quickstart")) == 11
