@@ -29,6 +29,7 @@ import logging
 import os
 import queue as queue_module
 import socket
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -472,9 +473,27 @@ _worker_queue = None
 def _init_worker(q, threads: int) -> None:
     global _worker_queue
     _worker_queue = q
+    _die_with_parent()
     import torch
 
     torch.set_num_threads(threads)
+
+
+def _die_with_parent() -> None:
+    """On Linux, have the kernel stop this worker when the launcher dies (even by SIGKILL).
+
+    Otherwise a killed launcher leaves workers training cells whose results nobody records.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    PR_SET_PDEATHSIG = 1
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except OSError:  # no glibc (e.g. musl): workers then end after their current cell
+        pass
 
 
 def _work(config_dict: dict, key: str, q=None) -> str:

@@ -6,6 +6,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 import yaml
 from mlflow import MlflowClient
@@ -91,7 +92,8 @@ def test_killed_launch_resumes_and_runs_every_cell_exactly_once(tmp_path):
                       grid={"strategy.name": ["naive", "replay", "ewc"]}, seeds=[0, 1])
     MlflowClient(store).search_experiments()   # create the schema first: the test polls while the launcher writes
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    launcher = subprocess.Popen([*CLSUITE, "grid", "launch", str(grid), "--tracking-uri", store, "--no-report"],
+    launcher = subprocess.Popen([*CLSUITE, "grid", "launch", str(grid), "--tracking-uri", store, "--no-report",
+                                 "--workers", "2"],
                                 cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
@@ -100,8 +102,13 @@ def test_killed_launch_resumes_and_runs_every_cell_exactly_once(tmp_path):
             break
         assert launcher.poll() is None, "the launcher ended before it could be interrupted"
         time.sleep(0.5)
+    workers = psutil.Process(launcher.pid).children(recursive=True)
+    assert workers
     launcher.send_signal(signal.SIGKILL)
     launcher.wait()
+    # the workers die with the launcher instead of training cells nobody will record
+    _, alive = psutil.wait_procs(workers, timeout=20)
+    assert not alive, [p.cmdline()[:3] for p in alive]
     before = runs_of(store, "resume")
     assert 2 <= sum(r.info.status == "FINISHED" for r in before) < 6
 
