@@ -7,7 +7,6 @@ import time
 from pathlib import Path
 
 import psutil
-import pytest
 import yaml
 from mlflow import MlflowClient
 

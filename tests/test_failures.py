@@ -1,6 +1,5 @@
 """Failures are recorded, never half-logged: FAILED with a reason, and the grid goes on."""
 import numpy as np
-import pytest
 from mlflow import MlflowClient
 
 from cl.config import RunConfig
