@@ -125,6 +125,11 @@ def _execute(cfg: RunConfig, runlog: RunLog) -> RunResult:
         "memory/n_exemplars": n_exemplars,
         "memory/persistent_state_bytes": persistent_state_bytes(strategy),
     }
+    for name, tally in logger.extra.items():   # plugins' own classifiers, e.g. MEMO's NME
+        if not np.isfinite(tally.R).all():     # it could not predict after some experience
+            continue
+        final[f"final/{name}_avg_acc"] = metrics.average_accuracy(tally.R, weights)
+        final[f"final/{name}_avg_inc_acc"] = metrics.average_incremental_accuracy(tally.R, weights)
     runlog.log_metrics(final, step=T - 1)
     avg_seen = [metrics.seen_accuracy(R, t, weights) for t in range(T)]
     runlog.log_artifact("accuracy_matrix.csv", matrix_csv(R))

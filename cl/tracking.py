@@ -11,9 +11,10 @@ Logged per run (experience t = 0..T-1, metrics with ``step=t``):
   acc/avg_seen       accuracy on experiences 0..t (weighted by test-set size)
   train/loss         mean training loss of each epoch (step = global epoch)
   time/train_exp_s   wall time of the training phase of experience t
+  <name>/acc/...     the same for a plugin's own classifier (`SecondPredictor`, e.g. ``nme``)
 and at the end (see `cl.runner`): final/avg_acc, final/avg_inc_acc, final/forgetting,
-final/bwt, final/memory_mb, final/train_seconds, plus artifacts (config, R as CSV and PNG,
-accuracy curves, provenance).
+final/bwt, final/memory_mb, final/train_seconds (and final/<name>_avg_acc, _avg_inc_acc),
+plus artifacts (config, R as CSV and PNG, accuracy curves, provenance).
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol
+from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -188,27 +189,74 @@ def _plugin_base():
     return SupervisedPlugin
 
 
+@runtime_checkable
+class SecondPredictor(Protocol):
+    """A plugin with a classifier of its own (e.g. nearest-mean-of-exemplars), scored beside the model's.
+
+    The logger keeps one accuracy matrix per `prediction_name` and logs it as
+    ``<name>/acc/exp_<j>`` and ``<name>/acc/avg_seen``; `predict` returns the predicted class ids
+    of the current evaluation minibatch, or None when it cannot predict yet.
+    """
+
+    prediction_name: str
+
+    def predict(self, strategy) -> Any: ...
+
+
+class AccuracyTally:
+    """The accuracy matrix R of one predictor, filled one evaluation pass at a time."""
+
+    def __init__(self, test_sizes):
+        self.test_sizes = np.asarray(test_sizes, dtype=float)
+        n = len(self.test_sizes)
+        self.R = np.full((n, n), np.nan)
+        self._correct = np.zeros(n)
+        self._seen = np.zeros(n)
+
+    def reset(self) -> None:
+        self._correct[:] = 0
+        self._seen[:] = 0
+
+    def add(self, j: int, pred, y) -> None:
+        self._correct[j] += float((pred == y).sum())
+        self._seen[j] += len(y)
+
+    def close_row(self, t: int, prefix: str) -> dict[str, float]:
+        """Write row t of R from this pass; return it as metrics (with the seen-average)."""
+        evaluated = self._seen > 0
+        if not evaluated.any():
+            return {}
+        self.R[t, evaluated] = self._correct[evaluated] / self._seen[evaluated]
+        row = {f"{prefix}acc/exp_{j}": float(self.R[t, j]) for j in np.flatnonzero(evaluated)}
+        seen = self.R[t, : t + 1]
+        if not np.isnan(seen).any():
+            row[f"{prefix}acc/avg_seen"] = float(np.average(seen, weights=self.test_sizes[: t + 1]))
+        return row
+
+
 def make_logger_plugin(runlog: RunLog, *, test_sizes, classes_per_experience, task_aware: bool = False):
     """An Avalanche plugin that records the accuracy matrix and logs it per experience.
 
     Accuracy of test experience j is computed from the model's outputs on it during
     ``strategy.eval``; with ``task_aware`` (task-incremental scenarios) the prediction is
     restricted to that experience's classes (single-head model, task-aware inference).
+    Plugins that are `SecondPredictor`s get a matrix of their own (`extra[name].R`).
     """
     base = _plugin_base()
 
     class MLflowLoggerPlugin(base):  # type: ignore[misc, valid-type]
         def __init__(self):
             super().__init__()
-            n = len(test_sizes)
-            self.R = np.full((n, n), np.nan)
-            self.test_sizes = np.asarray(test_sizes, dtype=float)
+            self.tally = AccuracyTally(test_sizes)
+            self.extra: dict[str, AccuracyTally] = {}
             self.trained = 0
             self.epochs = 0
             self.train_seconds = 0.0
-            self._correct = np.zeros(n)
-            self._seen = np.zeros(n)
             self._class_mask: dict[int, Any] = {}
+
+        @property
+        def R(self) -> np.ndarray:
+            return self.tally.R
 
         # ---- training
         def before_training_exp(self, strategy, **kwargs):
@@ -237,28 +285,30 @@ def make_logger_plugin(runlog: RunLog, *, test_sizes, classes_per_experience, ta
 
         # ---- evaluation
         def before_eval(self, strategy, **kwargs):
-            self._correct[:] = 0
-            self._seen[:] = 0
+            self.tally.reset()
+            for tally in self.extra.values():
+                tally.reset()
 
         def after_eval_iteration(self, strategy, **kwargs):
             j = strategy.experience.current_experience
             logits = strategy.mb_output.detach()
             if task_aware:
                 logits = logits + self._mask(j, logits)
-            pred = logits.argmax(dim=1)
-            self._correct[j] += float((pred == strategy.mb_y).sum())
-            self._seen[j] += len(strategy.mb_y)
+            self.tally.add(j, logits.argmax(dim=1), strategy.mb_y)
+            for plugin in strategy.plugins:
+                if isinstance(plugin, SecondPredictor):
+                    pred = plugin.predict(strategy)
+                    if pred is not None:
+                        tally = self.extra.setdefault(plugin.prediction_name, AccuracyTally(test_sizes))
+                        tally.add(j, pred.to(strategy.mb_y.device), strategy.mb_y)
 
         def after_eval(self, strategy, **kwargs):
             if self.trained == 0:
                 return  # an evaluation before any training is not a row of R
             t = self.trained - 1
-            evaluated = self._seen > 0
-            self.R[t, evaluated] = self._correct[evaluated] / self._seen[evaluated]
-            row = {f"acc/exp_{j}": self.R[t, j] for j in np.flatnonzero(evaluated)}
-            seen = self.R[t, : t + 1]
-            if not np.isnan(seen).any():
-                row["acc/avg_seen"] = float(np.average(seen, weights=self.test_sizes[: t + 1]))
+            row = self.tally.close_row(t, "")
+            for name, tally in self.extra.items():
+                row.update(tally.close_row(t, f"{name}/"))
             runlog.log_metrics(row, step=t)
 
         def _mask(self, j, logits):

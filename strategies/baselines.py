@@ -2,7 +2,8 @@
 
 Naming: Avalanche's `DER` is Dark Experience Replay, registered as ``dark_er`` because
 "DER" in the class-incremental literature usually means Dynamically Expandable
-Representation (Yan et al. 2021).
+Representation (Yan et al. 2021). iCaRL lives in `strategies.icarl`: Avalanche's exemplar
+selection does not fill large budgets, which equal-memory comparisons need.
 """
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from avalanche.training import (
     ER_ACE,
     EWC,
     GDumb,
-    ICaRL,
     LwF,
     Cumulative,
     Naive,
@@ -41,14 +41,6 @@ def build_ewc(ctx: StrategyContext, params) -> EWC:
 
 def build_lwf(ctx: StrategyContext, params) -> LwF:
     return LwF(alpha=params.alpha, temperature=params.temperature, **_common(ctx))
-
-
-def build_icarl(ctx: StrategyContext, params) -> ICaRL:
-    # iCaRL brings its own loss (binary cross-entropy with distillation) and evaluates
-    # with the nearest-mean-of-exemplars classifier, so it needs the model's two halves.
-    return ICaRL(feature_extractor=ctx.model.feature_extractor, classifier=ctx.model.head,
-                 optimizer=ctx.optimizer, memory_size=params.mem_size, buffer_transform=None,
-                 fixed_memory=params.fixed_memory, **ctx.template_kwargs())
 
 
 def build_gdumb(ctx: StrategyContext, params) -> GDumb:

@@ -73,6 +73,8 @@ _BASELINES = [
     ("cumulative", NoParams, "retrain on all data seen so far (upper bound; stores everything)"),
 ]
 
+_OWN_MODULE = {"icarl": "strategies.icarl"}   # Avalanche's strategy with our exemplar selection
+
 for _name, _params, _summary in _BASELINES:
-    STRATEGIES.register(_name, params=_params, target=f"strategies.baselines:build_{_name}",
+    STRATEGIES.register(_name, params=_params, target=f"{_OWN_MODULE.get(_name, 'strategies.baselines')}:build_{_name}",
                         summary=_summary)

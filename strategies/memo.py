@@ -23,6 +23,10 @@ What each step does and where it comes from:
 - Exemplars: iCaRL herding on L2-normalised concatenated features, m = ⌊budget / #seen⌋
   per class; shrinking keeps the first m in herding order. The paper's text says "closest to
   the class mean"; the code herds — we follow the code.
+- Evaluation: the head (reported as acc/…), and nearest-mean-of-exemplars (nme/acc/…): every
+  seen class's mean of L2-normalised exemplar features, recomputed with the current network
+  after each task (PyCIL `_construct_exemplar_unified`, test-mode transforms), nearest mean
+  to the normalised feature wins (`_eval_nme`).
 - Optimiser state is reset at every task (the reference builds a new SGD per task).
 
 Deviations (ours, not the paper's):
@@ -32,7 +36,7 @@ Deviations (ours, not the paper's):
 - Exemplars are kept as indices into the experience's dataset (not copied tensors), so they
   are replayed with the same train-time transforms; they are counted as H·W·C bytes each.
 - The reference's per-task learning-rate schedules (MultiStepLR milestones) come from the
-  run's train config; nearest-mean-of-exemplars accuracy is not yet logged (see issue 3).
+  run's train config.
 """
 from __future__ import annotations
 
@@ -49,8 +53,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from strategies.base import StrategyContext
-
-EPSILON = 1e-8
+from strategies.herding import EPSILON, herding_order
 
 
 # --------------------------------------------------------------------------- the network
@@ -156,13 +159,13 @@ class ExpandableNet(DynamicModule):
         if self.head is None:
             raise RuntimeError("ExpandableNet has not seen any experience yet: call expand() first")
         features = self.features(x)
-        self._last_features = features if self.training else None
+        self._last_features = features     # for the aux head (training) and NME (evaluation)
         logits = x.new_full((len(x), self.n_classes), -math.inf)
         logits[:, self.class_ids] = self.head(features)
         return logits
 
     def aux_logits(self) -> torch.Tensor:
-        """Aux head on the newest block's part of the last training forward's features."""
+        """Aux head on the newest block's part of the last forward's features."""
         return self.aux_head(self._last_features[:, -self.out_dim:])
 
     def aux_targets(self, y: torch.Tensor) -> torch.Tensor:
@@ -183,28 +186,6 @@ class ExpandableNet(DynamicModule):
 
 
 # --------------------------------------------------------------------------- exemplars
-
-
-def herding_order(features: torch.Tensor, m: int) -> list[int]:
-    """iCaRL herding (Rebuffi et al. 2017, Alg. 4) as PyCIL runs it, on normalised features.
-
-    Picks, one at a time, the sample that brings the mean of the picked set closest to the
-    class mean; returns the indices in the order picked (at most `m`).
-    """
-    vectors = features / (features.norm(dim=1, keepdim=True) + EPSILON)
-    class_mean = vectors.mean(dim=0)
-    available = torch.ones(len(vectors), dtype=torch.bool)
-    picked: list[int] = []
-    running_sum = torch.zeros_like(class_mean)
-    for k in range(1, min(m, len(vectors)) + 1):
-        candidates = (running_sum + vectors) / k
-        distance = (class_mean - candidates).norm(dim=1)
-        distance[~available] = math.inf
-        i = int(distance.argmin())
-        picked.append(i)
-        available[i] = False
-        running_sum += vectors[i]
-    return picked
 
 
 class HerdingMemory:
@@ -237,7 +218,13 @@ class HerdingMemory:
 
 
 class MEMOPlugin(SupervisedPlugin):
-    """The training recipe around an `ExpandableNet`: aux loss, WA, herding memory, fresh optimiser."""
+    """The training recipe around an `ExpandableNet`: aux loss, WA, herding memory, fresh optimiser.
+
+    Also a second classifier: nearest-mean-of-exemplars (NME), scored by the suite's logger
+    beside the head (`cl.tracking.SecondPredictor`), as PyCIL reports both.
+    """
+
+    prediction_name = "nme"
 
     def __init__(self, *, mem_size: int, alpha_aux: float = 1.0, weight_align: bool = True,
                  feature_batch_size: int = 256):
@@ -247,6 +234,7 @@ class MEMOPlugin(SupervisedPlugin):
         self.weight_align = weight_align
         self.feature_batch_size = feature_batch_size
         self.gammas: list[float] = []
+        self.class_means: torch.Tensor | None = None   # row i: normalised mean of class net.class_ids[i]
 
     def n_exemplars(self) -> int:
         return len(self.memory)
@@ -270,26 +258,50 @@ class MEMOPlugin(SupervisedPlugin):
         if net.n_tasks > 1 and self.weight_align:
             self.gammas.append(net.align_weights())
         net.drop_aux_head()
+        was_training = net.training
+        net.eval()
         self._update_memory(strategy, net)
+        self._update_class_means(strategy, net)
+        net.train(was_training)
+
+    def predict(self, strategy) -> torch.Tensor | None:
+        """NME: the class whose exemplar mean is nearest to the normalised feature (PyCIL `_eval_nme`)."""
+        net: ExpandableNet = strategy.model
+        if self.class_means is None or net._last_features is None:
+            return None
+        features = F.normalize(net._last_features.detach(), dim=1, eps=EPSILON)
+        nearest = torch.cdist(features, self.class_means.to(features.device)).argmin(dim=1)
+        return torch.as_tensor(net.class_ids, device=nearest.device)[nearest]
 
     @torch.no_grad()
+    def _features(self, strategy, net: ExpandableNet, dataset, indices: list[int]) -> torch.Tensor:
+        """Features of un-augmented samples `indices` of `dataset`, in batches."""
+        plain = dataset.eval()
+        return torch.cat([
+            net.features(torch.stack([plain[i][0] for i in indices[k:k + self.feature_batch_size]])
+                         .to(strategy.device)).cpu()
+            for k in range(0, len(indices), self.feature_batch_size)])
+
     def _update_memory(self, strategy, net: ExpandableNet) -> None:
         quota = self.memory.per_class_quota(len(net.class_ids))
         self.memory.shrink(quota)
         dataset = strategy.experience.dataset
-        plain = dataset.eval()              # features of un-augmented samples
         targets = torch.as_tensor(list(dataset.targets))
-        was_training = net.training
-        net.eval()
         for class_id in net.class_ids[-net.task_sizes[-1]:]:
             indices = torch.nonzero(targets == class_id).flatten().tolist()
-            features = torch.cat([
-                net.features(torch.stack([plain[i][0] for i in indices[k:k + self.feature_batch_size]])
-                             .to(strategy.device)).cpu()
-                for k in range(0, len(indices), self.feature_batch_size)])
-            chosen = herding_order(features, quota)
+            chosen = herding_order(self._features(strategy, net, dataset, indices), quota)
             self.memory.add_class(class_id, dataset, [indices[i] for i in chosen])
-        net.train(was_training)
+
+    def _update_class_means(self, strategy, net: ExpandableNet) -> None:
+        """Every seen class's mean over its exemplars, with the current network (PyCIL recomputes
+        old classes' means after each task); a class without exemplars gets a zero mean."""
+        means = torch.zeros(len(net.class_ids), net.feature_dim)
+        for row, class_id in enumerate(net.class_ids):
+            dataset, indices = self.memory.per_class.get(class_id, (None, []))
+            if indices:
+                vectors = F.normalize(self._features(strategy, net, dataset, indices), dim=1, eps=EPSILON)
+                means[row] = F.normalize(vectors.mean(dim=0), dim=0, eps=EPSILON)
+        self.class_means = means
 
 
 # --------------------------------------------------------------------------- builders

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from cl.models import build_mlp, build_resnet32, count_parameters
-from strategies.memo import HerdingMemory, MEMOPlugin, der_net, herding_order, memo_net
+from strategies.herding import herding_order
+from strategies.memo import HerdingMemory, MEMOPlugin, der_net, memo_net
 
 
 def memo_resnet(n_classes=100, **kwargs):
@@ -160,6 +161,49 @@ def test_in_an_avalanche_loop_old_blocks_freeze_and_keep_their_statistics():
     assert all(len(idx) == 4 for _, idx in plugin.memory.per_class.values())
 
 
+def test_nme_classifies_by_the_nearest_exemplar_mean():
+    """Class means over normalised exemplar features, recomputed after each task; nearest wins."""
+    import warnings
+    from types import SimpleNamespace
+
+    from avalanche.training.templates import SupervisedTemplate
+
+    from cl.runner import _silent_evaluator
+    from cl.scenarios import split_digits
+
+    torch.manual_seed(0)
+    scenario = split_digits(n_experiences=2, train_samples_per_class=40)
+    net = memo_net(build_mlp(input_shape=(1, 8, 8), n_classes=10, hidden=[32, 16]), n_classes=10)
+    plugin = MEMOPlugin(mem_size=60)
+    strategy = SupervisedTemplate(model=net, optimizer=torch.optim.SGD(net.parameters(), lr=0.1),
+                                  criterion=torch.nn.CrossEntropyLoss(), train_mb_size=16, train_epochs=2,
+                                  plugins=[plugin], evaluator=_silent_evaluator())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for experience in scenario.benchmark.train_stream:
+            strategy.train(experience, num_workers=0)
+    net.eval()
+
+    def normalise(v):
+        return v / v.norm(dim=-1, keepdim=True)
+
+    assert plugin.class_means.shape == (10, net.feature_dim)
+    with torch.no_grad():
+        for row, class_id in enumerate(net.class_ids):          # old classes too: current network
+            dataset, indices = plugin.memory.per_class[class_id]
+            exemplars = torch.stack([dataset.eval()[i][0] for i in indices])
+            expected = normalise(normalise(net.features(exemplars)).mean(dim=0))
+            assert torch.allclose(plugin.class_means[row], expected, atol=1e-5)
+
+        test = scenario.benchmark.test_stream[1].dataset.eval()
+        x = torch.stack([test[i][0] for i in range(30)])
+        net(x)
+        predicted = plugin.predict(SimpleNamespace(model=net))
+        features = normalise(net.features(x))
+        distances = torch.stack([(features - mean).norm(dim=1) for mean in plugin.class_means], dim=1)
+        assert predicted.tolist() == [net.class_ids[int(i)] for i in distances.argmin(dim=1)]
+
+
 def test_frozen_shared_blocks_when_train_shared_is_off():
     net = memo_resnet(n_classes=10, train_shared=False)
     net.expand([0, 1])
@@ -205,6 +249,7 @@ def test_memory_budget_aligns_exemplars_in_a_run():
     # MEMO shares the first layer (2,080) -> saves 2,080 params = 8,320 bytes = 130 digits (64 B each)
     assert log.logged["memory.resolved_mem_size"] == str(20 + 130)
     assert result.metrics["memory/n_exemplars"] == 150
+    assert 0.0 <= result.metrics["final/nme_avg_acc"] <= 1.0 and "final/nme_avg_inc_acc" in result.metrics
 
 
 def test_memory_budget_needs_an_exemplar_strategy():
