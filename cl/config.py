@@ -91,6 +91,7 @@ class RunConfig(BaseModel):
     strategy: ComponentConfig
     train: TrainConfig = TrainConfig()
     memory: Optional[MemoryBudget] = Field(None, description="align exemplar counts to equal total memory")
+    plugins: tuple[ComponentConfig, ...] = Field((), description="add-ons for the strategy, e.g. [{name: fpf}]")
     seed: int = Field(0, description="training seed (weights, batch order); not the class order")
     imports: tuple[str, ...] = Field((), description="modules to import first (they register entries)")
 
@@ -115,6 +116,17 @@ class RunConfig(BaseModel):
                 data[kind] = resolve_component(kind, data[kind])
             except ConfigError as exc:
                 problems.extend(exc.problems)
+        plugins = data.get("plugins") or []
+        if not isinstance(plugins, (list, tuple)):
+            problems.append("plugins: must be a list, e.g. `plugins: [{name: fpf}]`")
+            plugins = []
+        resolved_plugins = []
+        for i, plugin in enumerate(plugins):
+            try:
+                resolved_plugins.append(resolve_component("plugin", plugin, where=f"plugins[{i}]"))
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+        data["plugins"] = tuple(resolved_plugins)
         if problems:  # report the other sections' problems too, in one go
             unknown = sorted(set(data) - set(cls.model_fields))
             problems.extend(f"{key}: unknown field; allowed: {', '.join(cls.model_fields)}" for key in unknown)
@@ -144,8 +156,8 @@ class RunConfig(BaseModel):
 
     def preflight(self) -> None:
         """Cheap checks that need the machine, not just the config (e.g. data on disk)."""
-        for kind in COMPONENTS:
-            component = getattr(self, kind)
+        components = [(kind, getattr(self, kind)) for kind in COMPONENTS]
+        for kind, component in [*components, *(("plugin", p) for p in self.plugins)]:
             params = REGISTRIES[kind].get(component.name).params.model_validate(component.options)
             check = getattr(params, "preflight", None)
             if check is not None:
@@ -156,6 +168,7 @@ class RunConfig(BaseModel):
         out = self.model_dump(mode="json")
         for kind in COMPONENTS:
             out[kind] = getattr(self, kind).flat()
+        out["plugins"] = [plugin.flat() for plugin in self.plugins]
         out["imports"] = list(self.imports)
         return out
 
@@ -166,8 +179,8 @@ class RunConfig(BaseModel):
         """What the run computes: everything but the experiment name (and the seed, optionally)."""
         out = self.to_dict()
         out.pop("experiment")
-        for key in [k for k, v in out.items() if v is None]:  # unset options leave old hashes unchanged
-            out.pop(key)
+        for key in [k for k, v in out.items() if v is None or (k == "plugins" and not v)]:
+            out.pop(key)  # unset options leave older configs' hashes unchanged
         if not with_seed:
             out.pop("seed")
         return out
@@ -187,27 +200,31 @@ class RunConfig(BaseModel):
         return {k: _param_str(v) for k, v in flatten(self.to_dict()).items()}
 
 
-def resolve_component(kind: str, raw: Any) -> ComponentConfig:
-    """Look up `raw['name']` in the registry of `kind` and validate the other keys as its options."""
+def resolve_component(kind: str, raw: Any, *, where: str | None = None) -> ComponentConfig:
+    """Look up `raw['name']` in the registry of `kind` and validate the other keys as its options.
+
+    `where` is the field path errors name (default: `kind`).
+    """
+    where = where or kind
     if isinstance(raw, str):
         raw = {"name": raw}
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"{kind}: expected a mapping with a `name`, got {raw!r}")
+        raise ConfigError(f"{where}: expected a mapping with a `name`, got {raw!r}")
     name = raw.get("name")
     registry = REGISTRIES[kind]
     if not isinstance(name, str):
-        raise ConfigError(f"{kind}.name: missing; registered: {', '.join(registry.names())}")
+        raise ConfigError(f"{where}.name: missing; registered: {', '.join(registry.names())}")
     try:
         entry = registry.get(name)
     except ConfigError as exc:
-        raise ConfigError(f"{kind}.name: {exc.problems[0]}") from None
+        raise ConfigError(f"{where}.name: {exc.problems[0]}") from None
     options = {k: v for k, v in raw.items() if k != "name"}
     try:
         params = entry.params.model_validate(options)
     except ValidationError as exc:
         allowed = ", ".join(entry.params.model_fields) or "(none)"
         raise ConfigError(
-            format_validation_error(exc, prefix=kind, allowed=f"{kind} {name!r} accepts: {allowed}")
+            format_validation_error(exc, prefix=where, allowed=f"{kind} {name!r} accepts: {allowed}")
         ) from None
     return ComponentConfig(name=name, options=params.model_dump(mode="json"))
 

@@ -16,6 +16,14 @@ different options share one grid::
     grid:
       strategy: [{name: naive}, {name: replay, mem_size: 500}]
 
+Combinations that are not a product go under `cases:` — each case is a mapping of dotted
+keys, crossed with the `grid` product (default: one empty case)::
+
+    cases:
+      - {strategy.name: replay}
+      - {strategy.name: replay, plugins: [{name: fpf}]}
+      - {strategy.name: kfpf_kd}
+
 Launching skips every cell whose `config_hash` already has a FINISHED run in the
 experiment (and FAILED ones unless ``retry_failed``), so an interrupted grid resumes where it
 stopped. One parent run per launch; one child run per cell. Workers never write to MLflow:
@@ -42,7 +50,7 @@ from cl.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-GRID_KEYS = (*COMPONENTS, "train", "memory")
+GRID_KEYS = (*COMPONENTS, "train", "memory", "plugins")
 
 
 class GridSpec(BaseModel):
@@ -53,6 +61,8 @@ class GridSpec(BaseModel):
     description: str = ""
     base: dict[str, Any]
     grid: dict[str, list[Any]] = Field(default_factory=dict)
+    cases: list[dict[str, Any]] = Field(default_factory=lambda: [{}], min_length=1,
+                                        description="override sets crossed with the grid product")
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     imports: list[str] = Field(default_factory=list)
 
@@ -60,13 +70,18 @@ class GridSpec(BaseModel):
     @classmethod
     def _check_grid(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
         for key, values in grid.items():
-            head = key.split(".")[0]
-            if head not in GRID_KEYS:
-                raise ValueError(f"key {key!r}: must start with one of {', '.join(GRID_KEYS)} "
-                                 "(training seeds go under `seeds:`)")
+            _check_key(key)
             if not values:
                 raise ValueError(f"key {key!r}: needs at least one value")
         return grid
+
+    @field_validator("cases")
+    @classmethod
+    def _check_cases(cls, cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for case in cases:
+            for key in case:
+                _check_key(key)
+        return cases
 
     @field_validator("seeds")
     @classmethod
@@ -78,6 +93,12 @@ class GridSpec(BaseModel):
     @property
     def experiment_name(self) -> str:
         return self.experiment or self.name
+
+
+def _check_key(key: str) -> None:
+    if key.split(".")[0] not in GRID_KEYS:
+        raise ValueError(f"key {key!r}: must start with one of {', '.join(GRID_KEYS)} "
+                         "(training seeds go under `seeds:`)")
 
 
 @dataclass(frozen=True)
@@ -115,9 +136,9 @@ def expand(spec: GridSpec, *, source: str | None = None) -> list[Cell]:
     n_combos = 0
     cells: list[Cell] = []
     seen: set[str] = set()
-    for combo in itertools.product(*(spec.grid[k] for k in keys)):
+    for combo, case in itertools.product(itertools.product(*(spec.grid[k] for k in keys)), spec.cases):
         n_combos += 1
-        overrides = dict(zip(keys, combo))
+        overrides = {**dict(zip(keys, combo)), **case}
         where = describe_overrides(overrides) or "base"
         raw: dict[str, Any] = dict(spec.base)
         try:

@@ -53,6 +53,19 @@ def accuracy_curves(R: np.ndarray, avg_seen: np.ndarray | None = None, title: st
     return fig
 
 
+def sensitivity_bars(names, scores, title: str = "") -> Figure:
+    """FPF's per-module sensitivity (mean L1 change per parameter per experience), network order."""
+    fig = Figure(figsize=(max(5.0, 0.18 * len(names) + 1.5), 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    ax.bar(range(len(names)), scores, color="tab:orange")
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, rotation=90, fontsize=6)
+    ax.set_ylabel("sensitivity")
+    ax.set_yscale("log")
+    ax.set_title(title or "parameter change per module (L1 / #params, per experience)", fontsize=9)
+    return fig
+
+
 def to_png(fig: Figure, dpi: int = 110) -> bytes:
     buffer = io.BytesIO()
     FigureCanvasAgg(fig)

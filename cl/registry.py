@@ -1,4 +1,4 @@
-"""Name -> builder registries for scenarios, models and strategies.
+"""Name -> builder registries for scenarios, models, strategies and strategy plugins.
 
 An entry pairs a *params* model (pydantic, light) with a *target* builder. Targets may be
 given as ``"package.module:function"`` strings and are imported only when a run is built,
@@ -172,5 +172,8 @@ def import_user_modules(modules: Iterable[str]) -> None:
 SCENARIOS = Registry("scenario", builtin_modules=("cl.catalog",))
 MODELS = Registry("model", builtin_modules=("cl.catalog",))
 STRATEGIES = Registry("strategy", builtin_modules=("strategies.catalog",))
+# add-ons for any strategy (e.g. FPF's fine-tuning): build(ctx, params) -> an Avalanche plugin
+PLUGINS = Registry("plugin", builtin_modules=("strategies.catalog",))
 
-REGISTRIES: dict[str, Registry] = {"scenario": SCENARIOS, "model": MODELS, "strategy": STRATEGIES}
+REGISTRIES: dict[str, Registry] = {"scenario": SCENARIOS, "model": MODELS, "strategy": STRATEGIES,
+                                   "plugin": PLUGINS}

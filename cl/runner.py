@@ -20,14 +20,14 @@ from typing import Any, Mapping
 import numpy as np
 
 from cl.config import RunConfig
-from cl.registry import MODELS, SCENARIOS, STRATEGIES, import_user_modules
+from cl.registry import MODELS, PLUGINS, SCENARIOS, STRATEGIES, import_user_modules
 from cl.tracking import RunLog
 
 log = logging.getLogger(__name__)
 
 FINAL_METRICS = (
     "final/avg_acc", "final/avg_inc_acc", "final/forgetting", "final/bwt",
-    "final/memory_mb", "final/train_seconds",
+    "final/memory_mb", "final/train_seconds", "cost/train_flops",
 )
 
 
@@ -64,11 +64,13 @@ def _execute(cfg: RunConfig, runlog: RunLog) -> RunResult:
     import torch
 
     from cl import metrics, plots
+    from cl.cost import FlopMeter
     from cl.models import count_parameters
     from cl.schedule import ExperienceSchedule
     from cl.tracking import (make_finite_loss_guard, make_logger_plugin, provenance, provenance_tags,
                              to_json_bytes)
-    from strategies.base import StrategyContext, aligned_mem_size, count_exemplars, persistent_state_bytes
+    from strategies.base import (StrategyContext, aligned_mem_size, count_exemplars, persistent_state_bytes,
+                                 plugin_artifacts)
 
     import_user_modules(cfg.imports)
     started = time.perf_counter()
@@ -97,16 +99,23 @@ def _execute(cfg: RunConfig, runlog: RunLog) -> RunResult:
     logger = make_logger_plugin(runlog, test_sizes=scenario.test_sizes,
                                 classes_per_experience=scenario.classes_per_experience,
                                 task_aware=scenario.task_labels)
+    flop_meter = FlopMeter()
     ctx = StrategyContext(
         model=model, optimizer=optimizer, criterion=torch.nn.CrossEntropyLoss(), train=cfg.train,
         scenario=scenario, device=device, evaluator=_silent_evaluator(),
-        plugins=[ExperienceSchedule(cfg.train), logger, make_finite_loss_guard()])
+        plugins=[ExperienceSchedule(cfg.train), flop_meter])
+    # add-ons run before the logger, so their after-experience work counts as training time
+    ctx.plugins += [PLUGINS.get(p.name).load()(ctx, _params(PLUGINS, p)) for p in cfg.plugins]
+    ctx.plugins += [logger, make_finite_loss_guard()]
     with _quiet_avalanche():
         strategy = STRATEGIES.get(cfg.strategy.name).load()(ctx, strategy_params)
         T = scenario.n_experiences
-        for experience in scenario.benchmark.train_stream:   # progress is reported per epoch by the logger
-            strategy.train(experience, num_workers=0)
-            strategy.eval(scenario.benchmark.test_stream, num_workers=0)
+        try:
+            for experience in scenario.benchmark.train_stream:   # progress is reported per epoch by the logger
+                strategy.train(experience, num_workers=0)
+                strategy.eval(scenario.benchmark.test_stream, num_workers=0)
+        finally:
+            flop_meter.close()
 
     R = logger.R
     weights = np.asarray(scenario.test_sizes, dtype=float)
@@ -124,6 +133,7 @@ def _execute(cfg: RunConfig, runlog: RunLog) -> RunResult:
         "memory/exemplar_bytes": footprint.exemplar_bytes,
         "memory/n_exemplars": n_exemplars,
         "memory/persistent_state_bytes": persistent_state_bytes(strategy),
+        "cost/train_flops": flop_meter.total(strategy),
     }
     for name, tally in logger.extra.items():   # plugins' own classifiers, e.g. MEMO's NME
         if not np.isfinite(tally.R).all():     # it could not predict after some experience
@@ -135,6 +145,8 @@ def _execute(cfg: RunConfig, runlog: RunLog) -> RunResult:
     runlog.log_artifact("accuracy_matrix.csv", matrix_csv(R))
     runlog.log_artifact("accuracy_matrix.png", plots.to_png(plots.accuracy_heatmap(R)))
     runlog.log_artifact("accuracy_curve.png", plots.to_png(plots.accuracy_curves(R, avg_seen)))
+    for path, data in plugin_artifacts(strategy).items():
+        runlog.log_artifact(path, data)
     return RunResult(cfg.config_hash, "FINISHED", metrics={k: float(v) for k, v in final.items()},
                      accuracy_matrix=R.tolist())
 

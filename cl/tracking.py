@@ -252,6 +252,7 @@ def make_logger_plugin(runlog: RunLog, *, test_sizes, classes_per_experience, ta
             self.trained = 0
             self.epochs = 0
             self.train_seconds = 0.0
+            self._t0: float | None = None
             self._class_mask: dict[int, Any] = {}
 
         @property
@@ -259,7 +260,10 @@ def make_logger_plugin(runlog: RunLog, *, test_sizes, classes_per_experience, ta
             return self.tally.R
 
         # ---- training
+        # An experience's time runs from its start to the end of the train() call (or the next
+        # experience's start), so work other plugins do after it (herding, FPF) is included.
         def before_training_exp(self, strategy, **kwargs):
+            self._close_experience_timer()
             self._t0 = time.perf_counter()
 
         def before_training_epoch(self, strategy, **kwargs):
@@ -278,10 +282,18 @@ def make_logger_plugin(runlog: RunLog, *, test_sizes, classes_per_experience, ta
                             f"experience {self.trained + 1}/{T}, epoch {strategy.clock.train_exp_epochs + 1}/{E}")
 
         def after_training_exp(self, strategy, **kwargs):
-            seconds = time.perf_counter() - self._t0
-            self.train_seconds += seconds
-            runlog.log_metrics({"time/train_exp_s": seconds}, step=self.trained)
             self.trained += 1
+
+        def after_training(self, strategy, **kwargs):
+            self._close_experience_timer()
+
+        def _close_experience_timer(self):
+            if self._t0 is None:
+                return
+            seconds = time.perf_counter() - self._t0
+            self._t0 = None
+            self.train_seconds += seconds
+            runlog.log_metrics({"time/train_exp_s": seconds}, step=self.trained - 1)
 
         # ---- evaluation
         def before_eval(self, strategy, **kwargs):

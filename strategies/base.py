@@ -55,6 +55,22 @@ class KeepsState(Protocol):
     def persistent_state_bytes(self) -> int: ...
 
 
+@runtime_checkable
+class ProducesArtifacts(Protocol):
+    """Implemented by plugins with files worth keeping (e.g. FPF's sensitivity scores)."""
+
+    def artifacts(self) -> dict[str, bytes]: ...
+
+
+def plugin_artifacts(strategy: Any) -> dict[str, bytes]:
+    """Every artifact the strategy's plugins produced, by path."""
+    out: dict[str, bytes] = {}
+    for obj in _parts(strategy):
+        if isinstance(obj, ProducesArtifacts):
+            out.update(obj.artifacts())
+    return out
+
+
 def count_exemplars(strategy: Any) -> int:
     """Raw samples the strategy holds after training (buffers, iCaRL's memory, Cumulative's data)."""
     total = 0

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from cl.registry import STRATEGIES, NoParams, Params
+from cl.registry import PLUGINS, STRATEGIES, NoParams, Params
 
 
 class MemoryParams(Params):
@@ -53,6 +53,44 @@ class MEMOParams(ExpandableParams):
     train_shared: bool = Field(True, description="keep training the generalized blocks after task 1 "
                                "(reference `train_base`; freeze them when the base task has ≥ ~20 classes)")
 
+
+class FineTuneParams(Params):
+    """What one FPF call does (Zhao et al. 2023)."""
+
+    modules: list[str] = Field(["bn", "fc"], min_length=1, description="modules to fine-tune: 'bn', 'fc', "
+                               "'conv1', regexes over module names, or ['auto'] (by sensitivity score)")
+    max_param_fraction: float = Field(0.02, gt=0, le=1, description="auto: parameter budget of the selection")
+    iterations: int = Field(100, ge=1, description="SGD steps per FPF call")
+    lr: float = Field(0.05, gt=0, description="learning rate of the fine-tuning")
+    batch_size: Optional[int] = Field(None, ge=1, description="buffer batch (default: train.batch_size)")
+
+    @field_validator("modules")
+    @classmethod
+    def _auto_alone(cls, modules: list[str]) -> list[str]:
+        if "auto" in modules and modules != ["auto"]:
+            raise ValueError("'auto' selects by score and cannot be combined with patterns; use ['auto']")
+        return modules
+
+
+class FPFParams(FineTuneParams):
+    at: Literal["every_experience", "end"] = Field("every_experience", description="when FPF runs")
+    mem_size: int = Field(200, ge=1, description="own reservoir, used only if the strategy has no buffer")
+
+
+class KFPFParams(FineTuneParams, MemoryParams):
+    k: int = Field(100, ge=1, description="FPF calls over the whole stream")
+
+
+class KFPFKDParams(KFPFParams):
+    beta: float = Field(0.5, ge=0, description="weight of the MSE to the stored logits")
+
+
+PLUGINS.register("fpf", params=FPFParams, target="strategies.fpf:build_fpf_plugin",
+                 summary="FPF: fine-tune the forgetting-prone modules on the buffer (Zhao et al. 2023)")
+STRATEGIES.register("kfpf_ce", params=KFPFParams, target="strategies.fpf:build_kfpf_ce",
+                    summary="k-FPF-CE: SGD without replay + k FPF calls on a reservoir (Zhao et al. 2023)")
+STRATEGIES.register("kfpf_kd", params=KFPFKDParams, target="strategies.fpf:build_kfpf_kd",
+                    summary="k-FPF-KD: k-FPF whose fine-tuning also matches stored logits")
 
 STRATEGIES.register("memo", params=MEMOParams, target="strategies.memo:build_memo",
                     summary="MEMO: shared generalized blocks + one specialized block per task (Zhou et al. 2023)",

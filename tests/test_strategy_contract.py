@@ -13,24 +13,28 @@ import pytest
 import yaml
 
 from cl.config import RunConfig
-from cl.registry import STRATEGIES
+from cl.registry import PLUGINS, STRATEGIES
 from cl.runner import FINAL_METRICS, run
 
 ARTIFACTS = {"config.yaml", "provenance.json", "accuracy_matrix.csv", "accuracy_matrix.png",
              "accuracy_curve.png"}
-MEMORY_STRATEGIES = {"replay", "icarl", "gdumb", "er_ace", "dark_er", "memo", "der"}
 DIGITS_PIXELS = 8 * 8 * 1
 
 
-def contract_config(name: str) -> RunConfig:
+def contract_config(name: str, plugins=()) -> RunConfig:
     return RunConfig.from_dict({
         "experiment": f"contract-{name}",
         "scenario": {"name": "split_digits", "n_experiences": 2},
         "model": {"name": "mlp", "hidden": [64]},
         "strategy": {"name": name},
         "train": {"epochs": 3, "batch_size": 32, "lr": 0.1},
+        "plugins": list(plugins),
         "seed": 0,
     })
+
+
+def keeps_exemplars(name: str) -> bool:
+    return "mem_size" in STRATEGIES.get(name).params.model_fields
 
 
 # every registered strategy, except the deliberately failing ones of tests/helpers
@@ -75,7 +79,8 @@ def test_strategy_contract(name, shared_store):
     n_ex = metrics["memory/n_exemplars"]
     expected_mb = (metrics["memory/model_bytes"] + n_ex * DIGITS_PIXELS) / 2**20
     assert metrics["final/memory_mb"] == pytest.approx(expected_mb)
-    if name in MEMORY_STRATEGIES:
+    assert metrics["cost/train_flops"] > 0
+    if keeps_exemplars(name):
         assert 0 < n_ex <= 200
     elif name == "cumulative":
         assert n_ex > 1000   # it keeps every training sample it has seen
@@ -87,3 +92,22 @@ def test_strategy_contract(name, shared_store):
     again = RunConfig.from_dict(logged_cfg)
     assert again == cfg and again.config_hash == cfg.config_hash == logged.data.tags["config_hash"]
     assert logged.data.params == cfg.flat_params()
+
+
+@pytest.mark.parametrize("strategy", ["naive", "replay"])
+@pytest.mark.parametrize("plugin", [e.name for e in PLUGINS.entries()])
+def test_plugin_contract(plugin, strategy, shared_store):
+    """Every registered add-on runs on a strategy with and without a buffer, costs FLOPs, logs its files."""
+    from mlflow import MlflowClient
+
+    plain = run(contract_config(strategy), tracking_uri=shared_store)
+    result = run(contract_config(strategy, [{"name": plugin}]), tracking_uri=shared_store)
+    assert result.ok, result.reason
+    assert result.metrics["cost/train_flops"] > plain.metrics["cost/train_flops"]
+    R = np.array(result.accuracy_matrix)
+    assert R[1].mean() > 0.2, f"{strategy}+{plugin} is at chance: R={R}"
+    client = MlflowClient(shared_store)
+    logged = client.get_run(result.run_id)
+    assert logged.info.status == "FINISHED"
+    files = {a.path for a in client.list_artifacts(result.run_id)}
+    assert ARTIFACTS <= files and plugin in files, files

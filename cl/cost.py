@@ -1,0 +1,116 @@
+"""Training cost in FLOPs: counted on one iteration per experience, extrapolated by samples.
+
+`FlopMeter` is a plugin the runner adds to every run. In each experience it runs one
+training iteration — the second of the first epoch, or the only one — from `before_forward`
+to `after_backward` under `torch.utils.flop_counter.FlopCounterMode`, and divides by that
+minibatch's size: FLOPs per sample. Every iteration adds its minibatch size (after replay
+concatenation, so a growing batch costs more), and the experience costs FLOPs per sample ×
+samples. What is counted is what autograd runs: the forward, the distillation forwards of
+old models inside the step, and the backward, which skips the weight gradients of frozen
+parameters by itself.
+
+Why sampled: the counter intercepts every op (several times slower), so counting all
+iterations would distort the wall time the same run reports. The second iteration is used
+because some strategies do one-off work in the first (Avalanche's iCaRL probes the model's
+shapes with extra forwards). Exact when the cost is linear in the batch size, which holds
+for the suite's models (convolutions, linear layers, batch norm); per-step costs that do not
+scale with the batch (EWC's penalty) are attributed per sample, a negligible error for them.
+
+Work outside the strategy's iterations (FPF's fine-tuning) is reported by the plugin doing
+it, through `ReportsTrainFlops`.
+"""
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from avalanche.core import SupervisedPlugin
+
+
+@runtime_checkable
+class ReportsTrainFlops(Protocol):
+    """A plugin that trains outside the strategy's iterations and counts that work itself."""
+
+    def extra_train_flops(self) -> float: ...
+
+
+class FlopCounter:
+    """A FlopCounterMode that can be opened and closed from two different callbacks."""
+
+    def __init__(self):
+        self._mode = None
+
+    @property
+    def active(self) -> bool:
+        return self._mode is not None
+
+    def start(self) -> None:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        self._mode = FlopCounterMode(display=False)
+        self._mode.__enter__()
+
+    def stop(self) -> int:
+        """Close the counter (if open); the FLOPs it saw."""
+        if self._mode is None:
+            return 0
+        mode, self._mode = self._mode, None
+        mode.__exit__(None, None, None)
+        return int(mode.get_total_flops())
+
+
+def count_flops(fn, *args, **kwargs) -> tuple[object, int]:
+    """Run `fn(*args, **kwargs)` under a FLOP counter: (its result, FLOPs)."""
+    counter = FlopCounter()
+    counter.start()
+    try:
+        result = fn(*args, **kwargs)
+    finally:
+        flops = counter.stop()
+    return result, flops
+
+
+class FlopMeter(SupervisedPlugin):
+    """Training FLOPs of a strategy, per experience (see the module docstring for the method)."""
+
+    def __init__(self):
+        super().__init__()
+        self.flops_per_experience: list[float] = []
+        self.flops_per_sample: list[float] = []
+        self._counter = FlopCounter()
+        self._per_sample: float | None = None
+        self._samples = 0
+        self._iteration = 0
+        self._count_at = 0
+
+    def before_training_exp(self, strategy, **kwargs):
+        self._per_sample, self._samples, self._iteration = None, 0, 0
+        try:
+            iterations = len(strategy.dataloader)
+        except TypeError:   # a loader without a length: count the first iteration
+            iterations = 1
+        self._count_at = 1 if iterations > 1 else 0
+
+    def before_forward(self, strategy, **kwargs):
+        if self._per_sample is None and self._iteration == self._count_at:
+            self._counter.start()
+
+    def after_backward(self, strategy, **kwargs):
+        batch = len(strategy.mb_x)
+        if self._counter.active:
+            self._per_sample = self._counter.stop() / batch
+        self._samples += batch
+        self._iteration += 1
+
+    def after_training_exp(self, strategy, **kwargs):
+        per_sample = self._per_sample or 0.0
+        self.flops_per_sample.append(per_sample)
+        self.flops_per_experience.append(per_sample * self._samples)
+
+    def close(self) -> None:
+        """Leave the counting mode if a failure interrupted a counted iteration."""
+        self._counter.stop()
+
+    def total(self, strategy) -> float:
+        """The strategy's FLOPs plus what plugins that train on their own report."""
+        extra = sum(p.extra_train_flops() for p in strategy.plugins if isinstance(p, ReportsTrainFlops))
+        return float(sum(self.flops_per_experience) + extra)

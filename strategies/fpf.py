@@ -1,0 +1,459 @@
+"""FPF and k-FPF: fine-tune only the modules that forget, on a small buffer.
+
+Haiyan Zhao, Tianyi Zhou, Guodong Long, Jing Jiang, Chengqi Zhang, "Does Continual Learning
+Equally Forget All Parameters?", ICML 2023, arXiv 2304.04158. No public code exists; this is
+built from the paper's abstract, introduction and Fig. 2, and the choices below fill the rest.
+
+What the paper says (verified):
+- Only a few modules are task-specific and change sharply between tasks; forgetting is
+  attributed mainly to them (§3, training-dynamics analysis).
+- FPF (Forgetting Prioritized Finetuning): at the end of any CL method, fine-tune only those
+  modules for a few iterations on the buffer (`FPFPlugin`, added to any strategy).
+- k-FPF: no every-step replay; plain SGD on the current data, and k times during the whole
+  stream, periodically and regardless of task boundaries, FPF on the buffer (`KFPFPlugin`,
+  strategies `kfpf_ce` and `kfpf_kd`). k-FPF-KD also matches the logits stored with each
+  buffered sample (as DER does); k-FPF-CE uses cross-entropy only.
+- A sensitivity score selects the modules automatically from their training dynamics.
+
+Our choices, where the paper as available to us is silent:
+- Module = a leaf module that owns parameters (Conv2d, BatchNorm, Linear, ...).
+- Sensitivity of module m (`SensitivityTracker`): for each experience, the L1 change of its
+  parameters from the experience's start to its end, divided by its parameter count; averaged
+  over experiences (a second-hand description of the paper's score; BN running statistics
+  are buffers, not parameters, and are not scored).
+- Selection by pattern: ``bn`` = every batch-norm layer, ``fc`` = the last Linear,
+  ``conv1`` = the first convolution, anything else a regular expression searched in the
+  qualified module names; ``auto`` = modules by descending sensitivity, greedily, while their
+  parameters fit in `max_param_fraction` of the model's. The default, ``[bn, fc]``, is what
+  the paper reports for ResNet-18.
+- One FPF call = `iterations` SGD steps (no momentum, no weight decay) with batches drawn
+  uniformly from the buffer; the selected batch-norm layers run in train mode (their
+  statistics follow the buffer), every other module in eval mode, so nothing outside the
+  selection changes.
+- k-FPF: T = Σ_experiences ⌈n_e / batch⌉ × epochs_e (the run's per-experience schedule);
+  FPF after iterations p, 2p, … with p = ⌊T / k⌋, at most k times. The buffer is a reservoir
+  (Vitter's Algorithm R) over every training sample seen, each stored with the logits of the
+  forward pass that saw it. KD loss = CE + β·MSE(logits, stored logits), over all outputs.
+- `FPFPlugin` fine-tunes on the strategy's own buffer when it has one (Avalanche's
+  `storage_policy`: Replay, Dark-ER, ER-ACE, GDumb) with cross-entropy; otherwise it keeps a
+  reservoir of `mem_size` samples itself. It runs when a `train()` call ends (after every
+  experience with the suite's runner), or with ``at: end`` after the last experience only.
+- Cost: FPF's FLOPs are counted on its first iteration and extrapolated (`cl.cost`).
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from avalanche.core import SupervisedPlugin
+from avalanche.training.templates import SupervisedTemplate
+from torch import nn
+from torch.nn import functional as F
+
+from cl.cost import count_flops
+from strategies.base import StrategyContext
+
+# --------------------------------------------------------------------------- module selection
+
+
+def parametric_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """Leaf modules that own parameters, by qualified name, in definition order."""
+    return {name: module for name, module in model.named_modules()
+            if name and not list(module.children()) and any(True for _ in module.parameters(recurse=False))}
+
+
+def module_size(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters(recurse=False))
+
+
+ALIASES = {
+    "bn": lambda modules: [n for n, m in modules.items() if isinstance(m, nn.modules.batchnorm._BatchNorm)],
+    "fc": lambda modules: [n for n, m in modules.items() if isinstance(m, nn.Linear)][-1:],
+    "conv1": lambda modules: [n for n, m in modules.items() if isinstance(m, nn.Conv2d)][:1],
+}
+
+
+def select_by_pattern(model: nn.Module, patterns: Sequence[str]) -> list[str]:
+    """Names of the modules matching any pattern (an alias of `ALIASES` or a regex), in network order.
+
+    An alias may match nothing (an MLP has no batch norm) as long as the selection is not
+    empty; a regular expression must match, since a typo should not go unnoticed.
+    """
+    modules = parametric_modules(model)
+    chosen: set[str] = set()
+    for pattern in patterns:
+        if pattern in ALIASES:
+            chosen.update(ALIASES[pattern](modules))
+            continue
+        try:
+            regex = re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"modules: {pattern!r} is not a valid regular expression ({exc})") from None
+        hits = [n for n in modules if regex.search(n)]
+        if not hits:
+            raise ValueError(f"modules: {pattern!r} matches no module with parameters; "
+                             f"modules are: {', '.join(modules)}")
+        chosen.update(hits)
+    if not chosen:
+        raise ValueError(f"modules: {list(patterns)} select nothing in this model; modules are: {', '.join(modules)}")
+    return [n for n in modules if n in chosen]
+
+
+def select_by_score(model: nn.Module, scores: dict[str, float], max_param_fraction: float) -> list[str]:
+    """The most sensitive modules whose parameters together fit in the budget (greedy)."""
+    modules = parametric_modules(model)
+    budget = max_param_fraction * sum(module_size(m) for m in modules.values())
+    chosen, used = [], 0
+    for name in sorted(scores, key=scores.get, reverse=True):
+        size = module_size(modules[name])
+        if used + size <= budget:
+            chosen.append(name)
+            used += size
+    if not chosen:   # the single most sensitive module, even if it alone exceeds the budget
+        chosen = [max(scores, key=scores.get)]
+    return [n for n in modules if n in chosen]
+
+
+class SensitivityTracker:
+    """Per-module L1 parameter change per experience, divided by the module's size."""
+
+    def __init__(self):
+        self.per_experience: list[dict[str, float]] = []
+        self._start: dict[str, torch.Tensor] | None = None
+
+    @staticmethod
+    def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+        return {name: torch.cat([p.detach().flatten() for p in m.parameters(recurse=False)]).cpu().clone()
+                for name, m in parametric_modules(model).items()}
+
+    def start(self, model: nn.Module) -> None:
+        self._start = self._snapshot(model)
+
+    def _changes(self, model: nn.Module) -> dict[str, float]:
+        now = self._snapshot(model)
+        return {name: float((now[name] - before).abs().sum() / before.numel())
+                for name, before in self._start.items() if name in now and now[name].shape == before.shape}
+
+    def end(self, model: nn.Module) -> None:
+        if self._start is not None:
+            self.per_experience.append(self._changes(model))
+            self._start = None
+
+    def scores(self, model: nn.Module) -> dict[str, float]:
+        """Mean change over finished experiences (or the running one, before any has finished)."""
+        rows = self.per_experience or ([self._changes(model)] if self._start is not None else [])
+        if not rows:
+            return {}
+        names = set(rows[0]).intersection(*rows[1:])
+        return {name: float(np.mean([row[name] for row in rows])) for name in names}
+
+    def artifacts(self, model: nn.Module, prefix: str = "fpf") -> dict[str, bytes]:
+        from cl import plots
+
+        scores = self.scores(model)
+        if not scores:
+            return {}
+        ordered = [n for n in parametric_modules(model) if n in scores]
+        data = {"score": {n: scores[n] for n in ordered}, "per_experience": self.per_experience}
+        return {f"{prefix}/sensitivity.json": json.dumps(data, indent=1).encode(),
+                f"{prefix}/sensitivity.png": plots.to_png(plots.sensitivity_bars(ordered, [scores[n] for n in ordered]))}
+
+
+# --------------------------------------------------------------------------- the buffer
+
+
+class ReservoirBuffer:
+    """Reservoir sampling (Vitter 1985, Algorithm R): after n insertions, every sample seen
+    is in the buffer with probability capacity / n. Optionally stores each sample's logits."""
+
+    def __init__(self, capacity: int, *, seed: int = 0, store_logits: bool = False):
+        self.capacity = capacity
+        self.store_logits = store_logits
+        self.seen = 0
+        self.x: torch.Tensor | None = None
+        self.y: torch.Tensor | None = None
+        self.logits: torch.Tensor | None = None
+        self._generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return min(self.seen, self.capacity)
+
+    def add(self, x: torch.Tensor, y: torch.Tensor, logits: torch.Tensor | None = None) -> None:
+        x, y = x.detach().cpu(), y.detach().cpu()
+        if self.x is None:
+            self.x = torch.empty((self.capacity, *x.shape[1:]), dtype=x.dtype)
+            self.y = torch.empty(self.capacity, dtype=y.dtype)
+            if self.store_logits:
+                self.logits = torch.empty((self.capacity, logits.shape[1]), dtype=torch.float32)
+        if self.store_logits:
+            logits = logits.detach().float().cpu()
+        for i in range(len(x)):
+            if self.seen < self.capacity:
+                slot = self.seen
+            else:
+                slot = int(torch.randint(self.seen + 1, (1,), generator=self._generator))
+            self.seen += 1
+            if slot < self.capacity:
+                self.x[slot], self.y[slot] = x[i], y[i]
+                if self.store_logits:
+                    self.logits[slot] = logits[i]
+
+    def sample(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """A batch drawn uniformly without replacement from the filled slots."""
+        index = torch.randperm(len(self), generator=self._generator)[:batch_size]
+        logits = self.logits[index] if self.store_logits else None
+        return self.x[index], self.y[index], logits
+
+    def n_exemplars(self) -> int:
+        return len(self)
+
+
+class _TensorBuffer:
+    """A strategy's buffer materialised as tensors, sampled like a reservoir."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, seed: int):
+        self.x, self.y = x, y
+        self._generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def sample(self, batch_size: int):
+        index = torch.randperm(len(self), generator=self._generator)[:batch_size]
+        return self.x[index], self.y[index], None
+
+
+def strategy_buffer(strategy, seed: int) -> _TensorBuffer | None:
+    """The exemplars of an Avalanche strategy with a `storage_policy` (Replay, Dark-ER, ...)."""
+    for obj in [strategy, *strategy.plugins]:
+        policy = getattr(obj, "storage_policy", None)
+        if policy is not None:
+            dataset = policy.buffer
+            if len(dataset) == 0:
+                return None
+            items = [dataset[i] for i in range(len(dataset))]
+            return _TensorBuffer(torch.stack([item[0] for item in items]),
+                                 torch.as_tensor([int(item[1]) for item in items]), seed)
+    return None
+
+
+# --------------------------------------------------------------------------- fine-tuning
+
+
+class FineTuner:
+    """One FPF call: SGD on the selected modules only, everything else bit-for-bit unchanged."""
+
+    def __init__(self, *, iterations: int, lr: float, batch_size: int, beta: float = 0.0):
+        self.iterations = iterations
+        self.lr = lr
+        self.batch_size = batch_size
+        self.beta = beta
+        self.flops = 0.0
+        self.calls = 0
+
+    def __call__(self, model: nn.Module, module_names: Iterable[str], buffer, device) -> None:
+        modules = parametric_modules(model)
+        selected = [modules[n] for n in module_names]
+        params = [p for m in selected for p in m.parameters(recurse=False)]
+        was_training = model.training
+        requires = {p: p.requires_grad for p in model.parameters()}
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in params:
+            p.requires_grad_(True)
+        model.eval()
+        for m in selected:
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.train()
+        optimizer = torch.optim.SGD(params, lr=self.lr)
+        try:
+            for step in range(self.iterations):
+                x, y, logits = buffer.sample(self.batch_size)
+                if step == 0:
+                    _, flops = count_flops(self._step, model, optimizer, x, y, logits, device)
+                    per_sample = flops / len(x)
+                else:
+                    self._step(model, optimizer, x, y, logits, device)
+                self.flops += per_sample * len(x)
+        finally:
+            for p, flag in requires.items():
+                p.requires_grad_(flag)
+            model.train(was_training)
+        self.calls += 1
+
+    def _step(self, model, optimizer, x, y, logits, device) -> None:
+        x, y = x.to(device), y.to(device)
+        optimizer.zero_grad(set_to_none=True)
+        output = model(x)
+        loss = F.cross_entropy(output, y)
+        if self.beta > 0 and logits is not None:
+            loss = loss + self.beta * F.mse_loss(output, logits.to(device))
+        loss.backward()
+        optimizer.step()
+
+
+class _FPFBase(SupervisedPlugin):
+    """Module selection, sensitivity tracking and the fine-tuner shared by FPF and k-FPF."""
+
+    def __init__(self, *, modules: Sequence[str] | str, max_param_fraction: float, tuner: FineTuner):
+        super().__init__()
+        self.modules = modules
+        self.max_param_fraction = max_param_fraction
+        self.tuner = tuner
+        self.sensitivity = SensitivityTracker()
+        self.selections: list[list[str]] = []
+        self._model: nn.Module | None = None     # for the artifacts written after the run
+
+    def selected_modules(self, model: nn.Module) -> list[str]:
+        if self.modules == "auto":
+            scores = self.sensitivity.scores(model)
+            if scores:
+                return select_by_score(model, scores, self.max_param_fraction)
+            return select_by_pattern(model, ["bn", "fc"])
+        return select_by_pattern(model, list(self.modules))
+
+    def run_fpf(self, strategy, buffer) -> None:
+        if buffer is None or len(buffer) == 0:
+            return
+        names = self.selected_modules(strategy.model)
+        self.selections.append(names)
+        self.tuner(strategy.model, names, buffer, strategy.device)
+
+    def before_training(self, strategy, **kwargs):
+        self._model = strategy.model
+
+    def before_training_exp(self, strategy, **kwargs):
+        self.sensitivity.start(strategy.model)
+
+    def after_training_exp(self, strategy, **kwargs):
+        self.sensitivity.end(strategy.model)
+
+    def extra_train_flops(self) -> float:
+        return self.tuner.flops
+
+    def artifacts(self) -> dict[str, bytes]:
+        """Per-module sensitivity (JSON + bar plot) and the modules each FPF call tuned."""
+        out = self.sensitivity.artifacts(self._model) if self._model is not None else {}
+        out["fpf/selections.json"] = json.dumps(
+            {"calls": self.tuner.calls, "selections": self.selections}, indent=1).encode()
+        return out
+
+
+class FPFPlugin(_FPFBase):
+    """FPF on top of any strategy: fine-tune the selected modules on the buffer after training."""
+
+    def __init__(self, *, modules: Sequence[str] | str = ("bn", "fc"), max_param_fraction: float = 0.02,
+                 iterations: int = 100, lr: float = 0.05, batch_size: int = 32, at: str = "every_experience",
+                 mem_size: int = 200, n_experiences: int | None = None, seed: int = 0):
+        super().__init__(modules=modules, max_param_fraction=max_param_fraction,
+                         tuner=FineTuner(iterations=iterations, lr=lr, batch_size=batch_size))
+        if at not in ("every_experience", "end"):
+            raise ValueError(f"at: {at!r}; use 'every_experience' or 'end'")
+        if at == "end" and n_experiences is None:
+            raise ValueError("at='end' needs n_experiences (the stream's length)")
+        self.at = at
+        self.n_experiences = n_experiences
+        self.seed = seed
+        self.own_buffer: ReservoirBuffer | None = None
+        self._mem_size = mem_size
+        self._trained = 0
+
+    def before_training(self, strategy, **kwargs):
+        super().before_training(strategy)
+        if self.own_buffer is None and not _has_storage_policy(strategy):
+            self.own_buffer = ReservoirBuffer(self._mem_size, seed=self.seed)
+
+    def after_training_iteration(self, strategy, **kwargs):
+        if self.own_buffer is not None:
+            self.own_buffer.add(strategy.mb_x, strategy.mb_y)
+
+    def after_training_exp(self, strategy, **kwargs):
+        super().after_training_exp(strategy)
+        self._trained += 1
+
+    def after_training(self, strategy, **kwargs):
+        if self.at == "end" and self._trained < self.n_experiences:
+            return
+        buffer = self.own_buffer if self.own_buffer is not None else strategy_buffer(strategy, self.seed + self._trained)
+        self.run_fpf(strategy, buffer)
+
+    def n_exemplars(self) -> int:
+        return len(self.own_buffer) if self.own_buffer is not None else 0
+
+
+def _has_storage_policy(strategy) -> bool:
+    return any(getattr(obj, "storage_policy", None) is not None for obj in [strategy, *strategy.plugins])
+
+
+class KFPFPlugin(_FPFBase):
+    """k-FPF: reservoir insertion every step, FPF every ⌊T/k⌋ iterations (at most k times)."""
+
+    def __init__(self, *, total_iterations: int, k: int, mem_size: int, modules: Sequence[str] | str = ("bn", "fc"),
+                 max_param_fraction: float = 0.02, iterations: int = 100, lr: float = 0.05, batch_size: int = 32,
+                 beta: float = 0.0, seed: int = 0):
+        super().__init__(modules=modules, max_param_fraction=max_param_fraction,
+                         tuner=FineTuner(iterations=iterations, lr=lr, batch_size=batch_size, beta=beta))
+        if k < 1 or total_iterations < 1:
+            raise ValueError(f"k ({k}) and total_iterations ({total_iterations}) must be ≥ 1")
+        self.k = k
+        self.total_iterations = total_iterations
+        self.period = max(1, total_iterations // k)
+        self.buffer = ReservoirBuffer(mem_size, seed=seed, store_logits=beta > 0)
+        self.iteration = 0
+        self.triggered_at: list[int] = []
+
+    def after_training_iteration(self, strategy, **kwargs):
+        self.buffer.add(strategy.mb_x, strategy.mb_y, strategy.mb_output if self.buffer.store_logits else None)
+        self.iteration += 1
+        if self.iteration % self.period == 0 and len(self.triggered_at) < self.k:
+            self.triggered_at.append(self.iteration)
+            self.run_fpf(strategy, self.buffer)
+
+    def n_exemplars(self) -> int:
+        return len(self.buffer)
+
+    def persistent_state_bytes(self) -> int:
+        return 0 if self.buffer.logits is None else self.buffer.logits.numel() * 4
+
+
+# --------------------------------------------------------------------------- builders
+
+
+def stream_iterations(scenario, train) -> int:
+    """Training iterations of the whole stream: Σ_e ⌈n_e / batch⌉ × epochs_e."""
+    return sum(math.ceil(len(experience.dataset) / train.batch_size) * train.for_experience(i)["epochs"]
+               for i, experience in enumerate(scenario.benchmark.train_stream))
+
+
+def _modules_option(params):
+    return "auto" if params.modules == ["auto"] else params.modules
+
+
+def build_fpf_plugin(ctx: StrategyContext, params) -> FPFPlugin:
+    return FPFPlugin(modules=_modules_option(params), max_param_fraction=params.max_param_fraction,
+                     iterations=params.iterations, lr=params.lr,
+                     batch_size=params.batch_size or ctx.train.batch_size, at=params.at,
+                     mem_size=params.mem_size, n_experiences=ctx.scenario.n_experiences,
+                     seed=int(torch.initial_seed()) % 2**31)
+
+
+def _build_kfpf(ctx: StrategyContext, params, beta: float) -> SupervisedTemplate:
+    plugin = KFPFPlugin(total_iterations=stream_iterations(ctx.scenario, ctx.train), k=params.k,
+                        mem_size=params.mem_size, modules=_modules_option(params),
+                        max_param_fraction=params.max_param_fraction, iterations=params.iterations,
+                        lr=params.lr, batch_size=params.batch_size or ctx.train.batch_size, beta=beta,
+                        seed=int(torch.initial_seed()) % 2**31)
+    return SupervisedTemplate(model=ctx.model, optimizer=ctx.optimizer, criterion=ctx.criterion,
+                              **ctx.template_kwargs([plugin]))
+
+
+def build_kfpf_ce(ctx: StrategyContext, params) -> SupervisedTemplate:
+    return _build_kfpf(ctx, params, beta=0.0)
+
+
+def build_kfpf_kd(ctx: StrategyContext, params) -> SupervisedTemplate:
+    return _build_kfpf(ctx, params, beta=params.beta)
