@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 FINAL_COLUMNS = ("final/avg_acc", "final/avg_inc_acc", "final/forgetting", "final/bwt",
-                 "final/memory_mb", "final/train_seconds")
+                 "final/memory_mb", "final/train_seconds", "cost/train_flops")
 PERCENT_METRICS = frozenset({"final/avg_acc", "final/avg_inc_acc", "final/forgetting", "final/bwt"})
 
 
@@ -76,11 +76,21 @@ def format_mean_std(mean: float, std: float, metric: str) -> str:
     scale = 100.0 if metric in PERCENT_METRICS else 1.0
     if mean is None or np.isnan(mean):
         return "—"
+    if metric.startswith("cost/"):   # FLOPs: 3 significant digits with an SI prefix
+        text = _si(mean)
+        return text + (f" ± {_si(std)}" if std is not None and not np.isnan(std) else "")
     digits = 1 if scale == 100.0 else 3
     text = f"{scale * mean:.{digits}f}"
     if std is not None and not np.isnan(std):
         text += f" ± {scale * std:.{digits}f}"
     return text
+
+
+def _si(value: float) -> str:
+    for factor, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(value) >= factor:
+            return f"{value / factor:.3g} {prefix}"
+    return f"{value:.3g}"
 
 
 def comparison_plot(summary: pd.DataFrame, metric: str = "final/avg_acc", title: str = ""):

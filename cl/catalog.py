@@ -137,9 +137,15 @@ class CNNParams(Params):
     dropout: float = Field(0.0, ge=0, lt=1)
 
 
+class ResNet18Params(Params):
+    width: int = Field(64, ge=1, description="channels of the first stage (64 = mammoth's; 20 = reduced)")
+
+
 MODELS.register("mlp", params=MLPParams, target="cl.models:build_mlp",
                 summary="multi-layer perceptron on flattened input")
 MODELS.register("cnn", params=CNNParams, target="cl.models:build_cnn",
                 summary="small conv net")
 MODELS.register("resnet32", params=NoParams, target="cl.models:build_resnet32",
                 summary="CIFAR-style ResNet-32 as PyCIL builds it (463,504 params)")
+MODELS.register("resnet18", params=ResNet18Params, target="cl.models:build_resnet18",
+                summary="ResNet-18 for small images as mammoth builds it (3×3 stem, no max-pool)")

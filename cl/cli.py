@@ -294,14 +294,14 @@ def ui(
 
 
 @app.command("list")
-def list_entries(kind: str = typer.Argument("all", help="strategies | scenarios | models | all")) -> None:
+def list_entries(kind: str = typer.Argument("all", help="strategies | plugins | scenarios | models | all")) -> None:
     """What can be named in a config."""
     from cl.registry import REGISTRIES
 
-    kinds = {"strategies": "strategy", "scenarios": "scenario", "models": "model"}
+    kinds = {"strategies": "strategy", "plugins": "plugin", "scenarios": "scenario", "models": "model"}
     with _user_errors():
         if kind != "all" and kind not in kinds:
-            raise ConfigError(f"list: {kind!r} is not one of strategies, scenarios, models, all")
+            raise ConfigError(f"list: {kind!r} is not one of {', '.join(kinds)}, all")
         for plural, singular in kinds.items():
             if kind not in ("all", plural):
                 continue

@@ -161,3 +161,59 @@ def resnet32(*, in_channels: int = 3) -> CifarResNet:
 
 def build_resnet32(*, input_shape: Sequence[int], n_classes: int) -> ClassifierNet:
     return ClassifierNet(resnet32(in_channels=int(input_shape[0])), CifarResNet.out_dim, n_classes)
+
+
+# --------------------------------------------------------------------------- ResNet-18 (mammoth)
+
+
+class _PreShortcutBlock(nn.Module):
+    """ResNet basic block with a 1×1 conv + BN shortcut when the shape changes (He et al. option B)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride=stride, bias=False),
+                                          nn.BatchNorm2d(out_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return torch.relu(out + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 for small images as mammoth (and FPF's paper) uses it: 3×3 stem, no max-pool.
+
+    `width` = channels of the first stage (64: 11,168,832 parameters without the head for
+    3-channel input; 20 is the "reduced ResNet-18" of GEM and A-GEM). Module names follow
+    mammoth (conv1, bn1, layer1–4), so FPF's patterns read as in the paper.
+    """
+
+    def __init__(self, in_channels: int = 3, width: int = 64):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, width, 3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        layers, channels = [], width
+        for index, (multiplier, stride) in enumerate(((1, 1), (2, 2), (4, 2), (8, 2)), start=1):
+            out_channels = width * multiplier
+            layers.append((f"layer{index}", nn.Sequential(_PreShortcutBlock(channels, out_channels, stride),
+                                                         _PreShortcutBlock(out_channels, out_channels, 1))))
+            channels = out_channels
+        for name, layer in layers:
+            self.add_module(name, layer)
+        self.out_dim = channels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)
+
+
+def build_resnet18(*, input_shape: Sequence[int], n_classes: int, width: int = 64) -> ClassifierNet:
+    backbone = ResNet18(in_channels=int(input_shape[0]), width=width)
+    return ClassifierNet(backbone, backbone.out_dim, n_classes)

@@ -168,3 +168,28 @@ def test_kfpf_kd_stores_the_logits_of_the_step_that_saw_the_sample():
     # and the model has moved on since, so these are not today's logits
     strategy.model.eval()
     assert not torch.allclose(strategy.model(buffer.x[: len(buffer)]), buffer.logits[: len(buffer)])
+
+
+@pytest.mark.parametrize("at, calls", [("every_experience", 3), ("end", 1)])
+def test_fpf_plugin_runs_after_each_experience_or_at_the_end(at, calls):
+    from avalanche.training.templates import SupervisedTemplate
+
+    from cl.runner import _silent_evaluator
+    from cl.scenarios import from_tensors
+    from strategies.fpf import FPFPlugin
+
+    torch.manual_seed(0)
+    x, y = torch.randn(60, 4), torch.arange(60) % 6
+    scenario = from_tensors(x, y, x, y, n_experiences=3)
+    model = build_mlp(input_shape=(1, 1, 4), n_classes=6, hidden=[8])
+    plugin = FPFPlugin(iterations=2, batch_size=4, at=at, mem_size=10, n_experiences=3)
+    strategy = SupervisedTemplate(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                                  criterion=nn.CrossEntropyLoss(), train_mb_size=8, plugins=[plugin],
+                                  evaluator=_silent_evaluator())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for experience in scenario.benchmark.train_stream:
+            strategy.train(experience, num_workers=0)
+    assert plugin.tuner.calls == calls and plugin.selections == [["head"]] * calls   # an MLP: no BN
+    assert plugin.n_exemplars() == 10 and plugin.extra_train_flops() > 0
+    assert len(plugin.sensitivity.per_experience) == 3

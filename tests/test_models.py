@@ -1,10 +1,10 @@
-"""Backbones: shapes, parameter counts (PyCIL's ResNet-32), stage addressing."""
+"""Backbones: shapes, parameter counts (PyCIL's ResNet-32, mammoth's ResNet-18), stage addressing."""
 import copy
 
 import pytest
 import torch
 
-from cl.models import build_cnn, build_mlp, build_resnet32, count_parameters, resnet32
+from cl.models import build_cnn, build_mlp, build_resnet18, build_resnet32, count_parameters, resnet32
 
 
 def test_resnet32_has_pycils_parameter_counts():
@@ -35,7 +35,8 @@ def test_unknown_stage_lists_the_names():
 
 
 @pytest.mark.parametrize("shape", [(1, 8, 8), (1, 28, 28), (3, 32, 32)])
-@pytest.mark.parametrize("builder", [build_mlp, build_cnn, build_resnet32])
+@pytest.mark.parametrize("builder", [build_mlp, build_cnn, build_resnet32,
+                                     lambda **kw: build_resnet18(width=8, **kw)])
 def test_builders_fit_every_input_shape(builder, shape):
     net = builder(input_shape=shape, n_classes=7)
     x = torch.randn(3, *shape)
@@ -43,6 +44,14 @@ def test_builders_fit_every_input_shape(builder, shape):
     assert net.features(x).shape == (3, net.feature_dim)
     net(x).sum().backward()
     assert all(p.grad is not None for p in net.parameters())
+
+
+def test_resnet18_has_mammoths_parameter_count_and_names():
+    net = build_resnet18(input_shape=(3, 32, 32), n_classes=10)
+    assert count_parameters(net) == 11_173_962          # mammoth's ResNet-18 on Seq-CIFAR-10
+    names = [n for n, _ in net.feature_extractor.named_children()]
+    assert names == ["conv1", "bn1", "layer1", "layer2", "layer3", "layer4"]
+    assert build_resnet18(input_shape=(3, 32, 32), n_classes=10, width=20).feature_dim == 160
 
 
 def test_grayscale_resnet_only_changes_the_stem():
