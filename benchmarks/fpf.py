@@ -13,29 +13,19 @@ verdicts the paper claims, and a RESULT line.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import gridbench  # noqa: E402
 from cl.analysis import load_runs  # noqa: E402
 from cl.config import set_dotted  # noqa: E402
-from cl.grid import GridSpec, expand, launch, load_grid  # noqa: E402
+from cl.grid import GridSpec, load_grid  # noqa: E402
 
 METHODS = ("naive", "replay", "dark_er", "replay+fpf", "dark_er+fpf", "kfpf_ce", "kfpf_kd")
-
-
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="8×8 digits instead of (Fashion-)MNIST, 2 epochs, 2 seeds")
-    parser.add_argument("--data-root", default=os.environ.get("CLSUITE_DATA_ROOT", str(ROOT.parent / "shared" / "data")))
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--tracking-uri", default=f"sqlite:///{ROOT / 'reports' / 'fpf' / 'mlflow.db'}")
-    return parser.parse_args()
 
 
 def grid(args) -> GridSpec:
@@ -53,16 +43,10 @@ def method_of(config) -> str:
 
 
 def main() -> None:
-    args = parse_args()
-    os.environ["CLSUITE_DATA_ROOT"] = args.data_root     # where the data lives is not part of a run's identity
-    if args.tracking_uri.startswith("sqlite:///"):
-        Path(args.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    args = gridbench.parser(__doc__.splitlines()[0], store="fpf",
+                            quick_help="8×8 digits instead of (Fashion-)MNIST, 2 epochs, 2 seeds").parse_args()
     spec = grid(args)
-    cells = expand(spec)
-    summary = launch(spec, cells, tracking_uri=args.tracking_uri, workers=args.workers)
-    print(f"{spec.name}: {summary.finished} run now, {summary.skipped_finished} reused, {len(summary.failed)} failed")
-    for label, seed, reason in summary.failed:
-        print(f"  FAILED {label} seed {seed}: {reason}")
+    cells = gridbench.run_grid(spec, args)
 
     about = {c.config_hash: (c.config.scenario.name, c.config.strategy.options.get("mem_size"), method_of(c.config))
              for c in cells}

@@ -17,28 +17,18 @@ Replay keeps 7,431 of 50,000 images, 15%).
 """
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks import gridbench  # noqa: E402
 from cl.analysis import load_runs  # noqa: E402
 from cl.config import set_dotted  # noqa: E402
-from cl.grid import GridSpec, expand, launch, load_grid  # noqa: E402
+from cl.grid import GridSpec, load_grid  # noqa: E402
 
 ORDER = ("memo", "der", "icarl", "replay")     # the paper's ranking at equal memory
-
-
-def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="8×8 digits instead of Fashion-MNIST, 2 epochs per task")
-    parser.add_argument("--data-root", default=os.environ.get("CLSUITE_DATA_ROOT", str(ROOT.parent / "shared" / "data")))
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--tracking-uri", default=f"sqlite:///{ROOT / 'reports' / 'memo_aligned' / 'mlflow.db'}")
-    return parser.parse_args()
 
 
 def grid(args) -> GridSpec:
@@ -72,17 +62,10 @@ def cifar_split_counts() -> tuple[int, int]:
 
 
 def main() -> None:
-    args = parse_args()
-    # through the environment, not the config: where the data lives is not part of a run's identity
-    os.environ["CLSUITE_DATA_ROOT"] = args.data_root
-    if args.tracking_uri.startswith("sqlite:///"):
-        Path(args.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    args = gridbench.parser(__doc__.splitlines()[0], store="memo_aligned",
+                            quick_help="8×8 digits instead of Fashion-MNIST, 2 epochs per task").parse_args()
     spec = grid(args)
-    cells = expand(spec)
-    summary = launch(spec, cells, tracking_uri=args.tracking_uri, workers=args.workers)
-    print(f"{spec.name}: {summary.finished} run now, {summary.skipped_finished} reused, {len(summary.failed)} failed")
-    for label, seed, reason in summary.failed:
-        print(f"  FAILED {label} seed {seed}: {reason}")
+    cells = gridbench.run_grid(spec, args)
 
     runs = load_runs(spec.experiment_name, tracking_uri=args.tracking_uri,
                      config_hashes=[c.config_hash for c in cells])

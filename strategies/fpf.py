@@ -160,7 +160,8 @@ class SensitivityTracker:
         ordered = [n for n in parametric_modules(model) if n in scores]
         data = {"score": {n: scores[n] for n in ordered}, "per_experience": self.per_experience}
         return {f"{prefix}/sensitivity.json": json.dumps(data, indent=1).encode(),
-                f"{prefix}/sensitivity.png": plots.to_png(plots.sensitivity_bars(ordered, [scores[n] for n in ordered]))}
+                f"{prefix}/sensitivity.png": plots.to_png(
+                    plots.sensitivity_bars(ordered, [scores[n] for n in ordered]))}
 
 
 # --------------------------------------------------------------------------- the buffer
@@ -378,7 +379,9 @@ class FPFPlugin(_FPFBase):
     def after_training(self, strategy, **kwargs):
         if self.at == "end" and self._trained < self.n_experiences:
             return
-        buffer = self.own_buffer if self.own_buffer is not None else strategy_buffer(strategy, self.seed + self._trained)
+        buffer = self.own_buffer
+        if buffer is None:
+            buffer = strategy_buffer(strategy, self.seed + self._trained)
         self.run_fpf(strategy, buffer)
 
     def n_exemplars(self) -> int:
