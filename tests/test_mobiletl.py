@@ -1,0 +1,83 @@
+"""MobileTL's building blocks (issue 6): bit masks, masked activations, folded BN, the activation meter."""
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from transfer.memory import ActivationMeter, saved_activation_bytes
+from transfer.mobiletl import FoldedBatchNorm, MaskedReLU6, SignedHardswish, pack_bits, unpack_bits
+
+
+@pytest.mark.parametrize("shape", [(1,), (7,), (8,), (2, 3, 5, 5), (4, 17)])
+def test_bit_packing_round_trips(shape):
+    torch.manual_seed(0)
+    mask = torch.rand(shape) > 0.5
+    packed = pack_bits(mask)
+    assert packed.dtype == torch.uint8 and packed.numel() == -(-mask.numel() // 8)
+    assert torch.equal(unpack_bits(packed, mask.shape), mask)
+
+
+def test_masked_relu6_is_exact_forward_and_backward():
+    x = (torch.randn(4, 3, 6, 6) * 5).requires_grad_()
+    reference = x.detach().clone().requires_grad_()
+    grad = torch.randn(4, 3, 6, 6)
+    MaskedReLU6()(x).backward(grad)
+    F.relu6(reference).backward(grad)
+    assert torch.equal(MaskedReLU6()(x), F.relu6(x))
+    assert torch.equal(x.grad, reference.grad)
+
+
+def test_signed_hardswish_forward_is_exact_and_gradient_is_the_step():
+    x = torch.linspace(-5, 5, 101).requires_grad_()
+    y = SignedHardswish()(x)
+    assert torch.allclose(y, F.hardswish(x.detach()))
+    y.sum().backward()
+    assert torch.equal(x.grad, (x.detach() > 0).float())
+    outside = (x.detach() < -3) | (x.detach() > 3)     # exact where the true derivative is 0 or 1
+    true = torch.autograd.grad(F.hardswish(x).sum(), x)[0]
+    assert torch.equal(x.grad[outside], true[outside])
+
+
+def test_folded_batch_norm_matches_eval_bn_and_its_shift_gradient():
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(5)
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.uniform_(0.5, 1.5)
+        bn.bias.uniform_(-1, 1)
+    bn.eval()
+    folded = FoldedBatchNorm(bn)
+    x = torch.randn(3, 5, 4, 4)
+    grad = torch.randn(3, 5, 4, 4)
+    assert torch.allclose(folded(x), bn(x), atol=1e-6)
+    bn(x).backward(grad)
+    folded(x).backward(grad)
+    assert torch.allclose(folded.shift.grad, bn.bias.grad, atol=1e-5)
+    assert [n for n, _ in folded.named_parameters()] == ["shift"]
+
+
+def test_meter_counts_a_known_graph_exactly():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
+    x = torch.randn(5, 4)
+    report = saved_activation_bytes(model, x)
+    # Linear 1 saves x (5·4 floats) for its weight gradient; ReLU saves its output (5·3), which
+    # Linear 2 saves again for its weight gradient — one storage, counted once; weights excluded
+    assert report.total_bytes == 4 * (5 * 4 + 5 * 3)
+    assert report.by_module == {"0": 4 * 5 * 4, "1": 4 * 5 * 3}
+    assert report.bytes_under("1") == 60
+
+
+def test_masks_and_folding_shrink_what_is_saved():
+    x = torch.randn(8, 16, 14, 14)
+    plain = nn.Sequential(nn.BatchNorm2d(16).eval().requires_grad_(False), nn.ReLU6())
+    lean = nn.Sequential(FoldedBatchNorm(plain[0]), MaskedReLU6())
+    plain_bytes = saved_activation_bytes(plain, x.clone().requires_grad_()).total_bytes
+    lean_bytes = saved_activation_bytes(lean, x.clone().requires_grad_()).total_bytes
+    # a frozen BN in eval mode still saves its input; ReLU6 saves its input or output (4 B each)
+    assert plain_bytes >= 2 * x.numel() * 4
+    assert lean_bytes == x.numel() // 8                    # one bit per element, nothing else
+    with ActivationMeter() as meter:          # without the model, its buffers cannot be excluded
+        lean(x.clone().requires_grad_())
+    assert meter.report.total_bytes == lean_bytes + 16 * 4     # + the folded scale a (16 floats)
