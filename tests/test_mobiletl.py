@@ -81,3 +81,75 @@ def test_masks_and_folding_shrink_what_is_saved():
     with ActivationMeter() as meter:          # without the model, its buffers cannot be excluded
         lean(x.clone().requires_grad_())
     assert meter.report.total_bytes == lean_bytes + 16 * 4     # + the folded scale a (16 floats)
+
+
+def small_mobilenets():
+    import torchvision
+
+    torch.manual_seed(0)
+    return {"v2": torchvision.models.mobilenet_v2(weights=None, width_mult=0.35, num_classes=10),
+            "v3": torchvision.models.mobilenet_v3_small(weights=None, width_mult=0.5, num_classes=10)}
+
+
+@pytest.mark.parametrize("arch", ["v2", "v3"])
+def test_converted_network_computes_the_same_function(arch):
+    import copy
+
+    from transfer.mobiletl import MobileTLConfig, mobiletl
+
+    model = small_mobilenets()[arch]
+    with torch.no_grad():      # non-trivial statistics, so folding is tested for real
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 1.5)
+    original = copy.deepcopy(model).eval()
+    converted = mobiletl(model, MobileTLConfig(num_trainable_blocks=3)).eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.allclose(converted(x), original(x), atol=1e-4)
+
+
+@pytest.mark.parametrize("arch", ["v2", "v3"])
+def test_only_the_top_blocks_and_the_head_receive_gradients(arch):
+    from transfer.mobiletl import FoldedBatchNorm, MobileTLConfig, inverted_residual_blocks, mobiletl
+
+    model = small_mobilenets()[arch]
+    blocks = inverted_residual_blocks(model)
+    converted = mobiletl(model, MobileTLConfig(num_trainable_blocks=2)).train()
+    converted(torch.randn(4, 3, 32, 32)).sum().backward()
+    top = {id(p) for _, b in blocks[-2:] for p in b.parameters()}
+    below = {id(p) for _, b in blocks[:-2] for p in b.parameters()}
+    for p in converted.parameters():
+        if id(p) in below:
+            assert p.grad is None and not p.requires_grad
+        elif id(p) in top:
+            assert p.grad is not None
+    assert all(not m.training for _, b in blocks[:-2] for m in b.modules() if not list(m.children()))
+    # inside each top block: every BN but the last is folded (shift only)
+    for _, block in blocks[-2:]:
+        norms = [m for m in block.modules() if isinstance(m, (nn.BatchNorm2d, FoldedBatchNorm))]
+        assert all(isinstance(m, FoldedBatchNorm) for m in norms[:-1]) and isinstance(norms[-1], nn.BatchNorm2d)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_quantized_saved_input_gives_exact_input_grad_and_close_weight_grad(bits):
+    from transfer.mobiletl import QuantizedSaveConv2d, dequantize, quantize
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 6, 9, 9)
+    codes, low, step = quantize(x, bits)
+    assert codes.numel() == x.numel() * bits // 8
+    assert (dequantize(codes, low, step, bits, x.shape) - x).abs().max() <= step.max() / 2 + 1e-6
+    conv = nn.Conv2d(6, 5, 3, padding=1, stride=2)
+    lean = QuantizedSaveConv2d(conv, bits)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    grad = torch.randn(4, 5, 5, 5)
+    conv(a).backward(grad)
+    reference_w = conv.weight.grad.clone()
+    conv.weight.grad = None
+    out = lean(b)
+    out.backward(grad)
+    assert torch.equal(out, conv(x))
+    assert torch.allclose(b.grad, a.grad, atol=1e-5)
+    error = (conv.weight.grad - reference_w).norm() / reference_w.norm()
+    assert error < (0.01 if bits == 8 else 0.2)     # 16 levels over a Gaussian range: noise ≈ 0.15 σ
