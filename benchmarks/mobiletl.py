@@ -75,7 +75,8 @@ def main() -> None:
             reduction = 100 * (1 - memory / base_memory)
             results[f"{arch}_{variant}"] = reduction
             paper = f"{PAPER[arch]:.1f}" if variant == "mobiletl" else ""
-            print(f"{arch:<6}{variant:<10}{memory / 2**20:>11.2f}{reduction:>13.1f}{paper:>9}{flops / base_flops:>13.3f}")
+            print(f"{arch:<6}{variant:<10}{memory / 2**20:>11.2f}{reduction:>13.1f}{paper:>9}"
+                  f"{flops / base_flops:>13.3f}")
     print("RESULT " + " ".join(f"{k}_reduction={v:.1f}" for k, v in results.items() if not k.endswith("vanilla"))
           + f" paper_v2={PAPER['v2']} paper_v3={PAPER['v3']}")
 

@@ -13,7 +13,9 @@ import pandas as pd
 
 FINAL_COLUMNS = ("final/avg_acc", "final/avg_inc_acc", "final/forgetting", "final/bwt",
                  "final/memory_mb", "final/train_seconds", "cost/train_flops")
-PERCENT_METRICS = frozenset({"final/avg_acc", "final/avg_inc_acc", "final/forgetting", "final/bwt"})
+PERCENT_METRICS = frozenset({"final/avg_acc", "final/avg_inc_acc", "final/forgetting", "final/bwt", "final/acc",
+                             "final/source_acc",
+                             "final/nme_avg_acc", "final/nme_avg_inc_acc"})
 
 
 def load_runs(
@@ -59,6 +61,22 @@ def load_runs(
     return frame
 
 
+def report_columns(runs: pd.DataFrame) -> list[str]:
+    """The metrics a report tabulates: the continual-learning set for CL runs; for transfer
+    experiments (no ``final/avg_acc``) every ``final/``, ``memory/`` and ``cost/`` metric."""
+    if "final/avg_acc" in runs.columns:
+        return [c for c in FINAL_COLUMNS if c in runs.columns]
+    return sorted(c for c in runs.columns if c.startswith(("final/", "memory/", "cost/")) and c != "final/wall_seconds")
+
+
+def headline_metric(columns: Sequence[str]) -> str:
+    """The accuracy a comparison plot shows."""
+    for name in ("final/avg_acc", "final/acc"):
+        if name in columns:
+            return name
+    return columns[0]
+
+
 def summarize(runs: pd.DataFrame, metrics: Sequence[str] = FINAL_COLUMNS) -> pd.DataFrame:
     """Mean, sample std and n over seeds per `group_hash` (columns ``<metric>.mean`` etc.)."""
     if runs.empty:
@@ -76,7 +94,7 @@ def format_mean_std(mean: float, std: float, metric: str) -> str:
     scale = 100.0 if metric in PERCENT_METRICS else 1.0
     if mean is None or np.isnan(mean):
         return "—"
-    if metric.startswith("cost/"):   # FLOPs: 3 significant digits with an SI prefix
+    if metric.startswith(("cost/", "memory/")):   # FLOPs, bytes, counts: 3 significant digits, SI prefix
         text = _si(mean)
         return text + (f" ± {_si(std)}" if std is not None and not np.isnan(std) else "")
     digits = 1 if scale == 100.0 else 3

@@ -72,7 +72,7 @@ def run(
     from cl.runner import run as run_one
 
     with _user_errors(), _progress(console.is_terminal) as progress:
-        task = progress.add_task(f"{cfg.strategy.name} on {cfg.scenario.name}", total=None)
+        task = progress.add_task(cfg.title, total=None)
         result = run_one(cfg, tracking_uri=tracking_uri,
                          on_progress=lambda d, t, w: progress.update(task, completed=d, total=t, description=w))
     if not result.ok:
@@ -250,27 +250,29 @@ def report(
 
 def _report(experiment: str, config_hashes, tracking_uri, *, title: str, plot_name: str,
             plot_dir: Path = Path("reports")) -> bool:
-    from cl.analysis import FINAL_COLUMNS, comparison_plot, format_mean_std, load_runs, summarize
+    from cl.analysis import (PERCENT_METRICS, comparison_plot, format_mean_std, headline_metric, load_runs,
+                             report_columns, summarize)
     from cl.plots import to_png
 
     runs = load_runs(experiment, tracking_uri=tracking_uri, config_hashes=config_hashes)
     if runs.empty:
         err_console.print(f"no FINISHED runs found in experiment {experiment!r}")
         return False
-    summary = summarize(runs)
+    columns = report_columns(runs)
+    summary = summarize(runs, columns)
     table = Table(title=f"{title}: mean ± std over seeds")
     table.add_column("group")
     table.add_column("n", justify="right")
-    for metric in FINAL_COLUMNS:
-        table.add_column(metric.removeprefix("final/") + (" %" if "acc" in metric or metric in
-                         ("final/forgetting", "final/bwt") else ""), justify="right")
+    for metric in columns:
+        table.add_column(metric.removeprefix("final/") + (" %" if metric in PERCENT_METRICS else ""), justify="right")
     for _, row in summary.iterrows():
         table.add_row(str(row["label"]), str(row["n"]),
-                      *(format_mean_std(row.get(f"{m}.mean"), row.get(f"{m}.std"), m) for m in FINAL_COLUMNS))
+                      *(format_mean_std(row.get(f"{m}.mean"), row.get(f"{m}.std"), m) for m in columns))
     console.print(table)
     plot_dir.mkdir(parents=True, exist_ok=True)
     path = plot_dir / f"{plot_name}_comparison.png"
-    path.write_bytes(to_png(comparison_plot(summary, title=f"{title}: final average accuracy")))
+    metric = headline_metric(columns)
+    path.write_bytes(to_png(comparison_plot(summary, metric, title=f"{title}: {metric}")))
     console.print(f"comparison plot: {path}", highlight=False)
     return True
 
@@ -294,11 +296,13 @@ def ui(
 
 
 @app.command("list")
-def list_entries(kind: str = typer.Argument("all", help="strategies | plugins | scenarios | models | all")) -> None:
+def list_entries(kind: str = typer.Argument(
+        "all", help="strategies | plugins | transfers | scenarios | models | all")) -> None:
     """What can be named in a config."""
     from cl.registry import REGISTRIES
 
-    kinds = {"strategies": "strategy", "plugins": "plugin", "scenarios": "scenario", "models": "model"}
+    kinds = {"strategies": "strategy", "plugins": "plugin", "transfers": "transfer", "scenarios": "scenario",
+             "models": "model"}
     with _user_errors():
         if kind != "all" and kind not in kinds:
             raise ConfigError(f"list: {kind!r} is not one of {', '.join(kinds)}, all")

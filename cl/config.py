@@ -1,7 +1,9 @@
 """Validated, frozen run configurations and their canonical hashes.
 
-A run is fully described by a `RunConfig`: the scenario, model and strategy (each a registry
-name plus that entry's options), the training settings, and the training seed. Validation
+A run is fully described by a `RunConfig`: either a continual-learning run — scenario, model
+and strategy (each a registry name plus that entry's options), optional plugins and memory
+budget — or a transfer experiment (`transfer:`, a registry name plus its options, e.g.
+MobileTL's MNIST → Fashion-MNIST transfer); plus the training settings and the seed. Validation
 fills in every default, so two YAML files that mean the same thing resolve to the same
 config and the same `config_hash` whatever their key order or omitted defaults.
 """
@@ -19,6 +21,7 @@ from cl.errors import ConfigError
 from cl.registry import REGISTRIES, import_user_modules
 
 COMPONENTS = ("scenario", "model", "strategy")
+CL_ONLY = (*COMPONENTS, "memory", "plugins")     # keys a transfer run does not take
 
 
 class FirstExperience(BaseModel):
@@ -86,9 +89,11 @@ class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     experiment: str = Field("default", min_length=1, description="MLflow experiment name")
-    scenario: ComponentConfig
-    model: ComponentConfig
-    strategy: ComponentConfig
+    scenario: Optional[ComponentConfig] = None
+    model: Optional[ComponentConfig] = None
+    strategy: Optional[ComponentConfig] = None
+    transfer: Optional[ComponentConfig] = Field(None, description="a transfer experiment, instead of "
+                                                "scenario/model/strategy")
     train: TrainConfig = TrainConfig()
     memory: Optional[MemoryBudget] = Field(None, description="align exemplar counts to equal total memory")
     plugins: tuple[ComponentConfig, ...] = Field((), description="add-ons for the strategy, e.g. [{name: fpf}]")
@@ -108,9 +113,12 @@ class RunConfig(BaseModel):
 
         problems: list[str] = []
         data = dict(raw)
+        if data.get("transfer") is not None:
+            return cls._transfer_from_dict(data, source)
         for kind in COMPONENTS:
             if kind not in data:
-                problems.append(f"{kind}: missing; give at least `{kind}: {{name: ...}}`")
+                problems.append(f"{kind}: missing; give at least `{kind}: {{name: ...}}` "
+                                "(or `transfer: {name: ...}` for a transfer experiment)")
                 continue
             try:
                 data[kind] = resolve_component(kind, data[kind])
@@ -143,6 +151,33 @@ class RunConfig(BaseModel):
             config._check_memory_budget(source)
         return config
 
+    @classmethod
+    def _transfer_from_dict(cls, data: dict[str, Any], source: str | None) -> "RunConfig":
+        problems = [f"{key}: a transfer run takes no {key}; its options go under `transfer:`"
+                    for key in CL_ONLY if data.get(key)]
+        try:
+            data["transfer"] = resolve_component("transfer", data["transfer"])
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+        if problems:
+            raise ConfigError(problems, source=source)
+        data = {k: v for k, v in data.items() if k not in CL_ONLY}
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc), source=source) from None
+
+    @property
+    def is_transfer(self) -> bool:
+        return self.transfer is not None
+
+    @property
+    def title(self) -> str:
+        """What the run is, for progress bars and run names: 'replay on split_digits' / 'transfer mobiletl'."""
+        if self.is_transfer:
+            return f"transfer {self.transfer.name}"
+        return f"{self.strategy.name} on {self.scenario.name}"
+
     def _check_memory_budget(self, source: str | None) -> None:
         from cl.registry import STRATEGIES
 
@@ -156,7 +191,7 @@ class RunConfig(BaseModel):
 
     def preflight(self) -> None:
         """Cheap checks that need the machine, not just the config (e.g. data on disk)."""
-        components = [(kind, getattr(self, kind)) for kind in COMPONENTS]
+        components = [(kind, getattr(self, kind)) for kind in (*COMPONENTS, "transfer") if getattr(self, kind)]
         for kind, component in [*components, *(("plugin", p) for p in self.plugins)]:
             params = REGISTRIES[kind].get(component.name).params.model_validate(component.options)
             check = getattr(params, "preflight", None)
@@ -166,8 +201,9 @@ class RunConfig(BaseModel):
     def to_dict(self) -> dict[str, Any]:
         """The resolved config as plain data (components flattened, as in YAML)."""
         out = self.model_dump(mode="json")
-        for kind in COMPONENTS:
-            out[kind] = getattr(self, kind).flat()
+        for kind in (*COMPONENTS, "transfer"):
+            component = getattr(self, kind)
+            out[kind] = component.flat() if component is not None else None
         out["plugins"] = [plugin.flat() for plugin in self.plugins]
         out["imports"] = list(self.imports)
         return out
@@ -310,7 +346,7 @@ def set_dotted(data: Mapping[str, Any], dotted: str, value: Any) -> dict[str, An
         out[head] = value
         return out
     child = out.get(head)
-    if isinstance(child, str) and head in COMPONENTS:
+    if isinstance(child, str) and head in (*COMPONENTS, "transfer"):
         child = {"name": child}
     if child is None:
         child = {}

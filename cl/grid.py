@@ -50,7 +50,7 @@ from cl.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-GRID_KEYS = (*COMPONENTS, "train", "memory", "plugins")
+GRID_KEYS = (*COMPONENTS, "transfer", "train", "memory", "plugins")
 
 
 class GridSpec(BaseModel):

@@ -1,4 +1,4 @@
-"""Name -> builder registries for scenarios, models, strategies and strategy plugins.
+"""Name -> builder registries for scenarios, models, strategies, strategy plugins and transfer experiments.
 
 An entry pairs a *params* model (pydantic, light) with a *target* builder. Targets may be
 given as ``"package.module:function"`` strings and are imported only when a run is built,
@@ -55,6 +55,8 @@ class Entry:
     summary: str = ""
     # strategies that grow their model: (model, scenario, params) -> backbone parameters at the end
     final_backbone_params: str | Callable[..., int] | None = None
+    # options that make a run take seconds on the offline data (the contract tests use them)
+    smoke_options: tuple[tuple[str, Any], ...] = ()
 
     def load(self) -> Callable[..., Any]:
         """The builder callable, importing its module on first use."""
@@ -95,12 +97,14 @@ class Registry:
         target: str | Callable[..., Any],
         summary: str = "",
         final_backbone_params: str | Callable[..., int] | None = None,
+        smoke_options: dict[str, Any] | None = None,
     ) -> Entry:
         if not issubclass(params, Params):
             raise TypeError(f"params for {self.kind} {name!r} must subclass cl.registry.Params")
         existing = self._entries.get(name)
         entry = Entry(name=name, kind=self.kind, params=params, target=target, summary=summary,
-                      final_backbone_params=final_backbone_params)
+                      final_backbone_params=final_backbone_params,
+                      smoke_options=tuple(sorted((smoke_options or {}).items())))
         if existing is not None and existing != entry:
             raise ValueError(f"{self.kind} {name!r} is already registered (target {existing.target})")
         self._entries[name] = entry
@@ -174,6 +178,8 @@ MODELS = Registry("model", builtin_modules=("cl.catalog",))
 STRATEGIES = Registry("strategy", builtin_modules=("strategies.catalog",))
 # add-ons for any strategy (e.g. FPF's fine-tuning): build(ctx, params) -> an Avalanche plugin
 PLUGINS = Registry("plugin", builtin_modules=("strategies.catalog",))
+# knowledge-transfer experiments: run(ctx: cl.transfer_run.TransferContext, params) -> final metrics
+TRANSFERS = Registry("transfer", builtin_modules=("transfer.catalog",))
 
 REGISTRIES: dict[str, Registry] = {"scenario": SCENARIOS, "model": MODELS, "strategy": STRATEGIES,
-                                   "plugin": PLUGINS}
+                                   "plugin": PLUGINS, "transfer": TRANSFERS}

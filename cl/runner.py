@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from cl.config import RunConfig
-from cl.registry import MODELS, PLUGINS, SCENARIOS, STRATEGIES, import_user_modules
+from cl.registry import MODELS, PLUGINS, SCENARIOS, STRATEGIES, TRANSFERS, import_user_modules
 from cl.tracking import RunLog
 
 log = logging.getLogger(__name__)
@@ -74,6 +74,8 @@ def _execute(cfg: RunConfig, runlog: RunLog) -> RunResult:
 
     import_user_modules(cfg.imports)
     started = time.perf_counter()
+    if cfg.is_transfer:
+        return _execute_transfer(cfg, runlog, started)
     scenario_params = _params(SCENARIOS, cfg.scenario)
     prov = provenance({"seed": cfg.seed, "scenario.seed": scenario_params.seed})
     runlog.log_artifact("provenance.json", to_json_bytes(prov))
@@ -151,6 +153,24 @@ def _execute(cfg: RunConfig, runlog: RunLog) -> RunResult:
                      accuracy_matrix=R.tolist())
 
 
+def _execute_transfer(cfg: RunConfig, runlog: RunLog, started: float) -> RunResult:
+    """A registered transfer experiment (see `cl.transfer_run`)."""
+    from cl.tracking import provenance, provenance_tags, to_json_bytes
+    from cl.transfer_run import TransferContext, final_metric_names
+
+    prov = provenance({"seed": cfg.seed})
+    runlog.log_artifact("provenance.json", to_json_bytes(prov))
+    runlog.set_tags(provenance_tags(prov))
+    seed_everything(cfg.seed)
+    ctx = TransferContext(runlog=runlog, train=cfg.train, device=resolve_device(cfg.train.device), seed=cfg.seed)
+    with _quiet_avalanche():
+        metrics = TRANSFERS.get(cfg.transfer.name).load()(ctx, _params(TRANSFERS, cfg.transfer))
+    final = final_metric_names(metrics)
+    final["final/wall_seconds"] = time.perf_counter() - started
+    runlog.log_metrics(final, step=0)
+    return RunResult(cfg.config_hash, "FINISHED", metrics=final)
+
+
 def run(
     cfg: RunConfig,
     *,
@@ -183,13 +203,18 @@ def open_run(client, cfg: RunConfig, *, parent_run_id: str | None = None,
     """Create the MLflow run of `cfg` (RUNNING) with its hashes, params and resolved config."""
     from cl.tracking import PARENT_TAG, RUN_NAME_TAG, MlflowRunLog, experiment_id
 
+    if cfg.is_transfer:
+        what = {"transfer": cfg.transfer.name, "strategy": cfg.transfer.name}
+        default_name = f"{cfg.transfer.name}-s{cfg.seed}"
+    else:
+        what = {"strategy": cfg.strategy.name, "scenario": cfg.scenario.name}
+        default_name = f"{cfg.strategy.name}-{cfg.scenario.name}-s{cfg.seed}"
     all_tags = {
         "config_hash": cfg.config_hash,
         "group_hash": cfg.group_hash,
-        "strategy": cfg.strategy.name,
-        "scenario": cfg.scenario.name,
+        **what,
         "seed": str(cfg.seed),
-        RUN_NAME_TAG: run_name or f"{cfg.strategy.name}-{cfg.scenario.name}-s{cfg.seed}",
+        RUN_NAME_TAG: run_name or default_name,
         **(tags or {}),
     }
     if parent_run_id:

@@ -206,44 +206,56 @@ def _per_class_subset(x: torch.Tensor, y: torch.Tensor, per_class: Optional[int]
 # --------------------------------------------------------------------------- datasets
 
 
+def image_tensors(dataset: str, *, data_root=None, train_samples_per_class: Optional[int] = None,
+                  test_fraction: float = 0.3):
+    """(x_train, y_train, x_test, y_test) of 'digits', 'mnist' or 'fmnist', pixels in [0, 1], (N, 1, H, W).
+
+    The one loader behind the split scenarios and the transfer experiments. Digits: the fixed
+    stratified split of `split_digits`; MNIST / Fashion-MNIST: torchvision's files under
+    `data_root` (checked first, never downloaded).
+    """
+    if dataset == "digits":
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+
+        digits = load_digits()
+        x = torch.tensor(digits.images / 16.0, dtype=torch.float32).unsqueeze(1)
+        y = torch.tensor(digits.target, dtype=torch.long)
+        i_train, i_test = train_test_split(np.arange(len(y)), test_size=test_fraction,
+                                           stratify=digits.target, random_state=DIGITS_SPLIT_SEED)
+        return (*_per_class_subset(x[i_train], y[i_train], train_samples_per_class), x[i_test], y[i_test])
+    if dataset not in ("mnist", "fmnist"):
+        raise ValueError(f"dataset: {dataset!r}; one of digits, mnist, fmnist")
+    import torchvision
+
+    root = check_dataset(dataset, data_root)
+    cls = getattr(torchvision.datasets, {"mnist": "MNIST", "fmnist": "FashionMNIST"}[dataset])
+    train, test = cls(root=str(root), train=True, download=False), cls(root=str(root), train=False, download=False)
+    x_train, y_train = _per_class_subset(train.data.unsqueeze(1).float() / 255.0, train.targets.long(),
+                                         train_samples_per_class)
+    return x_train, y_train, test.data.unsqueeze(1).float() / 255.0, test.targets.long()
+
+
 def split_digits(*, test_fraction: float = 0.3, train_samples_per_class: Optional[int] = None, **split) -> Scenario:
     """scikit-learn's 8×8 digits (1,797 images, 10 classes), values scaled to [0, 1].
 
     The stratified train/test split is fixed (random_state 0), so `seed` changes only the
     class order.
     """
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    digits = load_digits()
-    x = torch.tensor(digits.images / 16.0, dtype=torch.float32).unsqueeze(1)
-    y = torch.tensor(digits.target, dtype=torch.long)
-    i_train, i_test = train_test_split(np.arange(len(y)), test_size=test_fraction,
-                                       stratify=digits.target, random_state=DIGITS_SPLIT_SEED)
-    x_train, y_train = _per_class_subset(x[i_train], y[i_train], train_samples_per_class)
-    return from_tensors(x_train, y_train, x[i_test], y[i_test], name="split_digits", **split)
-
-
-def _torchvision_images(cls_name: str, dataset: str, data_root, train_samples_per_class, split):
-    import torchvision
-
-    root = check_dataset(dataset, data_root)
-    cls = getattr(torchvision.datasets, cls_name)
-    train, test = cls(root=str(root), train=True, download=False), cls(root=str(root), train=False, download=False)
-    x_train, y_train = _per_class_subset(train.data.unsqueeze(1).float() / 255.0, train.targets.long(),
-                                         train_samples_per_class)
-    x_test = test.data.unsqueeze(1).float() / 255.0
-    return from_tensors(x_train, y_train, x_test, test.targets.long(), name=f"split_{dataset}", **split)
+    tensors = image_tensors("digits", train_samples_per_class=train_samples_per_class, test_fraction=test_fraction)
+    return from_tensors(*tensors, name="split_digits", **split)
 
 
 def split_mnist(*, data_root=None, train_samples_per_class: Optional[int] = None, **split) -> Scenario:
     """MNIST from `data_root` (torchvision layout, `MNIST/raw`), pixels in [0, 1], (1, 28, 28)."""
-    return _torchvision_images("MNIST", "mnist", data_root, train_samples_per_class, split)
+    tensors = image_tensors("mnist", data_root=data_root, train_samples_per_class=train_samples_per_class)
+    return from_tensors(*tensors, name="split_mnist", **split)
 
 
 def split_fmnist(*, data_root=None, train_samples_per_class: Optional[int] = None, **split) -> Scenario:
     """Fashion-MNIST from `data_root` (`FashionMNIST/raw`), pixels in [0, 1], (1, 28, 28)."""
-    return _torchvision_images("FashionMNIST", "fmnist", data_root, train_samples_per_class, split)
+    tensors = image_tensors("fmnist", data_root=data_root, train_samples_per_class=train_samples_per_class)
+    return from_tensors(*tensors, name="split_fmnist", **split)
 
 
 def _cifar(dataset: str, cls_name: str, data_root, train_samples_per_class, augment: bool, split) -> Scenario:

@@ -1,0 +1,42 @@
+"""How a transfer experiment runs inside the suite: what it receives, and what the runner logs.
+
+A transfer experiment (MobileTL, ScaLearn, SkillPacks, ...) is not a class-incremental
+stream, so it does not go through Avalanche. It registers in `cl.registry.TRANSFERS` with a
+params model and ``run(ctx: TransferContext, params) -> dict[str, float]``: it trains and
+evaluates, logs its own curves through ``ctx.runlog`` and returns its final metrics, which
+the runner logs (prefixed ``final/`` unless they already carry a ``/``). Everything around
+it is the same as for a continual-learning run: config hash, seeds, provenance, MLflow
+status, failure capture, grids.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from cl.tracking import RunLog
+
+
+@dataclass
+class TransferContext:
+    runlog: RunLog
+    train: Any                      # cl.config.TrainConfig: epochs, lr, batch size, device...
+    device: Any                     # torch.device
+    seed: int
+
+    @property
+    def cache_dir(self) -> Path:
+        """Where an experiment may keep reusable intermediate results (e.g. a pretrained source model).
+
+        ``$CLSUITE_CACHE``, else ``~/.cache/clsuite``. Keys must include everything the cached
+        result depends on (seed and options), so a cache hit is the same computation.
+        """
+        root = Path(os.environ.get("CLSUITE_CACHE", Path.home() / ".cache" / "clsuite"))
+        root.mkdir(parents=True, exist_ok=True)
+        return root
+
+
+def final_metric_names(metrics: Mapping[str, float]) -> dict[str, float]:
+    """``acc`` → ``final/acc``; names with a namespace (``memory/…``, ``cost/…``) stay as they are."""
+    return {(k if "/" in k else f"final/{k}"): float(v) for k, v in metrics.items()}

@@ -1,0 +1,60 @@
+"""The contract every registered transfer experiment passes, and how transfer configs validate.
+
+Each experiment runs with its registry entry's smoke options (seconds, offline data) through
+the real runner into a real MLflow store: FINISHED, finite final metrics, provenance, the
+logged config round-trips to the same hash.
+"""
+import numpy as np
+import pytest
+import yaml
+
+from cl.config import RunConfig
+from cl.errors import ConfigError
+from cl.registry import TRANSFERS
+from cl.runner import run
+
+CONTRACT = [e.name for e in TRANSFERS.entries() if not str(e.target).startswith("tests.")]
+
+
+def test_mobiletl_is_registered():
+    assert "mobiletl" in CONTRACT
+
+
+@pytest.mark.parametrize("name", CONTRACT)
+def test_transfer_contract(name, shared_store, tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("CLSUITE_CACHE", str(tmp_path / "cache"))
+    entry = TRANSFERS.get(name)
+    cfg = RunConfig.from_dict({"experiment": f"transfer-{name}",
+                               "transfer": {"name": name, **dict(entry.smoke_options)},
+                               "train": {"epochs": 1, "batch_size": 16, "lr": 0.05}, "seed": 0})
+    result = run(cfg, tracking_uri=shared_store)
+    assert result.ok, result.reason
+    client = MlflowClient(shared_store)
+    logged = client.get_run(result.run_id)
+    assert logged.info.status == "FINISHED"
+    assert logged.data.tags["transfer"] == name and logged.data.tags["config_hash"] == cfg.config_hash
+    finals = {k: v for k, v in logged.data.metrics.items() if k.startswith("final/")}
+    assert finals and all(np.isfinite(v) for v in finals.values())
+    assert {"config.yaml", "provenance.json"} <= {a.path for a in client.list_artifacts(result.run_id)}
+    again = RunConfig.from_dict(yaml.safe_load(open(client.download_artifacts(result.run_id, "config.yaml")).read()))
+    assert again == cfg and again.config_hash == cfg.config_hash
+
+
+def test_transfer_configs_reject_continual_learning_keys():
+    with pytest.raises(ConfigError) as info:
+        RunConfig.from_dict({"transfer": {"name": "mobiletl"}, "strategy": "naive", "plugins": [{"name": "fpf"}]})
+    assert any(p.startswith("strategy: a transfer run takes no strategy") for p in info.value.problems)
+    assert any(p.startswith("plugins:") for p in info.value.problems)
+    with pytest.raises(ConfigError, match="transfer.name: unknown transfer 'mobiletll'; registered: .*mobiletl"):
+        RunConfig.from_dict({"transfer": {"name": "mobiletll"}})
+    with pytest.raises(ConfigError, match="transfer.method"):
+        RunConfig.from_dict({"transfer": {"name": "mobiletl", "method": "everything"}})
+
+
+def test_continual_learning_hashes_do_not_move():
+    """Adding the optional `transfer` and `plugins` keys leaves existing configs' identities alone."""
+    cfg = RunConfig.from_dict({"scenario": "split_digits", "model": "mlp", "strategy": "naive"})
+    assert "transfer" not in cfg.identity() and "plugins" not in cfg.identity()
+    assert cfg.config_hash == "c859246e2eaa08bd"     # as before these keys existed (finished cells stay reused)

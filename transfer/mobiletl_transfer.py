@@ -1,0 +1,179 @@
+"""The MobileTL transfer experiment: pretrain a small MobileNet on a source set, transfer to a target.
+
+Registered as the transfer experiment ``mobiletl`` (options: `transfer.catalog.MobileTLTransferParams`).
+One run = one transfer method on one seed:
+
+1. Source model: torchvision's MobileNetV2/V3 (random init, `width_mult`, 3-channel input at
+   `image_size`), trained on the source set for `pretrain_epochs`. It is cached under
+   ``<cache>/mobiletl/<key>.pt``, keyed by everything it depends on (architecture, data,
+   sizes, schedule, seed), so the methods of a grid share one pretraining per seed.
+2. Transfer to the target set with a new classifier, by `method`:
+   ``full`` (every parameter), ``last_layer`` (the classifier only), ``bias_bn`` (biases,
+   batch-norm parameters and the classifier: TinyTL-like), ``mobiletl`` (`transfer.mobiletl`).
+3. Logged: target test accuracy; activation memory of one training step
+   (`transfer.memory.ActivationMeter`, batch = train.batch_size); trainable parameters;
+   training FLOPs (one step counted with `FlopCounterMode`, times the number of steps).
+
+Grayscale images are repeated to 3 channels and resized (bilinear) to `image_size`.
+Optimiser: SGD with the run's `train` settings (lr, momentum, weight decay, batch size);
+`train.epochs` is the number of transfer epochs.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from cl.config import canonical_hash
+from cl.cost import count_flops
+from cl.scenarios import image_tensors
+from cl.transfer_run import TransferContext
+from transfer.memory import saved_activation_bytes
+from transfer.mobiletl import MobileTLConfig, mobiletl
+
+log = logging.getLogger(__name__)
+
+
+def _prepare(x: torch.Tensor, size: int) -> torch.Tensor:
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False) if x.shape[-1] != size else x
+    return x.expand(-1, 3, -1, -1).contiguous() if x.shape[1] == 1 else x
+
+
+def build_network(arch: str, width_mult: float, n_classes: int) -> nn.Module:
+    import torchvision
+
+    factory = getattr(torchvision.models, arch)
+    return factory(weights=None, width_mult=width_mult, num_classes=n_classes)
+
+
+def classifier_layer(model: nn.Module) -> tuple[nn.Module, str, nn.Linear]:
+    """(parent, attribute, layer) of the final Linear of torchvision's MobileNet classifier."""
+    parent = model.classifier
+    index = max(i for i, m in enumerate(parent) if isinstance(m, nn.Linear))
+    return parent, str(index), parent[index]
+
+
+def train_epochs(model, x, y, *, epochs, train, device, generator, on_epoch=None) -> int:
+    """Plain SGD over (x, y); returns the number of optimiser steps."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
+    steps = 0
+    for epoch in range(epochs):
+        model.train()
+        order = torch.randperm(len(y), generator=generator)
+        total = 0.0
+        for start in range(0, len(y), train.batch_size):
+            batch = order[start:start + train.batch_size]
+            loss = F.cross_entropy(model(x[batch].to(device)), y[batch].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += float(loss.detach()) * len(batch)
+            steps += 1
+        if on_epoch is not None:
+            on_epoch(epoch, total / len(y))
+    return steps
+
+
+@torch.no_grad()
+def accuracy(model, x, y, device, batch_size: int = 512) -> float:
+    model.eval()
+    correct = sum(int((model(x[i:i + batch_size].to(device)).argmax(1).cpu() == y[i:i + batch_size]).sum())
+                  for i in range(0, len(y), batch_size))
+    return correct / len(y)
+
+
+def source_model(ctx: TransferContext, params, x, y) -> nn.Module:
+    """The pretrained source network, from the cache when the same pretraining was done before."""
+    key_fields = {"arch": params.arch, "width_mult": params.width_mult, "image_size": params.image_size,
+                  "source": params.source, "source_samples_per_class": params.source_samples_per_class,
+                  "pretrain_epochs": params.pretrain_epochs, "lr": ctx.train.lr, "momentum": ctx.train.momentum,
+                  "weight_decay": ctx.train.weight_decay, "batch_size": ctx.train.batch_size, "seed": ctx.seed,
+                  "n_classes": int(y.max()) + 1}
+    path = ctx.cache_dir / "mobiletl" / f"{canonical_hash(key_fields)}.pt"
+    model = build_network(params.arch, params.width_mult, key_fields["n_classes"]).to(ctx.device)
+    if path.is_file():
+        model.load_state_dict(torch.load(path, map_location=ctx.device))
+        log.info("source model from cache %s", path)
+        return model
+    generator = torch.Generator().manual_seed(ctx.seed)
+    train_epochs(model, x, y, epochs=params.pretrain_epochs, train=ctx.train, device=ctx.device,
+                 generator=generator,
+                 on_epoch=lambda e, loss: ctx.runlog.log_metrics({"source/train_loss": loss}, step=e))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.tmp")    # parallel workers may pretrain the same model
+    torch.save(model.state_dict(), partial)
+    os.replace(partial, path)
+    path.with_suffix(".json").write_text(json.dumps(key_fields, indent=1))
+    return model
+
+
+def prepare_for_transfer(model: nn.Module, params, n_classes: int) -> nn.Module:
+    """New classifier for the target classes, then the method's choice of what trains."""
+    parent, attr, old = classifier_layer(model)
+    setattr(parent, attr, nn.Linear(old.in_features, n_classes).to(old.weight.device))
+    head = getattr(parent, attr)
+    if params.method == "full":
+        return model
+    if params.method == "mobiletl":
+        return mobiletl(model, MobileTLConfig(num_trainable_blocks=params.num_trainable_blocks,
+                                              activation_mask=params.activation_mask,
+                                              quantize_saved_activations=params.quantize_saved_activations))
+    model.requires_grad_(False)
+    head.requires_grad_(True)
+    if params.method == "bias_bn":
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.requires_grad_(True)
+            elif getattr(module, "bias", None) is not None and isinstance(module.bias, nn.Parameter):
+                module.bias.requires_grad_(True)
+    return model
+
+
+def run(ctx: TransferContext, params) -> dict[str, float]:
+    torch.manual_seed(ctx.seed)
+    xs, ys, _, _ = image_tensors(params.source, data_root=params.data_root,
+                                 train_samples_per_class=params.source_samples_per_class)
+    xt, yt, xt_test, yt_test = image_tensors(params.target, data_root=params.data_root,
+                                             train_samples_per_class=params.target_samples_per_class)
+    if params.test_samples is not None:
+        xt_test, yt_test = xt_test[: params.test_samples], yt_test[: params.test_samples]
+    size = params.image_size
+    xs, xt, xt_test = _prepare(xs, size), _prepare(xt, size), _prepare(xt_test, size)
+
+    model = source_model(ctx, params, xs, ys)
+    source_acc = accuracy(model, xs[:2000], ys[:2000], ctx.device)
+    n_classes = int(yt.max()) + 1
+    model = prepare_for_transfer(model, params, n_classes).to(ctx.device)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+    # cost of one training step, measured once before training (the step is then undone by reloading)
+    probe = xt[: ctx.train.batch_size].to(ctx.device)
+    state = {k: v.clone() for k, v in model.state_dict().items()}   # the probes move BN statistics
+    model.train()
+    memory = saved_activation_bytes(model, probe).total_bytes
+    _, step_flops = count_flops(lambda: F.cross_entropy(model(probe), yt[: len(probe)].to(ctx.device)).backward())
+    model.load_state_dict(state)
+    model.zero_grad(set_to_none=True)
+    samples_per_step = len(probe)
+
+    generator = torch.Generator().manual_seed(ctx.seed + 1)
+    steps = train_epochs(model, xt, yt, epochs=ctx.train.epochs, train=ctx.train, device=ctx.device,
+                         generator=generator,
+                         on_epoch=lambda e, loss: (ctx.runlog.log_metrics({"train/loss": loss}, step=e),
+                                                   ctx.runlog.progress(e + 1, ctx.train.epochs, f"epoch {e + 1}")))
+    n_train = len(yt)
+    total_flops = step_flops / samples_per_step * n_train * ctx.train.epochs
+    return {
+        "acc": accuracy(model, xt_test, yt_test, ctx.device),
+        "source_acc": source_acc,
+        "memory/activation_bytes": memory,
+        "memory/trainable_params": trainable,
+        "cost/flops_per_step": step_flops,
+        "cost/train_flops": total_flops,
+        "train_steps": steps,
+    }
