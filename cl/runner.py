@@ -67,8 +67,7 @@ def _execute(cfg: RunConfig, runlog: RunLog) -> RunResult:
     from cl.cost import FlopMeter
     from cl.models import count_parameters
     from cl.schedule import ExperienceSchedule
-    from cl.tracking import (make_finite_loss_guard, make_logger_plugin, provenance, provenance_tags,
-                             to_json_bytes)
+    from cl.tracking import make_finite_loss_guard, make_logger_plugin
     from strategies.base import (StrategyContext, aligned_mem_size, count_exemplars, persistent_state_bytes,
                                  plugin_artifacts)
 
@@ -77,9 +76,7 @@ def _execute(cfg: RunConfig, runlog: RunLog) -> RunResult:
     if cfg.is_transfer:
         return _execute_transfer(cfg, runlog, started)
     scenario_params = _params(SCENARIOS, cfg.scenario)
-    prov = provenance({"seed": cfg.seed, "scenario.seed": scenario_params.seed})
-    runlog.log_artifact("provenance.json", to_json_bytes(prov))
-    runlog.set_tags(provenance_tags(prov))
+    _log_provenance(runlog, {"seed": cfg.seed, "scenario.seed": scenario_params.seed})
     seed_everything(cfg.seed)
 
     build_scenario = SCENARIOS.get(cfg.scenario.name).load()
@@ -155,12 +152,9 @@ def _execute(cfg: RunConfig, runlog: RunLog) -> RunResult:
 
 def _execute_transfer(cfg: RunConfig, runlog: RunLog, started: float) -> RunResult:
     """A registered transfer experiment (see `cl.transfer_run`)."""
-    from cl.tracking import provenance, provenance_tags, to_json_bytes
     from cl.transfer_run import TransferContext, final_metric_names
 
-    prov = provenance({"seed": cfg.seed})
-    runlog.log_artifact("provenance.json", to_json_bytes(prov))
-    runlog.set_tags(provenance_tags(prov))
+    _log_provenance(runlog, {"seed": cfg.seed})
     seed_everything(cfg.seed)
     ctx = TransferContext(runlog=runlog, train=cfg.train, device=resolve_device(cfg.train.device), seed=cfg.seed)
     with _quiet_avalanche():
@@ -227,6 +221,14 @@ def open_run(client, cfg: RunConfig, *, parent_run_id: str | None = None,
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def _log_provenance(runlog: RunLog, seeds: Mapping[str, int]) -> None:
+    from cl.tracking import provenance, provenance_tags, to_json_bytes
+
+    prov = provenance(seeds)
+    runlog.log_artifact("provenance.json", to_json_bytes(prov))
+    runlog.set_tags(provenance_tags(prov))
 
 
 def seed_everything(seed: int) -> None:
