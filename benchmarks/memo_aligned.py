@@ -9,7 +9,7 @@ accuracy (mean ± std over seeds), parameters, exemplars and MB per method, and 
 paper's ordering holds.
 
     python benchmarks/memo_aligned.py --quick     # the same grid on 8×8 digits, 2 epochs: a smoke run
-    python benchmarks/memo_aligned.py             # the grid as published (≈ 90 min, 2 workers)
+    python benchmarks/memo_aligned.py             # the grid as published (≈ 2 h with 2 workers)
 
 "% data" is the share of the training set a method stores as exemplars: at equal memory it
 decides how close a replay method comes to joint training (the paper's CIFAR-100 B0 Inc10:
