@@ -104,15 +104,15 @@ _BASELINES = [
     ("replay", MemoryParams, "experience replay from an experience-balanced buffer"),
     ("ewc", EWCParams, "Elastic Weight Consolidation (Kirkpatrick et al. 2017)"),
     ("lwf", LwFParams, "Learning without Forgetting (Li & Hoiem 2016)"),
-    ("icarl", ICaRLParams, "iCaRL: herding exemplars, distillation, nearest-mean classifier"),
     ("gdumb", MemoryParams, "GDumb: greedy class-balanced buffer, retrain from scratch"),
     ("er_ace", ERACEParams, "ER-ACE: replay with asymmetric cross-entropy (Caccia et al. 2022)"),
     ("dark_er", DarkERParams, "Dark Experience Replay (Buzzega et al. 2020; Avalanche's `DER`)"),
     ("cumulative", NoParams, "retrain on all data seen so far (upper bound; stores everything)"),
 ]
 
-_OWN_MODULE = {"icarl": "strategies.icarl"}   # Avalanche's strategy with our exemplar selection
-
 for _name, _params, _summary in _BASELINES:
-    STRATEGIES.register(_name, params=_params, target=f"{_OWN_MODULE.get(_name, 'strategies.baselines')}:build_{_name}",
-                        summary=_summary)
+    STRATEGIES.register(_name, params=_params, target=f"strategies.baselines:build_{_name}", summary=_summary)
+
+# Avalanche's iCaRL with exemplar selection that spends its budget exactly (see strategies.icarl)
+STRATEGIES.register("icarl", params=ICaRLParams, target="strategies.icarl:build_icarl",
+                    summary="iCaRL: herding exemplars, distillation, nearest-mean classifier")
