@@ -71,6 +71,15 @@ def plugin_artifacts(strategy: Any) -> dict[str, bytes]:
     return out
 
 
+def storage_policy(strategy: Any) -> Any:
+    """The Avalanche exemplar buffer (`storage_policy`) of a strategy or its plugins, or None."""
+    for obj in _parts(strategy):
+        policy = getattr(obj, "storage_policy", None)
+        if policy is not None:
+            return policy
+    return None
+
+
 def count_exemplars(strategy: Any) -> int:
     """Raw samples the strategy holds after training (buffers, iCaRL's memory, Cumulative's data)."""
     total = 0

@@ -55,7 +55,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from cl.cost import count_flops
-from strategies.base import StrategyContext
+from strategies.base import StrategyContext, storage_policy
 
 # --------------------------------------------------------------------------- module selection
 
@@ -230,16 +230,12 @@ class _TensorBuffer:
 
 def strategy_buffer(strategy, seed: int) -> _TensorBuffer | None:
     """The exemplars of an Avalanche strategy with a `storage_policy` (Replay, Dark-ER, ...)."""
-    for obj in [strategy, *strategy.plugins]:
-        policy = getattr(obj, "storage_policy", None)
-        if policy is not None:
-            dataset = policy.buffer
-            if len(dataset) == 0:
-                return None
-            items = [dataset[i] for i in range(len(dataset))]
-            return _TensorBuffer(torch.stack([item[0] for item in items]),
-                                 torch.as_tensor([int(item[1]) for item in items]), seed)
-    return None
+    policy = storage_policy(strategy)
+    if policy is None or len(policy.buffer) == 0:
+        return None
+    items = [policy.buffer[i] for i in range(len(policy.buffer))]
+    return _TensorBuffer(torch.stack([item[0] for item in items]),
+                         torch.as_tensor([int(item[1]) for item in items]), seed)
 
 
 # --------------------------------------------------------------------------- fine-tuning
@@ -365,7 +361,7 @@ class FPFPlugin(_FPFBase):
 
     def before_training(self, strategy, **kwargs):
         super().before_training(strategy)
-        if self.own_buffer is None and not _has_storage_policy(strategy):
+        if self.own_buffer is None and storage_policy(strategy) is None:
             self.own_buffer = ReservoirBuffer(self._mem_size, seed=self.seed)
 
     def after_training_iteration(self, strategy, **kwargs):
@@ -386,10 +382,6 @@ class FPFPlugin(_FPFBase):
 
     def n_exemplars(self) -> int:
         return len(self.own_buffer) if self.own_buffer is not None else 0
-
-
-def _has_storage_policy(strategy) -> bool:
-    return any(getattr(obj, "storage_policy", None) is not None for obj in [strategy, *strategy.plugins])
 
 
 class KFPFPlugin(_FPFBase):
