@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks import gridbench  # noqa: E402
 from cl.analysis import load_runs  # noqa: E402
 from cl.config import set_dotted  # noqa: E402
-from cl.grid import GridSpec, load_grid  # noqa: E402
+from cl.grid import Cell, GridSpec, load_grid  # noqa: E402
 
 ORDER = ("memo", "der", "icarl", "replay")     # the paper's ranking at equal memory
 
@@ -44,13 +44,10 @@ def grid(args) -> GridSpec:
     return spec
 
 
-def training_set_size(spec: GridSpec) -> int:
-    from cl.registry import SCENARIOS
+def training_set_size(cell: Cell) -> int:
+    from cl.runner import build_scenario
 
-    options = spec.base["scenario"]
-    name, options = options["name"], {k: v for k, v in options.items() if k != "name"}
-    params = SCENARIOS.get(name).params.model_validate(options)
-    scenario = SCENARIOS.get(name).load()(**params.split_kwargs())
+    scenario = build_scenario(cell.config.scenario)
     return sum(len(experience.dataset) for experience in scenario.benchmark.train_stream)
 
 
@@ -69,7 +66,7 @@ def main() -> None:
 
     runs = load_runs(spec.experiment_name, tracking_uri=args.tracking_uri,
                      config_hashes=[c.config_hash for c in cells])
-    n_train = training_set_size(spec)
+    n_train = training_set_size(cells[0])    # every cell has the same scenario
     print(f"\n{'method':<9}{'n':>3}{'avg inc acc %':>17}{'last acc %':>15}{'NME last %':>15}"
           f"{'params':>11}{'exemplars':>11}{'% data':>8}{'MB':>8}")
     means = {}

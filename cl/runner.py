@@ -79,8 +79,7 @@ def _execute(cfg: RunConfig, runlog: RunLog) -> RunResult:
     _log_provenance(runlog, {"seed": cfg.seed, "scenario.seed": scenario_params.seed})
     seed_everything(cfg.seed)
 
-    build_scenario = SCENARIOS.get(cfg.scenario.name).load()
-    scenario = build_scenario(**scenario_params.split_kwargs())
+    scenario = build_scenario(cfg.scenario)
     device = resolve_device(cfg.train.device)
 
     def build_model():
@@ -221,6 +220,11 @@ def open_run(client, cfg: RunConfig, *, parent_run_id: str | None = None,
 
 
 # --------------------------------------------------------------------------- helpers
+
+
+def build_scenario(component):
+    """The `cl.scenarios.Scenario` a run's `scenario:` section describes."""
+    return SCENARIOS.get(component.name).load()(**_params(SCENARIOS, component).split_kwargs())
 
 
 def _log_provenance(runlog: RunLog, seeds: Mapping[str, int]) -> None:
