@@ -104,6 +104,16 @@ def format_mean_std(mean: float, std: float, metric: str) -> str:
     return text
 
 
+def summary_table(summary: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
+    """`summarize`'s output as text: one row per group, ``mean ± std`` per metric (percent where it is one)."""
+    table = pd.DataFrame({"group": summary["label"].astype(str), "n": summary["n"]})
+    for metric in metrics:
+        header = metric.removeprefix("final/") + (" %" if metric in PERCENT_METRICS else "")
+        table[header] = [format_mean_std(row.get(f"{metric}.mean"), row.get(f"{metric}.std"), metric)
+                         for _, row in summary.iterrows()]
+    return table
+
+
 def _si(value: float) -> str:
     for factor, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
         if abs(value) >= factor:
@@ -142,3 +152,135 @@ def _group_labels(frame: pd.DataFrame) -> pd.Series:
 
 def _empty_frame() -> pd.DataFrame:
     return pd.DataFrame(columns=["run_id", "status", "config_hash", "group_hash", "label", "seed"])
+
+
+# --------------------------------------------------------------------------- per-experience histories
+
+def load_histories(runs: pd.DataFrame, metrics: Sequence[str] = ("acc/avg_seen",), *,
+                   tracking_uri: str | None = None) -> pd.DataFrame:
+    """Tidy metric histories of `runs` (a `load_runs` frame): one row per (run, metric, step).
+
+    Columns: run_id, group_hash, label, seed, metric, step, value. For continual-learning runs
+    the step is the experience just trained (``acc/avg_seen`` at step t is the accuracy over
+    the experiences seen so far).
+    """
+    from cl.tracking import client_for, resolve_tracking_uri
+
+    client = client_for(resolve_tracking_uri(tracking_uri))
+    rows = []
+    for _, run in runs.iterrows():
+        for metric in metrics:
+            for point in client.get_metric_history(run["run_id"], metric):
+                rows.append({"run_id": run["run_id"], "group_hash": run["group_hash"], "label": run["label"],
+                             "seed": run["seed"], "metric": metric, "step": point.step, "value": point.value})
+    columns = ["run_id", "group_hash", "label", "seed", "metric", "step", "value"]
+    return pd.DataFrame(rows, columns=columns).sort_values(["label", "seed", "metric", "step"], ignore_index=True)
+
+
+def curves_over_seeds(histories: pd.DataFrame, metric: str = "acc/avg_seen") -> pd.DataFrame:
+    """Mean, std and n over seeds of one metric per (group, step)."""
+    here = histories[histories["metric"] == metric]
+    out = here.groupby(["group_hash", "label", "step"], sort=False)["value"].agg(["mean", "std", "count"])
+    return out.rename(columns={"count": "n"}).reset_index()
+
+
+def accuracy_matrix(run_id: str, *, tracking_uri: str | None = None) -> np.ndarray:
+    """R[t, j] of one run, from its ``accuracy_matrix.csv`` artifact (NaN where not evaluated)."""
+    import tempfile
+
+    from cl.tracking import client_for, resolve_tracking_uri
+
+    client = client_for(resolve_tracking_uri(tracking_uri))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = client.download_artifacts(run_id, "accuracy_matrix.csv", tmp)
+        table = pd.read_csv(path, index_col="after_exp")
+    return table.to_numpy(dtype=float)
+
+
+def mean_accuracy_matrices(runs: pd.DataFrame, *, tracking_uri: str | None = None) -> dict[str, np.ndarray]:
+    """Per group label, R averaged over the group's seeds (runs without a matrix are skipped)."""
+    out: dict[str, list[np.ndarray]] = {}
+    for _, run in runs.iterrows():
+        try:
+            out.setdefault(run["label"], []).append(accuracy_matrix(run["run_id"], tracking_uri=tracking_uri))
+        except Exception:           # transfer runs and failed runs have no matrix
+            continue
+    return {label: np.nanmean(np.stack(mats), axis=0) for label, mats in out.items() if mats}
+
+
+def run_artifact_json(run_id: str, path: str, *, tracking_uri: str | None = None):
+    """A JSON artifact of a run (e.g. ``fpf/sensitivity.json``, ``omega.json``), or None if absent."""
+    import json
+    import tempfile
+
+    from cl.tracking import client_for, resolve_tracking_uri
+
+    client = client_for(resolve_tracking_uri(tracking_uri))
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            local = client.download_artifacts(run_id, path, tmp)
+        except Exception:
+            return None
+        with open(local) as handle:
+            return json.load(handle)
+
+
+def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    """The rows no other row beats on both: lower `x` (cost) and higher `y` (accuracy), sorted by x."""
+    ordered = points.sort_values([x, y], ascending=[True, False])
+    best = -np.inf
+    keep = []
+    for index, row in ordered.iterrows():
+        if row[y] > best:
+            keep.append(index)
+            best = row[y]
+    return ordered.loc[keep]
+
+
+# --------------------------------------------------------------------------- figures over seeds
+
+def curves_plot(curves: pd.DataFrame, metric: str = "acc/avg_seen", title: str = ""):
+    """Mean curve per group with a ±1 std band over seeds."""
+    from matplotlib.figure import Figure
+
+    scale = 100.0 if metric.startswith(("acc/", "nme/acc")) or metric in PERCENT_METRICS else 1.0
+    fig = Figure(figsize=(6.0, 3.6), layout="constrained")
+    ax = fig.add_subplot()
+    for label, group in curves.groupby("label", sort=False):
+        steps = group["step"].to_numpy()
+        mean = scale * group["mean"].to_numpy(dtype=float)
+        std = scale * np.nan_to_num(group["std"].to_numpy(dtype=float))
+        (line,) = ax.plot(steps, mean, marker="o", markersize=3, label=str(label))
+        ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
+    ax.set_xlabel("after training experience")
+    ax.set_ylabel(metric + (" (%)" if scale == 100.0 else ""))
+    ax.set_title(title or f"{metric}: mean ± std over seeds", fontsize=9)
+    ax.legend(fontsize=7, loc="best")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def tradeoff_plot(summary: pd.DataFrame, x: str, y: str = "final/avg_acc", title: str = "", log_x: bool = False):
+    """Accuracy against a cost (memory MB, training FLOPs, bytes) per group, ±1 std, Pareto front dashed."""
+    from matplotlib.figure import Figure
+
+    scale = 100.0 if y in PERCENT_METRICS else 1.0
+    data = summary.dropna(subset=[f"{x}.mean", f"{y}.mean"])
+    fig = Figure(figsize=(6.0, 4.0), layout="constrained")
+    ax = fig.add_subplot()
+    for _, row in data.iterrows():
+        ax.errorbar(row[f"{x}.mean"], scale * row[f"{y}.mean"], yerr=scale * np.nan_to_num(row[f"{y}.std"]),
+                    xerr=np.nan_to_num(row[f"{x}.std"]), fmt="o", capsize=3)
+        ax.annotate(str(row["label"]), (row[f"{x}.mean"], scale * row[f"{y}.mean"]), fontsize=7,
+                    xytext=(4, 4), textcoords="offset points")
+    if len(data) > 1:
+        front = pareto_front(data.assign(_y=scale * data[f"{y}.mean"]), f"{x}.mean", "_y")
+        ax.plot(front[f"{x}.mean"], front["_y"], "--", color="grey", linewidth=1, label="Pareto front")
+        ax.legend(fontsize=7)
+    if log_x:
+        ax.set_xscale("log")
+    ax.set_xlabel(x)
+    ax.set_ylabel(y + (" (%)" if scale == 100.0 else ""))
+    ax.set_title(title or f"{y} vs {x}", fontsize=9)
+    ax.grid(alpha=0.3)
+    return fig

@@ -250,8 +250,7 @@ def report(
 
 def _report(experiment: str, config_hashes, tracking_uri, *, title: str, plot_name: str,
             plot_dir: Path = Path("reports")) -> bool:
-    from cl.analysis import (PERCENT_METRICS, comparison_plot, format_mean_std, headline_metric, load_runs,
-                             report_columns, summarize)
+    from cl.analysis import comparison_plot, headline_metric, load_runs, report_columns, summarize, summary_table
     from cl.plots import to_png
 
     runs = load_runs(experiment, tracking_uri=tracking_uri, config_hashes=config_hashes)
@@ -260,14 +259,12 @@ def _report(experiment: str, config_hashes, tracking_uri, *, title: str, plot_na
         return False
     columns = report_columns(runs)
     summary = summarize(runs, columns)
+    text = summary_table(summary, columns)
     table = Table(title=f"{title}: mean ± std over seeds")
-    table.add_column("group")
-    table.add_column("n", justify="right")
-    for metric in columns:
-        table.add_column(metric.removeprefix("final/") + (" %" if metric in PERCENT_METRICS else ""), justify="right")
-    for _, row in summary.iterrows():
-        table.add_row(str(row["label"]), str(row["n"]),
-                      *(format_mean_std(row.get(f"{m}.mean"), row.get(f"{m}.std"), m) for m in columns))
+    for column in text.columns:
+        table.add_column(column, justify="left" if column == "group" else "right")
+    for row in text.itertuples(index=False):
+        table.add_row(*(str(v) for v in row))
     console.print(table)
     plot_dir.mkdir(parents=True, exist_ok=True)
     path = plot_dir / f"{plot_name}_comparison.png"

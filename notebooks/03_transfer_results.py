@@ -1,0 +1,72 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Transfer experiments
+#
+# The final metrics of a transfer experiment's groups (mean ± std over seeds), and what each
+# method costs: trainable transfer parameters (ScaLearn, baselines), activation memory of a
+# training step (MobileTL), FLOPs. ScaLearn runs also show the learned scale ω of each source
+# adapter. Works on any experiment of `transfer:` runs (ScaLearn, MobileTL, and the methods
+# that follow).
+
+# %% tags=["parameters"]
+import os
+
+TRACKING_URI = os.environ.get("CLSUITE_TRACKING_URI")
+EXPERIMENT = os.environ.get("CLSUITE_EXPERIMENT", "scalearn_glue")
+
+# %%
+from IPython.display import Image, display
+
+from cl import analysis, plots
+
+
+def show(figure):
+    display(Image(plots.to_png(figure)))
+
+
+runs = analysis.load_runs(EXPERIMENT, tracking_uri=TRACKING_URI)
+assert not runs.empty, f"no FINISHED runs in experiment {EXPERIMENT!r} at {TRACKING_URI}"
+columns = analysis.report_columns(runs)
+summary = analysis.summarize(runs, columns)
+analysis.summary_table(summary, columns)
+
+# %%
+headline = analysis.headline_metric(columns)
+show(analysis.comparison_plot(summary, headline))
+
+# %% [markdown]
+# ## Accuracy against what the method trains or stores
+
+# %%
+for cost in ("memory/transfer_params", "memory/trainable_params", "memory/activation_bytes", "cost/train_flops"):
+    if f"{cost}.mean" in summary and summary[f"{cost}.mean"].gt(0).any():
+        show(analysis.tradeoff_plot(summary[summary[f"{cost}.mean"] > 0], cost, headline, log_x=True))
+
+# %% [markdown]
+# ## Memory per method (MobileTL: activation bytes of one training step)
+
+# %%
+if "memory/activation_bytes.mean" in summary:
+    show(analysis.comparison_plot(summary, "memory/activation_bytes"))
+
+# %% [markdown]
+# ## ScaLearn: the learned scale of each adapter (mean of ω over its entries)
+
+# %%
+omega_columns = sorted(c for c in runs.columns if c.startswith("omega/"))
+if omega_columns:
+    display(runs.groupby("label")[omega_columns].mean().round(3))
+else:
+    print("no ScaLearn runs in this experiment")
