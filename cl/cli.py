@@ -281,13 +281,25 @@ def _report(experiment: str, config_hashes, tracking_uri, *, title: str, plot_na
 def ui(
     tracking_uri: Optional[str] = TrackingOpt,
     port: int = typer.Option(5000, help="port on 127.0.0.1"),
+    grid: Optional[str] = typer.Option(None, "--grid", help="print the address that lists this grid's cells"),
+    serve: bool = typer.Option(True, "--serve/--no-serve", help="start the UI (--no-serve: only print the address)"),
 ) -> None:
-    """Start the MLflow UI on 127.0.0.1 for the store in use."""
-    from cl.tracking import resolve_tracking_uri
+    """Start the MLflow UI on 127.0.0.1 for the store in use (and print the address of a grid's runs)."""
+    from cl.tracking import client_for, grid_url, resolve_tracking_uri
 
     uri = resolve_tracking_uri(tracking_uri)
+    base = f"http://127.0.0.1:{port}"
+    address = base
+    if grid is not None:
+        try:
+            address = grid_url(client_for(uri), grid, base)
+        except LookupError as error:
+            err_console.print(str(error))
+            raise typer.Exit(2)
+    console.print(f"MLflow UI for {uri} at {address}", highlight=False, soft_wrap=True)
+    if not serve:
+        return
     mlflow_bin = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
-    console.print(f"MLflow UI for {uri} at http://127.0.0.1:{port}", highlight=False)
     raise typer.Exit(subprocess.call([mlflow_bin, "ui", "--backend-store-uri", uri,
                                       "--host", "127.0.0.1", "--port", str(port)]))
 

@@ -73,7 +73,7 @@ def experiment_id(client, name: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is None:
         try:
-            return client.create_experiment(name)
+            return client.create_experiment(name, artifact_location=default_artifact_location(client, name))
         except Exception:  # another process created it between our two calls
             exp = client.get_experiment_by_name(name)
             if exp is None:
@@ -81,6 +81,19 @@ def experiment_id(client, name: str) -> str:
     if exp.lifecycle_stage == "deleted":
         client.restore_experiment(exp.experiment_id)
     return exp.experiment_id
+
+
+def default_artifact_location(client, experiment: str) -> str | None:
+    """For a SQLite store, ``<folder of the .db>/mlartifacts/<experiment>``: the store and its
+    artifacts stay together (copy the folder, keep everything), whatever the working directory.
+    Other stores: None (the server's or MLflow's default)."""
+    import re
+
+    uri = getattr(getattr(client, "_tracking_client", None), "tracking_uri", "") or ""   # MlflowClient keeps it there
+    if not uri.startswith("sqlite:///"):
+        return None
+    folder = Path(uri.removeprefix("sqlite:///")).resolve().parent
+    return (folder / "mlartifacts" / re.sub(r"[^A-Za-z0-9_.-]+", "_", experiment)).as_uri()
 
 
 def search_all_runs(client, experiment_id: str, filter_string: str = ""):
@@ -93,6 +106,24 @@ def search_all_runs(client, experiment_id: str, filter_string: str = ""):
         token = page.token
         if not token:
             return
+
+
+def grid_url(client, grid: str, base_url: str = "http://127.0.0.1:5000") -> str:
+    """The MLflow UI address that lists the cell runs of grid `grid` in its experiment.
+
+    The experiment is the one holding the grid's launch runs; the runs table is filtered on
+    the tags every cell carries (``grid``, ``kind = 'cell'``), so the chart view compares exactly
+    the grid's cells (group them by the ``group_hash`` tag to average seeds).
+    """
+    from urllib.parse import quote
+
+    grid_filter = f"tags.grid = '{grid}'"
+    for exp in client.search_experiments():
+        if client.search_runs([exp.experiment_id], f"{grid_filter} and tags.kind = 'launch'", max_results=1):
+            search = quote(f"{grid_filter} and tags.kind = 'cell'", safe="")
+            return f"{base_url.rstrip('/')}/#/experiments/{exp.experiment_id}/runs?searchFilter={search}"
+    raise LookupError(f"no launch of grid {grid!r} in this store; run `clsuite grid launch <grid.yaml>` first "
+                      "(or check --tracking-uri)")
 
 
 class MlflowRunLog:
