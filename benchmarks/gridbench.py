@@ -2,6 +2,10 @@
 
 A grid benchmark runs an experiment grid through the suite's own launcher, so a rerun reuses
 every finished cell, then reads the runs back and prints its table.
+
+Measured runs are kept in version control as ``benchmarks/results/<experiment>.jsonl``
+(`cl.archive`): they are imported into the store before launching — so only the cells not
+yet measured run, on any machine — and the file is rewritten with every finished run after.
 """
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import argparse
 import os
 from pathlib import Path
 
+from cl.archive import export_runs, import_runs
 from cl.grid import Cell, GridSpec, expand, launch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,7 +27,14 @@ def parser(description: str, *, store: str, quick_help: str) -> argparse.Argumen
                         default=os.environ.get("CLSUITE_DATA_ROOT", str(ROOT.parent / "shared" / "data")))
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--tracking-uri", default=f"sqlite:///{ROOT / 'reports' / store / 'mlflow.db'}")
+    parser.add_argument("--results", action=argparse.BooleanOptionalAction, default=True,
+                        help="import benchmarks/results/<experiment>.jsonl first and rewrite it after "
+                             "(never with --quick)")
     return parser
+
+
+def results_file(spec: GridSpec) -> Path:
+    return ROOT / "benchmarks" / "results" / f"{spec.experiment_name}.jsonl"
 
 
 def run_grid(spec: GridSpec, args: argparse.Namespace) -> list[Cell]:
@@ -32,7 +44,16 @@ def run_grid(spec: GridSpec, args: argparse.Namespace) -> list[Cell]:
     if args.tracking_uri.startswith("sqlite:///"):
         Path(args.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     cells = expand(spec)
+    results = results_file(spec)
+    keep_results = args.results and not args.quick
+    if keep_results and results.is_file():
+        carried = import_runs(results, tracking_uri=args.tracking_uri)
+        print(f"{results.relative_to(ROOT)}: {carried.imported} runs imported, {carried.skipped} already in the store")
     summary = launch(spec, cells, tracking_uri=args.tracking_uri, workers=args.workers)
+    if keep_results:
+        results.parent.mkdir(parents=True, exist_ok=True)
+        count = export_runs(spec.experiment_name, results, tracking_uri=args.tracking_uri)
+        print(f"{results.relative_to(ROOT)}: {count} finished runs written")
     print(f"{spec.name}: {summary.finished} run now, {summary.skipped_finished} reused, {len(summary.failed)} failed")
     for label, seed, reason in summary.failed:
         print(f"  FAILED {label} seed {seed}: {reason}")

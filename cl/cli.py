@@ -25,6 +25,8 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
                   help="Continual-learning experiment grids, tracked in MLflow.")
 grid_app = typer.Typer(no_args_is_help=True, help="Expand or launch a YAML grid.")
 app.add_typer(grid_app, name="grid")
+runs_app = typer.Typer(no_args_is_help=True, help="Carry finished runs between stores (JSON lines).")
+app.add_typer(runs_app, name="runs")
 
 # Off a terminal (CI logs, pipes) rich would wrap tables at 80 columns; use a wide page instead.
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -302,6 +304,36 @@ def ui(
     mlflow_bin = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
     raise typer.Exit(subprocess.call([mlflow_bin, "ui", "--backend-store-uri", uri,
                                       "--host", "127.0.0.1", "--port", str(port)]))
+
+
+@runs_app.command("export")
+def runs_export(
+    experiment: str = typer.Argument(..., help="MLflow experiment"),
+    to: Path = typer.Option(..., "--to", help="file to write (JSON lines)"),
+    tracking_uri: Optional[str] = TrackingOpt,
+) -> None:
+    """Write an experiment's FINISHED runs (tags, params, metric histories, text artifacts) to a file."""
+    from cl.archive import export_runs
+
+    with _user_errors():
+        try:
+            count = export_runs(experiment, to, tracking_uri=tracking_uri)
+        except LookupError as error:
+            raise ConfigError(str(error)) from error
+    console.print(f"{count} runs of {experiment!r} written to {to}", highlight=False)
+
+
+@runs_app.command("import")
+def runs_import(
+    source: Path = typer.Argument(..., exists=True, dir_okay=False, help="a file written by `runs export`"),
+    experiment: Optional[str] = typer.Option(None, help="import into this experiment (default: the run's own)"),
+    tracking_uri: Optional[str] = TrackingOpt,
+) -> None:
+    """Recreate exported runs in a store; runs already there (same source or config hash) are skipped."""
+    from cl.archive import import_runs
+
+    summary = import_runs(source, tracking_uri=tracking_uri, experiment=experiment)
+    console.print(f"{summary.imported} runs imported, {summary.skipped} already there", highlight=False)
 
 
 @app.command("list")
