@@ -2,7 +2,6 @@
 analysis functions they call return what the runs logged."""
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from cl import analysis
