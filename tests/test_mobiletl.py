@@ -67,6 +67,34 @@ def test_meter_counts_a_known_graph_exactly():
     assert report.total_bytes == 4 * (5 * 4 + 5 * 3)
     assert report.by_module == {"0": 4 * 5 * 4, "1": 4 * 5 * 3}
     assert report.bytes_under("1") == 60
+    assert report.paper_rule_bytes == report.total_bytes     # the ReLU output is Linear 2's input: once
+
+
+def test_paper_rule_charges_activation_inputs_once_and_masks_at_one_bit():
+    class SaveMask(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x > 0)
+            return x.clamp(min=0)
+
+        @staticmethod
+        def backward(ctx, grad):
+            (mask,) = ctx.saved_tensors
+            return grad * mask
+
+    class MaskReLU(nn.Module):
+        def forward(self, x):
+            return SaveMask.apply(x)
+
+    x = torch.randn(8, 6)
+    # ReLU6 saves its *input* (the first Linear's output), Linear 2 saves ReLU6's output: two
+    # storages as PyTorch saves them, one activation by the paper rule
+    model = nn.Sequential(nn.Linear(6, 5), nn.ReLU6(), nn.Linear(5, 2))
+    report = saved_activation_bytes(model, x)
+    assert report.total_bytes == 4 * (8 * 6 + 8 * 5 + 8 * 5)
+    assert report.paper_rule_bytes == 4 * (8 * 6 + 8 * 5)
+    masked = saved_activation_bytes(nn.Sequential(nn.Linear(6, 5), MaskReLU()), x)
+    assert masked.total_bytes == 4 * 8 * 6 + 8 * 5 and masked.paper_rule_bytes == 4 * 8 * 6 + 5
 
 
 def test_masks_and_folding_shrink_what_is_saved():

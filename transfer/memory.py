@@ -16,6 +16,13 @@ forward. The counting rule:
 
 Only saved tensors are counted: the peak also holds the live outputs and gradients, which
 every method needs alike; what a memory-lean transfer method changes is what is saved.
+
+Two totals are reported. ``total_bytes`` is the rule above, "as PyTorch saves it".
+``paper_rule_bytes`` is the accounting of the MobileTL paper as we read it: an activation
+function's output is the next layer's input and is counted there once, so full-precision
+tensors that activation modules (`ACTIVATIONS`) save for themselves are not charged again;
+masks are charged at 1 bit per element (bool tensors at numel / 8 bytes; MobileTL's packed
+masks already are).
 """
 from __future__ import annotations
 
@@ -26,6 +33,10 @@ import torch
 from torch import nn
 
 
+ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.GELU, nn.Sigmoid, nn.Tanh,
+               nn.LeakyReLU, nn.ELU)
+
+
 @dataclass
 class ActivationReport:
     """Bytes saved for backward: total and by module name ("" = outside any module)."""
@@ -33,6 +44,7 @@ class ActivationReport:
     total_bytes: int = 0
     by_module: dict[str, int] = field(default_factory=dict)
     n_tensors: int = 0
+    paper_rule_bytes: int = 0
 
     def bytes_under(self, prefix: str) -> int:
         """Bytes attributed to the module `prefix` and its submodules."""
@@ -55,6 +67,9 @@ class ActivationMeter:
         self._stack: list[str] = []
         self._handles: list = []
         self._by_module: dict[str, int] = defaultdict(int)
+        self._paper_bytes = 0
+        self._paper_seen: set[tuple[int, int]] = set()
+        self._activation_modules: set[str] = set()
         self._hooks = None
 
     # ---- context
@@ -63,6 +78,8 @@ class ActivationMeter:
             self._excluded = {t.untyped_storage().data_ptr()
                               for t in [*self.model.parameters(), *self.model.buffers()]}
             for name, module in self.model.named_modules():
+                if isinstance(module, ACTIVATIONS):
+                    self._activation_modules.add(name)
                 self._handles.append(module.register_forward_pre_hook(self._enter_module(name)))
                 self._handles.append(module.register_forward_hook(self._leave_module))
         self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack)
@@ -75,7 +92,8 @@ class ActivationMeter:
             handle.remove()
         self._handles.clear()
         self.report = ActivationReport(total_bytes=sum(self._by_module.values()),
-                                       by_module=dict(self._by_module), n_tensors=len(self._seen))
+                                       by_module=dict(self._by_module), n_tensors=len(self._seen),
+                                       paper_rule_bytes=self._paper_bytes)
 
     # ---- hooks
     def _enter_module(self, name: str):
@@ -90,9 +108,16 @@ class ActivationMeter:
     def _pack(self, tensor: torch.Tensor):
         storage = tensor.untyped_storage()
         key = (storage.data_ptr(), storage.nbytes())
-        if key[0] not in self._excluded and key not in self._seen and storage.nbytes() > 0:
+        if key[0] in self._excluded or storage.nbytes() == 0:
+            return tensor
+        module = self._stack[-1] if self._stack else ""
+        if key not in self._seen:
             self._seen.add(key)
-            self._by_module[self._stack[-1] if self._stack else ""] += storage.nbytes()
+            self._by_module[module] += storage.nbytes()
+        if key not in self._paper_seen and not (module in self._activation_modules and tensor.is_floating_point()):
+            # an activation's own float save is charged only if a later layer saves the same storage
+            self._paper_seen.add(key)
+            self._paper_bytes += -(-storage.nbytes() // 8) if tensor.dtype == torch.bool else storage.nbytes()
         return tensor
 
     @staticmethod

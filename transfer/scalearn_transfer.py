@@ -20,8 +20,10 @@ One run = one method on one target task and one seed:
    mean over its entries) and as a JSON artifact.
 
 Optimisation (all stages): AdamW, linear decay to 0, no warm-up — the reference's schedule.
-Stage-2 methods with learned combinations use ``train.lr`` (reference: 6e-3 for ScaLearn)
-except fusion (``fusion_lr``, reference 5e-5) and full fine-tuning (``full_lr``).
+In stage 2 the new task head always trains at ``train.lr`` (reference: 6e-3, ScaLearn's);
+the method's own parameters at their rate: ω at ``train.lr``, the fusion layers at
+``fusion_lr`` (reference 5e-5), the encoder of full fine-tuning at ``full_lr``. (With a few
+dozen steps, a head at 5e-5 or 2e-5 barely moves and would decide the comparison by itself.)
 Deviations from the paper's protocol, for CPU scale: a 22.7M-parameter encoder
 (all-MiniLM-L6-v2) instead of RoBERTa-base, a subset of each training set, a few epochs
 instead of up to 30 with early stopping, and LoRA adapters instead of bottleneck adapters
@@ -136,12 +138,17 @@ def task_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> t
 
 
 def train(model: nn.Module, data: Encoded, *, task: str, epochs: int, lr: float, batch_size: int, seed: int,
-          pad_id: int, device, extra_loss=None, on_epoch=None) -> int:
-    """AdamW with linear decay to zero over all steps; returns the number of steps."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+          pad_id: int, device, head: nn.Module | None = None, head_lr: float | None = None, extra_loss=None,
+          on_epoch=None) -> int:
+    """AdamW with linear decay to zero over all steps (`head`'s parameters at `head_lr`, the
+    rest at `lr`); returns the number of steps."""
+    head_ids = {id(p) for p in head.parameters()} if head is not None and head_lr is not None else set()
+    params = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids]
+    head_params = [p for p in model.parameters() if p.requires_grad and id(p) in head_ids]
+    if not params and not head_params:
         raise ValueError("nothing to train: no parameter requires a gradient")
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    groups = [g for g in ({"params": params, "lr": lr}, {"params": head_params, "lr": head_lr}) if g["params"]]
+    optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
     steps_per_epoch = -(-len(data) // batch_size)
     total = epochs * steps_per_epoch
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1 - step / total))
@@ -288,9 +295,9 @@ def run(ctx: TransferContext, params) -> dict[str, float]:
     steps = 0
     if params.method != "adapter":
         data = encode(tokenizer, load_split(params, params.target, "train", ctx.seed + 1), params.max_length)
-        steps = train(model, data, task=params.target, epochs=ctx.train.epochs, lr=lr,
-                      batch_size=ctx.train.batch_size, seed=ctx.seed + 1, pad_id=tokenizer.pad_token_id,
-                      device=ctx.device, extra_loss=extra_loss,
+        steps = train(model, data, task=params.target, epochs=ctx.train.epochs, lr=lr, head=head,
+                      head_lr=ctx.train.lr, batch_size=ctx.train.batch_size, seed=ctx.seed + 1,
+                      pad_id=tokenizer.pad_token_id, device=ctx.device, extra_loss=extra_loss,
                       on_epoch=lambda e, loss: (ctx.runlog.log_metrics({"train/loss": loss}, step=e),
                                                 ctx.runlog.progress(e + 1, ctx.train.epochs, f"epoch {e + 1}")))
     dev = encode(tokenizer, load_split(params, params.target, "dev", 0), params.max_length)
