@@ -231,11 +231,19 @@ def report(
     experiment: Optional[str] = typer.Option(None, "--experiment", "-e", help="report a whole experiment"),
     tracking_uri: Optional[str] = TrackingOpt,
     plot_dir: Path = typer.Option(Path("reports"), help="where the comparison plot is saved"),
+    reproductions: bool = typer.Option(False, "--reproductions",
+                                       help="write the paper-vs-ours report of every benchmark grid"),
+    out: Path = typer.Option(Path("docs/reproductions.md"), help="with --reproductions: the file written"),
 ) -> None:
-    """Final metrics per group (mean ± std over seeds) and a comparison plot."""
+    """Final metrics per group (mean ± std over seeds) and a comparison plot; or, with
+    --reproductions, docs/reproductions.md from the benchmark runs (default: the runs kept in
+    benchmarks/results/, else those of --tracking-uri)."""
+    if reproductions:
+        _reproductions(tracking_uri, out)
+        return
     with _user_errors():
         if (grid is None) == (experiment is None):
-            raise ConfigError("report: give either a grid YAML or --experiment NAME")
+            raise ConfigError("report: give either a grid YAML, --experiment NAME or --reproductions")
         if grid is not None:
             from cl.grid import expand, load_grid
 
@@ -248,6 +256,21 @@ def report(
                             plot_dir=plot_dir)
     if not found:
         raise typer.Exit(1)
+
+
+def _reproductions(tracking_uri: Optional[str], out: Path) -> None:
+    import tempfile
+
+    from cl.reproductions import ROOT, store_from_results, write_report
+
+    if tracking_uri is None:
+        results = ROOT / "benchmarks" / "results"
+        with tempfile.TemporaryDirectory() as tmp:
+            uri = store_from_results(results, Path(tmp) / "mlflow.db")
+            write_report(out, tracking_uri=uri, source="the runs kept in `benchmarks/results/`")
+    else:
+        write_report(out, tracking_uri=tracking_uri, source=f"the store {tracking_uri}")
+    console.print(f"reproduction report: {out}", highlight=False)
 
 
 def _report(experiment: str, config_hashes, tracking_uri, *, title: str, plot_name: str,

@@ -1,0 +1,50 @@
+"""The reproduction report: claims computed from runs, rendered to markdown."""
+import pandas as pd
+import pytest
+
+from cl import reproductions
+from cl.grid import expand, load_grid
+from cl.reproductions import REPRODUCTIONS, ROOT, ClaimResult, render
+
+
+def fpf_runs(gain: float) -> pd.DataFrame:
+    rows = []
+    for seed in range(3):
+        for method, acc, flops in (("replay", 0.60, 2.0), ("replay+fpf", 0.60 + gain, 2.1), ("kfpf_kd", 0.59, 1.1)):
+            rows.append({"scenario_name": "split_fmnist", "buffer": 200, "method": method, "seed": seed,
+                         "final/avg_acc": acc + 0.01 * seed, "cost/train_flops": flops})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("gain, holds", [(0.02, True), (-0.02, False)])
+def test_fpf_claims_follow_the_numbers(gain, holds):
+    fpf = next(r for r in REPRODUCTIONS if "FPF" in r.title)
+    claims = fpf.claims(fpf_runs(gain))
+    improves = next(c for c in claims if c.claim.startswith("FPF improves replay"))
+    assert improves.holds is holds and f"{100 * gain:+.2f} points" in improves.ours
+    kfpf = next(c for c in claims if c.claim.startswith("k-FPF"))
+    assert kfpf.holds is True and "0.55× FLOPs" in kfpf.ours      # −1 point is within replay's std (1 point)
+
+
+def test_every_reproduction_names_a_grid_that_expands():
+    for rep in REPRODUCTIONS:
+        cells = expand(load_grid(ROOT / rep.grid))
+        columns = rep.describe(cells[0].config)
+        assert columns and all(isinstance(k, str) for k in columns)
+
+
+def test_render_marks_unmeasured_and_failed_claims():
+    rep = REPRODUCTIONS[0]
+    text = render([(rep, [ClaimResult("a ≥ b", "paper says so", "+1.00 points", True),
+                          ClaimResult("b ≥ c", "paper says so", "−2.00 points", False)]),
+                   (REPRODUCTIONS[1], [])], "a test store")
+    assert "| a ≥ b | paper says so | +1.00 points | yes |" in text
+    assert "| b ≥ c | paper says so | −2.00 points | **no** |" in text
+    assert "Not measured yet" in text and text.count("## ") == 2
+
+
+def test_report_from_an_empty_results_folder_says_not_measured(tmp_path):
+    uri = reproductions.store_from_results(tmp_path, tmp_path / "mlflow.db")
+    text = reproductions.write_report(tmp_path / "r.md", tracking_uri=uri, source="nothing")
+    assert text.count("Not measured yet") == len(REPRODUCTIONS)
+    assert (tmp_path / "r.md").read_text().startswith("# What clsuite reproduces")
