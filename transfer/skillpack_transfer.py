@@ -82,19 +82,25 @@ def load_causal_lm(model: str, cache_dir: Path):
         if not (converted / "config.json").is_file():
             gguf = smollm2_gguf()
             log.info("converting %s (about 40 s, once)", gguf)
-            lm = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, torch_dtype=torch.float32)
+            lm = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
             tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            # transformers marks a GGUF-loaded model as quantised and will not save it: rebuild it plain
+            config = lm.config
+            if hasattr(config, "quantization_config"):
+                del config.quantization_config
+            plain = type(lm)(config)
+            plain.load_state_dict(lm.state_dict())
             partial = converted.with_name(converted.name + f".{os.getpid()}.tmp")
-            lm.save_pretrained(str(partial))
+            plain.save_pretrained(str(partial))
             tokenizer.save_pretrained(str(partial))
             try:
                 os.replace(partial, converted)
             except OSError:
                 shutil.rmtree(partial, ignore_errors=True)
-        lm = AutoModelForCausalLM.from_pretrained(str(converted), torch_dtype=torch.float32)
+        lm = AutoModelForCausalLM.from_pretrained(str(converted), dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(str(converted))
     else:
-        lm = AutoModelForCausalLM.from_pretrained(model, torch_dtype=torch.float32)
+        lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(model)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
