@@ -40,6 +40,7 @@ def export_runs(experiment: str, path: str | Path, *, tracking_uri: str | None =
         raise LookupError(f"experiment {experiment!r} not found in {resolve_tracking_uri(tracking_uri)}")
     wanted = set(statuses)
     count = 0
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", encoding="utf-8") as out:
         for run in search_all_runs(client, exp.experiment_id):
             if run.info.status not in wanted:
