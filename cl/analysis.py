@@ -61,6 +61,17 @@ def load_runs(
     return frame
 
 
+def load_experiment(experiment: str, *, tracking_uri: str | None = None) -> pd.DataFrame:
+    """`load_runs` for a notebook: the experiment's finished runs, or a LookupError that says where it looked."""
+    runs = load_runs(experiment, tracking_uri=tracking_uri)
+    if runs.empty:
+        from cl.tracking import resolve_tracking_uri
+
+        raise LookupError(f"no FINISHED runs in experiment {experiment!r} at {resolve_tracking_uri(tracking_uri)}; "
+                          "set CLSUITE_EXPERIMENT / CLSUITE_TRACKING_URI (or the notebook's parameters cell)")
+    return runs
+
+
 def report_columns(runs: pd.DataFrame) -> list[str]:
     """The metrics a report tabulates: the continual-learning set for CL runs; for transfer
     experiments (no ``final/avg_acc``) every ``final/``, ``memory/`` and ``cost/`` metric."""

@@ -66,6 +66,13 @@ def sensitivity_bars(names, scores, title: str = "") -> Figure:
     return fig
 
 
+def show(fig: Figure, dpi: int = 110) -> None:
+    """Display a figure in a notebook (as a PNG: the object API has no pyplot backend to show it)."""
+    from IPython.display import Image, display
+
+    display(Image(to_png(fig, dpi)))
+
+
 def to_png(fig: Figure, dpi: int = 110) -> bytes:
     buffer = io.BytesIO()
     FigureCanvasAgg(fig)

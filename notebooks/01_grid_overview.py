@@ -29,17 +29,10 @@ TRACKING_URI = os.environ.get("CLSUITE_TRACKING_URI")        # None: $MLFLOW_TRA
 EXPERIMENT = os.environ.get("CLSUITE_EXPERIMENT", "quickstart")
 
 # %%
-from IPython.display import Image, display
-
 from cl import analysis, plots
+from cl.plots import show
 
-
-def show(figure):
-    display(Image(plots.to_png(figure)))
-
-
-runs = analysis.load_runs(EXPERIMENT, tracking_uri=TRACKING_URI)
-assert not runs.empty, f"no FINISHED runs in experiment {EXPERIMENT!r} at {TRACKING_URI}"
+runs = analysis.load_experiment(EXPERIMENT, tracking_uri=TRACKING_URI)
 columns = analysis.report_columns(runs)
 summary = analysis.summarize(runs, columns)
 print(f"{len(runs)} runs in {summary.shape[0]} groups")

@@ -27,17 +27,10 @@ TRACKING_URI = os.environ.get("CLSUITE_TRACKING_URI")
 EXPERIMENT = os.environ.get("CLSUITE_EXPERIMENT", "quickstart")
 
 # %%
-from IPython.display import Image, display
-
 from cl import analysis, plots
+from cl.plots import show
 
-
-def show(figure):
-    display(Image(plots.to_png(figure)))
-
-
-runs = analysis.load_runs(EXPERIMENT, tracking_uri=TRACKING_URI)
-assert not runs.empty, f"no FINISHED runs in experiment {EXPERIMENT!r} at {TRACKING_URI}"
+runs = analysis.load_experiment(EXPERIMENT, tracking_uri=TRACKING_URI)
 columns = [c for c in ("final/avg_acc", "final/memory_mb", "cost/train_flops", "final/train_seconds")
            if c in runs.columns]
 summary = analysis.summarize(runs, columns)

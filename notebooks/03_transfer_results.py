@@ -27,17 +27,11 @@ TRACKING_URI = os.environ.get("CLSUITE_TRACKING_URI")
 EXPERIMENT = os.environ.get("CLSUITE_EXPERIMENT", "scalearn_glue")
 
 # %%
-from IPython.display import Image, display
+from cl import analysis
+from cl.plots import show
+from IPython.display import display
 
-from cl import analysis, plots
-
-
-def show(figure):
-    display(Image(plots.to_png(figure)))
-
-
-runs = analysis.load_runs(EXPERIMENT, tracking_uri=TRACKING_URI)
-assert not runs.empty, f"no FINISHED runs in experiment {EXPERIMENT!r} at {TRACKING_URI}"
+runs = analysis.load_experiment(EXPERIMENT, tracking_uri=TRACKING_URI)
 columns = analysis.report_columns(runs)
 summary = analysis.summarize(runs, columns)
 analysis.summary_table(summary, columns)

@@ -91,7 +91,7 @@ def test_transfer_notebook_runs(store, transfer_experiment, monkeypatch, tmp_pat
 
 
 def test_a_notebook_that_errors_fails(store, monkeypatch, tmp_path):
-    with pytest.raises(nbclient.exceptions.CellExecutionError, match="no FINISHED runs"):
+    with pytest.raises(nbclient.exceptions.CellExecutionError, match="no FINISHED runs in experiment .no-such-experiment."):
         execute("01_grid_overview.py", store, "no-such-experiment", monkeypatch, tmp_path)
 
 
