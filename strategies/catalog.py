@@ -92,6 +92,22 @@ STRATEGIES.register("kfpf_ce", params=KFPFParams, target="strategies.fpf:build_k
 STRATEGIES.register("kfpf_kd", params=KFPFKDParams, target="strategies.fpf:build_kfpf_kd",
                     summary="k-FPF-KD: k-FPF whose fine-tuning also matches stored logits")
 
+class NMNParams(Params):
+    slots: int = Field(128, ge=1, description="memory slots K")
+    width: int = Field(256, ge=4, description="memory width d = controller state size")
+    slow_every: int = Field(4, ge=1, description="minibatches per slow step (the episode length)")
+    fast_lr_factor: float = Field(0.1, gt=0, description="controllers' synthetic-gradient lr = factor × train.lr "
+                                                          "(1 and 3 measured to hurt or diverge on digits)")
+    synth_lr: float = Field(1e-3, gt=0, description="Adam lr of the synthesizers")
+    usage_decay: float = Field(0.95, gt=0, le=1)
+    shared_synthesizer: bool = Field(False, description="one synthesizer for both controllers")
+
+
+STRATEGIES.register("nmn_sg", params=NMNParams, target="strategies.nmn:build_nmn_sg",
+                    summary="neural memory network, controllers fast on synthetic gradients (Fernando et al. 2020)")
+STRATEGIES.register("nmn_bp", params=NMNParams, target="strategies.nmn:build_nmn_bp",
+                    summary="the same neural memory network, controllers by truncated backprop only (baseline)")
+
 STRATEGIES.register("memo", params=MEMOParams, target="strategies.memo:build_memo",
                     summary="MEMO: shared generalized blocks + one specialized block per task (Zhou et al. 2023)",
                     final_backbone_params="strategies.memo:memo_final_backbone_params")

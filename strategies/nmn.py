@@ -1,11 +1,7 @@
 """Neural memory networks whose controllers learn fast and slow through synthetic gradients.
 
-Status (2026-11-24): work in progress, not registered yet. The pieces are tested (addressing,
-least-used writes, the fast update with a perfect synthesizer equals backprop); the training
-procedure does not yet learn within the registry contract's budget (split_digits, 3 epochs:
-chance level; 10 epochs: 91-93%), so `nmn_sg` / `nmn_bp` are not in the catalog. Next:
-learning speed of the read path, then the registry entries (`NMNParams` below the fold of
-this docstring), the rare-class scenario and benchmarks/nmn.py.
+Status (2026-11-24): registered (`nmn_sg`, `nmn_bp`); the rare-class scenario and
+benchmarks/nmn.py are still to come.
 
 Fernando, Denman, Sridharan, Fookes. "Fast & Slow Learning: Incorporating Synthetic Gradients
 in Neural Memory Controllers" (arXiv 2011.05438, 2020). The paper gives the idea — controllers
@@ -20,8 +16,9 @@ Our design, section by section
 M ∈ R^{K×d} with usage statistics, carried across minibatches and experiences (a buffer, not
 a parameter). Read controller: a GRU cell over u with a stream state s_r (the mean of the
 last minibatch's states, detached) — h_r = GRU(u, s_r); query q = W_q h_r; content
-addressing a = softmax(M q / √d); read r = aᵀM; output head on [h_r; r] (*open*: the head's
-input). Write controller: a GRU cell over [h_r; r; E(y)] with its own stream state → h_w;
+addressing a = softmax(M q / √d); read r = aᵀM; output head on [u; h_r; r] (*open*: the head's
+input; with the encoding beside the controller state it learns as fast as a plain classifier —
+measured on 5 digit classes, 42 SGD steps: 90 % with u, 39 % on [h_r; r] alone). Write controller: a GRU cell over [h_r; r; E(y)] with its own stream state → h_w;
 erase e = σ(W_e h_w), add v = tanh(W_v h_w), gate g = σ(w_g·h_w); write weights
 w = g·a + (1 − g)·1[least-used slot] (MANN's least-recently-used access, Santoro et al. 2016);
 M ← M ⊙ (1 − Σ_b w_bᵀe_b) + Σ_b w_bᵀv_b, each sample of a minibatch taking a different
@@ -123,7 +120,7 @@ class NMN(nn.Module):
         self.usage_decay = usage_decay
         self.read_cell = nn.GRUCell(feature_dim, width)
         self.query = nn.Linear(width, width)
-        self.head = nn.Linear(2 * width, n_classes)
+        self.head = nn.Linear(feature_dim + 2 * width, n_classes)
         self.label_embedding = nn.Embedding(n_classes, label_dim)
         self.write_cell = nn.GRUCell(2 * width + label_dim, width)
         self.erase = nn.Linear(width, width)
@@ -162,8 +159,9 @@ class NMN(nn.Module):
         a = content_addressing(memory, o_r[:, self.width:])
         return o_r, a, a @ memory
 
-    def logits(self, o_r: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.cat([o_r[:, : self.width], r], dim=-1))
+    def logits(self, u: torch.Tensor, o_r: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """The output head on [u; h_r; r]: the encoding, the read controller's state, the memory read."""
+        return self.head(torch.cat([u, o_r[:, : self.width], r], dim=-1))
 
     def write_ops(self, o_r, r, a, y, state: torch.Tensor | None = None, usage: torch.Tensor | None = None):
         """(write controller output o_w = [e; v; g; h_w], write weights, erase e, add v)."""
@@ -180,8 +178,9 @@ class NMN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Evaluation: read only (the label is unknown, nothing is written)."""
-        o_r, _, r = self.read(self.encoder(x), self.memory)
-        return self.logits(o_r, r)
+        u = self.encoder(x)
+        o_r, _, r = self.read(u, self.memory)
+        return self.logits(u, o_r, r)
 
     @torch.no_grad()
     def commit(self, o_r, o_w, a, weights, erase, add) -> None:
@@ -274,10 +273,11 @@ def _template_class():
                                                                         "write_state")}
             self.episode.append((x, y))
             with torch.enable_grad():
-                h_r, a, r = model.read(model.encoder(x), model.memory)
+                u = model.encoder(x)
+                h_r, a, r = model.read(u, model.memory)
                 # the write controller's output from detached inputs: its own Jacobian in the fast update
                 h_w, weights, erase, add = model.write_ops(h_r.detach(), r.detach(), a.detach(), y)
-                loss = F.cross_entropy(model.logits(h_r, r), y)
+                loss = F.cross_entropy(model.logits(u, h_r, r), y)
                 slow = list(model.slow_parameters())
                 grads = torch.autograd.grad(loss, slow, retain_graph=self.synthetic, allow_unused=True)
                 if self.synthetic:
@@ -321,7 +321,7 @@ def _template_class():
                     u = model.encoder(x)                           # the encoder learns from the immediate loss
                 h_r, a, r = model.read(u, memory, s_r)
                 h_w, weights, erase, add = model.write_ops(h_r, r, a, y, s_w, usage)
-                losses.append(F.cross_entropy(model.logits(h_r, r), y))
+                losses.append(F.cross_entropy(model.logits(u, h_r, r), y))
                 memory = write_memory(memory, weights, erase, add)      # differentiable within the episode
                 usage = model.usage_decay * usage + (a + weights).detach().sum(0)
                 s_r = h_r[:, : model.width].detach().mean(0, keepdim=True)
@@ -371,12 +371,6 @@ def _template_class():
             return {"nmn/synthesizer.json": json.dumps(data, indent=1).encode()}
 
     return NMNTemplate
-
-
-# Registry entry to add to strategies/catalog.py once the contract passes:
-#   class NMNParams(Params): slots=128, width=256, slow_every=4, fast_lr_factor=0.1 (1.0 and 10 collapse to
-#   chance on digits), synth_lr=1e-3, usage_decay=0.95, shared_synthesizer=False
-#   STRATEGIES.register("nmn_sg", ..., target="strategies.nmn:build_nmn_sg"); "nmn_bp" → build_nmn_bp
 
 
 def build_nmn(ctx: StrategyContext, params, synthetic: bool):

@@ -1,6 +1,7 @@
 """Neural memory network pieces: addressing, least-used writing, the synthetic-gradient step."""
 import copy
 
+import pytest
 import torch
 from torch import nn
 
@@ -41,8 +42,9 @@ def test_with_a_perfect_synthesizer_the_fast_update_equals_backprop():
         o_r, a, r = net.read(net.encoder(x).detach(), net.memory)
         o_w, weights, erase, add = net.write_ops(cut(o_r), cut(r), cut(a), y)
         memory = write_memory(net.memory, weights, erase, add)     # a later read sees this write
-        o_later, _, r_later = net.read(net.encoder(x).detach(), cut(memory), cut(o_r[:, :4].mean(0, keepdim=True)))
-        return (o_r, o_w, o_later), nn.functional.cross_entropy(net.logits(o_later, r_later), y)
+        u = net.encoder(x).detach()
+        o_later, _, r_later = net.read(u, cut(memory), cut(o_r[:, :4].mean(0, keepdim=True)))
+        return (o_r, o_w, o_later), nn.functional.cross_entropy(net.logits(u, o_later, r_later), y)
 
     # backprop: the true gradient of the loss w.r.t. the controllers' parameters
     states, loss = loss_of(model)
@@ -74,3 +76,35 @@ def test_synthesizer_starts_silent_and_learns_a_gradient_map():
         loss.backward()
         opt.step()
     assert float(loss.detach()) < 0.1 * first
+
+
+@pytest.mark.filterwarnings("ignore:No loggers specified")
+def test_a_slow_step_trains_the_synthesizers_and_leaves_the_controllers_alone():
+    from avalanche.training.plugins import EvaluationPlugin
+
+    from strategies.nmn import _template_class
+
+    torch.manual_seed(0)
+    encoder = nn.Sequential(nn.Flatten(), nn.Linear(6, 8), nn.ReLU())
+    model = NMN(encoder, 8, 3, slots=6, width=4)
+    with torch.no_grad():                                     # a synthesizer that is not silent
+        for synth in model.synth.values():
+            synth.net[-1].weight.normal_(0, 0.1)
+    strategy = _template_class()(model=model, synthetic=True, slow_every=3, fast_lr=0.05, synth_lr=1e-2,
+                                 optimizer=torch.optim.SGD(model.slow_parameters(), lr=0.1),
+                                 criterion=nn.CrossEntropyLoss(), train_mb_size=4, device="cpu",
+                                 evaluator=EvaluationPlugin(loggers=[]))
+    batches = [(torch.randn(4, 6), torch.randint(0, 3, (4,))) for _ in range(3)]
+    controllers = [p.detach().clone() for p in model.controller_parameters()]
+    strategy.fast_step(*batches[0])
+    moved = [p.detach().clone() for p in model.controller_parameters()]
+    assert any(not torch.equal(a, b) for a, b in zip(controllers, moved))       # the fast path moves them
+    for batch in batches[1:]:
+        strategy.fast_step(*batch)
+    before_slow = [p.detach().clone() for p in model.controller_parameters()]
+    synth_before = [p.detach().clone() for p in model.synth.parameters()]
+    strategy.slow_step()
+    assert all(torch.equal(a, b) for a, b in zip(before_slow, model.controller_parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(synth_before, model.synth.parameters()))
+    assert strategy.slow_steps == 1 and len(strategy.cosines) == 1 and not strategy.episode
+    assert strategy.extra_train_flops() > 0
