@@ -111,6 +111,7 @@ class FlopMeter(SupervisedPlugin):
         self._counter.stop()
 
     def total(self, strategy) -> float:
-        """The strategy's FLOPs plus what plugins that train on their own report."""
-        extra = sum(p.extra_train_flops() for p in strategy.plugins if isinstance(p, ReportsTrainFlops))
+        """The strategy's FLOPs plus what the strategy or its plugins report of training done on their own
+        (FPF's fine-tuning, NMN's slow path)."""
+        extra = sum(p.extra_train_flops() for p in [strategy, *strategy.plugins] if isinstance(p, ReportsTrainFlops))
         return float(sum(self.flops_per_experience) + extra)

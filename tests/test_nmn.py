@@ -108,3 +108,33 @@ def test_a_slow_step_trains_the_synthesizers_and_leaves_the_controllers_alone():
     assert any(not torch.equal(a, b) for a, b in zip(synth_before, model.synth.parameters()))
     assert strategy.slow_steps == 1 and len(strategy.cosines) == 1 and not strategy.episode
     assert strategy.extra_train_flops() > 0
+
+
+def test_a_run_counts_the_slow_path_flops_and_logs_the_synthesizer_quality(shared_store, monkeypatch):
+    from mlflow import MlflowClient
+
+    import strategies.nmn as nmn
+    from cl.config import RunConfig
+    from cl.runner import run
+
+    cfg = RunConfig.from_dict({
+        "experiment": "nmn-accounting", "scenario": {"name": "split_digits", "n_experiences": 2},
+        "model": {"name": "mlp", "hidden": [32]}, "strategy": {"name": "nmn_sg", "width": 16},
+        "train": {"epochs": 1, "lr": 0.1}, "seed": 0})
+    counted = run(cfg, tracking_uri=shared_store)
+    original = nmn._template_class
+
+    def without_slow_path_flops():
+        class Uncounted(original()):
+            def extra_train_flops(self):
+                return 0.0
+        return Uncounted
+
+    monkeypatch.setattr(nmn, "_template_class", without_slow_path_flops)
+    fast_only = run(cfg.model_copy(update={"experiment": "nmn-accounting-fast"}), tracking_uri=shared_store)
+    assert counted.ok and fast_only.ok
+    # the slow path replays every minibatch once with gradients: it costs about as much again as the fast path
+    assert counted.metrics["cost/train_flops"] > 1.5 * fast_only.metrics["cost/train_flops"]
+    client = MlflowClient(shared_store)
+    assert "nmn/synthesizer.json" in {a.path for a in client.list_artifacts(counted.run_id, "nmn")}
+    assert counted.metrics["memory/persistent_state_bytes"] == 4 * (128 * 16 + 128 + 2 * 16)
