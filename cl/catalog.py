@@ -5,7 +5,7 @@ Kept free of torch/Avalanche imports so configs validate instantly; the builders
 """
 from __future__ import annotations
 
-from typing import ClassVar, Optional
+from typing import ClassVar, Literal, Optional
 
 from pydantic import Field, model_validator
 
@@ -113,6 +113,20 @@ class FolderParams(ClassSplitParams):
         check_path("test_dir", self.test_dir, directory=True)
 
 
+class RareClassParams(ClassSplitParams):
+    base: Literal["digits", "mnist", "fmnist"] = Field("digits", description="the dataset the stream is cut from")
+    data_root: Optional[str] = Field(None, description="for mnist / fmnist (default $CLSUITE_DATA_ROOT)")
+    train_samples_per_class: Optional[int] = Field(None, ge=1, description="subsample training data first")
+    rare_classes: Optional[list[int]] = Field(None, description="the rare classes (default: n_rare drawn with rare_seed)")
+    n_rare: int = Field(2, ge=1)
+    rare_fraction: float = Field(0.05, gt=0, le=1, description="a rare class keeps this share of its training samples")
+    rare_seed: int = Field(0, description="which classes are rare and which of their samples stay")
+
+    def preflight(self) -> None:
+        if self.base != "digits":
+            check_dataset(self.base, self.data_root)
+
+
 for _name, _params, _target, _summary in [
     ("split_digits", DigitsParams, "split_digits",
      "scikit-learn's bundled 8×8 digits, 10 classes (offline default)"),
@@ -122,6 +136,8 @@ for _name, _params, _target, _summary in [
     ("split_cifar100", Cifar100Params, "split_cifar100", "CIFAR-100 from data_root"),
     ("from_tensors", TensorFileParams, "from_file", "your own arrays from an .npz/.pt file"),
     ("from_folder", FolderParams, "from_folder", "your own images in ImageFolder layout"),
+    ("rare_class_stream", RareClassParams, "rare_class_stream",
+     "a class-incremental stream where a few classes have ~5% of the others' training samples"),
 ]:
     SCENARIOS.register(_name, params=_params, target=f"cl.scenarios:{_target}", summary=_summary)
 

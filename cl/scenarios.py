@@ -258,6 +258,31 @@ def split_fmnist(*, data_root=None, train_samples_per_class: Optional[int] = Non
     return from_tensors(*tensors, name="split_fmnist", **split)
 
 
+def rare_class_stream(*, base: str = "digits", data_root=None, train_samples_per_class: Optional[int] = None,
+                      rare_classes: Optional[Sequence[int]] = None, n_rare: int = 2, rare_fraction: float = 0.05,
+                      rare_seed: int = 0, **split) -> Scenario:
+    """A class-incremental stream in which a few classes are rare: their training samples are cut to
+    `rare_fraction` of the others' (at least one); test sets stay whole, so rare-class accuracy is measured
+    on as many images as any class. The motivating case of memory networks with fast-learning controllers.
+
+    `rare_classes` names them; by default `n_rare` classes drawn with `rare_seed`. Base data: 'digits'
+    (offline), 'mnist' or 'fmnist' (from `data_root`).
+    """
+    x, y, x_test, y_test = image_tensors(base, data_root=data_root, train_samples_per_class=train_samples_per_class)
+    classes = sorted(torch.unique(y).tolist())
+    rng = np.random.default_rng(rare_seed)
+    rare = sorted(rare_classes) if rare_classes is not None else sorted(rng.choice(classes, n_rare, replace=False).tolist())
+    unknown = [c for c in rare if c not in classes]
+    if unknown:
+        raise ValueError(f"scenario.rare_classes: {unknown} are not classes of {base} (0..{max(classes)})")
+    keep = torch.ones(len(y), dtype=torch.bool)
+    for c in rare:
+        index = torch.nonzero(y == c).flatten().numpy()
+        n = max(1, int(round(rare_fraction * len(index))))
+        keep[torch.from_numpy(np.setdiff1d(index, rng.choice(index, n, replace=False)))] = False
+    return from_tensors(x[keep], y[keep], x_test, y_test, name="rare_class_stream", **split)
+
+
 def _cifar(dataset: str, cls_name: str, data_root, train_samples_per_class, augment: bool, split) -> Scenario:
     import torchvision
     from torchvision.transforms import v2

@@ -149,3 +149,42 @@ def test_train_transform_augments_train_samples_only():
     # Avalanche switches to the eval group for evaluation: no augmentation there
     evaluated = train.eval()
     assert torch.equal(evaluated[0][0], evaluated[0][0])
+
+
+def test_rare_class_stream_cuts_only_the_rare_classes_training_samples():
+    from cl.runner import build_scenario
+    from cl.config import RunConfig
+
+    def scenario(section):
+        return RunConfig.from_dict({"scenario": section, "model": "mlp", "strategy": "naive"}).scenario
+
+    full = scenario({"name": "split_digits", "n_experiences": 5})
+    rare = scenario({"name": "rare_class_stream", "n_experiences": 5, "rare_classes": [3, 7], "rare_fraction": 0.05})
+
+    def counts(stream):
+        out = {}
+        for experience in stream:
+            for target in experience.dataset.targets:
+                out[int(target)] = out.get(int(target), 0) + 1
+        return out
+
+    a, b = build_scenario(full), build_scenario(rare)
+    train_full, train_rare = counts(a.benchmark.train_stream), counts(b.benchmark.train_stream)
+    for c in range(10):
+        if c in (3, 7):
+            assert train_rare[c] == max(1, round(0.05 * train_full[c]))
+        else:
+            assert train_rare[c] == train_full[c]
+    assert counts(b.benchmark.test_stream) == counts(a.benchmark.test_stream)     # tests stay whole
+
+
+def test_rare_class_stream_rejects_unknown_classes():
+    import pytest
+
+    from cl.runner import build_scenario
+    from cl.config import RunConfig
+
+    cfg = RunConfig.from_dict({"scenario": {"name": "rare_class_stream", "rare_classes": [12]}, "model": "mlp",
+                               "strategy": "naive"})
+    with pytest.raises(ValueError, match=r"scenario.rare_classes: \[12\]"):
+        build_scenario(cfg.scenario)
