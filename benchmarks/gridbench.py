@@ -15,6 +15,7 @@ from pathlib import Path
 
 from cl.archive import export_runs, import_runs
 from cl.grid import Cell, GridSpec, expand, launch
+from cl.reproductions import RESULTS_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,7 +35,7 @@ def parser(description: str, *, store: str, quick_help: str) -> argparse.Argumen
 
 
 def results_file(spec: GridSpec) -> Path:
-    return ROOT / "benchmarks" / "results" / f"{spec.experiment_name}.jsonl"
+    return RESULTS_DIR / f"{spec.experiment_name}.jsonl"
 
 
 def run_grid(spec: GridSpec, args: argparse.Namespace) -> list[Cell]:
@@ -51,7 +52,6 @@ def run_grid(spec: GridSpec, args: argparse.Namespace) -> list[Cell]:
         print(f"{results.relative_to(ROOT)}: {carried.imported} runs imported, {carried.skipped} already in the store")
     summary = launch(spec, cells, tracking_uri=args.tracking_uri, workers=args.workers)
     if keep_results:
-        results.parent.mkdir(parents=True, exist_ok=True)
         count = export_runs(spec.experiment_name, results, tracking_uri=args.tracking_uri)
         print(f"{results.relative_to(ROOT)}: {count} finished runs written")
     print(f"{spec.name}: {summary.finished} run now, {summary.skipped_finished} reused, {len(summary.failed)} failed")

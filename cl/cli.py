@@ -261,12 +261,11 @@ def report(
 def _reproductions(tracking_uri: Optional[str], out: Path) -> None:
     import tempfile
 
-    from cl.reproductions import ROOT, store_from_results, write_report
+    from cl.reproductions import RESULTS_DIR, store_from_results, write_report
 
     if tracking_uri is None:
-        results = ROOT / "benchmarks" / "results"
         with tempfile.TemporaryDirectory() as tmp:
-            uri = store_from_results(results, Path(tmp) / "mlflow.db")
+            uri = store_from_results(RESULTS_DIR, Path(tmp) / "mlflow.db")
             write_report(out, tracking_uri=uri, source="the runs kept in `benchmarks/results/`")
     else:
         write_report(out, tracking_uri=tracking_uri, source=f"the store {tracking_uri}")

@@ -7,8 +7,7 @@ known deviations. A claim whose runs are not in the store reads "not measured".
 
 Each `Reproduction` names its grid file; the runs are the grid's cells (by config hash), so
 the report counts exactly what the grid defines. The benchmark scripts print the same
-comparisons at full detail; this module is the summary both the report and the scripts'
-verdicts rest on.
+comparisons at full detail, with their own table code.
 """
 from __future__ import annotations
 
@@ -19,6 +18,7 @@ from typing import Callable
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
+RESULTS_DIR = ROOT / "benchmarks" / "results"      # the runs the benchmarks measured (`cl.archive` files)
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,11 @@ status, failure capture, grids.
 from __future__ import annotations
 
 import os
+import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from cl.tracking import RunLog
 
@@ -35,6 +37,27 @@ class TransferContext:
         root = Path(os.environ.get("CLSUITE_CACHE", Path.home() / ".cache" / "clsuite"))
         root.mkdir(parents=True, exist_ok=True)
         return root
+
+
+@contextmanager
+def publish_directory(path: Path) -> Iterator[Path]:
+    """Write a cache entry into a private folder, then rename it to `path` in one step.
+
+    Parallel workers may build the same entry: each writes its own ``<name>.<pid>.tmp`` and the
+    first rename wins (the others are discarded), so a reader never sees a half-written entry.
+    """
+    partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        yield partial
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    try:
+        os.replace(partial, path)
+    except OSError:                      # another worker published first
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def final_metric_names(metrics: Mapping[str, float]) -> dict[str, float]:

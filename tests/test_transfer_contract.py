@@ -61,3 +61,19 @@ def test_continual_learning_hashes_do_not_move():
     cfg = RunConfig.from_dict({"scenario": "split_digits", "model": "mlp", "strategy": "naive"})
     assert "transfer" not in cfg.identity() and "plugins" not in cfg.identity()
     assert cfg.config_hash == "c859246e2eaa08bd"     # as before these keys existed (finished cells stay reused)
+
+
+def test_publish_directory_is_all_or_nothing(tmp_path):
+    from cl.transfer_run import publish_directory
+
+    target = tmp_path / "entry"
+    with pytest.raises(RuntimeError):
+        with publish_directory(target) as partial:
+            (partial / "half.bin").write_bytes(b"x")
+            raise RuntimeError("interrupted")
+    assert not target.exists() and list(tmp_path.iterdir()) == []        # nothing half-written is left
+    with publish_directory(target) as partial:
+        (partial / "a").write_text("first")
+    with publish_directory(target) as partial:                          # a second writer loses quietly
+        (partial / "a").write_text("second")
+    assert (target / "a").read_text() == "first" and sorted(p.name for p in tmp_path.iterdir()) == ["entry"]

@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +42,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from cl.config import canonical_hash
-from cl.transfer_run import TransferContext
+from cl.transfer_run import TransferContext, publish_directory
 from transfer import glue
 from transfer.scalearn import (AdapterCombination, FusionAttention, ScaLearnConfig, ScaLearnModel, VARIANTS,
                                adapted_layers, load_adapters)
@@ -218,15 +216,11 @@ def stage1_adapter(ctx: TransferContext, params, task: str, tokenizer) -> Path:
     train(model, data, task=task, epochs=params.adapter_epochs, lr=params.adapter_lr,
           batch_size=ctx.train.batch_size, seed=ctx.seed, pad_id=tokenizer.pad_token_id, device=ctx.device,
           on_epoch=lambda e, loss: ctx.runlog.log_metrics({f"stage1/{task}/train_loss": loss}, step=e))
-    partial = path.with_name(path.name + f".{os.getpid()}.tmp")     # parallel workers may train the same adapter
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save_pretrained(str(partial))
-    save_file({k: v.detach().cpu().contiguous() for k, v in head_of(model).state_dict().items()}, partial / HEAD_FILE)
-    (partial / "key.json").write_text(json.dumps(key, indent=1))
-    try:
-        os.replace(partial, path)
-    except OSError:                                                  # another worker finished first
-        shutil.rmtree(partial, ignore_errors=True)
+    with publish_directory(path) as partial:
+        model.save_pretrained(str(partial))
+        save_file({k: v.detach().cpu().contiguous() for k, v in head_of(model).state_dict().items()},
+                  partial / HEAD_FILE)
+        (partial / "key.json").write_text(json.dumps(key, indent=1))
     return path
 
 
@@ -239,19 +233,19 @@ def load_split(params, task: str, split: str, seed: int) -> glue.TextSplit:
 # ---------------------------------------------------------------- stage 2
 
 def transfer_model(ctx, params, adapter_dirs: dict[str, Path]):
-    """(model, trainable transfer module or None, learning rate, extra loss) for the method."""
+    """(model, learning rate of the method's own parameters, extra loss or None) for the method."""
     from safetensors.torch import load_file
 
     num_labels = glue.TASKS[params.target].num_labels
     base = build_classifier(params.model, num_labels, ctx.seed)
     method = params.method
     if method == "full":
-        return base, None, params.full_lr, None
+        return base, params.full_lr, None
     if method == "adapter":
         model = load_adapters(base, {params.target: adapter_dirs[params.target]})
         head_of(model).load_state_dict(load_file(adapter_dirs[params.target] / HEAD_FILE))
         model.requires_grad_(False)
-        return model, None, None, None
+        return model, None, None
     peft_model = load_adapters(base, adapter_dirs)
     names = list(adapter_dirs)
     if method in VARIANTS:
@@ -259,23 +253,23 @@ def transfer_model(ctx, params, adapter_dirs: dict[str, Path]):
                                 adapter_paths={k: str(v) for k, v in adapter_dirs.items()})
         model = ScaLearnModel(peft_model, config)
         head_of(peft_model).requires_grad_(True)
-        return model, model.scaling, ctx.train.lr, None
+        return model, ctx.train.lr, None
     peft_model.requires_grad_(False)
     head_of(peft_model).requires_grad_(True)
     if method == "average":
         peft_model.add_weighted_adapter(names, [1.0 / len(names)] * len(names), "average",
                                         combination_type=params.average_combination)
         peft_model.set_adapter("average")
-        peft_model.requires_grad_(False)
+        peft_model.requires_grad_(False)                # set_adapter made the merged adapter trainable
         head_of(peft_model).requires_grad_(True)
-        return peft_model, None, ctx.train.lr, None
+        return peft_model, ctx.train.lr, None
     if method == "fusion":
         layers = adapted_layers(peft_model, names)
         fusion = FusionAttention(AdapterCombination.widths(layers))
         peft_model.fusion = fusion                      # registered, so .to()/.train() reach it
         AdapterCombination(peft_model, names, fusion)
         fusion.requires_grad_(True)
-        return peft_model, fusion, params.fusion_lr, fusion.regularization_loss
+        return peft_model, params.fusion_lr, fusion.regularization_loss
     raise ValueError(f"unknown method {method!r}")
 
 
@@ -287,7 +281,7 @@ def run(ctx: TransferContext, params) -> dict[str, float]:
     needs = [params.target] if params.method == "adapter" else ([] if params.method == "full" else order)
     adapter_dirs = {task: stage1_adapter(ctx, params, task, tokenizer) for task in needs}
 
-    model, _, lr, extra_loss = transfer_model(ctx, params, adapter_dirs)
+    model, lr, extra_loss = transfer_model(ctx, params, adapter_dirs)
     model.to(ctx.device)
     head = head_of(model.model if isinstance(model, ScaLearnModel) else model)
     head_params = sum(p.numel() for p in head.parameters())

@@ -31,15 +31,13 @@ import importlib.util
 import json
 import logging
 import math
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from cl.config import canonical_hash
-from cl.transfer_run import TransferContext
+from cl.transfer_run import TransferContext, publish_directory
 from transfer import skillpack as sp
 from transfer.skills import Example, exact_first_word, load_skill
 
@@ -90,13 +88,9 @@ def load_causal_lm(model: str, cache_dir: Path):
                 del config.quantization_config
             plain = type(lm)(config)
             plain.load_state_dict(lm.state_dict())
-            partial = converted.with_name(converted.name + f".{os.getpid()}.tmp")
-            plain.save_pretrained(str(partial))
-            tokenizer.save_pretrained(str(partial))
-            try:
-                os.replace(partial, converted)
-            except OSError:
-                shutil.rmtree(partial, ignore_errors=True)
+            with publish_directory(converted) as partial:
+                plain.save_pretrained(str(partial))
+                tokenizer.save_pretrained(str(partial))
         lm = AutoModelForCausalLM.from_pretrained(str(converted), dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(str(converted))
     else:
@@ -207,14 +201,9 @@ def fine_tuned_delta(ctx: TransferContext, params, skill: str, model, tokenizer,
             if delta.abs().max() > 0:
                 deltas[name] = delta.clone()
             param.copy_(original[name])                       # back to the base model
-    partial = folder.with_name(folder.name + f".{os.getpid()}.tmp")
-    partial.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in deltas.items()}, str(partial / "delta.safetensors"))
-    (partial / "metrics.json").write_text(json.dumps({"tuned_acc": tuned_acc, "key": key}))
-    try:
-        os.replace(partial, folder)
-    except OSError:
-        shutil.rmtree(partial, ignore_errors=True)
+    with publish_directory(folder) as partial:
+        save_file({k: v.contiguous() for k, v in deltas.items()}, str(partial / "delta.safetensors"))
+        (partial / "metrics.json").write_text(json.dumps({"tuned_acc": tuned_acc, "key": key}))
     return deltas, tuned_acc
 
 
@@ -265,12 +254,8 @@ def run(ctx: TransferContext, params) -> dict[str, float]:
                 accs = {s: score(s) for s in params.skills}
         else:
             router = _router(params, model, tokenizer, ctx.seed)
-            accs = {}
-            for s in params.skills:
-                answers = sp.routed(model, packs, router, [e.prompt for e in tests[s]],
-                                    lambda p: generate(model, tokenizer, p, max_new_tokens=params.max_new_tokens),
-                                    check=False)
-                accs[s] = float(np.mean([exact_first_word(a, e.answer) for a, e in zip(answers, tests[s])]))
+            accs = {s: _routed_accuracy(model, tokenizer, packs, router, tests[s], params.max_new_tokens)
+                    for s in params.skills}
             result["router_acc"] = float(np.mean([
                 np.mean([c == s for c in router.predict([e.prompt for e in tests[s]])]) for s in params.skills]))
         result.update({f"acc_{s}": a for s, a in accs.items()})
@@ -279,6 +264,13 @@ def run(ctx: TransferContext, params) -> dict[str, float]:
     elif params.method == "continual":
         result.update(_continual(ctx, params, model, tokenizer, pack_of, score, tests))
     return result
+
+
+def _routed_accuracy(model, tokenizer, packs, router, examples: list[Example], max_new_tokens: int) -> float:
+    """Accuracy on `examples` when the router picks the pack applied to each prompt."""
+    answers = sp.routed(model, packs, router, [e.prompt for e in examples],
+                        lambda p: generate(model, tokenizer, p, max_new_tokens=max_new_tokens), check=False)
+    return float(np.mean([exact_first_word(a, e.answer) for a, e in zip(answers, examples)]))
 
 
 def _router(params, model, tokenizer, seed: int) -> sp.SkillRouter:
@@ -310,18 +302,13 @@ def _continual(ctx, params, model, tokenizer, pack_of, score, tests) -> dict[str
     out: dict[str, float] = {}
     for step, skill in enumerate(params.skills):
         packs[skill] = pack_of(skill)[0]
-        routed_accs, merged_accs = {}, {}
         if len(packs) > 1:
-            prompts_of = {s: [e.prompt for e in tests[s]] for s in packs}
             router = _router(params.model_copy(update={"skills": tuple(packs)}), model, tokenizer, ctx.seed)
-            for s in packs:
-                answers = sp.routed(model, packs, router, prompts_of[s],
-                                    lambda p: generate(model, tokenizer, p, max_new_tokens=params.max_new_tokens),
-                                    check=False)
-                routed_accs[s] = float(np.mean([exact_first_word(a, e.answer) for a, e in zip(answers, tests[s])]))
+            routed_accs = {s: _routed_accuracy(model, tokenizer, packs, router, tests[s], params.max_new_tokens)
+                           for s in packs}
         else:
             with sp.apply(model, packs[skill], check=False):
-                routed_accs[skill] = score(skill)
+                routed_accs = {skill: score(skill)}
         with sp.Applied(model, sp.fuse(list(packs.values()), "task_arithmetic")):
             merged_accs = {s: score(s) for s in packs}
         first_acc.setdefault(skill, routed_accs[skill])
@@ -329,7 +316,7 @@ def _continual(ctx, params, model, tokenizer, pack_of, score, tests) -> dict[str
                                 **{f"continual/merged/{s}": a for s, a in merged_accs.items()}}, step=step)
         out = {"acc": float(np.mean(list(routed_accs.values()))),
                "merged_acc": float(np.mean(list(merged_accs.values())))}
-    old = [s for s in params.skills[:-1]]
+    old = params.skills[:-1]
     if old:
         out["old_skill_forgetting"] = float(np.mean([first_acc[s] - routed_accs[s] for s in old]))
         out["old_skill_forgetting_merged"] = float(np.mean([first_acc[s] - merged_accs[s] for s in old]))
