@@ -14,7 +14,8 @@ import pandas as pd
 FINAL_COLUMNS = ("final/avg_acc", "final/avg_inc_acc", "final/forgetting", "final/bwt",
                  "final/memory_mb", "final/train_seconds", "cost/train_flops")
 PERCENT_METRICS = frozenset({"final/avg_acc", "final/avg_inc_acc", "final/forgetting", "final/bwt", "final/acc",
-                             "final/source_acc",
+                             "final/source_acc", "final/rare_acc", "final/common_acc",
+                             "final/rare_acc_when_learnt", "final/common_acc_when_learnt",
                              "final/nme_avg_acc", "final/nme_avg_inc_acc"})
 
 

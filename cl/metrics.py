@@ -52,6 +52,30 @@ def average_accuracy(R, weights: Sequence[float] | None = None) -> float:
     return seen_accuracy(R, R.shape[0] - 1, weights)
 
 
+def class_subset_accuracy(class_accuracy, test_counts, classes: Sequence[int]) -> float:
+    """Accuracy over the test samples of `classes` (per-class accuracies weighted by their test counts).
+
+    Used for the rare classes of a rare-class stream, where the mean over all samples hides them."""
+    acc, counts = np.asarray(class_accuracy, dtype=float), np.asarray(test_counts, dtype=float)
+    index = [c for c in classes if counts[c] > 0]
+    if not index:
+        raise ValueError(f"no test samples of classes {list(classes)}")
+    return float(np.average(acc[index], weights=counts[index]))
+
+
+def accuracy_when_learnt(class_R, test_counts, classes: Sequence[int],
+                         classes_per_experience: Sequence[Sequence[int]]) -> float:
+    """Accuracy on `classes` right after the experience that taught each of them — learning, before forgetting.
+
+    `class_R[t, c]` is the accuracy on class c after training experience t; weighted by test counts."""
+    class_R, counts = np.asarray(class_R, dtype=float), np.asarray(test_counts, dtype=float)
+    taught_at = {c: t for t, taught in enumerate(classes_per_experience) for c in taught}
+    index = [c for c in classes if counts[c] > 0]
+    if not index:
+        raise ValueError(f"no test samples of classes {list(classes)}")
+    return float(np.average([class_R[taught_at[c], c] for c in index], weights=counts[index]))
+
+
 def average_incremental_accuracy(R, weights: Sequence[float] | None = None) -> float:
     """Ā = (1/T) Σ_t seen_accuracy(R, t): Rebuffi et al. 2017 (iCaRL); MEMO's Ā."""
     R = _check(R)

@@ -138,7 +138,16 @@ def _execute(cfg: RunConfig, runlog: RunLog) -> RunResult:
             continue
         final[f"final/{name}_avg_acc"] = metrics.average_accuracy(tally.R, weights)
         final[f"final/{name}_avg_inc_acc"] = metrics.average_incremental_accuracy(tally.R, weights)
+    class_R, class_counts = logger.class_R, logger.class_test_counts
+    if scenario.rare_classes:   # the rare-class stream's question: are the few-shot classes learnt, and kept?
+        common = [c for c in range(class_R.shape[1]) if c not in scenario.rare_classes]
+        for name, classes in (("rare", scenario.rare_classes), ("common", common)):
+            final[f"final/{name}_acc"] = metrics.class_subset_accuracy(class_R[-1], class_counts, classes)
+            final[f"final/{name}_acc_when_learnt"] = metrics.accuracy_when_learnt(
+                class_R, class_counts, classes, scenario.classes_per_experience)
+        runlog.log_params({"scenario.resolved_rare_classes": ",".join(map(str, scenario.rare_classes))})
     runlog.log_metrics(final, step=T - 1)
+    runlog.log_artifact("per_class_accuracy.csv", class_matrix_csv(class_R, class_counts))
     avg_seen = [metrics.seen_accuracy(R, t, weights) for t in range(T)]
     runlog.log_artifact("accuracy_matrix.csv", matrix_csv(R))
     runlog.log_artifact("accuracy_matrix.png", plots.to_png(plots.accuracy_heatmap(R)))
@@ -278,6 +287,16 @@ def matrix_csv(R: np.ndarray) -> bytes:
     buffer.write("after_exp," + ",".join(f"exp_{j}" for j in range(n)) + "\n")
     for t in range(n):
         buffer.write(f"{t}," + ",".join("" if np.isnan(v) else f"{v:.6f}" for v in R[t]) + "\n")
+    return buffer.getvalue().encode()
+
+
+def class_matrix_csv(class_R: np.ndarray, test_counts: np.ndarray) -> bytes:
+    """Accuracy per class after each experience (rows), then a row of test samples per class."""
+    buffer = io.StringIO()
+    buffer.write("after_exp," + ",".join(f"class_{c}" for c in range(class_R.shape[1])) + "\n")
+    for t, row in enumerate(class_R):
+        buffer.write(f"{t}," + ",".join("" if np.isnan(v) else f"{v:.6f}" for v in row) + "\n")
+    buffer.write("test_samples," + ",".join(str(int(n)) for n in test_counts) + "\n")
     return buffer.getvalue().encode()
 
 

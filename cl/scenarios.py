@@ -15,7 +15,7 @@ Avalanche 0.6 quirks handled here (see ../shared/notes/avalanche-0.6.md):
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -43,6 +43,7 @@ class Scenario:
     task_labels: bool
     train_sizes: tuple[int, ...]
     test_sizes: tuple[int, ...]
+    rare_classes: tuple[int, ...] = ()               # classes trained on few samples (rare_class_stream)
 
     @property
     def n_experiences(self) -> int:
@@ -280,7 +281,8 @@ def rare_class_stream(*, base: str = "digits", data_root=None, train_samples_per
         index = torch.nonzero(y == c).flatten().numpy()
         n = max(1, int(round(rare_fraction * len(index))))
         keep[torch.from_numpy(np.setdiff1d(index, rng.choice(index, n, replace=False)))] = False
-    return from_tensors(x[keep], y[keep], x_test, y_test, name="rare_class_stream", **split)
+    scenario = from_tensors(x[keep], y[keep], x_test, y_test, name="rare_class_stream", **split)
+    return replace(scenario, rare_classes=tuple(int(c) for c in rare))
 
 
 def _cifar(dataset: str, cls_name: str, data_root, train_samples_per_class, augment: bool, split) -> Scenario:

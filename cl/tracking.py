@@ -285,6 +285,12 @@ def make_logger_plugin(runlog: RunLog, *, test_sizes, classes_per_experience, ta
             self.train_seconds = 0.0
             self._t0: float | None = None
             self._class_mask: dict[int, Any] = {}
+            n_classes = 1 + max(c for classes in classes_per_experience for c in classes)
+            self._class_correct = np.zeros(n_classes)
+            self._class_seen = np.zeros(n_classes)
+            # C[t, c]: accuracy on class c's test samples after training experience t (NaN: not evaluated)
+            self.class_R = np.full((len(test_sizes), n_classes), np.nan)
+            self.class_test_counts = np.zeros(n_classes)
 
         @property
         def R(self) -> np.ndarray:
@@ -329,6 +335,8 @@ def make_logger_plugin(runlog: RunLog, *, test_sizes, classes_per_experience, ta
         # ---- evaluation
         def before_eval(self, strategy, **kwargs):
             self.tally.reset()
+            self._class_correct[:] = 0
+            self._class_seen[:] = 0
             for tally in self.extra.values():
                 tally.reset()
 
@@ -337,7 +345,10 @@ def make_logger_plugin(runlog: RunLog, *, test_sizes, classes_per_experience, ta
             logits = strategy.mb_output.detach()
             if task_aware:
                 logits = logits + self._mask(j, logits)
-            self.tally.add(j, logits.argmax(dim=1), strategy.mb_y)
+            pred, y = logits.argmax(dim=1).cpu().numpy(), strategy.mb_y.cpu().numpy()
+            self.tally.add(j, pred, y)
+            np.add.at(self._class_correct, y, pred == y)
+            np.add.at(self._class_seen, y, 1)
             for plugin in strategy.plugins:
                 if isinstance(plugin, SecondPredictor):
                     pred = plugin.predict(strategy)
@@ -349,6 +360,9 @@ def make_logger_plugin(runlog: RunLog, *, test_sizes, classes_per_experience, ta
             if self.trained == 0:
                 return  # an evaluation before any training is not a row of R
             t = self.trained - 1
+            seen = self._class_seen > 0
+            self.class_R[t, seen] = self._class_correct[seen] / self._class_seen[seen]
+            self.class_test_counts = np.maximum(self.class_test_counts, self._class_seen)
             row = self.tally.close_row(t, "")
             for name, tally in self.extra.items():
                 row.update(tally.close_row(t, f"{name}/"))

@@ -93,3 +93,26 @@ def test_memory_alignment_reproduces_memos_worked_example():
     assert metrics.memory_footprint(der, 2000, (3, 32, 32)).total_mb == pytest.approx(23.54, abs=0.01)
     with pytest.raises(ValueError, match="larger than the reference"):
         metrics.aligned_exemplars(single, der, 2000, (3, 32, 32))
+
+
+def test_class_subset_accuracy_weights_by_test_samples_and_skips_absent_classes():
+    import pytest
+
+    from cl.metrics import class_subset_accuracy
+
+    accuracy, counts = [1.0, 0.0, 0.5, float("nan")], [30, 10, 20, 0]
+    assert class_subset_accuracy(accuracy, counts, [0, 1]) == pytest.approx(0.75)
+    assert class_subset_accuracy(accuracy, counts, [2, 3]) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="no test samples"):
+        class_subset_accuracy(accuracy, counts, [3])
+
+
+def test_accuracy_when_learnt_reads_each_class_at_the_experience_that_taught_it():
+    import pytest
+
+    from cl.metrics import accuracy_when_learnt
+
+    # classes 0, 1 taught first, 2 second; class 0 then forgotten
+    C = np.array([[0.9, 0.8, np.nan], [0.1, 0.7, 0.6]])
+    counts = [10, 10, 20]
+    assert accuracy_when_learnt(C, counts, [0, 2], [[0, 1], [2]]) == pytest.approx((0.9 * 10 + 0.6 * 20) / 30)

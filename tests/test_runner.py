@@ -50,3 +50,60 @@ def test_rows_are_logged_per_experience_and_progress_per_epoch():
     assert "acc/avg_seen" in rows[0][1]
     assert [(d, t) for d, t, _ in log.progress_calls] == [(1, 4), (2, 4), (3, 4), (4, 4)]
     assert log.progress_calls[-1][2] == "experience 2/2, epoch 2/2"
+
+
+class ArtifactRunLog(RecordingRunLog):
+    def __init__(self):
+        super().__init__()
+        self.artifacts, self.params = {}, {}
+
+    def log_artifact(self, path, data):
+        self.artifacts[path] = data
+
+    def log_params(self, params):
+        self.params.update(params)
+
+
+def _class_matrix(log):
+    """(C after each experience, test samples per class) from the per-class artifact."""
+    lines = log.artifacts["per_class_accuracy.csv"].decode().splitlines()
+    assert lines[0].startswith("after_exp,class_0,")
+    C = np.array([[float(v) if v else np.nan for v in line.split(",")[1:]] for line in lines[1:-1]])
+    assert lines[-1].startswith("test_samples,")
+    return C, np.array([int(v) for v in lines[-1].split(",")[1:]])
+
+
+def _weighted(accuracy, counts, classes):
+    classes = list(classes)
+    return float(np.average(accuracy[classes], weights=counts[classes]))
+
+
+def test_per_class_accuracy_agrees_with_R():
+    from cl.runner import build_scenario
+
+    log = ArtifactRunLog()
+    result = execute(config(), log)
+    C, counts = _class_matrix(log)
+    R = np.array(result.accuracy_matrix)
+    # each experience's accuracy is the sample-weighted mean over its classes, after every experience
+    for t, classes in enumerate(build_scenario(config().scenario).classes_per_experience):
+        for after in range(t, len(R)):
+            assert abs(_weighted(C[after], counts, classes) - R[after, t]) < 1e-6
+    assert "final/rare_acc" not in result.metrics      # no rare classes in a plain split
+
+
+def test_rare_class_stream_reports_rare_and_common_accuracy_now_and_when_learnt():
+    from cl.runner import build_scenario
+
+    log = ArtifactRunLog()
+    scenario = {"name": "rare_class_stream", "n_experiences": 2, "rare_classes": [1, 6], "rare_fraction": 0.05}
+    result = execute(config(scenario=scenario), log)
+    assert result.ok, result.reason
+    C, counts = _class_matrix(log)
+    common = [c for c in range(10) if c not in (1, 6)]
+    assert abs(result.metrics["final/rare_acc"] - _weighted(C[-1], counts, [1, 6])) < 1e-6
+    assert abs(result.metrics["final/common_acc"] - _weighted(C[-1], counts, common)) < 1e-6
+    taught = build_scenario(config(scenario=scenario).scenario).classes_per_experience
+    when = np.array([C[next(t for t, cs in enumerate(taught) if c in cs), c] for c in range(10)])
+    assert abs(result.metrics["final/rare_acc_when_learnt"] - _weighted(when, counts, [1, 6])) < 1e-6
+    assert log.params["scenario.resolved_rare_classes"] == "1,6"
