@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def parser(description: str, *, store: str, quick_help: str) -> argparse.ArgumentParser:
-    """--quick, --data-root, --workers, --tracking-uri (default: reports/<store>/mlflow.db)."""
+    """--quick, --data-root, --workers, --tracking-uri (default: reports/<store>/mlflow.db), --no-run."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help=quick_help)
     parser.add_argument("--data-root",
@@ -31,6 +31,8 @@ def parser(description: str, *, store: str, quick_help: str) -> argparse.Argumen
     parser.add_argument("--results", action=argparse.BooleanOptionalAction, default=True,
                         help="import benchmarks/results/<experiment>.jsonl first and rewrite it after "
                              "(never with --quick)")
+    parser.add_argument("--no-run", action="store_true",
+                        help="launch nothing: print the table from the runs already measured")
     return parser
 
 
@@ -50,6 +52,8 @@ def run_grid(spec: GridSpec, args: argparse.Namespace) -> list[Cell]:
     if keep_results and results.is_file():
         carried = import_runs(results, tracking_uri=args.tracking_uri)
         print(f"{results.relative_to(ROOT)}: {carried.imported} runs imported, {carried.skipped} already in the store")
+    if args.no_run:
+        return cells
     summary = launch(spec, cells, tracking_uri=args.tracking_uri, workers=args.workers)
     if keep_results:
         count = export_runs(spec.experiment_name, results, tracking_uri=args.tracking_uri)
