@@ -24,9 +24,11 @@ from benchmarks import gridbench  # noqa: E402
 from cl.analysis import load_runs  # noqa: E402
 from cl.config import set_dotted  # noqa: E402
 from cl.grid import GridSpec, load_grid  # noqa: E402
+from cl.reproductions import REPRODUCTIONS  # noqa: E402
 
 METHODS = ("scalearn", "scalearn_uniform", "scalearn_pp", "scalearn_uniform_pp", "fusion", "average", "adapter",
            "full")
+REPRODUCTION = next(r for r in REPRODUCTIONS if r.grid == "experiments/scalearn_glue.yaml")
 METRIC = {"rte": "acc", "mrpc": "F1", "stsb": "Pearson", "sst2": "acc", "cola": "MCC", "wnli": "acc"}
 
 
@@ -76,19 +78,14 @@ def main() -> None:
     print(f"(n = {runs.groupby(['target', 'method']).size().min()}–{runs.groupby(['target', 'method']).size().max()} "
           "seeds per cell; score × 100; transfer params exclude the task head)")
 
-    verdict = {}
-    if "fusion" in means:
-        for method in ("scalearn", "scalearn_uniform", "scalearn_pp", "scalearn_uniform_pp"):
-            if method in means:
-                gap = means[method] - means["fusion"]
-                share = params[method] / params["fusion"]
-                verdict[method] = gap >= 0
-                print(f"{method} vs fusion: {gap:+.2f} points with {100 * share:.3f}% of its transfer parameters")
-    matches = int(bool(verdict) and verdict.get("scalearn", False))
+    # the verdicts are the reproduction report's (cl.reproductions), so the two never disagree
+    claims = {c.claim.split(" ")[0]: c for c in REPRODUCTION.claims(runs)}
+    for method, claim in claims.items():
+        print(f"{'holds' if claim.holds else 'does not hold'}: {claim.claim} — {claim.ours}")
+    matches = int("scalearn" in claims and bool(claims["scalearn"].holds))
     print(f"RESULT scalearn_matches_fusion={matches} seeds={len(spec.seeds)} quick={int(args.quick)} "
           + json.dumps({**{f"avg_{k}": round(v, 2) for k, v in means.items()},
                         **{k: round(v, 2) for k, v in results.items()}}, separators=(",", ":")))
-
 
 if __name__ == "__main__":
     main()
