@@ -258,10 +258,13 @@ def fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-def extract(base: nn.Module, tuned: nn.Module) -> dict[str, torch.Tensor]:
-    """Δθ = θ_tuned − θ_base for every parameter that changed (fp32, on the CPU)."""
-    base_params = dict(base.named_parameters())
-    tuned_params = dict(tuned.named_parameters())
+def extract(base: nn.Module | Mapping[str, torch.Tensor], tuned: nn.Module | Mapping[str, torch.Tensor]
+            ) -> dict[str, torch.Tensor]:
+    """Δθ = θ_tuned − θ_base for every parameter that changed (fp32, on the CPU).
+
+    Either side may be a module or a name → tensor mapping (e.g. parameters cloned before training)."""
+    base_params = dict(base.named_parameters()) if isinstance(base, nn.Module) else dict(base)
+    tuned_params = dict(tuned.named_parameters()) if isinstance(tuned, nn.Module) else dict(tuned)
     if base_params.keys() != tuned_params.keys():
         missing = sorted(base_params.keys() ^ tuned_params.keys())[:5]
         raise SkillPackError(f"extract: base and tuned models have different parameters (e.g. {missing})")

@@ -194,12 +194,9 @@ def fine_tuned_delta(ctx: TransferContext, params, skill: str, model, tokenizer,
         on_epoch=lambda e, loss: ctx.runlog.log_metrics({f"sft/{skill}/loss": loss}, step=e))
     model.requires_grad_(False)
     tuned_acc = accuracy(model, tokenizer, test, params.max_new_tokens)
-    deltas = {}
+    deltas = sp.extract(original, model)
     with torch.no_grad():
         for name, param in model.named_parameters():
-            delta = param.detach() - original[name]
-            if delta.abs().max() > 0:
-                deltas[name] = delta.clone()
             param.copy_(original[name])                       # back to the base model
     with publish_directory(folder) as partial:
         save_file({k: v.contiguous() for k, v in deltas.items()}, str(partial / "delta.safetensors"))
