@@ -63,3 +63,20 @@ def publish_directory(path: Path) -> Iterator[Path]:
 def final_metric_names(metrics: Mapping[str, float]) -> dict[str, float]:
     """``acc`` → ``final/acc``; names with a namespace (``memory/…``, ``cost/…``) stay as they are."""
     return {(k if "/" in k else f"final/{k}"): float(v) for k, v in metrics.items()}
+
+
+@contextmanager
+def single_thread() -> Iterator[None]:
+    """Torch and BLAS/OpenMP on one thread while inside, for experiments whose models are tiny: on a shared
+    machine several threads per tiny op are slower (measured 3-5× for TimeTic's tables, ~30× per training step
+    of MemControl's smoke DDPM, on 2 busy cores)."""
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(1):
+            yield
+    finally:
+        torch.set_num_threads(before)

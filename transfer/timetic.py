@@ -70,7 +70,6 @@ import logging
 import os
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -79,27 +78,13 @@ import numpy as np
 import pandas as pd
 
 from cl.config import canonical_hash
-from cl.transfer_run import publish_directory
+from cl.transfer_run import publish_directory, single_thread
 
 log = logging.getLogger(__name__)
 
 FEATURE_SETS = ("full", "no_zero_shot", "meta", "entropy")
 
 
-@contextmanager
-def single_thread() -> Iterator[None]:
-    """Torch and BLAS/OpenMP on one thread while inside: the models and tables here are tiny, and on a
-    shared machine several threads per tiny op are slower (measured 3-5x on 2 busy cores)."""
-    import torch
-    from threadpoolctl import threadpool_limits
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(1):
-            yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # ============================================================================ entropy profile

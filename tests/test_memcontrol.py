@@ -1,0 +1,269 @@
+"""MemControl (transfer/memcontrol.py) and its diffusion objectives (transfer/diffusion.py).
+
+Real peft, real Optuna (SQLite storage in a temp dir), a real MLflow store; tiny models on digits.
+"""
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from transfer import diffusion as D
+from transfer.memcontrol import (Block, LoraOptions, MemControlSearch, MlflowTrialRecorder, apply_mask, choose,
+                                 pareto_indices)
+
+optuna = pytest.importorskip("optuna")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)            # tiny ops: one thread is much faster on a busy machine
+    yield
+    torch.set_num_threads(before)
+
+
+class Toy(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Sequential(nn.Linear(6, 5), nn.LayerNorm(5))
+        self.b = nn.Sequential(nn.Conv2d(2, 3, 3), nn.GroupNorm(1, 3))
+        self.n = nn.Sequential(nn.Linear(5, 5), nn.LayerNorm(5))
+        self.c = nn.Embedding(7, 4)
+        self.k = nn.Conv2d(3, 4, 3)
+        self.f = nn.Linear(4, 2)
+        self.head = nn.Linear(3, 3)          # in no block: never trains
+
+    def forward(self, x):
+        return self.a(x)
+
+
+TOY_BLOCKS = [Block("a", "a", "lora"), Block("b", "b", "bias"), Block("n", "n", "norm"),
+              Block("c", "c", "lora"), Block("k", "k", "lora"), Block("f", "f", "full")]
+# by hand, LoRA r = 2: Linear(6→5): A 2×6 + B 5×2; Embedding(7, 4): A 2×7 + B 4×2;
+# Conv2d(3→4, 3×3): A = Conv2d(3→2, 3×3) 2·3·9, B = Conv2d(2→4, 1×1) 4·2
+TOY_EXPECTED = {
+    "a": ({"a.0.lora_A.default.weight", "a.0.lora_B.default.weight"}, 12 + 10),
+    "b": ({"b.0.bias", "b.1.bias"}, 3 + 3),
+    "n": ({"n.1.weight", "n.1.bias"}, 5 + 5),
+    "c": ({"c.lora_embedding_A.default", "c.lora_embedding_B.default"}, 14 + 8),
+    "k": ({"k.lora_A.default.weight", "k.lora_B.default.weight"}, 54 + 8),
+    "f": ({"f.weight", "f.bias"}, 8 + 2),
+}
+
+
+def test_mask_maps_to_exactly_the_trainable_parameters():
+    for mask in itertools.product((0, 1), repeat=len(TOY_BLOCKS)):
+        torch.manual_seed(0)
+        model = apply_mask(Toy(), TOY_BLOCKS, mask, lora=LoraOptions(r=2, alpha=4))
+        trainable = {name: p.numel() for name, p in model.named_parameters() if p.requires_grad}
+        selected = [b.name for b, bit in zip(TOY_BLOCKS, mask) if bit]
+        assert set(trainable) == set().union(*(TOY_EXPECTED[n][0] for n in selected)), mask
+        assert sum(trainable.values()) == sum(TOY_EXPECTED[n][1] for n in selected), mask
+    x = torch.randn(3, 6)
+    torch.manual_seed(0)
+    plain = Toy()
+    torch.manual_seed(0)
+    adapted = apply_mask(Toy(), TOY_BLOCKS, (1, 0, 0, 0, 0, 0), lora=LoraOptions(r=2, alpha=4))
+    assert torch.allclose(adapted(x), plain(x))        # LoRA starts as the identity (B = 0)
+
+
+def test_mask_errors_name_the_problem():
+    with pytest.raises(ValueError, match="mask: 2 bits for 6 blocks"):
+        apply_mask(Toy(), TOY_BLOCKS, (1, 0))
+    with pytest.raises(ValueError, match="Block 'z': module 'zz' not found"):
+        apply_mask(Toy(), [Block("z", "zz")], (1,))
+    with pytest.raises(ValueError, match="recipe 'prefix' unknown"):
+        Block("z", "a", "prefix")
+
+
+def test_unet_blocks_cover_the_unet_apart_from_its_glue():
+    """Every U-Net parameter trains under full-recipe all-ones, except the label table, stem, resampling and output."""
+    model = D.TinyUNet(D.UNetConfig(image_size=8, channels=(8, 8, 16), emb_dim=16))
+    blocks = [Block(n, m, "full") for n, m in zip(D.TinyUNet.block_names, D.TinyUNet.block_modules)]
+    apply_mask(model, blocks, (1,) * len(blocks))
+    frozen = {n.split(".")[0] for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {"embed", "stem", "down0", "down1", "up1", "up0", "out_norm", "out"}
+    assert not any(p.requires_grad for p in model.embed.label.parameters())
+
+
+def _digits():
+    from cl.scenarios import image_tensors
+
+    x, y, _, _ = image_tensors("digits")
+    return D.to_model_range(x), y
+
+
+def test_noise_memorization_is_larger_for_a_model_overfit_to_repeated_images():
+    """Same init, same steps; the memorised images repeated ×32 vs. seen once (each with its own prompt)."""
+    x, y = _digits()
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
+    mem, other = order[:4], order[4:204]
+    prompts = 10 + torch.arange(4)
+    ddpm = D.DDPM(200)
+    config = D.UNetConfig(image_size=8, n_classes=14, channels=(8, 16, 16), emb_dim=32)
+    scores = {}
+    for name, repeats in {"repeated": 32, "once": 1}.items():
+        xs = torch.cat([x[other]] + [x[mem]] * repeats)
+        ys = torch.cat([y[other]] + [prompts] * repeats)
+        torch.manual_seed(0)
+        model = D.TinyUNet(config)
+        D.train_steps(model, ddpm, xs, ys, steps=250, lr=3e-3, batch_size=32, p_uncond=0.2,
+                      generator=torch.Generator().manual_seed(1), device="cpu")
+        scores[name] = D.noise_memorization(model, ddpm, x[mem], prompts, passes=8, seed=0)
+    assert scores["repeated"] > 1.2 * scores["once"], scores
+
+
+def test_fid_and_nearest_neighbour_measures():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(4000, 3))
+    b = rng.normal(size=(4000, 3)) + np.array([2.0, 0, 0])
+    assert D.frechet_distance(a, a) == pytest.approx(0, abs=1e-6)
+    assert D.frechet_distance(a, b) == pytest.approx(4.0, rel=0.05)      # ‖Δμ‖², equal covariances
+    train, heldout = torch.rand(20, 1, 8, 8), torch.rand(20, 1, 8, 8)
+    copies = train[:5] + 0.001 * torch.randn(5, 1, 8, 8)
+    assert D.nn_memorization(copies, train, heldout)[0] == 1.0
+    assert D.nn_memorization(torch.rand(50, 1, 8, 8), train, heldout)[0] < 0.1
+
+
+def test_prompt_labels_extend_the_table_and_keep_the_null_label():
+    model = D.TinyUNet(D.UNetConfig(image_size=8, channels=(8, 8, 16), emb_dim=16))
+    old = model.embed.label.weight.detach().clone()
+    D.add_prompt_labels(model, torch.tensor([3, 7]))
+    assert model.null_label == 12 and model.embed.label.weight.shape[0] == 13
+    assert torch.equal(model.embed.label.weight[:10], old[:10]) and torch.equal(model.embed.label.weight[12], old[10])
+    assert model(torch.zeros(2, 1, 8, 8), torch.tensor([5, 5]), torch.tensor([11, 12])).shape == (2, 1, 8, 8)
+
+
+# --------------------------------------------------------------------------- the search
+
+
+def _values(mem, quality):
+    return {"memorization": mem, "quality": quality}
+
+
+def _search(**kw):
+    blocks = [Block("a", "a", "lora"), Block("b", "b", "bias"), Block("f", "f", "full")]
+    defaults = dict(model=Toy, blocks=blocks, finetune=lambda m, lr: None,
+                    memorization=lambda m: 1.0, quality=lambda m: 1.0, lr_range=(1e-4, 1e-2))
+    return MemControlSearch(**{**defaults, **kw})
+
+
+def test_pareto_front_and_choice_on_hand_made_trials():
+    search = _search()
+    study = search.study()
+    dists = {"mask.a": optuna.distributions.IntDistribution(0, 1), "mask.b": optuna.distributions.IntDistribution(0, 1),
+             "mask.f": optuna.distributions.IntDistribution(0, 1),
+             "lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}
+    values = [(1.0, 5.0), (2.0, 3.0), (3.0, 1.0), (2.5, 3.5), (1.0, 6.0), (2.0, 3.0), (4.0, 1.0)]
+    params = [100, 100, 100, 100, 100, 50, 100]
+    for v, n in zip(values, params):
+        study.add_trial(optuna.trial.create_trial(params={"mask.a": 1, "mask.b": 0, "mask.f": 1, "lr": 1e-3},
+                                                  distributions=dists, values=list(v),
+                                                  user_attrs={"trainable_params": n}))
+    # 3 is dominated by 1, 4 by 0, 6 by 2; 1 and 5 are equal and both stay
+    assert pareto_indices(np.array(values)) == [0, 1, 2, 5]
+    result = search.result()
+    assert [p.number for p in result.front] == [0, 1, 2, 5]
+    assert {t.number for t in study.best_trials} == {0, 1, 2, 5}          # Optuna agrees
+    # utopia: normalised distances 1, √½, 1, √½ → the tie (1, 5) goes to fewer parameters
+    assert result.chosen.number == 5 and result.chosen_mask == {"a": 1, "b": 0, "f": 1}
+    assert choose(result.front, "quality_tolerance", tolerance=0.0).number == 2
+    assert choose(result.front, "quality_tolerance", tolerance=2.0).number == 5
+
+
+class _Budget:
+    """A cheap inner loop that still depends on the mask and the lr: one SGD step towards zero."""
+
+    def __init__(self, stop_after=None):
+        self.calls = 0
+        self.stop_after = stop_after
+
+    def finetune(self, model, lr):
+        self.calls += 1
+        if self.stop_after is not None and self.calls > self.stop_after:
+            raise KeyboardInterrupt          # the process is interrupted mid-search
+        params = [p for p in model.parameters() if p.requires_grad]
+        for p in params:
+            p.data.mul_(1 - 10 * lr)
+
+    @staticmethod
+    def memorization(model):
+        return float(sum(p.detach().abs().sum() for p in model.f.parameters()))
+
+    @staticmethod
+    def quality(model):
+        return float(sum(p.requires_grad for p in model.parameters())) + float(model.a[0].weight.detach().abs().sum())
+
+
+def test_a_resumed_study_continues_rather_than_restarts(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    first = _Budget(stop_after=3)
+
+    def make(budget, **kw):
+        return _search(finetune=budget.finetune, memorization=budget.memorization, quality=budget.quality,
+                       storage=storage, sampler="random", seed=0, **kw)
+
+    with pytest.raises(KeyboardInterrupt):
+        make(first).run(n_trials=6)
+    before = optuna.load_study(study_name="memcontrol", storage=storage).trials
+    completed = [t for t in before if t.state == optuna.trial.TrialState.COMPLETE]
+    assert 3 <= len(completed) < 6
+
+    second = _Budget()
+    result = make(second).run(n_trials=6)
+    after = optuna.load_study(study_name="memcontrol", storage=storage).trials
+    assert len(result.trials) == 6 and result.ran_now == 6 - len(completed)
+    assert second.calls <= 6 - len(completed)       # all-zero masks skip the fine-tuning
+    for old in completed:                           # the first trials are kept as they were
+        again = after[old.number]
+        assert again.params == old.params and again.values == old.values
+    new_lrs = {t.params["lr"] for t in after[len(before):]}
+    assert not new_lrs & {t.params["lr"] for t in before}          # not a replay of the first proposals
+    third = _Budget()
+    assert make(third).run(n_trials=6).ran_now == 0 and third.calls == 0
+    with pytest.raises(ValueError, match="storage: study 'memcontrol' .* searched blocks"):
+        _search(blocks=[Block("a", "a")], storage=storage).run(n_trials=6)
+
+
+def test_every_trial_is_an_mlflow_child_run(tmp_path):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("memcontrol-test", artifact_location=(tmp_path / "art").as_uri())
+    parent = client.create_run(experiment).info.run_id
+    budget = _Budget()
+    calls = {"n": 0}
+
+    def finetune(model, lr):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise FloatingPointError("diffusion loss became nan at step 3")
+        budget.finetune(model, lr)
+
+    search = _search(finetune=finetune, memorization=budget.memorization, quality=budget.quality,
+                     recorders=[MlflowTrialRecorder(client, parent)], sampler="nsga2", population_size=2, seed=1)
+    result = search.run(n_trials=3)
+    children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{parent}'")
+    finished = {int(r.data.params["trial"]): r for r in children if r.info.status == "FINISHED"}
+    failed = [r for r in children if r.info.status == "FAILED"]
+    assert calls["n"] >= 1 and len(failed) == 1 and result.failed == 1
+    assert "nan" in failed[0].data.tags["failure_reason"]
+    assert sorted(finished) == [p.number for p in result.trials]
+    for point in result.trials:
+        run = finished[point.number]
+        assert run.data.metrics["memorization"] == pytest.approx(point.values[0])
+        assert run.data.metrics["quality"] == pytest.approx(point.values[1])
+        assert run.data.params["mask"] == "".join(map(str, point.mask))
+        assert float(run.data.params["lr"]) == pytest.approx(point.lr)
+        assert run.data.metrics["trainable_params"] == point.trainable_params
+
+
+def test_search_rejects_bad_settings():
+    with pytest.raises(ValueError, match="lr_range: need 0 < low < high"):
+        _search(lr_range=(1e-2, 1e-4))
+    with pytest.raises(ValueError, match="sampler: 'cmaes' unknown"):
+        _search(sampler="cmaes")
+    with pytest.raises(ValueError, match="Block 'q': module 'q' not found"):
+        _search(blocks=[Block("q", "q")])
