@@ -29,9 +29,10 @@ from benchmarks import gridbench  # noqa: E402
 from cl.analysis import load_runs  # noqa: E402
 from cl.config import set_dotted  # noqa: E402
 from cl.grid import GridSpec, load_grid  # noqa: E402
+from cl.reproductions import REPRODUCTIONS  # noqa: E402
 
 METHODS = ("none", "full", "peft_all", "random", "memcontrol")
-COMPARABLE_FID = 1.10          # "comparable quality": FID at most 10% above full fine-tuning's
+REPRODUCTION = next(r for r in REPRODUCTIONS if r.grid == "experiments/memcontrol_mnist.yaml")
 QUICK = {"transfer.source_samples_per_class": 200, "transfer.target_samples_per_class": 20,
          "transfer.mem_images": 5, "transfer.repeats": 30, "transfer.pretrain_steps": 200,
          "transfer.classifier_samples_per_class": 200, "transfer.classifier_epochs": 1,
@@ -72,7 +73,7 @@ def main() -> None:
     runs = load_runs(spec.experiment_name, tracking_uri=args.tracking_uri, config_hashes=list(method_of))
     if runs.empty:
         print("no finished runs to report")
-        print(f"RESULT memcontrol_lower_mem_than_full=0 comparable_fid=0 seeds=0 quick={int(args.quick)} {{}}")
+        print(f"RESULT memcontrol_less_mem_at_comparable_fid=0 seeds=0 quick={int(args.quick)} {{}}")
         return
     runs["method"] = [method_of[h] for h in runs["config_hash"]]
 
@@ -101,21 +102,16 @@ def main() -> None:
           "0.5 × their nearest held-out image; NN ratio: median of that ratio, lower = closer to copies; "
           "% params of the U-Net, LoRA adapters counted)")
 
-    lower = comparable = 0
-    if "memcontrol" in summary and "full" in summary:
-        m, f = summary["memcontrol"], summary["full"]
-        lower = int(m["heldout_mem_pct"] < f["heldout_mem_pct"])
-        comparable = int(m["fid"] <= COMPARABLE_FID * f["fid"])
-        verdict = "holds" if lower and comparable else "does not hold"
-        print(f"{verdict}: MemControl's choice memorises less than full fine-tuning at comparable FID — held-out "
-              f"memorisation {m['heldout_mem_pct']:.1f}% vs {f['heldout_mem_pct']:.1f}%, FID {m['fid']:.2f} vs "
-              f"{f['fid']:.2f} (comparable: ≤ {COMPARABLE_FID:.2f}×), training {m['params_pct']:.2f}% of the "
-              f"parameters vs 100%")
-        if f["heldout_mem_pct"] == 0:
-            print("note: full fine-tuning memorised no image by the held-out measure here, so that comparison is "
-                  "uninformative (compare the NN ratios; raise train.epochs or transfer.repeats to provoke more)")
+    # the verdict is the reproduction report's (cl.reproductions), so the two never disagree
+    holds = 0
+    for claim in REPRODUCTION.claims(runs):
+        print(f"{'holds' if claim.holds else 'does not hold'}: {claim.claim} — {claim.ours}")
+        holds = int(bool(claim.holds))
+    if "full" in summary and summary["full"]["heldout_mem_pct"] == 0:
+        print("note: full fine-tuning memorised no image by the held-out measure here, so that comparison is "
+              "uninformative (compare the NN ratios; raise train.epochs or transfer.repeats to provoke more)")
     seeds = int(runs["seed"].nunique())
-    print(f"RESULT memcontrol_lower_mem_than_full={lower} comparable_fid={comparable} seeds={seeds} "
+    print(f"RESULT memcontrol_less_mem_at_comparable_fid={holds} seeds={seeds} "
           f"quick={int(args.quick)} "
           + json.dumps({f"{k}_{name}": round(v, 3) for k, d in summary.items() for name, v in d.items()},
                        separators=(",", ":")))

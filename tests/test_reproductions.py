@@ -39,6 +39,17 @@ def test_nmn_rare_class_claims_compare_sg_with_bp(gain, holds):
     assert claims["nmn_sg ≥ nmn_bp on all classes (rare_class_stream)"].holds is True
 
 
+@pytest.mark.parametrize("mem, fid, holds", [(0.10, 105.0, True), (0.10, 120.0, False), (0.30, 100.0, False)])
+def test_memcontrol_claim_needs_less_memorisation_and_comparable_fid(mem, fid, holds):
+    rep = next(r for r in REPRODUCTIONS if r.grid == "experiments/memcontrol_mnist.yaml")
+    rows = [{"method": "full", "seed": s, "final/heldout_mem_rate": 0.2, "final/fid": 100.0,
+             "final/trainable_pct": 100.0} for s in range(3)]
+    rows += [{"method": "memcontrol", "seed": s, "final/heldout_mem_rate": mem, "final/fid": fid,
+              "final/trainable_pct": 5.0} for s in range(3)]
+    (claim,) = rep.claims(pd.DataFrame(rows))
+    assert claim.holds is holds and f"{fid / 100:.2f}× full's" in claim.ours
+
+
 def test_every_reproduction_names_a_grid_that_expands():
     for rep in REPRODUCTIONS:
         cells = expand(load_grid(ROOT / rep.grid))
