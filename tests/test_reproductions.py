@@ -50,6 +50,16 @@ def test_memcontrol_claim_needs_less_memorisation_and_comparable_fid(mem, fid, h
     assert claim.holds is holds and f"{fid / 100:.2f}× full's" in claim.ours
 
 
+def test_timetic_claim_compares_with_the_zero_shot_score_and_names_the_learner():
+    rep = next(r for r in REPRODUCTIONS if r.grid == "experiments/timetic.yaml")
+    runs = pd.DataFrame([{"features": "full", "final/spearman": 0.40, "final/zero_shot_spearman": 0.32,
+                          "param.timetic.learner": "gp"},
+                         {"features": "meta", "final/spearman": 0.90, "final/zero_shot_spearman": 0.32,
+                          "param.timetic.learner": "gp"}])
+    (claim,) = rep.claims(runs)
+    assert claim.holds is True and claim.ours == "0.400 vs 0.320 (+25%; learner gp)"
+
+
 def test_every_reproduction_names_a_grid_that_expands():
     for rep in REPRODUCTIONS:
         cells = expand(load_grid(ROOT / rep.grid))
