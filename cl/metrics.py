@@ -68,12 +68,12 @@ def accuracy_when_learnt(class_R, test_counts, classes: Sequence[int],
     """Accuracy on `classes` right after the experience that taught each of them — learning, before forgetting.
 
     `class_R[t, c]` is the accuracy on class c after training experience t; weighted by test counts."""
-    class_R, counts = np.asarray(class_R, dtype=float), np.asarray(test_counts, dtype=float)
+    class_R = np.asarray(class_R, dtype=float)
     taught_at = {c: t for t, taught in enumerate(classes_per_experience) for c in taught}
-    index = [c for c in classes if counts[c] > 0]
-    if not index:
-        raise ValueError(f"no test samples of classes {list(classes)}")
-    return float(np.average([class_R[taught_at[c], c] for c in index], weights=counts[index]))
+    when_learnt = np.full(class_R.shape[1], np.nan)
+    for c in classes:
+        when_learnt[c] = class_R[taught_at[c], c]
+    return class_subset_accuracy(when_learnt, test_counts, classes)
 
 
 def average_incremental_accuracy(R, weights: Sequence[float] | None = None) -> float:

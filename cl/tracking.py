@@ -271,7 +271,9 @@ def make_logger_plugin(runlog: RunLog, *, test_sizes, classes_per_experience, ta
     Accuracy of test experience j is computed from the model's outputs on it during
     ``strategy.eval``; with ``task_aware`` (task-incremental scenarios) the prediction is
     restricted to that experience's classes (single-head model, task-aware inference).
-    Plugins that are `SecondPredictor`s get a matrix of their own (`extra[name].R`).
+    Plugins that are `SecondPredictor`s get a matrix of their own (`extra[name].R`). Per class, the
+    same evaluations fill `class_R[t, c]` (accuracy on class c after experience t), with
+    `class_test_counts`: what rare-class accuracy is computed from.
     """
     base = _plugin_base()
 
