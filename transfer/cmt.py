@@ -1,0 +1,597 @@
+"""CMT memory banks: continual knowledge learning for a *frozen* causal language model.
+
+Paper: Li, Sun, Hu, Hu, Zhang, "CMT: A Memory Compression Method for Continual Knowledge Learning
+of Large Language Models", AAAI 2025, arXiv 2412.07393. The paper has no public code; its closest
+predecessor with code is MAC — Tack et al., "Online Adaptation of Language Models with a Memory of
+Amortized Contexts" (github.com/jihoontack/MAC) — whose design fills the gaps. This is our own
+implementation of both descriptions; no code is copied.
+
+How it works (who each part comes from)
+---------------------------------------
+* **Frozen LM** (paper + MAC). The base LM's parameters never change: `CMT` sets
+  ``requires_grad=False`` on all of them, keeps the LM in eval mode even when the rest trains, and
+  only ever hands `trainable_parameters` to an optimiser. Knowledge enters through prefix
+  key/values only.
+* **Compressor** (paper: "compressed and stored"; MAC: an amortisation encoder turning each
+  document into a fixed number K of memory vectors — 12 for DistilGPT2, 24 for Llama — via
+  per-token MLPs over the outputs of a T5 decoder run on K learnable prompts). Ours:
+  `Compressor` = any Hugging Face encoder (all-MiniLM-L6-v2 or a tiny random BERT in tests) +
+  K learnable soft tokens that cross-attend to the encoder states (one pre-norm cross-attention
+  block, key padding masked) + MAC's per-token MLPs (LayerNorm → Linear → tanh → Linear, with a
+  linear skip) into the LM's hidden size D → K memory vectors per document.
+* **Memory bank** (paper + MAC: memories are *stored*, the bank only grows while streaming; MAC
+  keeps it as a tensor in RAM). Ours: `MemoryBank` is append-only (no update or delete API), holds
+  detached tensors + document ids, and saves as ``memory.safetensors`` + ``manifest.json``.
+  Writing (`CMT.write`) runs under ``torch.no_grad`` in eval mode: streaming never updates any
+  parameter.
+* **Question encoder + aggregator** (MAC). A second `Compressor` of the same shape (MAC: its own
+  T5 encoder; ``share_encoder=True`` shares the encoder weights, soft tokens and MLPs stay
+  separate) turns the question into K condition vectors; ``num_aggregator_blocks`` pre-norm
+  cross-attention blocks (MAC's ``CrossAttentionBlock``: attention + feed-forward) let them attend
+  to the memory tokens; the K outputs are the aggregated memory. No positional encoding over the
+  bank, so aggregation is invariant to the order of its entries.
+* **Scorer + top-k aggregation** (paper's technique; the mechanism is our reading). Each bank
+  entry is scored against the question: cosine similarity of linear projections of the mean
+  condition vector and of the entry's mean memory vector, divided by ``temperature``. Only the
+  top ``top_k`` entries go into the aggregator (``top_k=None`` or k ≥ bank size = MAC's full
+  aggregation, exactly). Selection is hard; the scorer learns from the self-matching term.
+* **Prefix generator** (MAC, P-tuning-v2 style). The K aggregated vectors are spread over
+  S = 2·L·P slots as MAC does (token i fills ⌈S/K⌉ or ⌊S/K⌋ consecutive slots), pass a feed-forward
+  block, and become, for each of the L layers, P prefix keys and P prefix values of shape
+  (batch, kv_heads, P, head_dim), handed to the LM as a ``DynamicCache`` (the installed transformers
+  5.24 names the forward argument ``cache`` and deprecates ``past_key_values``; `lm_forward` checks
+  the signature and uses whichever exists). The attention mask is extended by P ones. Prefix keys
+  carry no rotary rotation, so attention to them depends on the query's absolute position: real
+  tokens are numbered P, P+1, … whatever their left padding, identically in training and decoding.
+* **Loss** (``qa_weight``, ``self_match_weight``, ``memory_aware_weight``; weight 0 switches a
+  term off for ablations):
+  - QA loss (MAC's only loss): LM cross-entropy of the answer tokens given the question, with the
+    prefix made from the (top-k) aggregation over the *batch's* documents as the bank (MAC trains
+    with the batch as the bank too);
+  - self-matching (paper's technique; ours as a term): cross-entropy over the scores of every
+    question against the batch's documents with its own document as the target — an InfoNCE term
+    that is lowest when the true document ranks first;
+  - memory-aware objective (paper's technique; ours as a term): LM cross-entropy of each
+    document's own tokens with a prefix made directly from that document's K memory vectors —
+    memory must be able to reproduce its document.
+* **Answering** (MAC): greedy decoding of ``max_new_tokens`` tokens behind the prefix (our own
+  loop over the cache; MAC calls ``generate``), scored by SQuAD EM/F1 (`transfer.cmt_metrics`).
+
+Deviations (ours) — to know before reading results
+-------------------------------------------------
+* Compressor: soft tokens + one cross-attention pooling block on an encoder, not MAC's T5
+  encoder–decoder run on learnable prompts; the encoder is MiniLM (or the tests' tiny BERT), not T5.
+* Prefix generator: one *shared* feed-forward block + learned slot embeddings + a projection to
+  the key/value width (needed for grouped-query attention, e.g. SmolLM2's 3 KV heads), instead of
+  MAC's one MLP per slot (which would be ~10⁸ parameters for SmolLM2's 30 layers).
+* No hierarchical (chunked) aggregation of large banks: top-k bounds the aggregator's input, so
+  the bank size no longer matters for memory (MAC needs chunks for full aggregation of big banks).
+* Scorer form, the self-matching and memory-aware terms' exact form, and the hard top-k are our
+  reading of the paper's abstract (it names the techniques; the formulas are not public).
+* EM is SQuAD's official full match by default; MAC's prefix match is available
+  (`transfer.cmt_metrics.exact_match(prefix=True)`).
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from transfer.cmt_data import CMTBatch
+
+log = logging.getLogger(__name__)
+BANK_FORMAT = "clsuite-cmt-memory-bank"
+BANK_VERSION = 1
+BANK_TENSORS = "memory.safetensors"
+BANK_MANIFEST = "manifest.json"
+
+
+# --------------------------------------------------------------------------- configuration
+
+@dataclass(frozen=True)
+class CMTConfig:
+    """Hyper-parameters of the CMT memory model; validated at construction."""
+    num_memory_tokens: int = 12       # K memory vectors per document (MAC: 12 DistilGPT2, 24 Llama)
+    prefix_length: int = 2            # P prefix key/values per LM layer (MAC: layer_num_virtual_tokens)
+    num_heads: int = 4                # heads of the pooling / aggregation cross-attention
+    num_aggregator_blocks: int = 2    # cross-attention blocks of the aggregator (MAC: config value)
+    ff_hidden: int = 768              # feed-forward width in blocks and prefix generator (MAC: 768)
+    top_k: int | None = 4             # bank entries aggregated per question; None = all (MAC)
+    temperature: float = 0.1          # scorer temperature
+    qa_weight: float = 1.0            # QA loss weight (0 switches it off)
+    self_match_weight: float = 1.0    # self-matching weight (0 switches it off)
+    memory_aware_weight: float = 1.0  # memory-aware reconstruction weight (0 switches it off)
+    share_encoder: bool = False       # question encoder shares the document encoder's weights
+    train_encoder: bool = True        # fine-tune the encoder(s) (MAC trains its T5)
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        for name in ("num_memory_tokens", "prefix_length", "num_heads", "num_aggregator_blocks", "ff_hidden"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"CMTConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.top_k is not None and self.top_k < 1:
+            raise ValueError(f"CMTConfig.top_k must be >= 1 or None (full aggregation), got {self.top_k}")
+        if self.temperature <= 0:
+            raise ValueError(f"CMTConfig.temperature must be > 0, got {self.temperature}")
+        weights = {n: getattr(self, n) for n in ("qa_weight", "self_match_weight", "memory_aware_weight")}
+        for name, value in weights.items():
+            if value < 0:
+                raise ValueError(f"CMTConfig.{name} must be >= 0 (0 switches the term off), got {value}")
+        if not any(weights.values()):
+            raise ValueError("CMTConfig: qa_weight, self_match_weight and memory_aware_weight are all 0; "
+                             "switch at least one loss term on")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"CMTConfig.dropout must be in [0, 1), got {self.dropout}")
+
+
+# --------------------------------------------------------------------------- building blocks
+
+class MLP(nn.Module):
+    """MAC's per-token MLP: LayerNorm → Linear → tanh → Linear, plus a linear (or identity) skip."""
+
+    def __init__(self, dim_in: int, dim_out: int):
+        super().__init__()
+        self.skip = nn.Identity() if dim_in == dim_out else nn.Linear(dim_in, dim_out)
+        self.net = nn.Sequential(nn.LayerNorm(dim_in), nn.Linear(dim_in, dim_out), nn.Tanh(),
+                                 nn.Linear(dim_out, dim_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.skip(x) + self.net(x)
+
+
+class FeedForward(nn.Module):
+    """Pre-norm residual feed-forward: x + W2 GELU(W1 LN(x))."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.0):
+        super().__init__()
+        self.net = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout),
+                                 nn.Linear(hidden, dim), nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.net(x)
+
+
+class CrossAttentionBlock(nn.Module):
+    """Pre-norm cross-attention (queries ``x`` over ``context``) + feed-forward, both residual."""
+
+    def __init__(self, dim: int, num_heads: int, ff_hidden: int, dropout: float = 0.0):
+        super().__init__()
+        self.norm_q = nn.LayerNorm(dim)
+        self.norm_kv = nn.LayerNorm(dim)
+        self.attention = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
+        self.ff = FeedForward(dim, ff_hidden, dropout)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None):
+        """``context_mask``: (B, M) with 1 for real tokens (as a Hugging Face attention mask)."""
+        kv = self.norm_kv(context)
+        padding = None if context_mask is None else context_mask == 0
+        attended, _ = self.attention(self.norm_q(x), kv, kv, key_padding_mask=padding, need_weights=False)
+        return self.ff(x + attended)
+
+
+class Compressor(nn.Module):
+    """Encoder + K learnable soft tokens pooled by cross-attention → K vectors of width ``dim``.
+
+    Used twice: for documents (the memory vectors) and for questions (the aggregator's condition).
+    """
+
+    def __init__(self, encoder: nn.Module, *, num_tokens: int, dim: int, num_heads: int, ff_hidden: int,
+                 dropout: float = 0.0):
+        super().__init__()
+        enc_dim = _encoder_width(encoder)
+        if enc_dim % num_heads:
+            raise ValueError(f"CMTConfig.num_heads={num_heads} must divide the encoder's hidden size {enc_dim}")
+        self.encoder = encoder
+        self.soft_tokens = nn.Parameter(torch.randn(num_tokens, enc_dim) * 0.02)
+        self.pool = CrossAttentionBlock(enc_dim, num_heads, ff_hidden, dropout)
+        self.mlps = nn.ModuleList(MLP(enc_dim, dim) for _ in range(num_tokens))   # MAC: one per token
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        queries = self.soft_tokens.unsqueeze(0).expand(hidden.shape[0], -1, -1)
+        pooled = self.pool(queries, hidden, attention_mask)
+        return torch.stack([mlp(pooled[:, i]) for i, mlp in enumerate(self.mlps)], dim=1)
+
+
+def _encoder_width(encoder: nn.Module) -> int:
+    config = getattr(encoder, "config", None)
+    width = getattr(config, "hidden_size", None) or getattr(config, "d_model", None)
+    if not width:
+        raise TypeError(f"{type(encoder).__name__}: the memory encoder must be a Hugging Face encoder whose "
+                        "config has hidden_size (e.g. BertModel / all-MiniLM-L6-v2)")
+    return int(width)
+
+
+class Scorer(nn.Module):
+    """score(question, entry) = cos(Wq·mean(condition), Wm·mean(memory)) / temperature."""
+
+    def __init__(self, dim: int, temperature: float):
+        super().__init__()
+        self.question = nn.Linear(dim, dim)
+        self.memory = nn.Linear(dim, dim)
+        self.temperature = temperature
+
+    def forward(self, condition: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        """condition (Q, K, D), memory (N, K, D) → scores (Q, N)."""
+        q = F.normalize(self.question(condition.mean(1)), dim=-1)
+        m = F.normalize(self.memory(memory.mean(1)), dim=-1)
+        return q @ m.T / self.temperature
+
+
+class PrefixGenerator(nn.Module):
+    """K aggregated vectors → per-layer prefix (key, value), each (B, kv_heads, P, head_dim)."""
+
+    def __init__(self, *, dim: int, num_tokens: int, num_layers: int, prefix_length: int, kv_heads: int,
+                 head_dim: int, ff_hidden: int, dropout: float = 0.0):
+        super().__init__()
+        self.num_layers, self.prefix_length = num_layers, prefix_length
+        self.kv_heads, self.head_dim = kv_heads, head_dim
+        slots = 2 * num_layers * prefix_length
+        # MAC's spreading: token i fills ⌈S/K⌉ (first S mod K tokens) or ⌊S/K⌋ consecutive slots
+        counts = torch.full((num_tokens,), slots // num_tokens, dtype=torch.long)
+        counts[: slots % num_tokens] += 1
+        self.register_buffer("slot_source", torch.repeat_interleave(torch.arange(num_tokens), counts),
+                             persistent=False)
+        self.slot_embedding = nn.Parameter(torch.zeros(slots, dim))
+        self.ff = FeedForward(dim, ff_hidden, dropout)
+        self.out = nn.Linear(dim, kv_heads * head_dim)
+        nn.init.normal_(self.out.weight, std=0.02)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, aggregated: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        b = aggregated.shape[0]
+        slots = self.out(self.ff(aggregated[:, self.slot_source] + self.slot_embedding))    # (B, S, kvh·hd)
+        kv = slots.view(b, self.prefix_length, 2 * self.num_layers, self.kv_heads, self.head_dim)
+        kv = kv.permute(2, 0, 3, 1, 4)                                    # (2L, B, kvh, P, hd)
+        return [(kv[2 * layer], kv[2 * layer + 1]) for layer in range(self.num_layers)]
+
+
+# --------------------------------------------------------------------------- frozen LM with a prefix
+
+def _cache_keyword(lm: nn.Module) -> str:
+    params = inspect.signature(lm.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _prefix_cache(lm: nn.Module, prefix: Sequence[tuple[torch.Tensor, torch.Tensor]] | None):
+    from transformers import DynamicCache
+
+    if prefix is None:
+        return DynamicCache(config=lm.config)
+    return DynamicCache([(k, v) for k, v in prefix], config=lm.config)
+
+
+def lm_forward(lm: nn.Module, prefix: Sequence[tuple[torch.Tensor, torch.Tensor]] | None,
+               input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None):
+    """Run the frozen causal LM behind per-layer prefix key/values (or none).
+
+    Rows are left padded; positions count real tokens and start after the prefix (the causal mask
+    is built from the cache length, so explicit positions do not shift it).
+    """
+    p = 0 if prefix is None else prefix[0][0].shape[2]
+    mask = torch.cat([attention_mask.new_ones(attention_mask.shape[0], p), attention_mask], dim=1)
+    positions = p + (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    return lm(input_ids=input_ids, attention_mask=mask, position_ids=positions, labels=labels,
+              use_cache=True, **{_cache_keyword(lm): _prefix_cache(lm, prefix)})
+
+
+@torch.no_grad()
+def greedy_generate(lm: nn.Module, prefix, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
+                    max_new_tokens: int, eos_token_id: int) -> list[list[int]]:
+    """Greedy decoding behind a prefix; each row's new tokens, cut before its first end-of-sequence."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    p = 0 if prefix is None else prefix[0][0].shape[2]
+    cache = _prefix_cache(lm, prefix)
+    mask = torch.cat([attention_mask.new_ones(attention_mask.shape[0], p), attention_mask], dim=1)
+    positions = p + (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    keyword = _cache_keyword(lm)
+    logits = lm(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                **{keyword: cache}).logits[:, -1]
+    rows: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
+    done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+    positions = positions[:, -1:]
+    for step in range(max_new_tokens):
+        token = logits.argmax(-1)
+        done_before = done.clone()
+        done |= token == eos_token_id
+        for i in range(len(rows)):
+            if not done[i]:
+                rows[i].append(int(token[i]))
+        if bool(done.all()) or step == max_new_tokens - 1:
+            break
+        token = torch.where(done_before, torch.full_like(token, eos_token_id), token)
+        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
+        positions = positions + 1
+        logits = lm(input_ids=token[:, None], attention_mask=mask, position_ids=positions, use_cache=True,
+                    **{keyword: cache}).logits[:, -1]
+    return rows
+
+
+# --------------------------------------------------------------------------- memory bank
+
+class MemoryBank:
+    """Append-only store of K memory vectors per document, with the documents' ids.
+
+    Entries are detached copies (no autograd history, no gradient ever reaches them); there is no
+    API to change or remove one. ``save``/``load`` write ``memory.safetensors`` + ``manifest.json``.
+    """
+
+    def __init__(self, num_tokens: int, dim: int, *, dtype: torch.dtype = torch.float32):
+        if num_tokens < 1 or dim < 1:
+            raise ValueError(f"MemoryBank: num_tokens and dim must be >= 1, got {num_tokens}, {dim}")
+        self.num_tokens, self.dim, self.dtype = int(num_tokens), int(dim), dtype
+        self._chunks: list[torch.Tensor] = []
+        self._joined: torch.Tensor | None = torch.empty(0, num_tokens, dim, dtype=dtype)
+        self._doc_ids: list[str] = []
+        self._known: set[str] = set()
+
+    def __len__(self) -> int:
+        return len(self._doc_ids)
+
+    @property
+    def doc_ids(self) -> tuple[str, ...]:
+        return tuple(self._doc_ids)
+
+    @property
+    def memory(self) -> torch.Tensor:
+        """All entries, (N, K, D), in arrival order (a shared tensor: do not modify it)."""
+        if self._joined is None:
+            self._joined = torch.cat(self._chunks) if len(self._chunks) > 1 else self._chunks[0]
+            self._chunks = [self._joined]
+        return self._joined
+
+    @property
+    def bytes_per_document(self) -> int:
+        return self.num_tokens * self.dim * torch.tensor([], dtype=self.dtype).element_size()
+
+    @property
+    def nbytes(self) -> int:
+        return len(self) * self.bytes_per_document
+
+    def append(self, doc_ids: Sequence[str], memory: torch.Tensor) -> None:
+        """Add one entry per document id; ``memory`` is (len(doc_ids), K, D)."""
+        doc_ids = [str(d) for d in doc_ids]
+        if memory.dim() != 3 or memory.shape[1:] != (self.num_tokens, self.dim):
+            raise ValueError(f"MemoryBank.append: memory must be (N, {self.num_tokens}, {self.dim}), "
+                             f"got {tuple(memory.shape)}")
+        if memory.shape[0] != len(doc_ids):
+            raise ValueError(f"MemoryBank.append: {memory.shape[0]} memories but {len(doc_ids)} doc_ids")
+        repeated = [d for d in doc_ids if d in self._known] or \
+            [d for i, d in enumerate(doc_ids) if d in doc_ids[:i]]
+        if repeated:
+            raise ValueError(f"MemoryBank.append: document id(s) {repeated[:3]} already stored; the bank is "
+                             "append-only and ids must be unique")
+        with torch.no_grad():
+            self._chunks.append(memory.detach().to(device="cpu", dtype=self.dtype).clone())
+        self._joined = None
+        self._doc_ids.extend(doc_ids)
+        self._known.update(doc_ids)
+
+    def save(self, directory: str | Path) -> Path:
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file({"memory": self.memory.contiguous()}, str(directory / BANK_TENSORS),
+                  metadata={"format": BANK_FORMAT, "version": str(BANK_VERSION)})
+        manifest = {"format": BANK_FORMAT, "version": BANK_VERSION, "num_tokens": self.num_tokens,
+                    "dim": self.dim, "dtype": str(self.dtype).removeprefix("torch."), "size": len(self),
+                    "doc_ids": self._doc_ids}
+        (directory / BANK_MANIFEST).write_text(json.dumps(manifest, indent=1))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path) -> MemoryBank:
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        manifest_path = directory / BANK_MANIFEST
+        if not manifest_path.is_file():
+            raise FileNotFoundError(f"{manifest_path}: no memory-bank manifest; save a bank with MemoryBank.save")
+        manifest = json.loads(manifest_path.read_text())
+        if manifest.get("format") != BANK_FORMAT or manifest.get("version") != BANK_VERSION:
+            raise ValueError(f"{manifest_path}: format {manifest.get('format')!r} v{manifest.get('version')} "
+                             f"is not {BANK_FORMAT!r} v{BANK_VERSION}")
+        dtype = getattr(torch, manifest["dtype"])
+        bank = cls(manifest["num_tokens"], manifest["dim"], dtype=dtype)
+        memory = load_file(str(directory / BANK_TENSORS))["memory"]
+        if memory.shape != (manifest["size"], manifest["num_tokens"], manifest["dim"]) or memory.dtype != dtype:
+            raise ValueError(f"{directory / BANK_TENSORS}: tensor {tuple(memory.shape)} {memory.dtype} does not "
+                             f"match the manifest ({manifest['size']}, {manifest['num_tokens']}, "
+                             f"{manifest['dim']}) {dtype}")
+        if len(manifest["doc_ids"]) != manifest["size"]:
+            raise ValueError(f"{manifest_path}: {len(manifest['doc_ids'])} doc_ids for size {manifest['size']}")
+        if manifest["size"]:
+            bank.append(manifest["doc_ids"], memory)
+        return bank
+
+
+# --------------------------------------------------------------------------- losses (pure functions)
+
+def self_matching_loss(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """InfoNCE over documents: mean_q [ logsumexp_n s[q, n] − s[q, target_q] ].
+
+    For a fixed set of scores it is lowest when the true document holds the highest score (ranks
+    first) and grows as it ranks lower.
+    """
+    return F.cross_entropy(scores, target)
+
+
+def select_top_k(scores: torch.Tensor, memory: torch.Tensor, k: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per question, the memory tokens of its k best-scoring entries: (Q, k·K, D), and their indices (Q, k).
+
+    ``k=None`` or k ≥ N gives every entry (full aggregation), in score order.
+    """
+    n, num_tokens, dim = memory.shape
+    if scores.shape[1] != n:
+        raise ValueError(f"select_top_k: scores cover {scores.shape[1]} entries, the memory holds {n}")
+    k = n if k is None else min(k, n)
+    index = scores.topk(k, dim=1).indices                                  # (Q, k)
+    chosen = memory[index]                                                 # (Q, k, K, D)
+    return chosen.reshape(scores.shape[0], k * num_tokens, dim), index
+
+
+# --------------------------------------------------------------------------- the model
+
+class CMT(nn.Module):
+    """Compressor, question encoder, scorer, aggregator and prefix generator around a frozen LM."""
+
+    def __init__(self, lm: nn.Module, encoder: nn.Module, config: CMTConfig | None = None, *,
+                 question_encoder: nn.Module | None = None):
+        super().__init__()
+        self.config = config = config or CMTConfig()
+        lm_config = lm.config
+        dim = int(lm_config.hidden_size)
+        heads = int(lm_config.num_attention_heads)
+        kv_heads = int(getattr(lm_config, "num_key_value_heads", None) or heads)
+        head_dim = int(getattr(lm_config, "head_dim", None) or dim // heads)
+        if dim % config.num_heads:
+            raise ValueError(f"CMTConfig.num_heads={config.num_heads} must divide the LM hidden size {dim}")
+        self.lm = lm
+        for p in self.lm.parameters():
+            p.requires_grad_(False)
+        self.lm.eval()
+        if question_encoder is None:
+            question_encoder = encoder if config.share_encoder else copy.deepcopy(encoder)
+        if not config.train_encoder:
+            for module in (encoder, question_encoder):
+                for p in module.parameters():
+                    p.requires_grad_(False)
+        shape = dict(num_tokens=config.num_memory_tokens, dim=dim, num_heads=config.num_heads,
+                     ff_hidden=config.ff_hidden, dropout=config.dropout)
+        self.compressor = Compressor(encoder, **shape)
+        self.question_encoder = Compressor(question_encoder, **shape)
+        self.scorer = Scorer(dim, config.temperature)
+        self.aggregator = nn.ModuleList(CrossAttentionBlock(dim, config.num_heads, config.ff_hidden, config.dropout)
+                                        for _ in range(config.num_aggregator_blocks))
+        self.prefix = PrefixGenerator(dim=dim, num_tokens=config.num_memory_tokens,
+                                      num_layers=int(lm_config.num_hidden_layers),
+                                      prefix_length=config.prefix_length, kv_heads=kv_heads, head_dim=head_dim,
+                                      ff_hidden=config.ff_hidden, dropout=config.dropout)
+        self.memory_dim = dim
+
+    # -- modes and parameters
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.lm.eval()               # the frozen LM never drops out
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        lm_ids = {id(p) for p in self.lm.parameters()}
+        return [p for p in self.parameters() if p.requires_grad and id(p) not in lm_ids]
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Everything but the frozen LM (what a CMT checkpoint needs to store)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("lm.")}
+
+    def new_bank(self) -> MemoryBank:
+        return MemoryBank(self.config.num_memory_tokens, self.memory_dim)
+
+    # -- the pieces
+    def compress(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Documents → memory (B, K, D)."""
+        return self.compressor(input_ids, attention_mask)
+
+    def condition(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Questions → aggregator queries (Q, K, D)."""
+        return self.question_encoder(input_ids, attention_mask)
+
+    def aggregate(self, condition: torch.Tensor, memory: torch.Tensor, *, top_k: int | None = -1):
+        """(aggregated (Q, K, D), scores (Q, N), chosen indices (Q, k)); ``top_k=-1`` uses the config's."""
+        if memory.shape[0] == 0:
+            raise ValueError("CMT.aggregate: the memory bank is empty; write documents before asking questions")
+        k = self.config.top_k if top_k == -1 else top_k
+        scores = self.scorer(condition, memory)
+        context, index = select_top_k(scores, memory, k)
+        out = condition
+        for block in self.aggregator:
+            out = block(out, context)
+        return out, scores, index
+
+    # -- training
+    def losses(self, batch: CMTBatch) -> dict[str, torch.Tensor]:
+        """The weighted loss terms on one batch (its documents are the bank) and their sum ``total``."""
+        cfg = self.config
+        memory = self.compress(batch.doc_enc_ids, batch.doc_enc_mask)               # (B, K, D)
+        terms: dict[str, torch.Tensor] = {}
+        if cfg.qa_weight or cfg.self_match_weight:
+            condition = self.condition(batch.q_enc_ids, batch.q_enc_mask)          # (Q, K, D)
+            if cfg.qa_weight:
+                aggregated, scores, _ = self.aggregate(condition, memory)
+                out = lm_forward(self.lm, self.prefix(aggregated), batch.qa_lm_ids, batch.qa_lm_mask,
+                                    batch.qa_lm_labels)
+                terms["qa"] = out.loss
+            else:
+                scores = self.scorer(condition, memory)
+            if cfg.self_match_weight:
+                terms["self_match"] = self_matching_loss(scores, batch.doc_index)
+        if cfg.memory_aware_weight:
+            out = lm_forward(self.lm, self.prefix(memory), batch.doc_lm_ids, batch.doc_lm_mask,
+                                batch.doc_lm_labels)
+            terms["memory_aware"] = out.loss
+        weights = {"qa": cfg.qa_weight, "self_match": cfg.self_match_weight, "memory_aware": cfg.memory_aware_weight}
+        terms["total"] = sum(weights[name] * value for name, value in terms.items())
+        return terms
+
+    # -- streaming and answering
+    @torch.no_grad()
+    def write(self, bank: MemoryBank, batch: CMTBatch) -> None:
+        """Compress the batch's documents into ``bank`` — inference only, no parameter changes."""
+        was_training = self.training
+        self.eval()
+        try:
+            bank.append(batch.doc_ids, self.compress(batch.doc_enc_ids, batch.doc_enc_mask))
+        finally:
+            self.train(was_training)
+
+    @torch.no_grad()
+    def answer(self, bank: MemoryBank, batch: CMTBatch, tokenizer, *, max_new_tokens: int = 16,
+               top_k: int | None = -1) -> list[str]:
+        """Greedy answers to the batch's questions from the bank (``top_k=-1``: the config's k)."""
+        from transfer.cmt_data import lm_special_ids
+
+        was_training = self.training
+        self.eval()
+        try:
+            device = next(self.scorer.parameters()).device
+            batch = batch.to(device)
+            aggregated, _, _ = self.aggregate(self.condition(batch.q_enc_ids, batch.q_enc_mask),
+                                              bank.memory.to(device), top_k=top_k)
+            eos, _ = lm_special_ids(tokenizer)
+            rows = greedy_generate(self.lm, self.prefix(aggregated), batch.prompt_lm_ids, batch.prompt_lm_mask,
+                                   max_new_tokens=max_new_tokens, eos_token_id=eos)
+        finally:
+            self.train(was_training)
+        return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in rows]
+
+
+def train_steps(model: CMT, batches: Iterable[CMTBatch], optimizer: torch.optim.Optimizer, *,
+                max_grad_norm: float | None = 1.0) -> list[dict[str, float]]:
+    """One optimiser step per batch on the weighted loss; returns each step's terms as floats."""
+    model.train()
+    history = []
+    for batch in batches:
+        terms = model.losses(batch)
+        optimizer.zero_grad(set_to_none=True)
+        terms["total"].backward()
+        if max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(model.trainable_parameters(), max_grad_norm)
+        optimizer.step()
+        history.append({name: float(value.detach()) for name, value in terms.items()})
+    return history
+
+
+def make_optimizer(model: CMT, lr: float = 1e-4, weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters only (the frozen LM is never given to the optimiser)."""
+    if lr <= 0:
+        raise ValueError(f"lr must be > 0, got {lr}")
+    return torch.optim.AdamW(model.trainable_parameters(), lr=lr, weight_decay=weight_decay)

@@ -1,0 +1,208 @@
+"""Data for CMT: a synthetic stream of facts about invented entities, and batch collation.
+
+Ours (the paper evaluates on StreamingQA, SQuAD and ArchivalQA; this generator is for controlled
+tests and quick runs, like StreamingQA's setting of documents that arrive over time and questions
+asked later):
+
+* `synthetic_facts` — documents, each about one invented entity (a name built from random
+  syllables), stating ``facts_per_document`` facts drawn from four kinds: birthplace (an invented
+  town), founding year (a random year), occupation (a list of 24), closest friend (another
+  invented name). Every question asks for one stated fact; invented names and random years make
+  the answer unguessable without the document (occupations are 1-in-24 at chance). Names are
+  unique across the stream, so each question has exactly one source document.
+* `stream_batches` — the documents in arrival order, cut into batches of documents.
+* `word_tokenizer` — a word-level `transformers` fast tokenizer built from a corpus (tests and
+  quick runs with tiny random models; no downloads).
+* `collate` — tokenises a batch of documents and their questions for both the memory encoder's
+  tokenizer and the frozen LM's tokenizer (`CMTBatch`). LM-side rows are left padded (generation
+  needs it); QA labels cover the answer and the end-of-sequence token only; document labels cover
+  every document token (for the memory-aware term).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+QUESTION_TEMPLATE = "Question: {question}\nAnswer:"
+_ONSETS = ("b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "dr", "kr", "th", "qu", "sh")
+_VOWELS = ("a", "e", "i", "o", "u", "ae", "io", "ou")
+_CODAS = ("", "", "n", "r", "l", "s", "th", "nd", "x")
+OCCUPATIONS = ("glassmaker", "astronomer", "beekeeper", "cartographer", "blacksmith", "violinist", "tailor",
+               "lighthouse keeper", "botanist", "clockmaker", "fisher", "weaver", "potter", "librarian",
+               "brewer", "shipwright", "falconer", "surveyor", "printer", "chemist", "archivist", "sculptor",
+               "miner", "engraver")
+
+
+@dataclass(frozen=True)
+class QA:
+    question: str
+    answer: str
+    doc_id: str
+
+
+@dataclass(frozen=True)
+class Document:
+    doc_id: str
+    text: str
+    qas: tuple[QA, ...]
+
+
+def _word(rng: np.random.Generator, syllables: int) -> str:
+    parts = [str(rng.choice(_ONSETS)) + str(rng.choice(_VOWELS)) + str(rng.choice(_CODAS))
+             for _ in range(syllables)]
+    return "".join(parts).capitalize()
+
+
+def _fresh(rng: np.random.Generator, used: set[str], syllables: int) -> str:
+    for _ in range(10_000):
+        word = _word(rng, syllables)
+        if word not in used:
+            used.add(word)
+            return word
+    raise RuntimeError("synthetic_facts: ran out of unique invented names; lower n_documents")
+
+
+def synthetic_facts(n_documents: int, *, seed: int = 0, facts_per_document: int = 3) -> list[Document]:
+    """``n_documents`` documents about distinct invented entities, with one question per fact."""
+    if n_documents < 1:
+        raise ValueError(f"n_documents must be >= 1, got {n_documents}")
+    if not 1 <= facts_per_document <= 4:
+        raise ValueError(f"facts_per_document must be in 1..4 (four fact kinds), got {facts_per_document}")
+    rng = np.random.default_rng(seed)
+    used: set[str] = set()
+    documents = []
+    for i in range(n_documents):
+        entity = f"{_fresh(rng, used, 2)} {_fresh(rng, used, 2)}"
+        town = _fresh(rng, used, 3)
+        friend = _fresh(rng, used, 2)
+        year = str(int(rng.integers(1500, 2000)))
+        job = str(rng.choice(OCCUPATIONS))
+        facts = [
+            (f"{entity} was born in the town of {town}.", f"In which town was {entity} born?", town),
+            (f"In {year}, {entity} founded a small workshop.", f"In which year did {entity} found a workshop?",
+             year),
+            (f"{entity} works as a {job}.", f"What does {entity} work as?", job),
+            (f"The closest friend of {entity} is {friend}.", f"Who is the closest friend of {entity}?", friend),
+        ]
+        chosen = [facts[j] for j in sorted(rng.choice(4, size=facts_per_document, replace=False))]
+        doc_id = f"doc-{seed}-{i:06d}"
+        text = " ".join(sentence for sentence, _, _ in chosen)
+        documents.append(Document(doc_id, text, tuple(QA(q, a, doc_id) for _, q, a in chosen)))
+    return documents
+
+
+def stream_batches(documents: Sequence[Document], batch_size: int) -> Iterator[list[Document]]:
+    """The documents in arrival order, ``batch_size`` at a time (the last batch may be smaller)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for start in range(0, len(documents), batch_size):
+        yield list(documents[start:start + batch_size])
+
+
+def word_tokenizer(texts: Sequence[str]):
+    """A word-level fast tokenizer over the words and punctuation of ``texts`` (+ [PAD] [UNK] [BOS] [EOS])."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[BOS]", "[EOS]"]
+    pre = pre_tokenizers.Whitespace()
+    words = sorted({piece for text in texts for piece, _ in pre.pre_tokenize_str(text)})
+    vocab = {token: i for i, token in enumerate(specials + words)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    core.pre_tokenizer = pre
+    core.decoder = decoders.WordPiece(prefix="##")     # joins words with spaces
+    return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="[PAD]", unk_token="[UNK]",
+                                   bos_token="[BOS]", eos_token="[EOS]")
+
+
+@dataclass
+class CMTBatch:
+    """One training/evaluation batch: B documents and Q questions about them.
+
+    ``doc_index[q]`` is the row (0..B-1) of question q's source document. ``*_enc_*`` use the memory
+    encoder's tokenizer; ``*_lm_*`` the frozen LM's (left padded; labels -100 where not scored).
+    """
+    doc_ids: list[str]
+    doc_enc_ids: torch.Tensor
+    doc_enc_mask: torch.Tensor
+    q_enc_ids: torch.Tensor
+    q_enc_mask: torch.Tensor
+    doc_lm_ids: torch.Tensor
+    doc_lm_mask: torch.Tensor
+    doc_lm_labels: torch.Tensor
+    qa_lm_ids: torch.Tensor
+    qa_lm_mask: torch.Tensor
+    qa_lm_labels: torch.Tensor
+    prompt_lm_ids: torch.Tensor
+    prompt_lm_mask: torch.Tensor
+    doc_index: torch.Tensor
+    answers: list[str]
+
+    def to(self, device: torch.device | str) -> CMTBatch:
+        """A copy with every tensor on ``device``."""
+        moved = {name: value.to(device) if isinstance(value, torch.Tensor) else value
+                 for name, value in vars(self).items()}
+        return CMTBatch(**moved)
+
+
+def _left_pad(rows: list[list[int]], labels: list[list[int]], pad: int) -> tuple[torch.Tensor, ...]:
+    width = max(map(len, rows))
+    ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], dtype=torch.long)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long)
+    target = torch.tensor([[-100] * (width - len(r)) + t for r, t in zip(rows, labels)], dtype=torch.long)
+    return ids, mask, target
+
+
+def lm_special_ids(tokenizer) -> tuple[int, int]:
+    """(end-of-sequence id, padding id) of an LM tokenizer, with a clear error when it has no EOS."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        eos = tokenizer.sep_token_id
+    if eos is None:
+        raise ValueError(f"{type(tokenizer).__name__} has neither eos_token nor sep_token: set "
+                         "tokenizer.eos_token to the LM's end-of-sequence token")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    return int(eos), int(pad)
+
+
+def collate(documents: Sequence[Document], enc_tokenizer, lm_tokenizer, *, max_doc_tokens: int = 256,
+            max_question_tokens: int = 64, max_answer_tokens: int = 16) -> CMTBatch:
+    """Tokenise ``documents`` and all their questions into a `CMTBatch`."""
+    if not documents:
+        raise ValueError("collate: got no documents")
+    eos, pad = lm_special_ids(lm_tokenizer)
+    qas = [qa for doc in documents for qa in doc.qas]
+    if not qas:
+        raise ValueError("collate: the documents carry no questions (Document.qas is empty for all)")
+    row_of = {doc.doc_id: i for i, doc in enumerate(documents)}
+    if len(row_of) != len(documents):
+        raise ValueError("collate: duplicate doc_id in one batch; document ids must be unique")
+
+    docs_enc = enc_tokenizer([d.text for d in documents], padding=True, truncation=True,
+                             max_length=max_doc_tokens, return_tensors="pt")
+    qs_enc = enc_tokenizer([qa.question for qa in qas], padding=True, truncation=True,
+                           max_length=max_question_tokens, return_tensors="pt")
+
+    def ids(text: str) -> list[int]:
+        return lm_tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    doc_rows = [ids(d.text)[:max_doc_tokens - 1] + [eos] for d in documents]
+    doc_ids, doc_mask, doc_labels = _left_pad(doc_rows, doc_rows, pad)
+    prompts = [ids(QUESTION_TEMPLATE.format(question=qa.question))[-max_question_tokens:] for qa in qas]
+    answers = [ids(" " + qa.answer)[:max_answer_tokens] + [eos] for qa in qas]
+    qa_ids, qa_mask, qa_labels = _left_pad([p + a for p, a in zip(prompts, answers)],
+                                           [[-100] * len(p) + a for p, a in zip(prompts, answers)], pad)
+    prompt_ids, prompt_mask, _ = _left_pad(prompts, prompts, pad)
+    return CMTBatch(
+        doc_ids=[d.doc_id for d in documents],
+        doc_enc_ids=docs_enc["input_ids"], doc_enc_mask=docs_enc["attention_mask"],
+        q_enc_ids=qs_enc["input_ids"], q_enc_mask=qs_enc["attention_mask"],
+        doc_lm_ids=doc_ids, doc_lm_mask=doc_mask, doc_lm_labels=doc_labels,
+        qa_lm_ids=qa_ids, qa_lm_mask=qa_mask, qa_lm_labels=qa_labels,
+        prompt_lm_ids=prompt_ids, prompt_lm_mask=prompt_mask,
+        doc_index=torch.tensor([row_of[qa.doc_id] for qa in qas], dtype=torch.long),
+        answers=[qa.answer for qa in qas],
+    )
