@@ -34,10 +34,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from transfer.catalog import TIMETIC_DATASETS, TIMETIC_MODELS
+from cl.transfer_run import cache_root
+from transfer.catalog import TIMETIC_MODELS, TimeTicTransferParams
 from transfer.timetic import (
     FEATURE_SETS,
-    TableSettings,
     TimeTicEstimator,
     build_table,
     leave_one_dataset_out,
@@ -45,6 +45,7 @@ from transfer.timetic import (
     summarise,
     zero_shot_scores,
 )
+from transfer.timetic_transfer import settings
 
 LABELS = {"full": "TimeTic", "no_zero_shot": "TimeTic w/o zero-shot col", "meta": "meta-features only",
           "entropy": "entropy only", "zero_shot": "zero-shot score"}
@@ -60,12 +61,13 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
+    # the registered experiment's defaults (transfer.catalog), so the two cannot drift apart
+    params = TimeTicTransferParams()
     if args.quick:
-        s = TableSettings(datasets=("sunspots", "nile", "elnino", "macro_unemp", "square_wave"),
-                          models=TIMETIC_MODELS[:5], horizons=(4, 16), segments=4, pretrain_steps=100,
-                          finetune_steps=30, seed=args.seed)
-    else:
-        s = TableSettings(datasets=TIMETIC_DATASETS, models=TIMETIC_MODELS, seed=args.seed)
+        params = params.model_copy(update=dict(
+            datasets=("sunspots", "nile", "elnino", "macro_unemp", "square_wave"), models=TIMETIC_MODELS[:5],
+            horizons=(4, 16), segments=4, pretrain_steps=100, finetune_steps=30))
+    s = settings(params, args.seed, cache_root())
     started = time.perf_counter()
     table = build_table(s)
     built = time.perf_counter() - started
@@ -73,7 +75,7 @@ def main() -> None:
     per_dataset, learners = {}, set()
     for features in FEATURE_SETS:
         estimator = TimeTicEstimator(args.learner, model_path=args.model_path, fallback=args.fallback,
-                                     random_state=args.seed)
+                                     max_context=params.max_context, random_state=args.seed)
         scores, used = leave_one_dataset_out(table, features, estimator)
         learners.update(used)
         per_dataset[features] = summarise(rank_scores(scores))

@@ -29,14 +29,18 @@ class TransferContext:
 
     @property
     def cache_dir(self) -> Path:
-        """Where an experiment may keep reusable intermediate results (e.g. a pretrained source model).
+        return cache_root()
 
-        ``$CLSUITE_CACHE``, else ``~/.cache/clsuite``. Keys must include everything the cached
-        result depends on (seed and options), so a cache hit is the same computation.
-        """
-        root = Path(os.environ.get("CLSUITE_CACHE", Path.home() / ".cache" / "clsuite"))
-        root.mkdir(parents=True, exist_ok=True)
-        return root
+
+def cache_root() -> Path:
+    """Where an experiment may keep reusable intermediate results (e.g. a pretrained source model).
+
+    ``$CLSUITE_CACHE``, else ``~/.cache/clsuite``. Keys must include everything the cached
+    result depends on (seed and options), so a cache hit is the same computation.
+    """
+    root = Path(os.environ.get("CLSUITE_CACHE", Path.home() / ".cache" / "clsuite"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
 
 
 @contextmanager
