@@ -70,6 +70,17 @@ Deviations (ours) — to know before reading results
   reading of the paper's abstract (it names the techniques; the formulas are not public).
 * EM is SQuAD's official full match by default; MAC's prefix match is available
   (`transfer.cmt_metrics.exact_match(prefix=True)`).
+
+Around it
+---------
+* `transfer.cmt_baselines` — the harness every method runs in (same prompt, greedy decoding and
+  EM/F1) and the baselines: MAC (this model with ``top_k=None, self_match_weight=0,
+  memory_aware_weight=0`` — a config, no code of its own), closed-book, retrieval-in-context (RAG)
+  and online fine-tuning of a copy of the LM.
+* `transfer.cmt_transfer` — the registered transfer experiment ``cmt`` (options:
+  `transfer.catalog.CMTTransferParams`): train on a split of documents disjoint from the stream,
+  stream, answer at checkpoints, check the frozen LM's hash; `benchmarks/cmt.py` runs its grid.
+* `transfer.cmt_data` — synthetic streaming facts, the offline SQuAD loader, the train/stream split.
 """
 from __future__ import annotations
 

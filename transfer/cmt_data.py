@@ -10,9 +10,21 @@ asked later):
   invented name). Every question asks for one stated fact; invented names and random years make
   the answer unguessable without the document (occupations are 1-in-24 at chance). Names are
   unique across the stream, so each question has exactly one source document.
+* `squad_stream` — the same records from a SQuAD v1.1 JSON file (by default the offline XQuAD-en
+  subset of the SQuAD v1.1 dev set, ``<data_root>/text/qa/xquad_en_squad11_dev_subset/xquad.en.json``:
+  240 paragraphs of 48 articles, 1,190 questions): a paragraph is a document, each of its questions
+  a `QA` whose target is the first answer text, the article title its ``topic``. Order: the
+  articles shuffled by ``seed``, and the paragraphs within each; an article's paragraphs stay
+  together, so `split_documents` can keep training and stream articles disjoint.
+* `split_documents` — a training split and a stream split with no document — and no topic —
+  in common (CMT's memory modules train on the first, the second arrives as the stream).
 * `stream_batches` — the documents in arrival order, cut into batches of documents.
 * `word_tokenizer` — a word-level `transformers` fast tokenizer built from a corpus (tests and
   quick runs with tiny random models; no downloads).
+* `PromptFormat` — how a question (and, for the RAG baseline, retrieved documents) becomes the LM's
+  prompt: ``plain`` is ``QUESTION_TEMPLATE`` (MAC's format for base LMs); ``chat`` wraps the same
+  question in the LM tokenizer's chat template with a one-line instruction (ours: an instruct LM
+  such as SmolLM2-Instruct, given the plain format, mostly ends its turn at once).
 * `collate` — tokenises a batch of documents and their questions for both the memory encoder's
   tokenizer and the frozen LM's tokenizer (`CMTBatch`). LM-side rows are left padded (generation
   needs it); QA labels cover the answer and the end-of-sequence token only; document labels cover
@@ -20,8 +32,11 @@ asked later):
 """
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -48,6 +63,7 @@ class Document:
     doc_id: str
     text: str
     qas: tuple[QA, ...]
+    topic: str = ""          # documents sharing a topic (a SQuAD article) stay on one side of a split
 
 
 def _word(rng: np.random.Generator, syllables: int) -> str:
@@ -94,6 +110,118 @@ def synthetic_facts(n_documents: int, *, seed: int = 0, facts_per_document: int 
     return documents
 
 
+SQUAD_FOLDER = Path("text") / "qa" / "xquad_en_squad11_dev_subset"
+SQUAD_FILE = "xquad.en.json"
+
+
+def squad_path(data_root: str | os.PathLike | None = None) -> Path:
+    """The offline SQuAD JSON under ``data_root`` (else $CLSUITE_DATA_ROOT, else ./data).
+
+    ``data_root`` may be the folder that holds ``text/``, ``text/`` itself, or the dataset folder.
+    """
+    from cl.datafiles import DATA_ROOT_ENV, DataNotFoundError, resolve_data_root
+
+    root = resolve_data_root(data_root)
+    tried = [root / SQUAD_FOLDER / SQUAD_FILE, root / SQUAD_FOLDER.relative_to("text") / SQUAD_FILE,
+             root / SQUAD_FILE]
+    for candidate in tried:
+        if candidate.is_file():
+            return candidate
+    raise DataNotFoundError(
+        f"transfer.data_root: the SQuAD file {SQUAD_FOLDER / SQUAD_FILE} is not under {root.resolve()} "
+        f"(looked for {tried[0].resolve()}). Pass --data-root to the benchmark, or set transfer.data_root "
+        f"(or ${DATA_ROOT_ENV}) to the folder that holds text/qa/ — on this project's machines "
+        "../shared/data; elsewhere any SQuAD v1.1 JSON file given to squad_stream(path) works.")
+
+
+def squad_stream(path: str | os.PathLike | None = None, *, data_root: str | os.PathLike | None = None,
+                 seed: int | None = 0, max_documents: int | None = None) -> list[Document]:
+    """SQuAD v1.1 JSON → documents (paragraphs) with their questions; target = the first answer text.
+
+    ``path``: the JSON file (default: `squad_path(data_root)`). ``seed``: shuffles the articles,
+    and the paragraphs inside each, deterministically (``None`` keeps the file's order); an
+    article's paragraphs stay contiguous. ``max_documents``: keep the first N after shuffling.
+    Questions without an answer (SQuAD 2.0's unanswerable ones) are dropped, and so are
+    paragraphs left without questions. Document ids are ``squad-<article>-<paragraph>`` by the
+    file's order, whatever the shuffling.
+    """
+    from cl.datafiles import DataNotFoundError
+
+    if max_documents is not None and max_documents < 1:
+        raise ValueError(f"squad_stream: max_documents must be >= 1 or None (all), got {max_documents}")
+    if path is None:
+        path = squad_path(data_root)
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataNotFoundError(f"squad_stream: file {path.resolve()} does not exist; give the path of a SQuAD "
+                                "v1.1 JSON file, or leave path out and set transfer.data_root / --data-root / "
+                                "$CLSUITE_DATA_ROOT to the folder that holds text/qa/")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not a SQuAD JSON file ({error})") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("data"), list):
+        raise ValueError(f"{path}: not SQuAD v1.1 JSON: expected an object with a 'data' list of articles")
+
+    articles: list[list[Document]] = []
+    for a, article in enumerate(raw["data"]):
+        where = f"{path}: data[{a}]"
+        if not isinstance(article, dict) or not isinstance(article.get("paragraphs"), list):
+            raise ValueError(f"{where} has no 'paragraphs' list (SQuAD v1.1 layout)")
+        title = str(article.get("title") or f"article-{a}")
+        docs = []
+        for p, paragraph in enumerate(article["paragraphs"]):
+            if not isinstance(paragraph, dict) or not isinstance(paragraph.get("context"), str) \
+                    or not isinstance(paragraph.get("qas"), list):
+                raise ValueError(f"{where}.paragraphs[{p}] needs a 'context' string and a 'qas' list")
+            doc_id = f"squad-{a:03d}-{p:02d}"
+            qas = []
+            for q, item in enumerate(paragraph["qas"]):
+                if not isinstance(item, dict) or not isinstance(item.get("question"), str):
+                    raise ValueError(f"{where}.paragraphs[{p}].qas[{q}] has no 'question' string")
+                answers = item.get("answers") or []
+                if item.get("is_impossible") or not answers:
+                    continue
+                if not isinstance(answers[0], dict) or not isinstance(answers[0].get("text"), str):
+                    raise ValueError(f"{where}.paragraphs[{p}].qas[{q}].answers[0] has no 'text' string")
+                qas.append(QA(item["question"].strip(), answers[0]["text"].strip(), doc_id))
+            if qas:
+                docs.append(Document(doc_id, paragraph["context"].strip(), tuple(qas), topic=title))
+        if docs:
+            articles.append(docs)
+    if not articles:
+        raise ValueError(f"{path}: no paragraph with an answered question")
+
+    if seed is not None:
+        rng = np.random.default_rng(seed)
+        articles = [articles[i] for i in rng.permutation(len(articles))]
+        articles = [[docs[i] for i in rng.permutation(len(docs))] for docs in articles]
+    documents = [doc for docs in articles for doc in docs]
+    return documents if max_documents is None else documents[:max_documents]
+
+
+def split_documents(documents: Sequence[Document], n_train: int, n_stream: int
+                    ) -> tuple[list[Document], list[Document]]:
+    """(training split, stream split): the first ``n_train`` documents, then the next ``n_stream`` ones
+    whose topic none of the training documents has (an empty topic is a topic of its own).
+
+    Raises ``ValueError`` when too few documents are left for the stream.
+    """
+    if n_train < 1 or n_stream < 1:
+        raise ValueError(f"split_documents: n_train and n_stream must be >= 1, got {n_train}, {n_stream}")
+    if n_train >= len(documents):
+        raise ValueError(f"split_documents: {n_train} training documents leave none of the {len(documents)} "
+                         "for the stream")
+    train = list(documents[:n_train])
+    taken = {d.topic for d in train if d.topic}
+    rest = [d for d in documents[n_train:] if not d.topic or d.topic not in taken]
+    if len(rest) < n_stream:
+        raise ValueError(f"split_documents: {n_stream} stream documents asked for, but only {len(rest)} of the "
+                         f"{len(documents)} are left after {n_train} training documents (documents sharing a topic "
+                         "with the training split are skipped)")
+    return train, rest[:n_stream]
+
+
 def stream_batches(documents: Sequence[Document], batch_size: int) -> Iterator[list[Document]]:
     """The documents in arrival order, ``batch_size`` at a time (the last batch may be smaller)."""
     if batch_size < 1:
@@ -118,6 +246,32 @@ def word_tokenizer(texts: Sequence[str]):
                                    bos_token="[BOS]", eos_token="[EOS]")
 
 
+@dataclass(frozen=True)
+class PromptFormat:
+    """A question (and optional retrieved context) → the LM's prompt text, and what precedes the answer.
+
+    ``chat_tokenizer=None``: ``[context + blank line +] QUESTION_TEMPLATE``, answer after a space.
+    Otherwise the tokenizer's chat template with one user turn — ``[Context: … +] instruction +
+    Question: …`` — and the generation prompt; the answer starts the assistant turn.
+    """
+    chat_tokenizer: object | None = None
+    instruction: str = "Answer with a short phrase only."
+
+    def __call__(self, question: str, context: str | None = None) -> str:
+        if self.chat_tokenizer is None:
+            text = QUESTION_TEMPLATE.format(question=question)
+            return text if not context else f"{context}\n\n{text}"
+        user = (f"Context:\n{context}\n\n" if context else "") + f"{self.instruction}\nQuestion: {question}"
+        if getattr(self.chat_tokenizer, "chat_template", None) is None:
+            raise ValueError(f"{type(self.chat_tokenizer).__name__} has no chat template: use the plain prompt")
+        return self.chat_tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
+                                                       add_generation_prompt=True)
+
+    @property
+    def answer_prefix(self) -> str:
+        return " " if self.chat_tokenizer is None else ""
+
+
 @dataclass
 class CMTBatch:
     """One training/evaluation batch: B documents and Q questions about them.
@@ -140,6 +294,7 @@ class CMTBatch:
     prompt_lm_mask: torch.Tensor
     doc_index: torch.Tensor
     answers: list[str]
+    questions: list[str] = field(default_factory=list)
 
     def to(self, device: torch.device | str) -> CMTBatch:
         """A copy with every tensor on ``device``."""
@@ -169,8 +324,10 @@ def lm_special_ids(tokenizer) -> tuple[int, int]:
 
 
 def collate(documents: Sequence[Document], enc_tokenizer, lm_tokenizer, *, max_doc_tokens: int = 256,
-            max_question_tokens: int = 64, max_answer_tokens: int = 16) -> CMTBatch:
-    """Tokenise ``documents`` and all their questions into a `CMTBatch`."""
+            max_question_tokens: int = 64, max_answer_tokens: int = 16,
+            prompt: PromptFormat | None = None) -> CMTBatch:
+    """Tokenise ``documents`` and all their questions into a `CMTBatch` (``prompt``: plain by default)."""
+    prompt = prompt or PromptFormat()
     if not documents:
         raise ValueError("collate: got no documents")
     eos, pad = lm_special_ids(lm_tokenizer)
@@ -191,8 +348,8 @@ def collate(documents: Sequence[Document], enc_tokenizer, lm_tokenizer, *, max_d
 
     doc_rows = [ids(d.text)[:max_doc_tokens - 1] + [eos] for d in documents]
     doc_ids, doc_mask, doc_labels = _left_pad(doc_rows, doc_rows, pad)
-    prompts = [ids(QUESTION_TEMPLATE.format(question=qa.question))[-max_question_tokens:] for qa in qas]
-    answers = [ids(" " + qa.answer)[:max_answer_tokens] + [eos] for qa in qas]
+    prompts = [ids(prompt(qa.question))[-max_question_tokens:] for qa in qas]
+    answers = [ids(prompt.answer_prefix + qa.answer)[:max_answer_tokens] + [eos] for qa in qas]
     qa_ids, qa_mask, qa_labels = _left_pad([p + a for p, a in zip(prompts, answers)],
                                            [[-100] * len(p) + a for p, a in zip(prompts, answers)], pad)
     prompt_ids, prompt_mask, _ = _left_pad(prompts, prompts, pad)
@@ -205,4 +362,5 @@ def collate(documents: Sequence[Document], enc_tokenizer, lm_tokenizer, *, max_d
         prompt_lm_ids=prompt_ids, prompt_lm_mask=prompt_mask,
         doc_index=torch.tensor([row_of[qa.doc_id] for qa in qas], dtype=torch.long),
         answers=[qa.answer for qa in qas],
+        questions=[qa.question for qa in qas],
     )
