@@ -82,8 +82,8 @@ def report_columns(runs: pd.DataFrame) -> list[str]:
 
 
 def headline_metric(columns: Sequence[str]) -> str:
-    """The accuracy a comparison plot shows."""
-    for name in ("final/avg_acc", "final/acc"):
+    """The accuracy (or the experiment's own score) a comparison plot shows."""
+    for name in ("final/avg_acc", "final/acc", "final/score", "final/f1", "final/spearman"):
         if name in columns:
             return name
     return columns[0]
@@ -251,7 +251,8 @@ def pareto_front(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------- figures over seeds
 
-def curves_plot(curves: pd.DataFrame, metric: str = "acc/avg_seen", title: str = ""):
+def curves_plot(curves: pd.DataFrame, metric: str = "acc/avg_seen", title: str = "",
+                xlabel: str = "after training experience"):
     """Mean curve per group with a ±1 std band over seeds."""
     from matplotlib.figure import Figure
 
@@ -264,7 +265,7 @@ def curves_plot(curves: pd.DataFrame, metric: str = "acc/avg_seen", title: str =
         std = scale * np.nan_to_num(group["std"].to_numpy(dtype=float))
         (line,) = ax.plot(steps, mean, marker="o", markersize=3, label=str(label))
         ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2, linewidth=0)
-    ax.set_xlabel("after training experience")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(metric + (" (%)" if scale == 100.0 else ""))
     ax.set_title(title or f"{metric}: mean ± std over seeds", fontsize=9)
     ax.legend(fontsize=7, loc="best")

@@ -17,8 +17,8 @@
 # The final metrics of a transfer experiment's groups (mean ± std over seeds), and what each
 # method costs: trainable transfer parameters (ScaLearn, baselines), activation memory of a
 # training step (MobileTL), FLOPs. ScaLearn runs also show the learned scale ω of each source
-# adapter. Works on any experiment of `transfer:` runs (ScaLearn, MobileTL, and the methods
-# that follow).
+# adapter; CMT runs, the retention of streamed knowledge. Works on any experiment of `transfer:`
+# runs (ScaLearn, MobileTL, MemControl, TimeTic, SkillPacks, CMT).
 
 # %% tags=["parameters"]
 import os
@@ -64,3 +64,15 @@ if omega_columns:
     display(runs.groupby("label")[omega_columns].mean().round(3))
 else:
     print("no ScaLearn runs in this experiment")
+
+# %% [markdown]
+# ## CMT: what the frozen LM still answers along the document stream
+# F1 on the questions of every document seen so far, and of the first stream batch, after each
+# checkpointed stream batch (mean ± std over seeds).
+
+# %%
+retention = analysis.load_histories(runs, ("retention/seen_f1", "retention/first_f1"), tracking_uri=TRACKING_URI)
+if retention.empty:
+    print("no CMT runs in this experiment")
+for metric in retention["metric"].unique():
+    show(analysis.curves_plot(analysis.curves_over_seeds(retention, metric), metric, xlabel="after stream batch"))

@@ -57,6 +57,19 @@ def transfer_experiment(store, tmp_path_factory):
     return spec.experiment_name
 
 
+@pytest.fixture(scope="module")
+def cmt_experiment(store):
+    """Two CMT-harness methods on tiny random models (seconds): the retention curves have something to show."""
+    from cl.registry import TRANSFERS
+
+    smoke = dict(TRANSFERS.get("cmt").smoke_options)
+    spec = GridSpec.model_validate({
+        "name": "nb-cmt", "base": {"transfer": {"name": "cmt", **smoke}},
+        "grid": {"transfer.method": ["cmt", "closed_book"]}, "seeds": [0]})
+    assert not launch(spec, expand(spec), tracking_uri=store).failed
+    return spec.experiment_name
+
+
 def execute(name: str, uri: str, experiment: str, monkeypatch, tmp_path):
     monkeypatch.setenv("CLSUITE_TRACKING_URI", uri)
     monkeypatch.setenv("CLSUITE_EXPERIMENT", experiment)
@@ -88,6 +101,14 @@ def test_transfer_notebook_runs(store, transfer_experiment, monkeypatch, tmp_pat
     assert images(notebook) >= 2
     text = "".join(str(o.get("data", {}).get("text/plain", "")) for c in notebook.cells for o in c.get("outputs", []))
     assert "omega/mrpc" in text             # the learned scales are tabulated
+
+
+def test_transfer_notebook_shows_cmt_retention(store, cmt_experiment, monkeypatch, tmp_path):
+    notebook = execute("03_transfer_results.py", store, cmt_experiment, monkeypatch, tmp_path)
+    text = "".join(str(o.get("text", "")) for c in notebook.cells for o in c.get("outputs", []))
+    assert "no CMT runs" not in text
+    retention_cell = [c for c in notebook.cells if c.cell_type == "code"][-1]
+    assert sum("image/png" in o.get("data", {}) for o in retention_cell.outputs) == 2   # seen-so-far, first batch
 
 
 def test_a_notebook_that_errors_fails(store, monkeypatch, tmp_path):
