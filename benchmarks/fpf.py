@@ -22,7 +22,6 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import gridbench  # noqa: E402
 from cl.analysis import load_runs  # noqa: E402
-from cl.config import set_dotted  # noqa: E402
 from cl.grid import GridSpec, load_grid  # noqa: E402
 from cl.reproductions import REPRODUCTIONS  # noqa: E402
 
@@ -34,10 +33,8 @@ def grid(args) -> GridSpec:
     spec = load_grid(ROOT / "experiments" / "fpf_fmnist.yaml")
     if not args.quick:
         return spec
-    base = set_dotted(spec.base, "scenario", {"name": "split_digits", "n_experiences": 5})
-    base = set_dotted(base, "train.epochs", 2)
-    return spec.model_copy(update={"base": base, "grid": {}, "seeds": spec.seeds[:2], "name": spec.name + "_quick",
-                                   "experiment": spec.experiment_name + "_quick"})
+    return gridbench.quick_variant(
+        spec, {"scenario": {"name": "split_digits", "n_experiences": 5}, "train.epochs": 2}, seeds=2, grid={})
 
 
 def method_of(config) -> str:

@@ -12,8 +12,10 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
+from typing import Any, Mapping
 
 from cl.archive import export_runs, import_runs
+from cl.config import set_dotted
 from cl.grid import Cell, GridSpec, expand, launch
 from cl.reproductions import RESULTS_DIR
 
@@ -34,6 +36,19 @@ def parser(description: str, *, store: str, quick_help: str) -> argparse.Argumen
     parser.add_argument("--no-run", action="store_true",
                         help="launch nothing: print the table from the runs already measured")
     return parser
+
+
+def quick_variant(spec: GridSpec, overrides: Mapping[str, Any], *, seeds: int | None = 1, **fields) -> GridSpec:
+    """A benchmark's --quick grid: `overrides` (dotted keys) set on the base, the first `seeds` seeds (None: all),
+    other grid fields replaced (``grid=``, ``cases=``), and a name and experiment of its own, so smoke runs
+    never mix with the measured ones (nor reach benchmarks/results/)."""
+    base = spec.base
+    for key, value in overrides.items():
+        base = set_dotted(base, key, value)
+    update = {"base": base, "name": spec.name + "_quick", "experiment": spec.experiment_name + "_quick", **fields}
+    if seeds is not None:
+        update["seeds"] = spec.seeds[:seeds]
+    return spec.model_copy(update=update)
 
 
 def results_file(spec: GridSpec) -> Path:

@@ -27,7 +27,6 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import gridbench  # noqa: E402
 from cl.analysis import load_runs  # noqa: E402
-from cl.config import set_dotted  # noqa: E402
 from cl.grid import GridSpec, load_grid  # noqa: E402
 from cl.reproductions import REPRODUCTIONS  # noqa: E402
 
@@ -45,11 +44,7 @@ def grid(args) -> GridSpec:
     spec = load_grid(ROOT / "experiments" / "memcontrol_mnist.yaml")
     if not args.quick:
         return spec
-    base = spec.base
-    for key, value in QUICK.items():
-        base = set_dotted(base, key, value)
-    return spec.model_copy(update={"base": base, "seeds": spec.seeds[:1], "name": spec.name + "_quick",
-                                   "experiment": spec.experiment_name + "_quick"})
+    return gridbench.quick_variant(spec, QUICK)
 
 
 def _cell(values) -> str:

@@ -25,7 +25,6 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import gridbench  # noqa: E402
 from cl.analysis import load_runs  # noqa: E402
-from cl.config import set_dotted  # noqa: E402
 from cl.grid import Cell, GridSpec, load_grid  # noqa: E402
 
 ORDER = ("memo", "der", "icarl", "replay")     # the paper's ranking at equal memory
@@ -33,14 +32,11 @@ ORDER = ("memo", "der", "icarl", "replay")     # the paper's ranking at equal me
 
 def grid(args) -> GridSpec:
     spec = load_grid(ROOT / "experiments" / "memo_fmnist.yaml")
-    base = spec.base
     if args.quick:   # the same grid on scikit-learn's 8×8 digits: a smoke run, not a measurement
-        base = set_dotted(base, "scenario", {"name": "split_digits", "n_experiences": 5})
-        base = set_dotted(base, "train.epochs", 2)
-        base = set_dotted(base, "train.lr", 0.01)   # ResNet-32 on 8×8 inputs diverges at the grid's 0.05
-        base = set_dotted(base, "train.milestones", [])
-        return spec.model_copy(update={"base": base, "name": spec.name + "_quick",
-                                       "experiment": spec.experiment_name + "_quick"})
+        # lr 0.01: ResNet-32 on 8×8 inputs diverges at the grid's 0.05
+        return gridbench.quick_variant(spec, {"scenario": {"name": "split_digits", "n_experiences": 5},
+                                              "train.epochs": 2, "train.lr": 0.01, "train.milestones": []},
+                                       seeds=None)
     return spec
 
 

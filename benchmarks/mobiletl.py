@@ -44,7 +44,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import gridbench  # noqa: E402
-from cl.config import set_dotted  # noqa: E402
 from cl.cost import count_flops  # noqa: E402
 from cl.grid import GridSpec, load_grid  # noqa: E402
 from cl.reproductions import REPRODUCTIONS, grid_runs, mean_std  # noqa: E402
@@ -107,11 +106,7 @@ def transfer_grid(quick: bool) -> GridSpec:
     spec = load_grid(ROOT / GRID)
     if not quick:
         return spec
-    base = spec.base
-    for key, value in QUICK.items():
-        base = set_dotted(base, key, value)
-    return spec.model_copy(update={"base": base, "seeds": spec.seeds[:1], "name": spec.name + "_quick",
-                                   "experiment": spec.experiment_name + "_quick"})
+    return gridbench.quick_variant(spec, QUICK)
 
 
 def transfer_table(args) -> dict[str, float]:

@@ -26,7 +26,6 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import gridbench  # noqa: E402
 from cl.analysis import load_runs, run_artifact_json  # noqa: E402
-from cl.config import set_dotted  # noqa: E402
 from cl.grid import GridSpec, load_grid  # noqa: E402
 from cl.reproductions import REPRODUCTIONS  # noqa: E402
 
@@ -40,9 +39,8 @@ def grid(args) -> GridSpec:
         return spec
     scenarios = [{"name": "split_digits", "n_experiences": 5},
                  {"name": "rare_class_stream", "base": "digits", "n_experiences": 5, "rare_fraction": 0.05}]
-    base = set_dotted(set_dotted(spec.base, "model", {"name": "mlp"}), "train.epochs", 3)
-    return spec.model_copy(update={"base": base, "grid": {"scenario": scenarios}, "seeds": spec.seeds[:1],
-                                   "name": spec.name + "_quick", "experiment": spec.experiment_name + "_quick"})
+    return gridbench.quick_variant(spec, {"model": {"name": "mlp"}, "train.epochs": 3},
+                                   grid={"scenario": scenarios})
 
 
 def mean_std(values) -> str:

@@ -22,7 +22,6 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import gridbench  # noqa: E402
 from cl.analysis import load_runs  # noqa: E402
-from cl.config import set_dotted  # noqa: E402
 from cl.grid import GridSpec, load_grid  # noqa: E402
 from cl.reproductions import REPRODUCTIONS  # noqa: E402
 
@@ -36,13 +35,9 @@ def grid(args) -> GridSpec:
     spec = load_grid(ROOT / "experiments" / "scalearn_glue.yaml")
     if not args.quick:
         return spec
-    base = spec.base
-    for key, value in {"transfer.train_samples": 200, "transfer.eval_samples": 200, "transfer.adapter_epochs": 1,
-                       "train.epochs": 1}.items():
-        base = set_dotted(base, key, value)
-    grid_ = dict(spec.grid, **{"transfer.target": ["rte", "mrpc"]})
-    return spec.model_copy(update={"base": base, "grid": grid_, "seeds": spec.seeds[:1], "name": spec.name + "_quick",
-                                   "experiment": spec.experiment_name + "_quick"})
+    return gridbench.quick_variant(
+        spec, {"transfer.train_samples": 200, "transfer.eval_samples": 200, "transfer.adapter_epochs": 1,
+               "train.epochs": 1}, grid=dict(spec.grid, **{"transfer.target": ["rte", "mrpc"]}))
 
 
 def main() -> None:

@@ -27,7 +27,6 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import gridbench  # noqa: E402
 from cl.analysis import load_runs  # noqa: E402
-from cl.config import set_dotted  # noqa: E402
 from cl.grid import GridSpec, load_grid  # noqa: E402
 
 QUICK_SKILLS = ["sentiment", "arithmetic"]
@@ -37,13 +36,10 @@ def grid(args) -> GridSpec:
     spec = load_grid(ROOT / "experiments" / "skillpack_smollm2.yaml")
     if not args.quick:
         return spec
-    base = spec.base
-    for key, value in {"transfer.model": "tiny-random", "transfer.skills": QUICK_SKILLS, "transfer.train_samples": 16,
-                       "transfer.test_samples": 16, "transfer.group_size": 16, "train.epochs": 1}.items():
-        base = set_dotted(base, key, value)
     cases = [c for c in spec.cases if c.get("transfer.skill", QUICK_SKILLS[0]) in QUICK_SKILLS]
-    return spec.model_copy(update={"base": base, "cases": cases, "seeds": spec.seeds[:1],
-                                   "name": spec.name + "_quick", "experiment": spec.experiment_name + "_quick"})
+    return gridbench.quick_variant(
+        spec, {"transfer.model": "tiny-random", "transfer.skills": QUICK_SKILLS, "transfer.train_samples": 16,
+               "transfer.test_samples": 16, "transfer.group_size": 16, "train.epochs": 1}, cases=cases)
 
 
 def describe(config) -> dict:
