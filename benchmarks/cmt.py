@@ -51,17 +51,6 @@ def grid(args) -> GridSpec:
     return gridbench.quick_variant(spec, QUICK)
 
 
-def _cell(values, digits: int = 1) -> str:
-    values = [float(v) for v in values]
-    if not values:
-        return "—"
-    mean = sum(values) / len(values)
-    if len(values) == 1:
-        return f"{mean:.{digits}f}"
-    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
-
-
 def _mean(values) -> float:
     values = [float(v) for v in values]
     return sum(values) / len(values) if values else float("nan")
@@ -93,7 +82,7 @@ def main() -> None:
     summary: dict[str, dict[str, float]] = {}
     for method in methods:
         rows = runs[runs["method"] == method]
-        cells_ = [_cell(rows[key].dropna(), digits) if key in rows and rows[key].notna().any() else "—"
+        cells_ = [gridbench.mean_std(rows[key].dropna(), digits) if key in rows and rows[key].notna().any() else "—"
                   for _, key, digits in columns]
         minutes = _mean((rows["final/train_seconds"] + rows["final/stream_seconds"] + rows["final/eval_seconds"]) / 60)
         print(f"{method:<24}" + "".join(f"{c:>15}" for c in cells_) + f"{len(rows):>6}{minutes:>9.1f}")

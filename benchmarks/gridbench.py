@@ -51,6 +51,18 @@ def quick_variant(spec: GridSpec, overrides: Mapping[str, Any], *, seeds: int | 
     return spec.model_copy(update=update)
 
 
+def mean_std(values, digits: int = 3) -> str:
+    """A table cell: mean ± sample std of `values` (the mean alone for one value; — for none)."""
+    values = [float(v) for v in values]
+    if not values:
+        return "—"
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
 def results_file(spec: GridSpec) -> Path:
     return RESULTS_DIR / f"{spec.experiment_name}.jsonl"
 

@@ -47,17 +47,6 @@ def grid(args) -> GridSpec:
     return gridbench.quick_variant(spec, QUICK)
 
 
-def _cell(values) -> str:
-    values = list(values)
-    if not values:
-        return "—"
-    mean = sum(values) / len(values)
-    if len(values) == 1:
-        return f"{mean:.3f}"
-    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-    return f"{mean:.3f} ± {std:.3f}"
-
-
 def main() -> None:
     args = gridbench.parser(__doc__.splitlines()[0], store="memcontrol",
                             quick_help="1 seed; 200 pretraining steps, 20 images per class, 5 memorised ×30, "
@@ -81,7 +70,7 @@ def main() -> None:
         rows = runs[runs["method"] == method]
         if rows.empty:
             continue
-        cells_ = [_cell(rows[key] * scale) if key in rows else "—" for _, key, scale in columns]
+        cells_ = [gridbench.mean_std(rows[key] * scale) if key in rows else "—" for _, key, scale in columns]
         print(f"{method:<12}" + "".join(f"{c:>20}" for c in cells_) + f"{len(rows):>6}")
         summary[method] = {"heldout_mem_pct": float(100 * rows["final/heldout_mem_rate"].mean()),
                            "fid": float(rows["final/fid"].mean()),

@@ -37,3 +37,12 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "MNIST").is_dir():
         pytest.skip(f"offline datasets not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors gain nothing from intra-op threads; on a busy 2-core box they only contend."""
+    from cl.transfer_run import single_thread
+
+    with single_thread():
+        yield

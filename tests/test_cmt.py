@@ -20,13 +20,7 @@ TOKENIZER = word_tokenizer([d.text for d in DOCS] + [QUESTION_TEMPLATE.format(qu
 SMALL = CMTConfig(num_memory_tokens=4, prefix_length=2, num_heads=4, num_aggregator_blocks=1, ff_hidden=64, top_k=2)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from intra-op threads; on a busy 2-core box they only contend."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_cmt(config=SMALL, seed=0):

@@ -22,12 +22,7 @@ from transfer.cmt_transfer import FrozenLMChanged, build_lm, checkpoint_batches,
 SMOKE = dict(TRANSFERS.get("cmt").smoke_options)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class RecordingLog(NullRunLog):

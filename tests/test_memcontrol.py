@@ -16,12 +16,7 @@ from transfer.memcontrol import (Block, LoraOptions, MemControlSearch, MlflowTri
 optuna = pytest.importorskip("optuna")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)            # tiny ops: one thread is much faster on a busy machine
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Toy(nn.Module):
