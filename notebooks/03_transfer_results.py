@@ -44,7 +44,10 @@ show(analysis.comparison_plot(summary, headline))
 # ## Accuracy against what the method trains or stores
 
 # %%
-for cost in ("memory/transfer_params", "memory/trainable_params", "memory/activation_bytes", "cost/train_flops"):
+# ScaLearn/baselines: transfer parameters; MobileTL: activation memory; SkillPacks: bytes of the stored packs;
+# CMT/RAG: bytes stored per streamed document; every method: training FLOPs where counted
+for cost in ("memory/transfer_params", "memory/trainable_params", "memory/activation_bytes", "memory/pack_bytes",
+             "memory/bank_bytes_per_document", "cost/train_flops"):
     if f"{cost}.mean" in summary and summary[f"{cost}.mean"].gt(0).any():
         show(analysis.tradeoff_plot(summary[summary[f"{cost}.mean"] > 0], cost, headline, log_x=True))
 
