@@ -16,7 +16,7 @@ from cl.tracking import NullRunLog  # noqa: E402
 from cl.transfer_run import TransferContext  # noqa: E402
 from transfer import cmt_transfer  # noqa: E402
 from transfer.cmt_baselines import (ClosedBook, Harness, OnlineFineTuning, RetrievalInContext,  # noqa: E402
-                                    answer_all, evaluate)
+                                    answer_all, evaluate, score)
 from transfer.cmt_transfer import FrozenLMChanged, build_lm, checkpoint_batches, lm_fingerprint  # noqa: E402
 
 SMOKE = dict(TRANSFERS.get("cmt").smoke_options)
@@ -326,3 +326,20 @@ def test_synthetic_documents_keep_an_empty_topic_and_split_by_position():
     assert all(d.topic == "" for d in docs) and Document("a", "b", ()).topic == ""
     train, stream = split_documents(docs, 2, 4)
     assert train == docs[:2] and stream == docs[2:]
+
+
+def test_squad_alternative_answers_are_scored_not_trained(tmp_path):
+    """As SQuAD's official script: a prediction scores its best over every annotator's answer."""
+    path = tmp_path / "multi.json"
+    path.write_text(json.dumps({"version": "1.1", "data": [{"title": "T", "paragraphs": [{
+        "context": "The bridge opened in 1932 in Sydney.",
+        "qas": [{"id": "q", "question": "When did the bridge open?",
+                 "answers": [{"text": "1932", "answer_start": 20}, {"text": "in 1932", "answer_start": 17},
+                             {"text": "1932", "answer_start": 20}]}]}]}]}))
+    (doc,) = squad_stream(path, seed=None)
+    (qa,) = doc.qas
+    assert qa.answer == "1932" and qa.alternatives == ("in 1932",) and qa.accepted == ("1932", "in 1932")
+    record = {"doc_id": doc.doc_id, "question": qa.question, "gold": qa.answer, "accepted": list(qa.accepted),
+              "prediction": "in 1932", "top_doc_id": None}
+    assert score([record]).em == 100.0                     # matches the second annotator exactly
+    assert score([dict(record, accepted=None)]).em == 0.0   # against the first answer alone it would not

@@ -371,15 +371,17 @@ class Evaluation:
 
 def answer_all(method: StreamingMethod, harness: Harness, questions: Sequence[QA],
                documents: dict[str, Document]) -> list[dict]:
-    """One record per question, in order: doc_id, question, gold, prediction, top_doc_id."""
+    """One record per question, in order: doc_id, question, gold, accepted (gold + alternatives), prediction,
+    top_doc_id."""
     records = []
     for batch, qas in harness.question_batches(questions, documents):
         answers = method.answer(batch)
         if len(answers.texts) != len(qas):
             raise RuntimeError(f"{method.name}: {len(answers.texts)} answers for {len(qas)} questions")
         tops = answers.top_doc_ids or [None] * len(qas)
-        records += [{"doc_id": qa.doc_id, "question": qa.question, "gold": qa.answer, "prediction": text,
-                     "top_doc_id": top} for qa, text, top in zip(qas, answers.texts, tops)]
+        records += [{"doc_id": qa.doc_id, "question": qa.question, "gold": qa.answer,
+                     "accepted": list(qa.accepted), "prediction": text, "top_doc_id": top}
+                    for qa, text, top in zip(qas, answers.texts, tops)]
     # question_batches groups a chunk by document: put the records back in the order asked
     position = {}
     for i, qa in enumerate(questions):
@@ -395,7 +397,7 @@ def score(records: Sequence[dict]) -> Evaluation:
     if not records:
         raise ValueError("score: no answered questions")
     predictions = [r["prediction"] for r in records]
-    golds = [r["gold"] for r in records]
+    golds = [r.get("accepted") or r["gold"] for r in records]      # the best over every accepted answer
     scores = qa_scores(predictions, golds)
     prefix_em = 100.0 * sum(exact_match(p, g, prefix=True) for p, g in zip(predictions, golds)) / len(golds)
     hits = [r["top_doc_id"] == r["doc_id"] for r in records if r["top_doc_id"] is not None]

@@ -13,7 +13,8 @@ asked later):
 * `squad_stream` — the same records from a SQuAD v1.1 JSON file (by default the offline XQuAD-en
   subset of the SQuAD v1.1 dev set, ``<data_root>/text/qa/xquad_en_squad11_dev_subset/xquad.en.json``:
   240 paragraphs of 48 articles, 1,190 questions): a paragraph is a document, each of its questions
-  a `QA` whose target is the first answer text, the article title its ``topic``. Order: the
+  a `QA` whose target is the first answer text (the others are kept as ``alternatives`` and scored
+  against, as SQuAD's official script does), the article title its ``topic``. Order: the
   articles shuffled by ``seed``, and the paragraphs within each; an article's paragraphs stay
   together, so `split_documents` can keep training and stream articles disjoint.
 * `split_documents` — a training split and a stream split with no document — and no topic —
@@ -54,8 +55,14 @@ OCCUPATIONS = ("glassmaker", "astronomer", "beekeeper", "cartographer", "blacksm
 @dataclass(frozen=True)
 class QA:
     question: str
-    answer: str
+    answer: str                     # the answer trained on (SQuAD: the first annotator's)
     doc_id: str
+    alternatives: tuple[str, ...] = ()   # other accepted answers (SQuAD dev: the other annotators'); scored, not trained
+
+    @property
+    def accepted(self) -> tuple[str, ...]:
+        """Every answer a prediction is scored against (EM/F1 take the best, as SQuAD's official script does)."""
+        return (self.answer, *self.alternatives)
 
 
 @dataclass(frozen=True)
@@ -136,7 +143,8 @@ def squad_path(data_root: str | os.PathLike | None = None) -> Path:
 
 def squad_stream(path: str | os.PathLike | None = None, *, data_root: str | os.PathLike | None = None,
                  seed: int | None = 0, max_documents: int | None = None) -> list[Document]:
-    """SQuAD v1.1 JSON → documents (paragraphs) with their questions; target = the first answer text.
+    """SQuAD v1.1 JSON → documents (paragraphs) with their questions; target = the first answer text,
+    the other distinct answers kept as `QA.alternatives`.
 
     ``path``: the JSON file (default: `squad_path(data_root)`). ``seed``: shuffles the articles,
     and the paragraphs inside each, deterministically (``None`` keeps the file's order); an
@@ -184,7 +192,9 @@ def squad_stream(path: str | os.PathLike | None = None, *, data_root: str | os.P
                     continue
                 if not isinstance(answers[0], dict) or not isinstance(answers[0].get("text"), str):
                     raise ValueError(f"{where}.paragraphs[{p}].qas[{q}].answers[0] has no 'text' string")
-                qas.append(QA(item["question"].strip(), answers[0]["text"].strip(), doc_id))
+                texts = [a["text"].strip() for a in answers if isinstance(a, dict) and isinstance(a.get("text"), str)]
+                others = tuple(dict.fromkeys(t for t in texts[1:] if t != texts[0]))
+                qas.append(QA(item["question"].strip(), texts[0], doc_id, others))
             if qas:
                 docs.append(Document(doc_id, paragraph["context"].strip(), tuple(qas), topic=title))
         if docs:
