@@ -17,7 +17,7 @@ answers questions at checkpoints. Prints, per method and ablation (mean ± std o
 Then whether CMT beats MAC, what each CMT term adds (CMT − its ablation), and a RESULT line.
 
     python benchmarks/cmt.py --quick    # tiny random models, small sizes, 1 seed: a smoke run (numbers ≈ 0)
-    python benchmarks/cmt.py            # the grid as published (SmolLM2 + MiniLM, 24 runs; hours per run here)
+    python benchmarks/cmt.py            # the grid as published (SmolLM2 + MiniLM, 24 runs; ~25 min per trained run)
 """
 from __future__ import annotations
 
