@@ -245,6 +245,49 @@ def test_chat_prompt_wraps_the_question_and_the_context_in_the_template():
         CMTTransferParams(prompt="chat", lm="tiny")
 
 
+def test_demonstrations_are_laid_out_like_the_question_they_precede():
+    from transfer.cmt_data import PromptFormat
+
+    class Template:
+        chat_template = "x"
+
+        def apply_chat_template(self, messages, tokenize, add_generation_prompt):
+            return "".join(f"<{m['role']}>{m['content']}" for m in messages) + "<assistant>"
+
+    shots = (("Doc A.", "Who is A?", "Ann"), ("Doc B.", "Who is B?", "Bo"))
+    plain = PromptFormat(demonstrations=shots)
+    assert plain("Who?") == ("Question: Who is A?\nAnswer: Ann\n\nQuestion: Who is B?\nAnswer: Bo\n\n"
+                             + QUESTION_TEMPLATE.format(question="Who?"))          # closed-book: no contexts
+    assert plain("Who?", "Doc.") == ("Doc A.\n\nQuestion: Who is A?\nAnswer: Ann\n\n"
+                                     "Doc B.\n\nQuestion: Who is B?\nAnswer: Bo\n\n"
+                                     "Doc.\n\n" + QUESTION_TEMPLATE.format(question="Who?"))   # RAG: with theirs
+    chat = PromptFormat(Template(), demonstrations=shots[:1])
+    assert chat("Who?") == ("<user>Answer with a short phrase only.\nQuestion: Who is A?<assistant>Ann"
+                            "<user>Answer with a short phrase only.\nQuestion: Who?<assistant>")
+
+
+def test_every_method_answers_with_the_first_line_of_what_it_generated():
+    from transfer.cmt import answer_text
+
+    class Lines:        # what SmolLM2 generated after a few-shot RAG prompt (measured)
+        def decode(self, row, skip_special_tokens=True):
+            return " Nortouthzul\n\nQuestion: In which town was"
+
+    assert answer_text(Lines(), [1, 2]) == "Nortouthzul"
+
+
+def test_fewshot_demonstrations_come_from_the_training_split_and_only_for_untrained_methods(tmp_path, cache):
+    params = CMTTransferParams(**{**SMOKE, "method": "rag", "fewshot": 2})
+    train, _ = cmt_transfer.load_documents(params)
+    shots = cmt_transfer.demonstrations(params, train)
+    assert shots == tuple((d.text, d.qas[0].question, d.qas[0].answer) for d in train[:2])
+    assert cmt_transfer.demonstrations(CMTTransferParams(**{**SMOKE, "fewshot": 2}), train) == ()   # cmt: none
+    with pytest.raises(ValueError, match="fewshot=6"):
+        CMTTransferParams(**{**SMOKE, "method": "closed_book", "fewshot": 6, "train_documents": 4})
+    result, _, _ = run_direct(tmp_path, method="closed_book", fewshot=1)
+    assert 0 <= result["f1"] <= 100
+
+
 def test_answer_all_keeps_the_order_asked(tmp_path):
     _, _, stream, lm, harness = tiny_setup(tmp_path)
     questions = [qa for d in stream for qa in d.qas][::-1]              # documents interleaved backwards

@@ -334,6 +334,10 @@ class CMTTransferParams(Params):
     prompt: Literal["plain", "chat"] = Field(
         "plain", description="the question prompt of every method: plain ('Question: …\\nAnswer:', MAC's) or chat "
                              "(the LM's chat template with a short-answer instruction; smollm2 only)")
+    fewshot: int = Field(0, ge=0, le=8, description="closed_book, rag, online_ft: solved examples from the training "
+                                                    "split shown before each question (rag: with their documents), "
+                                                    "since these methods never learn the answer format; cmt/mac "
+                                                    "learn it from the QA loss and ignore this")
     num_memory_tokens: int = Field(12, ge=1, description="K memory vectors per document (MAC: 12 for DistilGPT2)")
     prefix_length: int = Field(2, ge=1, description="P prefix key/values per LM layer")
     num_heads: int = Field(4, ge=1, description="heads of the pooling and aggregation cross-attention")
@@ -377,6 +381,9 @@ class CMTTransferParams(Params):
 
     @model_validator(mode="after")
     def _consistent(self):
+        if self.method in ("closed_book", "rag", "online_ft") and self.fewshot > self.train_documents:
+            raise ValueError(f"fewshot={self.fewshot}: the demonstrations come from the training split, which has "
+                             f"only train_documents={self.train_documents}")
         if self.prompt == "chat" and self.lm == "tiny":
             raise ValueError("prompt 'chat' needs an LM with a chat template (lm: smollm2); the tiny LM's word "
                              "vocabulary has none: use prompt 'plain'")

@@ -582,7 +582,15 @@ class CMT(nn.Module):
                                    max_new_tokens=max_new_tokens, eos_token_id=eos)
         finally:
             self.train(was_training)
-        return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in rows]
+        return [answer_text(tokenizer, row) for row in rows]
+
+
+def answer_text(tokenizer, row: Sequence[int]) -> str:
+    """A generated row → the answer: its text up to the first line break (answers are short phrases; an LM
+    that goes on — a few-shot prompt invites a next "Question:" — is cut there), stripped. Every method decodes
+    through this, so none is scored on more or less of what it generated."""
+    text = tokenizer.decode(list(row), skip_special_tokens=True).strip()
+    return text.split("\n", 1)[0].strip()
 
 
 def train_steps(model: CMT, batches: Iterable[CMTBatch], optimizer: torch.optim.Optimizer, *,

@@ -9,6 +9,11 @@ decoding (`transfer.cmt.greedy_generate`, ``max_new_tokens``, cut at the end-of-
 the same decoding to text, and are scored by `evaluate` with the same SQuAD EM/F1
 (`transfer.cmt_metrics`). The frozen base LM is shared by all and changed by none.
 
+Answers are the first line of what was generated (`transfer.cmt.answer_text`), for every method.
+Closed-book, RAG and online fine-tuning never learn the answer format (CMT and MAC do, from their QA
+loss), so their prompt may carry solved examples from the training split first (``fewshot``;
+`PromptFormat.demonstrations`): without them SmolLM2-135M-Instruct answers in sentences or not at all.
+
 Methods (the issue's baseline list; ours where the papers leave room):
 
 * `CMTMemory` — CMT (`transfer.cmt.CMT`): ``fit`` trains the memory modules on the training
@@ -44,7 +49,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from transfer.cmt import CMT, greedy_generate, lm_forward, make_optimizer, train_steps
+from transfer.cmt import CMT, answer_text, greedy_generate, lm_forward, make_optimizer, train_steps
 from transfer.cmt_data import QA, CMTBatch, Document, PromptFormat, collate, lm_special_ids
 from transfer.cmt_metrics import exact_match, qa_scores
 
@@ -94,7 +99,7 @@ class Harness:
             yield self.batch(docs), [qa for doc in docs for qa in doc.qas]
 
     def decode(self, rows: list[list[int]]) -> list[str]:
-        return [self.lm_tokenizer.decode(row, skip_special_tokens=True).strip() for row in rows]
+        return [answer_text(self.lm_tokenizer, row) for row in rows]
 
     def generate(self, lm, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, prefix=None) -> list[str]:
         eos, _ = lm_special_ids(self.lm_tokenizer)

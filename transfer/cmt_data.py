@@ -263,19 +263,34 @@ class PromptFormat:
     ``chat_tokenizer=None``: ``[context + blank line +] QUESTION_TEMPLATE``, answer after a space.
     Otherwise the tokenizer's chat template with one user turn — ``[Context: … +] instruction +
     Question: …`` — and the generation prompt; the answer starts the assistant turn.
+
+    ``demonstrations``: solved examples ``(context, question, answer)`` shown first, each laid out
+    exactly as the real question (with its context only when the real question has one; as earlier
+    user/assistant turns in the chat format), so an LM that was never trained on the format sees
+    what an answer looks like (few-shot prompting).
     """
     chat_tokenizer: object | None = None
     instruction: str = "Answer with a short phrase only."
+    demonstrations: tuple[tuple[str, str, str], ...] = ()
+
+    def _plain(self, question: str, context: str | None) -> str:
+        text = QUESTION_TEMPLATE.format(question=question)
+        return text if not context else f"{context}\n\n{text}"
+
+    def _user(self, question: str, context: str | None) -> str:
+        return (f"Context:\n{context}\n\n" if context else "") + f"{self.instruction}\nQuestion: {question}"
 
     def __call__(self, question: str, context: str | None = None) -> str:
+        shown = [(c if context else None, q, a) for c, q, a in self.demonstrations]
         if self.chat_tokenizer is None:
-            text = QUESTION_TEMPLATE.format(question=question)
-            return text if not context else f"{context}\n\n{text}"
-        user = (f"Context:\n{context}\n\n" if context else "") + f"{self.instruction}\nQuestion: {question}"
+            shots = "".join(f"{self._plain(q, c)} {a}\n\n" for c, q, a in shown)
+            return shots + self._plain(question, context)
         if getattr(self.chat_tokenizer, "chat_template", None) is None:
             raise ValueError(f"{type(self.chat_tokenizer).__name__} has no chat template: use the plain prompt")
-        return self.chat_tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
-                                                       add_generation_prompt=True)
+        turns = [turn for c, q, a in shown for turn in ({"role": "user", "content": self._user(q, c)},
+                                                         {"role": "assistant", "content": a})]
+        turns.append({"role": "user", "content": self._user(question, context)})
+        return self.chat_tokenizer.apply_chat_template(turns, tokenize=False, add_generation_prompt=True)
 
     @property
     def answer_prefix(self) -> str:

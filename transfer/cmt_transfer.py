@@ -189,6 +189,17 @@ def cmt_config(params) -> CMTConfig:
                      train_encoder=params.train_encoder)
 
 
+def demonstrations(params, train_docs: list[Document]) -> tuple[tuple[str, str, str], ...]:
+    """``fewshot`` solved examples for the methods that never learn the answer format: the first question of
+    each of the first training documents (fixed by ``data_seed``, the same for every seed and method)."""
+    if params.method not in ("closed_book", "rag", "online_ft") or not params.fewshot:
+        return ()
+    if len(train_docs) < params.fewshot:
+        raise ValueError(f"transfer.fewshot={params.fewshot} needs as many training documents; "
+                         f"train_documents gives {len(train_docs)}")
+    return tuple((d.text, d.qas[0].question, d.qas[0].answer) for d in train_docs[:params.fewshot])
+
+
 def build_method(params, lm, harness: Harness, seed: int) -> StreamingMethod:
     if params.method == "closed_book":
         return ClosedBook(lm, harness)
@@ -250,10 +261,14 @@ def _run(ctx: TransferContext, params) -> dict[str, float]:
     lm.to(device)
     before = lm_fingerprint(lm)
     ctx.runlog.set_tags({"cmt.lm_sha256": before})
+    shots = demonstrations(params, train_docs)
     harness = Harness(encoder_tokenizer(params, every_doc, lm_tokenizer), lm_tokenizer, max_doc_tokens=params.max_doc_tokens,
-                      max_question_tokens=params.max_question_tokens, max_answer_tokens=params.max_answer_tokens,
-                      max_new_tokens=params.max_new_tokens, eval_batch_size=params.eval_batch_size, device=device,
-                      prompt=PromptFormat(lm_tokenizer if params.prompt == "chat" else None))
+                      # room for the demonstrations: collate keeps a prompt's last max_question_tokens tokens
+                      max_question_tokens=params.max_question_tokens * (1 + len(shots))
+                      + params.max_answer_tokens * len(shots),
+                      max_answer_tokens=params.max_answer_tokens, max_new_tokens=params.max_new_tokens,
+                      eval_batch_size=params.eval_batch_size, device=device,
+                      prompt=PromptFormat(lm_tokenizer if params.prompt == "chat" else None, demonstrations=shots))
     torch.manual_seed(ctx.seed)                        # the method's own initialisation
     method = build_method(params, lm, harness, ctx.seed)
 
