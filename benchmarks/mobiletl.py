@@ -53,7 +53,8 @@ from transfer.mobiletl import MobileTLConfig, mobiletl  # noqa: E402
 PAPER = {"v2": 46.3, "v3": 53.3}
 GRID = "experiments/mobiletl_mnist_to_fmnist.yaml"
 REPRODUCTION = next(r for r in REPRODUCTIONS if r.grid == GRID)
-METHODS = ("full", "last_layer", "bias_bn", "mobiletl_top2", "mobiletl_top5", "mobiletl_top5_int4")
+METHODS = ("full", "last_layer", "bias_bn", "mobiletl_top2", "mobiletl_top5", "mobiletl_top5_int4",
+           "v3_full", "v3_mobiletl_top5", "v3_mobiletl_top5_exact_act")
 QUICK = {"transfer.source_samples_per_class": 100, "transfer.target_samples_per_class": 100,
          "transfer.test_samples": 1000, "transfer.pretrain_epochs": 1, "train.epochs": 1}
 VARIANTS = {"vanilla": None, "mobiletl": "none", "int8": "int8", "int4": "int4"}
@@ -125,8 +126,11 @@ def transfer_table(args) -> dict[str, float]:
     if runs.empty:
         print("no finished transfer runs to report")
         return {}
-    full = runs[runs["method"] == "full"]
-    reference = {key: full[key].mean() for key in ("memory/activation_bytes", "cost/train_flops")} if len(full) else {}
+    def full_of(method: str) -> dict[str, float]:
+        """The same architecture's full fine-tuning: what "vs full" divides by."""
+        full = runs[runs["method"] == ("v3_full" if method.startswith("v3_") else "full")]
+        return {key: full[key].mean() for key in ("memory/activation_bytes", "cost/train_flops")} if len(full) else {}
+
     print(f"\n{'method':<20}{'target acc %':>24}{'activation MiB':>16}{'vs full':>9}{'trainable params':>18}"
           f"{'train GFLOPs':>14}{'vs full':>9}")
     summary = {}
@@ -135,6 +139,7 @@ def transfer_table(args) -> dict[str, float]:
         if rows.empty:
             continue
         memory, flops = rows["memory/activation_bytes"].mean(), rows["cost/train_flops"].mean()
+        reference = full_of(method)
         memory_ratio = memory / reference["memory/activation_bytes"] if reference else float("nan")
         flops_ratio = flops / reference["cost/train_flops"] if reference else float("nan")
         print(f"{method:<20}{mean_std(rows['final/acc']):>24}{memory / 2**20:>16.2f}{memory_ratio:>9.2f}"
@@ -143,8 +148,10 @@ def transfer_table(args) -> dict[str, float]:
         summary[f"{method}_memory_ratio"] = round(memory_ratio, 3)
         summary[f"{method}_flops_ratio"] = round(flops_ratio, 3)
     print("(activation memory: what autograd saves for one training step, batch = train.batch_size; FLOPs: one "
-          "counted step × steps; source accuracy on MNIST: "
-          f"{mean_std(runs.drop_duplicates('seed')['final/source_acc'])})")
+          "counted step × steps; vs full: the same architecture's full fine-tuning; source accuracy on MNIST: "
+          + "; ".join(f"{arch} {mean_std(group.drop_duplicates('seed')['final/source_acc'])}"
+                      for arch, group in runs.groupby(runs["method"].str.startswith("v3_").map({False: "V2",
+                                                                                                  True: "V3"}))) + ")")
     claims = REPRODUCTION.claims(runs)
     for claim in claims:
         print(f"{'holds' if claim.holds else 'does not hold'}: {claim.claim} — {claim.ours}")
