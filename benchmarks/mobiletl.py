@@ -126,6 +126,8 @@ def transfer_table(args) -> dict[str, float]:
     if runs.empty:
         print("no finished transfer runs to report")
         return {}
+    runs["arch"] = ["V3" if m.startswith("v3_") else "V2" for m in runs["method"]]
+
     def full_of(method: str) -> dict[str, float]:
         """The same architecture's full fine-tuning: what "vs full" divides by."""
         full = runs[runs["method"] == ("v3_full" if method.startswith("v3_") else "full")]
@@ -150,8 +152,7 @@ def transfer_table(args) -> dict[str, float]:
     print("(activation memory: what autograd saves for one training step, batch = train.batch_size; FLOPs: one "
           "counted step × steps; vs full: the same architecture's full fine-tuning; source accuracy on MNIST: "
           + "; ".join(f"{arch} {mean_std(group.drop_duplicates('seed')['final/source_acc'])}"
-                      for arch, group in runs.groupby(runs["method"].str.startswith("v3_").map({False: "V2",
-                                                                                                  True: "V3"}))) + ")")
+                      for arch, group in runs.groupby("arch")) + ")")
     claims = REPRODUCTION.claims(runs)
     for claim in claims:
         print(f"{'holds' if claim.holds else 'does not hold'}: {claim.claim} — {claim.ours}")
