@@ -29,9 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import gridbench  # noqa: E402
-from cl.analysis import load_histories, load_runs  # noqa: E402
+from cl.analysis import load_histories  # noqa: E402
 from cl.grid import GridSpec, load_grid  # noqa: E402
-from cl.reproductions import REPRODUCTIONS  # noqa: E402
+from cl.reproductions import REPRODUCTIONS, cell_runs  # noqa: E402
 
 REPRODUCTION = next(r for r in REPRODUCTIONS if r.grid == "experiments/cmt_synthetic.yaml")
 ORDER = ("CMT", "CMT w/o self-matching", "CMT w/o memory-aware", "CMT w/o top-k", "MAC", "closed-book", "RAG",
@@ -65,13 +65,11 @@ def main() -> None:
     args = parser.parse_args()
     spec = grid(args)
     cells = gridbench.run_grid(spec, args)
-    label_of = {c.config_hash: REPRODUCTION.describe(c.config)["method"] for c in cells}
-    runs = load_runs(spec.experiment_name, tracking_uri=args.tracking_uri, config_hashes=list(label_of))
+    runs = cell_runs(spec.experiment_name, cells, REPRODUCTION.describe, tracking_uri=args.tracking_uri)
     if runs.empty:
         print("no finished runs to report")
         print(f"RESULT cmt_beats_mac=0 seeds=0 quick={int(args.quick)} {{}}")
         return
-    runs["method"] = [label_of[h] for h in runs["config_hash"]]
     methods = [m for m in ORDER if m in set(runs["method"])]
 
     columns = [("EM", "final/em", 1), ("F1", "final/f1", 1), ("prefix EM", "final/em_prefix", 1),

@@ -21,9 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import gridbench  # noqa: E402
-from cl.analysis import load_runs  # noqa: E402
 from cl.grid import GridSpec, load_grid  # noqa: E402
-from cl.reproductions import REPRODUCTIONS  # noqa: E402
+from cl.reproductions import REPRODUCTIONS, cell_runs  # noqa: E402
 
 METHODS = ("naive", "replay", "dark_er", "replay+fpf", "dark_er+fpf", "kfpf_ce", "kfpf_kd")
 REPRODUCTION = next(r for r in REPRODUCTIONS if r.grid == "experiments/fpf_fmnist.yaml")
@@ -37,20 +36,13 @@ def grid(args) -> GridSpec:
         spec, {"scenario": {"name": "split_digits", "n_experiences": 5}, "train.epochs": 2}, seeds=2, grid={})
 
 
-def method_of(config) -> str:
-    return config.strategy.name + "".join(f"+{p.name}" for p in config.plugins)
-
-
 def main() -> None:
     args = gridbench.parser(__doc__.splitlines()[0], store="fpf",
                             quick_help="8×8 digits instead of (Fashion-)MNIST, 2 epochs, 2 seeds").parse_args()
     spec = grid(args)
     cells = gridbench.run_grid(spec, args)
 
-    about = {c.config_hash: (c.config.scenario.name, c.config.strategy.options.get("mem_size"), method_of(c.config))
-             for c in cells}
-    runs = load_runs(spec.experiment_name, tracking_uri=args.tracking_uri, config_hashes=list(about))
-    runs["scenario_name"], runs["buffer"], runs["method"] = zip(*(about[h] for h in runs["config_hash"]))
+    runs = cell_runs(spec.experiment_name, cells, REPRODUCTION.describe, tracking_uri=args.tracking_uri)
     runs["acc"], runs["fgt"] = 100 * runs["final/avg_acc"], 100 * runs["final/forgetting"]
 
     results: dict[str, float] = {}

@@ -26,9 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import gridbench  # noqa: E402
-from cl.analysis import load_runs  # noqa: E402
 from cl.grid import GridSpec, load_grid  # noqa: E402
-from cl.reproductions import REPRODUCTIONS  # noqa: E402
+from cl.reproductions import REPRODUCTIONS, cell_runs  # noqa: E402
 
 METHODS = ("none", "full", "peft_all", "random", "memcontrol")
 REPRODUCTION = next(r for r in REPRODUCTIONS if r.grid == "experiments/memcontrol_mnist.yaml")
@@ -53,13 +52,11 @@ def main() -> None:
                                        "3 trials, 3 epochs, 100 evaluation samples").parse_args()
     spec = grid(args)
     cells = gridbench.run_grid(spec, args)
-    method_of = {c.config_hash: c.config.transfer.options["method"] for c in cells}
-    runs = load_runs(spec.experiment_name, tracking_uri=args.tracking_uri, config_hashes=list(method_of))
+    runs = cell_runs(spec.experiment_name, cells, REPRODUCTION.describe, tracking_uri=args.tracking_uri)
     if runs.empty:
         print("no finished runs to report")
         print(f"RESULT memcontrol_less_mem_at_comparable_fid=0 seeds=0 quick={int(args.quick)} {{}}")
         return
-    runs["method"] = [method_of[h] for h in runs["config_hash"]]
 
     columns = [("held-out mem %", "final/heldout_mem_rate", 100), ("NN ratio", "final/heldout_nn_ratio", 1),
                ("FID", "final/fid", 1), ("noise mem", "final/memorization", 1),

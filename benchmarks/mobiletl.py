@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks import gridbench  # noqa: E402
 from cl.cost import count_flops  # noqa: E402
 from cl.grid import GridSpec, load_grid  # noqa: E402
-from cl.reproductions import REPRODUCTIONS, grid_runs, mean_std  # noqa: E402
+from cl.reproductions import REPRODUCTIONS, cell_runs, mean_std  # noqa: E402
 from transfer.memory import saved_activation_bytes  # noqa: E402
 from transfer.mobiletl import MobileTLConfig, mobiletl  # noqa: E402
 
@@ -114,15 +114,7 @@ def transfer_table(args) -> dict[str, float]:
     """Part 2: run the transfer grid (only the cells not measured yet); print and return its table."""
     spec = transfer_grid(args.quick)
     cells = gridbench.run_grid(spec, args)
-    if args.quick:      # the quick grid is not the published file: describe its cells directly
-        from cl.analysis import load_runs
-
-        about = {c.config_hash: REPRODUCTION.describe(c.config) for c in cells}
-        runs = load_runs(spec.experiment_name, tracking_uri=args.tracking_uri, config_hashes=list(about))
-        if not runs.empty:
-            runs["method"] = [about[h]["method"] for h in runs["config_hash"]]
-    else:
-        runs = grid_runs(GRID, REPRODUCTION.describe, tracking_uri=args.tracking_uri)
+    runs = cell_runs(spec.experiment_name, cells, REPRODUCTION.describe, tracking_uri=args.tracking_uri)
     if runs.empty:
         print("no finished transfer runs to report")
         return {}

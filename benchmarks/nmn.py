@@ -25,9 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import gridbench  # noqa: E402
-from cl.analysis import load_runs, run_artifact_json  # noqa: E402
+from cl.analysis import run_artifact_json  # noqa: E402
 from cl.grid import GridSpec, load_grid  # noqa: E402
-from cl.reproductions import REPRODUCTIONS  # noqa: E402
+from cl.reproductions import REPRODUCTIONS, cell_runs  # noqa: E402
 
 METHODS = ("naive", "replay", "nmn_bp", "nmn_sg")
 REPRODUCTION = next(r for r in REPRODUCTIONS if r.grid == "experiments/nmn_mnist.yaml")
@@ -57,9 +57,7 @@ def main() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one download per run below
     spec = grid(args)
     cells = gridbench.run_grid(spec, args)
-    about = {c.config_hash: (c.config.scenario.name, c.config.strategy.name) for c in cells}
-    runs = load_runs(spec.experiment_name, tracking_uri=args.tracking_uri, config_hashes=list(about))
-    runs["scenario_name"], runs["method"] = zip(*(about[h] for h in runs["config_hash"]))
+    runs = cell_runs(spec.experiment_name, cells, REPRODUCTION.describe, tracking_uri=args.tracking_uri)
     for column in ("final/rare_acc", "final/rare_acc_when_learnt"):   # only rare-class streams have them
         if column not in runs:
             runs[column] = float("nan")

@@ -21,9 +21,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import gridbench  # noqa: E402
-from cl.analysis import load_runs  # noqa: E402
 from cl.grid import GridSpec, load_grid  # noqa: E402
-from cl.reproductions import REPRODUCTIONS  # noqa: E402
+from cl.reproductions import REPRODUCTIONS, cell_runs  # noqa: E402
 
 METHODS = ("scalearn", "scalearn_uniform", "scalearn_pp", "scalearn_uniform_pp", "fusion", "average", "adapter",
            "full")
@@ -45,9 +44,7 @@ def main() -> None:
                             quick_help="RTE and MRPC targets, 200 examples, 1 epoch, 1 seed").parse_args()
     spec = grid(args)
     cells = gridbench.run_grid(spec, args)
-    about = {c.config_hash: (c.config.transfer.options["target"], c.config.transfer.options["method"]) for c in cells}
-    runs = load_runs(spec.experiment_name, tracking_uri=args.tracking_uri, config_hashes=list(about))
-    runs["target"], runs["method"] = zip(*(about[h] for h in runs["config_hash"]))
+    runs = cell_runs(spec.experiment_name, cells, REPRODUCTION.describe, tracking_uri=args.tracking_uri)
     runs["score"] = 100 * runs["final/score"]
 
     targets = [t for t in spec.grid["transfer.target"] if t in set(runs["target"])]

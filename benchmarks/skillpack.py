@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import gridbench  # noqa: E402
-from cl.analysis import load_runs  # noqa: E402
 from cl.grid import GridSpec, load_grid  # noqa: E402
+from cl.reproductions import cell_runs  # noqa: E402
 
 QUICK_SKILLS = ["sentiment", "arithmetic"]
 
@@ -60,13 +60,10 @@ def main() -> None:
                             quick_help="tiny random Llama, 2 skills, 16 examples, 1 seed").parse_args()
     spec = grid(args)
     cells = gridbench.run_grid(spec, args)
-    about = {c.config_hash: describe(c.config) for c in cells}
-    runs = load_runs(spec.experiment_name, tracking_uri=args.tracking_uri, config_hashes=list(about))
+    runs = cell_runs(spec.experiment_name, cells, describe, tracking_uri=args.tracking_uri)
     if runs.empty:
         print("no finished runs")
         return
-    for column in ("method", "skill", "budget", "merge_method"):
-        runs[column] = [about[h][column] for h in runs["config_hash"]]
 
     packs = runs[runs["method"] == "pack"]
     print(f"\n1. per skill (accuracy %, mean ± std over seeds)\n{'skill':<12}{'budget':<8}{'fine-tune':>12}"

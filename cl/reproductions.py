@@ -42,18 +42,24 @@ class Reproduction:
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
-def grid_runs(grid: str | Path, describe: Callable, *, tracking_uri: str | None = None) -> pd.DataFrame:
-    """The FINISHED runs of a grid's cells, with `describe(config)` columns added."""
+def cell_runs(experiment: str, cells, describe: Callable, *, tracking_uri: str | None = None) -> pd.DataFrame:
+    """The FINISHED runs of `cells` (`cl.grid.Cell`s) in `experiment`, with `describe(config)` columns added."""
     from cl.analysis import load_runs
+
+    by_hash = {c.config_hash: c for c in cells}
+    runs = load_runs(experiment, tracking_uri=tracking_uri, config_hashes=list(by_hash))
+    if runs.empty:
+        return runs
+    extra = pd.DataFrame([describe(by_hash[h].config) for h in runs["config_hash"]], index=runs.index)
+    return pd.concat([runs, extra], axis=1)
+
+
+def grid_runs(grid: str | Path, describe: Callable, *, tracking_uri: str | None = None) -> pd.DataFrame:
+    """The FINISHED runs of a grid file's cells, with `describe(config)` columns added."""
     from cl.grid import expand, load_grid
 
     spec = load_grid(ROOT / grid)
-    cells = {c.config_hash: c for c in expand(spec)}
-    runs = load_runs(spec.experiment_name, tracking_uri=tracking_uri, config_hashes=list(cells))
-    if runs.empty:
-        return runs
-    extra = pd.DataFrame([describe(cells[h].config) for h in runs["config_hash"]], index=runs.index)
-    return pd.concat([runs, extra], axis=1)
+    return cell_runs(spec.experiment_name, expand(spec), describe, tracking_uri=tracking_uri)
 
 
 def mean_std(values: pd.Series, scale: float = 100.0) -> str:
