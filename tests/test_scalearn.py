@@ -238,3 +238,23 @@ def test_missing_glue_data_names_the_field_and_the_fix(tmp_path):
 
     with pytest.raises(DataNotFoundError, match="transfer.data_root: GLUE tasks RTE not found.*text/glue"):
         glue.load_split("rte", "train", str(tmp_path))
+
+
+def test_task_head_is_berts_pooler_and_classifier_as_robertas_head_is_dense_and_projection():
+    from transfer.scalearn_transfer import head_of
+
+    peft_model = get_peft_model(tiny_base(), lora(0))
+    peft_model.requires_grad_(False)
+    head = head_of(peft_model)
+    head.requires_grad_(True)
+    trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
+    assert any("pooler.dense" in n for n in trainable) and any("classifier" in n for n in trainable)
+    assert not any("lora_" in n or "encoder" in n for n in trainable)
+    # a saved head restores the pooler too: another model with the loaded head answers the same
+    other = get_peft_model(tiny_base(seed=1), lora(0))
+    other.base_model.model.bert.encoder.load_state_dict(peft_model.base_model.model.bert.encoder.state_dict())
+    other.base_model.model.bert.embeddings.load_state_dict(peft_model.base_model.model.bert.embeddings.state_dict())
+    x = {"input_ids": torch.randint(1, 50, (2, 5))}
+    assert not torch.allclose(other(**x).logits, peft_model(**x).logits)
+    head_of(other).load_state_dict(head.state_dict())
+    torch.testing.assert_close(other(**x).logits, peft_model(**x).logits)
