@@ -258,3 +258,29 @@ def test_task_head_is_berts_pooler_and_classifier_as_robertas_head_is_dense_and_
     assert not torch.allclose(other(**x).logits, peft_model(**x).logits)
     head_of(other).load_state_dict(head.state_dict())
     torch.testing.assert_close(other(**x).logits, peft_model(**x).logits)
+
+
+@pytest.mark.parametrize("method", ["adapter", "scalearn"])
+def test_runs_log_each_stage1_adapters_own_dev_score(method, shared_store, tmp_path, monkeypatch):
+    """The `adapter` baseline reloads the target's stage-1 adapter and head (pooler included), so
+    its final score is exactly the score measured when the adapter was trained."""
+    from cl.config import RunConfig
+    from cl.registry import TRANSFERS
+    from cl.runner import run
+    from mlflow import MlflowClient
+    from tests.conftest import SHARED_DATA
+
+    if not SHARED_DATA.is_dir():
+        pytest.skip("needs the offline GLUE files in ../shared/data")
+    monkeypatch.setenv("CLSUITE_CACHE", str(tmp_path / "cache"))
+    smoke = dict(TRANSFERS.get("scalearn").smoke_options)
+    cfg = RunConfig.from_dict({"experiment": f"scalearn-stage1-{method}", "seed": 0,
+                               "transfer": {"name": "scalearn", **smoke, "method": method, "data_root": str(SHARED_DATA)},
+                               "train": {"epochs": 1, "batch_size": 8, "lr": 0.006}})
+    result = run(cfg, tracking_uri=shared_store)
+    assert result.ok, result.reason
+    metrics = MlflowClient(shared_store).get_run(result.run_id).data.metrics
+    tasks = [smoke["target"]] if method == "adapter" else list(smoke["tasks"])
+    assert {f"stage1/{t}/dev_score" for t in tasks} <= set(metrics)
+    if method == "adapter":
+        assert metrics["final/score"] == metrics[f"stage1/{smoke['target']}/dev_score"]

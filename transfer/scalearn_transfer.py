@@ -3,10 +3,10 @@
 Registered as the transfer experiment ``scalearn`` (options: `transfer.catalog.ScaLearnTransferParams`).
 One run = one method on one target task and one seed:
 
-1. **Stage 1** (cached): for every task of ``tasks``, a LoRA adapter (plus its own head) is
-   trained on the task and saved with peft under ``<cache>/scalearn/<key>/`` — keyed by
-   model, task, data sizes, LoRA and schedule settings and seed — so every method and
-   target of a grid shares one adapter per (task, seed).
+1. **Stage 1** (cached): for every task of ``tasks``, a LoRA adapter (plus its own head,
+   `TaskHead`) is trained on the task and saved with peft under ``<cache>/scalearn/<key>/`` —
+   keyed by model, task, data sizes, LoRA and schedule settings and seed — so every method
+   and target of a grid shares one adapter per (task, seed).
 2. **Stage 2** on ``target``, by ``method``:
    ``scalearn``, ``scalearn_uniform``, ``scalearn_pp``, ``scalearn_uniform_pp`` — all
    adapters frozen (sources first, target last), ω and a new head train (`transfer.scalearn`);
@@ -17,7 +17,9 @@ One run = one method on one target task and one seed:
 3. Logged: the target's GLUE metrics on its dev set (``final/<metric>`` and ``final/score``,
    the task's primary metric), trainable transfer parameters (``memory/transfer_params``,
    the head apart in ``memory/head_params``), the learned ω per adapter (``omega/<task>``:
-   mean over its entries) and as a JSON artifact.
+   mean over its entries) and as a JSON artifact, and each stage-1 adapter's score on its own
+   task's dev set (``stage1/<task>/dev_score``, measured once when it is trained) — a
+   transfer from adapters that learned nothing measures nothing.
 
 Optimisation (all stages): AdamW, linear decay to 0, no warm-up — the reference's schedule.
 In stage 2 the new task head always trains at ``train.lr`` (reference: 6e-3, ScaLearn's);
@@ -49,6 +51,7 @@ from transfer.scalearn import (AdapterCombination, FusionAttention, ScaLearnConf
 
 log = logging.getLogger(__name__)
 HEAD_FILE = "head.safetensors"
+STAGE1_SCORES = "dev_scores.json"
 
 
 # ---------------------------------------------------------------- model and data
@@ -231,12 +234,21 @@ def stage1_adapter(ctx: TransferContext, params, task: str, tokenizer) -> Path:
     train(model, data, task=task, epochs=params.adapter_epochs, lr=params.adapter_lr,
           batch_size=ctx.train.batch_size, seed=ctx.seed, pad_id=tokenizer.pad_token_id, device=ctx.device,
           on_epoch=lambda e, loss: ctx.runlog.log_metrics({f"stage1/{task}/train_loss": loss}, step=e))
+    dev = encode(tokenizer, load_split(params, task, "dev", 0), params.max_length)
+    scores = evaluate(model, dev, task=task, pad_id=tokenizer.pad_token_id, device=ctx.device)
     with publish_directory(path) as partial:
         model.save_pretrained(str(partial))
         save_file({k: v.detach().cpu().contiguous() for k, v in head_of(model).state_dict().items()},
                   partial / HEAD_FILE)
         (partial / "key.json").write_text(json.dumps(key, indent=1))
+        (partial / STAGE1_SCORES).write_text(json.dumps(scores, indent=1))
     return path
+
+
+def stage1_scores(adapter_dir: Path) -> dict[str, float]:
+    """The stage-1 adapter's own dev metrics, measured when it was trained (empty for older caches)."""
+    path = adapter_dir / STAGE1_SCORES
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def load_split(params, task: str, split: str, seed: int) -> glue.TextSplit:
@@ -313,6 +325,9 @@ def run(ctx: TransferContext, params) -> dict[str, float]:
     metrics = evaluate(model, dev, task=params.target, pad_id=tokenizer.pad_token_id, device=ctx.device)
 
     result = dict(metrics)
+    for task, adapter_dir in adapter_dirs.items():                  # did each source adapter learn its task?
+        if "score" in (scores := stage1_scores(adapter_dir)):
+            result[f"stage1/{task}/dev_score"] = scores["score"]
     if params.method == "adapter":
         transfer_params = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
     else:
