@@ -227,7 +227,20 @@ def _memcontrol_claims(runs: pd.DataFrame) -> list[ClaimResult]:
         "0.019% of the parameters beat prior mitigations (MIMIC, Stable Diffusion v1.5)",
         f"held-out memorisation {text}; FID {fid_ratio:.2f}× full's (comparable: ≤ {MEMCONTROL_COMPARABLE_FID}×); "
         f"{chosen['final/trainable_pct'].mean():.2f}% of the parameters trained",
-        bool(gap < 0 and fid_ratio <= MEMCONTROL_COMPARABLE_FID))]
+        bool(gap < 0 and fid_ratio <= MEMCONTROL_COMPARABLE_FID)), _memcontrol_detector_claim(runs)]
+
+
+def _memcontrol_detector_claim(runs: pd.DataFrame) -> ClaimResult:
+    """The search only sees the noise-magnitude detector; does it rank fine-tuned models as the held-out
+    measure does? (`none` is left out: its prompt labels were never trained, which alone inflates the gap.)"""
+    claim = "the noise-magnitude detector the search minimises ranks runs as held-out memorisation does"
+    paper = "the detector (Wen et al. 2024) is MemControl's memorisation reward"
+    columns = ["final/memorization", "final/heldout_mem_rate"]
+    tuned = runs[runs["method"] != "none"].reindex(columns=columns).dropna()
+    if len(tuned) < 3 or tuned.nunique().min() < 2:
+        return ClaimResult(claim, paper, f"not measurable ({len(tuned)} fine-tuned runs)", None)
+    rho = tuned["final/memorization"].corr(tuned["final/heldout_mem_rate"], method="spearman")
+    return ClaimResult(claim, paper, f"Spearman {rho:+.2f} over {len(tuned)} fine-tuned runs", bool(rho > 0))
 
 
 # --------------------------------------------------------------------------- TimeTic

@@ -46,8 +46,21 @@ def test_memcontrol_claim_needs_less_memorisation_and_comparable_fid(mem, fid, h
              "final/trainable_pct": 100.0} for s in range(3)]
     rows += [{"method": "memcontrol", "seed": s, "final/heldout_mem_rate": mem, "final/fid": fid,
               "final/trainable_pct": 5.0} for s in range(3)]
-    (claim,) = rep.claims(pd.DataFrame(rows))
+    claim, detector = rep.claims(pd.DataFrame(rows))
     assert claim.holds is holds and f"{fid / 100:.2f}× full's" in claim.ours
+    assert detector.holds is None and "not measurable" in detector.ours          # no detector values given
+
+
+@pytest.mark.parametrize("sign, holds", [(1, True), (-1, False)])
+def test_memcontrol_detector_claim_is_the_rank_correlation_over_fine_tuned_runs(sign, holds):
+    rep = next(r for r in REPRODUCTIONS if r.grid == "experiments/memcontrol_mnist.yaml")
+    rows = [{"method": m, "seed": 0, "final/heldout_mem_rate": rate, "final/memorization": 5 + sign * rate,
+             "final/fid": 100.0, "final/trainable_pct": 1.0}
+            for m, rate in [("full", 0.6), ("peft_all", 0.3), ("memcontrol", 0.1), ("random", 0.2)]]
+    rows.append({"method": "none", "seed": 0, "final/heldout_mem_rate": 0.0, "final/memorization": 99.0,
+                 "final/fid": 300.0, "final/trainable_pct": 0.0})      # left out: would break the ranking
+    _, detector = rep.claims(pd.DataFrame(rows))
+    assert detector.holds is holds and detector.ours == f"Spearman {sign:+.2f} over 4 fine-tuned runs"
 
 
 def test_timetic_claim_compares_with_the_zero_shot_score_and_names_the_learner():
