@@ -64,7 +64,7 @@ def test_cmt_runs_end_to_end_into_a_real_mlflow_store(shared_store, cache):
 
     cfg = RunConfig.from_dict({"experiment": "cmt-e2e", "seed": 1,
                                "transfer": {"name": "cmt", **SMOKE, "stream_documents": 12,
-                                            "checkpoint_every": 2}})
+                                            "checkpoint_every": 2, "warmup_steps": 1}})
     result = run(cfg, tracking_uri=shared_store)
     assert result.ok, result.reason
     client = MlflowClient(shared_store)
@@ -130,6 +130,8 @@ def test_mac_is_cmt_with_three_options_fixed():
         CMTTransferParams(qa_weight=0, self_match_weight=0, memory_aware_weight=0)
     with pytest.raises(ValueError, match="train_batch_documents=1"):
         CMTTransferParams(train_batch_documents=1)
+    with pytest.raises(ValueError, match="warmup_steps=300 must be below train_steps=300"):
+        CMTTransferParams(warmup_steps=300)
 
 
 def test_too_few_documents_for_the_stream_is_a_config_error_naming_the_fields(tmp_path):

@@ -353,6 +353,9 @@ class CMTTransferParams(Params):
     train_steps: int = Field(300, ge=0, description="cmt/mac: AdamW steps on the training split")
     train_batch_documents: int = Field(8, ge=1, description="documents per training batch (the batch is the bank)")
     lr: float = Field(1e-4, gt=0, description="cmt/mac: AdamW learning rate")
+    warmup_steps: int = Field(0, ge=0, description="cmt/mac: linear warm-up from 0 to lr over these steps, then "
+                                                   "linear decay to 0 (0 = a constant lr; measured: constant 1e-3 "
+                                                   "diverges after ~200 steps)")
     rag_top_k: int = Field(2, ge=1, description="rag: documents put into the prompt")
     ft_lr: float = Field(1e-5, gt=0, description="online_ft: AdamW learning rate of the LM copy")
     ft_steps_per_batch: int = Field(1, ge=1, description="online_ft: steps on each stream batch's documents")
@@ -394,6 +397,9 @@ class CMTTransferParams(Params):
             if self.self_match_weight and self.train_steps and self.train_batch_documents < 2:
                 raise ValueError(f"train_batch_documents={self.train_batch_documents}: self-matching ranks a "
                                  "question's document among the batch's, so it needs >= 2 (or self_match_weight=0)")
+            if self.warmup_steps and self.warmup_steps >= self.train_steps:
+                raise ValueError(f"warmup_steps={self.warmup_steps} must be below train_steps={self.train_steps} "
+                                 "(warm-up, then decay over the remaining steps)")
             if self.self_match_weight and self.train_steps and self.train_documents < 2:
                 raise ValueError("train_documents: self-matching needs at least 2 training documents")
         return self

@@ -49,7 +49,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from transfer.cmt import CMT, answer_text, greedy_generate, lm_forward, make_optimizer, train_steps
+from transfer.cmt import (CMT, answer_text, greedy_generate, lm_forward, make_optimizer, train_steps,
+                          warmup_linear_decay)
 from transfer.cmt_data import QA, CMTBatch, Document, PromptFormat, collate, lm_special_ids
 from transfer.cmt_metrics import exact_match, qa_scores
 
@@ -163,13 +164,13 @@ class CMTMemory(StreamingMethod):
     name = "cmt"
 
     def __init__(self, model: CMT, harness: Harness, *, steps: int, batch_documents: int, lr: float,
-                 seed: int = 0, max_grad_norm: float | None = 1.0):
+                 seed: int = 0, max_grad_norm: float | None = 1.0, warmup_steps: int = 0):
         if steps < 0 or batch_documents < 1:
             raise ValueError(f"CMTMemory: steps must be >= 0 and batch_documents >= 1, got {steps}, "
                              f"{batch_documents}")
         self.model, self.harness = model.to(harness.device), harness
         self.steps, self.batch_documents, self.lr, self.seed = steps, batch_documents, lr, seed
-        self.max_grad_norm = max_grad_norm
+        self.max_grad_norm, self.warmup_steps = max_grad_norm, warmup_steps
         self.bank = model.new_bank()
 
     def fit(self, documents, on_step=None):
@@ -178,10 +179,13 @@ class CMTMemory(StreamingMethod):
         if len(documents) < 2 and self.model.config.self_match_weight:
             raise ValueError("CMTMemory.fit: self-matching needs at least 2 training documents per batch")
         optimizer = make_optimizer(self.model, lr=self.lr)
+        schedule = warmup_linear_decay(optimizer, self.warmup_steps, self.steps) if self.warmup_steps else None
         history = []
         for step, index in enumerate(_epoch_batches(len(documents), self.batch_documents, self.steps, self.seed)):
             batch = self.harness.batch([documents[i] for i in index]).to(self.harness.device)
             terms = train_steps(self.model, [batch], optimizer, max_grad_norm=self.max_grad_norm)[0]
+            if schedule is not None:
+                schedule.step()
             if not np.isfinite(terms["total"]):
                 from cl.errors import NonFiniteLossError
 

@@ -220,7 +220,7 @@ def build_method(params, lm, harness: Harness, seed: int) -> StreamingMethod:
                     params.top_k, min(params.train_batch_documents, params.train_documents))
     model = CMT(lm, encoder, cmt_config(params))      # mac: the catalog has already set MAC's three options
     method = CMTMemory(model, harness, steps=params.train_steps, batch_documents=params.train_batch_documents,
-                       lr=params.lr, seed=seed)
+                       lr=params.lr, seed=seed, warmup_steps=params.warmup_steps)
     method.name = params.method
     return method
 
