@@ -22,7 +22,8 @@ One run = one method on one target task and one seed:
    transfer from adapters that learned nothing measures nothing.
 
 Optimisation (all stages): AdamW, linear decay to 0, no warm-up — the reference's schedule.
-In stage 2 the new task head always trains at ``train.lr`` (reference: 6e-3, ScaLearn's);
+In stage 2 the task head (`TaskHead`: a new classifier, and BERT's pretrained pooler) always
+trains at ``train.lr`` (reference: 6e-3, ScaLearn's);
 the method's own parameters at their rate: ω at ``train.lr``, the fusion layers at
 ``fusion_lr`` (reference 5e-5), the encoder of full fine-tuning at ``full_lr``. (With a few
 dozen steps, a head at 5e-5 or 2e-5 barely moves and would decide the comparison by itself.)
