@@ -26,8 +26,6 @@ import torch  # noqa: E402
 from cl.transfer_run import cache_root  # noqa: E402
 from transfer import cmt_transfer  # noqa: E402
 from transfer.catalog import CMTTransferParams  # noqa: E402
-from transfer.cmt_baselines import Harness  # noqa: E402
-from transfer.cmt_data import PromptFormat  # noqa: E402
 from transfer.cmt_metrics import qa_scores  # noqa: E402
 
 
@@ -57,10 +55,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     docs, _ = cmt_transfer.load_documents(params)
     lm, lm_tokenizer = cmt_transfer.build_lm(params, docs, cache_root())
-    harness = Harness(cmt_transfer.encoder_tokenizer(params, docs, lm_tokenizer), lm_tokenizer,
-                      max_doc_tokens=params.max_doc_tokens, max_question_tokens=params.max_question_tokens,
-                      max_answer_tokens=params.max_answer_tokens, max_new_tokens=params.max_new_tokens,
-                      eval_batch_size=params.eval_batch_size, device="cpu", prompt=PromptFormat(None))
+    harness = cmt_transfer.build_harness(params, docs, lm_tokenizer)
     torch.manual_seed(args.seed)
     method = cmt_transfer.build_method(params, lm, harness, args.seed)
     print(f"CMT on {documents} documents, {steps} steps, lr {params.lr} (warm-up {params.warmup_steps}), "

@@ -6,8 +6,9 @@ adapters; 3 seeds —
 through the suite's launcher (finished cells are reused on a rerun; store:
 reports/scalearn/mlflow.db). Prints, per target, the task's GLUE metric on its dev set
 (mean ± std over seeds) for every method and the transfer parameters each trains (the task
-head apart), each stage-1 adapter's score on its own task; then the average over targets, whether ScaLearn matches or beats the
-AdapterFusion-style baseline and with what fraction of its parameters, and a RESULT line.
+head apart), each stage-1 adapter's score on its own task; then the average over targets,
+whether ScaLearn matches or beats the AdapterFusion-style baseline and with what fraction of its
+parameters, and a RESULT line.
 
     python benchmarks/scalearn.py --quick    # MRPC and STS-B, 200 examples, 1 epoch, 1 seed: a smoke run
     python benchmarks/scalearn.py            # the grid as published (72 runs)
@@ -70,11 +71,12 @@ def main() -> None:
         print(f"{method:<21}" + "".join(f"{c:>18}" for c in cells_) + f"{means[method]:>9.2f}{params[method]:>17,.0f}")
     print(f"(n = {runs.groupby(['target', 'method']).size().min()}–{runs.groupby(['target', 'method']).size().max()} "
           "seeds per cell; score × 100; transfer params exclude the task head)")
-    stage1 = {c.split("/")[1]: 100 * runs[c] for c in runs if c.startswith("stage1/") and c.endswith("/dev_score")}
+    # one adapter per (task, seed), its score repeated in every run that used it
+    stage1 = {c.split("/")[1]: 100 * runs.groupby("seed")[c].first().dropna()
+              for c in runs if c.startswith("stage1/") and c.endswith("/dev_score")}
     if stage1:                       # a transfer from adapters that learned nothing measures nothing
         print("stage-1 adapters on their own dev sets: " + ", ".join(
-            f"{task.upper()} {METRIC[task]} {gridbench.mean_std(scores.dropna().drop_duplicates(), 2)}"
-            for task, scores in sorted(stage1.items())))
+            f"{task.upper()} {METRIC[task]} {gridbench.mean_std(scores, 2)}" for task, scores in sorted(stage1.items())))
 
     # the verdicts are the reproduction report's (cl.reproductions), so the two never disagree
     claims = {c.claim.split(" ")[0]: c for c in REPRODUCTION.claims(runs)}

@@ -200,6 +200,19 @@ def demonstrations(params, train_docs: list[Document]) -> tuple[tuple[str, str, 
     return tuple((d.text, d.qas[0].question, d.qas[0].answer) for d in train_docs[:params.fewshot])
 
 
+def build_harness(params, documents: list[Document], lm_tokenizer, *, shots: tuple = (), device: str = "cpu"
+                  ) -> Harness:
+    """The run's tokenisation, prompt format and generation settings, shared by every method."""
+    return Harness(encoder_tokenizer(params, documents, lm_tokenizer), lm_tokenizer,
+                   max_doc_tokens=params.max_doc_tokens,
+                   # room for the demonstrations: collate keeps a prompt's last max_question_tokens tokens
+                   max_question_tokens=params.max_question_tokens * (1 + len(shots))
+                   + params.max_answer_tokens * len(shots),
+                   max_answer_tokens=params.max_answer_tokens, max_new_tokens=params.max_new_tokens,
+                   eval_batch_size=params.eval_batch_size, device=device,
+                   prompt=PromptFormat(lm_tokenizer if params.prompt == "chat" else None, demonstrations=shots))
+
+
 def build_method(params, lm, harness: Harness, seed: int) -> StreamingMethod:
     if params.method == "closed_book":
         return ClosedBook(lm, harness)
@@ -261,14 +274,7 @@ def _run(ctx: TransferContext, params) -> dict[str, float]:
     lm.to(device)
     before = lm_fingerprint(lm)
     ctx.runlog.set_tags({"cmt.lm_sha256": before})
-    shots = demonstrations(params, train_docs)
-    harness = Harness(encoder_tokenizer(params, every_doc, lm_tokenizer), lm_tokenizer, max_doc_tokens=params.max_doc_tokens,
-                      # room for the demonstrations: collate keeps a prompt's last max_question_tokens tokens
-                      max_question_tokens=params.max_question_tokens * (1 + len(shots))
-                      + params.max_answer_tokens * len(shots),
-                      max_answer_tokens=params.max_answer_tokens, max_new_tokens=params.max_new_tokens,
-                      eval_batch_size=params.eval_batch_size, device=device,
-                      prompt=PromptFormat(lm_tokenizer if params.prompt == "chat" else None, demonstrations=shots))
+    harness = build_harness(params, every_doc, lm_tokenizer, shots=demonstrations(params, train_docs), device=device)
     torch.manual_seed(ctx.seed)                        # the method's own initialisation
     method = build_method(params, lm, harness, ctx.seed)
 
