@@ -12,7 +12,7 @@ pytest.importorskip("transformers")
 from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
 from transfer.cmt import (CMT, CMTConfig, MemoryBank, PrefixGenerator, greedy_generate, lm_forward, make_optimizer,  # noqa: E402
-                          select_top_k, self_matching_loss, train_steps, warmup_linear_decay)
+                          select_top_k, self_matching_loss, train_steps)
 
 DOCS = synthetic_facts(8, seed=0)
 TOKENIZER = word_tokenizer([d.text for d in DOCS] + [QUESTION_TEMPLATE.format(question=qa.question) + " " + qa.answer
@@ -280,15 +280,3 @@ def test_synthetic_facts_are_unique_deterministic_and_answerable_only_from_their
         synthetic_facts(3, facts_per_document=5)
 
 
-def test_warmup_rises_linearly_to_the_lr_then_decays_to_zero():
-    weight = torch.nn.Parameter(torch.zeros(1))
-    optimizer = torch.optim.SGD([weight], lr=1.0)
-    schedule = warmup_linear_decay(optimizer, warmup_steps=4, total_steps=10)
-    lrs = []
-    for _ in range(10):
-        lrs.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        schedule.step()
-    assert lrs == pytest.approx([0.25, 0.5, 0.75, 1.0, 1.0, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6])
-    with pytest.raises(ValueError, match="warmup_steps must be in 1..total_steps-1"):
-        warmup_linear_decay(optimizer, warmup_steps=10, total_steps=10)

@@ -609,21 +609,6 @@ def train_steps(model: CMT, batches: Iterable[CMTBatch], optimizer: torch.optim.
     return history
 
 
-def warmup_linear_decay(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int
-                        ) -> torch.optim.lr_scheduler.LambdaLR:
-    """lr × (s+1)/warmup for the first ``warmup_steps`` steps, then linearly down to 0 at ``total_steps`` (ours:
-    neither paper fixes a schedule; without one, lr 1e-3 diverged after ~200 steps on SmolLM2)."""
-    if not 0 < warmup_steps < total_steps:
-        raise ValueError(f"warmup_steps must be in 1..total_steps-1, got {warmup_steps} of {total_steps}")
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        return max(0.0, (total_steps - step) / (total_steps - warmup_steps))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
 def make_optimizer(model: CMT, lr: float = 1e-4, weight_decay: float = 0.0) -> torch.optim.Optimizer:
     """AdamW over the trainable parameters only (the frozen LM is never given to the optimiser)."""
     if lr <= 0:

@@ -48,9 +48,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch.nn import functional as F
+from transformers import get_linear_schedule_with_warmup
 
-from transfer.cmt import (CMT, answer_text, greedy_generate, lm_forward, make_optimizer, train_steps,
-                          warmup_linear_decay)
+from transfer.cmt import CMT, answer_text, greedy_generate, lm_forward, make_optimizer, train_steps
 from transfer.cmt_data import QA, CMTBatch, Document, PromptFormat, collate, lm_special_ids
 from transfer.cmt_metrics import exact_match, qa_scores
 
@@ -179,7 +179,10 @@ class CMTMemory(StreamingMethod):
         if len(documents) < 2 and self.model.config.self_match_weight:
             raise ValueError("CMTMemory.fit: self-matching needs at least 2 training documents per batch")
         optimizer = make_optimizer(self.model, lr=self.lr)
-        schedule = warmup_linear_decay(optimizer, self.warmup_steps, self.steps) if self.warmup_steps else None
+        # Linear warm-up then linear decay to 0 (ours: neither paper fixes a schedule; at a constant lr 1e-3 training
+        # diverged after ~200 steps on SmolLM2); warmup_steps 0 keeps the lr constant.
+        schedule = (get_linear_schedule_with_warmup(optimizer, self.warmup_steps, self.steps)
+                    if self.warmup_steps else None)
         history = []
         for step, index in enumerate(_epoch_batches(len(documents), self.batch_documents, self.steps, self.seed)):
             batch = self.harness.batch([documents[i] for i in index]).to(self.harness.device)

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+from transformers import get_linear_schedule_with_warmup
 
 from cl.config import canonical_hash
 from cl.transfer_run import TransferContext, publish_directory
@@ -168,7 +169,7 @@ def train(model: nn.Module, data: Encoded, *, task: str, epochs: int, lr: float,
     optimizer = torch.optim.AdamW(groups, weight_decay=0.0)
     steps_per_epoch = -(-len(data) // batch_size)
     total = epochs * steps_per_epoch
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1 - step / total))
+    schedule = get_linear_schedule_with_warmup(optimizer, num_warmup_steps=0, num_training_steps=total)
     regression = glue.TASKS[task].is_regression
     generator = torch.Generator().manual_seed(seed)
     step = 0

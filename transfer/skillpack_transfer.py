@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import get_cosine_schedule_with_warmup
 
 from cl.config import canonical_hash
 from cl.transfer_run import TransferContext, publish_directory
@@ -129,9 +130,7 @@ def sft(model, tokenizer, examples: list[Example], *, epochs: int, lr: float, ba
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     total = epochs * math.ceil(len(examples) / batch_size)
     warmup = max(1, int(0.1 * total))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: (s + 1) / warmup if s < warmup else 0.5 * (1 + math.cos(math.pi * (s - warmup) /
-                                                                                     max(1, total - warmup))))
+    schedule = get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=warmup, num_training_steps=total)
     rng = np.random.default_rng(seed)
     steps = 0
     model.train()
