@@ -74,7 +74,8 @@ def main() -> None:
 
     columns = [("EM", "final/em", 1), ("F1", "final/f1", 1), ("prefix EM", "final/em_prefix", 1),
                ("retr. top-1", "final/retrieval_top1", 1), ("1st F1 start", "final/first_batch_f1_initial", 1),
-               ("1st F1 end", "final/first_batch_f1", 1), ("bytes/doc", "memory/bank_bytes_per_document", 0),
+               ("1st F1 end", "final/first_batch_f1", 1), ("train-doc F1", "final/train_docs_f1", 1),
+               ("bytes/doc", "memory/bank_bytes_per_document", 0),
                ("trainable", "memory/trainable_params", 0)]
     print(f"{'method':<24}" + "".join(f"{name:>15}" for name, _, _ in columns) + f"{'runs':>6}{'run min':>9}")
     summary: dict[str, dict[str, float]] = {}
@@ -92,7 +93,7 @@ def main() -> None:
     print(f"(EM/F1 in %, SQuAD normalisation, over the questions of all {int(first['final/stream_documents'])} "
           f"streamed documents (at most {int(first['final/eval_questions'])} sampled); 1st F1: the first stream "
           "batch's questions right after it arrived and after the whole stream; bytes/doc: what the method stores "
-          "per streamed document; trainable: parameters trained (online fine-tuning: the whole LM copy))")
+          "per streamed document; train-doc F1: cmt/mac on questions about documents they trained on; trainable: parameters trained (online fine-tuning: the whole LM copy))")
 
     histories = load_histories(runs, ("retention/seen_f1", "retention/first_f1"), tracking_uri=args.tracking_uri)
     if not histories.empty:

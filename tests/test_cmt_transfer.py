@@ -104,10 +104,12 @@ def test_every_method_answers_the_same_questions_and_scores_in_range(method, tmp
     if method in ("cmt", "mac"):
         assert out["memory/bank_bytes_per_document"] == SMOKE["num_memory_tokens"] * 64 * 4
         assert 0 <= out["retrieval_top1"] <= 100 and out["train_loss"] > 0
+        assert 0 <= out["train_docs_em"] <= out["train_docs_f1"] + 1e-9 <= 100 + 1e-9
         assert "cmt/bank/memory.safetensors" in log.artifacts
         assert log.history("train/total")
     elif method == "rag":
         text = sum(len(d.text.encode()) for d in stream) / len(stream)
+        assert "train_docs_f1" not in out                     # only trained memory models are probed
         assert out["memory/bank_bytes_per_document"] == pytest.approx(text + 64 * 4)   # + the tiny encoder's fp32 embedding
         assert out["memory/trainable_params"] == 0
     elif method == "online_ft":

@@ -32,7 +32,9 @@ end and ``first_batch_em_initial``/``_f1_initial`` right after the first batch,
 memory vectors; rag: the raw UTF-8 text + one fp32 embedding; closed_book, online_ft: 0),
 ``memory/bank_bytes``, ``memory/trainable_params`` (online_ft: the whole LM copy),
 ``memory/model_copy_bytes`` (online_ft), ``train_seconds``, ``stream_seconds``,
-``eval_seconds``. Training losses are logged per step as ``train/<term>``. Artifacts:
+``eval_seconds``; for trained cmt/mac, ``train_docs_em``/``_f1``: the same scores on questions about *training*
+documents (a fresh bank of as many training documents as the stream has), which tells "did not learn" from "does
+not generalise". Training losses are logged per step as ``train/<term>``. Artifacts:
 ``cmt/predictions.jsonl`` (the final answers), ``cmt/retention.csv``, and for cmt/mac the bank
 (``cmt/bank/memory.safetensors`` + ``manifest.json``). The tag ``cmt.lm_sha256`` names the base
 LM. The run's ``train`` section is not used (the options above carry steps, lr and batch
@@ -41,6 +43,7 @@ sizes); its seed and device are.
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import io
 import json
@@ -292,6 +295,7 @@ def _run(ctx: TransferContext, params) -> dict[str, float]:
 
     history = method.fit(train_docs, on_step=on_step)
     train_seconds = time.perf_counter() - started
+    probe = training_documents_probe(method, harness, train_docs, len(stream_docs), params, documents)
     ctx.runlog.progress(1, total, "streaming")
 
     order = evaluation_order(stream_docs, params.data_seed)
@@ -343,10 +347,27 @@ def _run(ctx: TransferContext, params) -> dict[str, float]:
                "stream_documents": float(len(stream_docs)), "eval_questions": float(len(final.records))}
     if isinstance(method, OnlineFineTuning):
         metrics["memory/model_copy_bytes"] = float(sum(p.numel() * p.element_size() for p in method.lm.parameters()))
+    if probe is not None:
+        metrics.update({"train_docs_em": probe.em, "train_docs_f1": probe.f1})
     if history:
         tail = history[-min(10, len(history)):]
         metrics["train_loss"] = float(np.mean([h.get("total", h.get("qa", np.nan)) for h in tail]))
     return metrics
+
+
+def training_documents_probe(method: StreamingMethod, harness: Harness, train_docs: list[Document], bank_size: int,
+                             params, documents: dict[str, Document]):
+    """A trained memory model's scores on documents it *trained on*, in a bank of the stream's size (its own bank is
+    left untouched). Next to the stream's scores this separates "did not learn" from "does not generalise"."""
+    if not isinstance(method, CMTMemory) or not method.steps:
+        return None
+    probe = copy.copy(method)
+    probe.bank = method.model.new_bank()
+    chosen = train_docs[:bank_size]
+    for batch in stream_batches(chosen, params.stream_batch_documents):
+        probe.observe(batch)
+    questions = evaluation_order(chosen, params.data_seed)[:params.eval_questions]
+    return score(answer_all(probe, harness, questions, documents))
 
 
 def _log_artifacts(ctx: TransferContext, method: StreamingMethod, records: list[dict], curve: list[dict]) -> None:
