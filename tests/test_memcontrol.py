@@ -4,6 +4,8 @@ Real peft, real Optuna (SQLite storage in a temp dir), a real MLflow store; tiny
 """
 import itertools
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -220,6 +222,25 @@ def test_a_resumed_study_continues_rather_than_restarts(tmp_path):
     assert make(third).run(n_trials=6).ran_now == 0 and third.calls == 0
     with pytest.raises(ValueError, match="storage: study 'memcontrol' .* searched blocks"):
         _search(blocks=[Block("a", "a")], storage=storage).run(n_trials=6)
+
+
+def test_a_trial_left_running_by_a_killed_process_is_failed_on_resume(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    budget = _Budget()
+
+    def make():
+        return _search(finetune=budget.finetune, memorization=budget.memorization, quality=budget.quality,
+                       storage=storage, sampler="random", heartbeat_seconds=1, grace_seconds=2)
+
+    search = make()
+    study = search.study()
+    orphan = study.ask()                                  # the process dies (SIGKILL) while this trial runs
+    search._storage().record_heartbeat(orphan._trial_id)
+    time.sleep(2.5)
+    result = make().run(n_trials=2)
+    states = {t.number: t.state for t in optuna.load_study(study_name="memcontrol", storage=storage).trials}
+    assert states[orphan.number] == optuna.trial.TrialState.FAIL
+    assert len(result.trials) == 2 and result.failed == 1
 
 
 def test_every_trial_is_an_mlflow_child_run(tmp_path):

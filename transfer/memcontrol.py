@@ -41,7 +41,8 @@ What is ours (the paper does not fix it, or we generalise it):
 - Storage and resume: any Optuna storage URL (e.g. ``sqlite:///study.db``); ``run(n_trials)``
   takes the *total* number of completed trials wanted, so a rerun after an interruption
   runs only the missing ones. The study remembers its block names and lr range, and a
-  resume with different ones is refused.
+  resume with different ones is refused. Running trials beat a heartbeat into the storage; a
+  trial whose process was killed is marked FAIL once ``grace_seconds`` pass without a beat.
 - Every trial is recorded: as an MLflow child run of a given parent run (`MlflowTrialRecorder`:
   tags ``mlflow.parentRunId``, params = mask bits and lr, metrics = objectives, trained
   parameters; FINISHED, or FAILED with the reason), and/or through any callable recorder.
@@ -54,6 +55,7 @@ import copy
 import logging
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Sequence
 
@@ -286,6 +288,8 @@ class MemControlSearch:
     population_size: int = 8
     seed: int = 0
     storage: str | None = None             # Optuna storage URL; None = in memory (no resume)
+    heartbeat_seconds: int = 60            # a trial's liveness beat in `storage` (stale trials are failed)
+    grace_seconds: int = 600               # a RUNNING trial without a beat for this long died with its process
     study_name: str = "memcontrol"
     choice: Literal["utopia", "quality_tolerance"] = "utopia"
     tolerance: float = 0.1
@@ -309,6 +313,9 @@ class MemControlSearch:
             raise ValueError(f"choice: {self.choice!r} unknown; one of {', '.join(CHOICES)}")
         if self.population_size < 2:
             raise ValueError(f"population_size: {self.population_size} must be ≥ 2")
+        if not 0 < self.heartbeat_seconds < self.grace_seconds:
+            raise ValueError(f"heartbeat_seconds={self.heartbeat_seconds}, grace_seconds={self.grace_seconds}: "
+                             "need 0 < heartbeat_seconds < grace_seconds")
         template = self._fresh()
         for block in self.blocks:
             _submodule(template, block)          # every path exists
@@ -343,7 +350,7 @@ class MemControlSearch:
 
         if self.storage is None and getattr(self, "_memory_study", None) is not None:
             return self._memory_study               # in memory: the same study across calls
-        probe = optuna.create_study(storage=self.storage, study_name=self.study_name, load_if_exists=True,
+        probe = optuna.create_study(storage=self._storage(), study_name=self.study_name, load_if_exists=True,
                                     directions=["minimize", "minimize"])
         if self.storage is None:
             self._memory_study = probe
@@ -358,6 +365,20 @@ class MemControlSearch:
                              f"{space['blocks']} and {space['lr_range']}. Use another study_name or storage.")
         probe.sampler = self._sampler(already=len(probe.trials))
         return probe
+
+    def _storage(self):
+        """The storage URL as an RDB storage with heartbeats, so a trial left RUNNING by a killed process is
+        marked FAIL when the study next runs (Optuna's `fail_stale_trials`) instead of staying RUNNING forever."""
+        import optuna
+
+        if self.storage is None:
+            return None
+        if getattr(self, "_rdb", None) is None:
+            with warnings.catch_warnings():    # heartbeats are "experimental" in Optuna since 2.9; the API is stable
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self._rdb = optuna.storages.RDBStorage(self.storage, heartbeat_interval=self.heartbeat_seconds,
+                                                       grace_period=self.grace_seconds)
+        return self._rdb
 
     def _objective(self, trial):
         lo, hi = self.lr_range
