@@ -46,9 +46,22 @@ def test_memcontrol_claim_needs_less_memorisation_and_comparable_fid(mem, fid, h
              "final/trainable_pct": 100.0} for s in range(3)]
     rows += [{"method": "memcontrol", "seed": s, "final/heldout_mem_rate": mem, "final/fid": fid,
               "final/trainable_pct": 5.0} for s in range(3)]
-    claim, detector = rep.claims(pd.DataFrame(rows))
+    claim, versus_every_block, detector = rep.claims(pd.DataFrame(rows))
     assert claim.holds is holds and f"{fid / 100:.2f}× full's" in claim.ours
+    assert versus_every_block.holds is None                                         # no peft_all runs
     assert detector.holds is None and "not measurable" in detector.ours          # no detector values given
+
+
+@pytest.mark.parametrize("mem, fid, holds", [(0.0, 30.0, True), (0.0, 80.0, False), (0.05, 30.0, False)])
+def test_memcontrol_versus_peft_on_every_block_needs_no_more_memorisation_and_a_lower_fid(mem, fid, holds):
+    rep = next(r for r in REPRODUCTIONS if r.grid == "experiments/memcontrol_mnist.yaml")
+    rows = [{"method": "peft_all", "seed": s, "final/heldout_mem_rate": 0.0, "final/fid": 31.0,
+             "final/trainable_pct": 10.4} for s in range(3)]
+    rows += [{"method": "memcontrol", "seed": s, "final/heldout_mem_rate": mem, "final/fid": fid,
+              "final/trainable_pct": 5.6} for s in range(3)]
+    _, versus_every_block, _ = rep.claims(pd.DataFrame(rows))
+    assert versus_every_block.holds is holds
+    assert f"FID {fid / 31:.2f}× PEFT-on-every-block's; 5.60% vs 10.40%" in versus_every_block.ours
 
 
 @pytest.mark.parametrize("sign, holds", [(1, True), (-1, False)])
@@ -59,9 +72,9 @@ def test_memcontrol_detector_claim_is_the_rank_correlation_over_fine_tuned_runs(
             for m, rate in [("full", 0.6), ("peft_all", 0.3), ("memcontrol", 0.1), ("random", 0.2)]]
     rows.append({"method": "none", "seed": 0, "final/heldout_mem_rate": 0.0, "final/memorization": 99.0,
                  "final/fid": 300.0, "final/trainable_pct": 0.0})      # left out: would break the ranking
-    _, detector = rep.claims(pd.DataFrame(rows))
+    *_, detector = rep.claims(pd.DataFrame(rows))
     assert detector.holds is holds and detector.ours == f"Spearman {sign:+.2f} over 4 fine-tuned runs"
-    headline, detector = rep.claims(pd.DataFrame([r for r in rows if r["method"] != "memcontrol"]))
+    headline, _, detector = rep.claims(pd.DataFrame([r for r in rows if r["method"] != "memcontrol"]))
     assert headline.holds is None and headline.ours == "not measured yet (no memcontrol runs)"
     assert detector.ours == f"Spearman {sign:+.2f} over 3 fine-tuned runs"        # measurable before the search
 
