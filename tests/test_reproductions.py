@@ -39,14 +39,18 @@ def test_nmn_rare_class_claims_compare_sg_with_bp(gain, holds):
     assert claims["nmn_sg ≥ nmn_bp on all classes (rare_class_stream)"].holds is True
 
 
+MEMCONTROL = next(r for r in REPRODUCTIONS if r.grid == "experiments/memcontrol_mnist.yaml")
+
+
+def _cells(method: str, mem: float, fid: float, pct: float, seeds: int = 3) -> list[dict]:
+    return [{"method": method, "seed": s, "final/heldout_mem_rate": mem, "final/fid": fid, "final/trainable_pct": pct}
+            for s in range(seeds)]
+
+
 @pytest.mark.parametrize("mem, fid, holds", [(0.10, 105.0, True), (0.10, 120.0, False), (0.30, 100.0, False)])
 def test_memcontrol_claim_needs_less_memorisation_and_comparable_fid(mem, fid, holds):
-    rep = next(r for r in REPRODUCTIONS if r.grid == "experiments/memcontrol_mnist.yaml")
-    rows = [{"method": "full", "seed": s, "final/heldout_mem_rate": 0.2, "final/fid": 100.0,
-             "final/trainable_pct": 100.0} for s in range(3)]
-    rows += [{"method": "memcontrol", "seed": s, "final/heldout_mem_rate": mem, "final/fid": fid,
-              "final/trainable_pct": 5.0} for s in range(3)]
-    claim, versus_every_block, detector = rep.claims(pd.DataFrame(rows))
+    rows = _cells("full", 0.2, 100.0, 100.0) + _cells("memcontrol", mem, fid, 5.0)
+    claim, versus_every_block, detector = MEMCONTROL.claims(pd.DataFrame(rows))
     assert claim.holds is holds and f"{fid / 100:.2f}× full's" in claim.ours
     assert versus_every_block.holds is None                                         # no peft_all runs
     assert detector.holds is None and "not measurable" in detector.ours          # no detector values given
@@ -54,12 +58,8 @@ def test_memcontrol_claim_needs_less_memorisation_and_comparable_fid(mem, fid, h
 
 @pytest.mark.parametrize("mem, fid, holds", [(0.0, 30.0, True), (0.0, 80.0, False), (0.05, 30.0, False)])
 def test_memcontrol_versus_peft_on_every_block_needs_no_more_memorisation_and_a_lower_fid(mem, fid, holds):
-    rep = next(r for r in REPRODUCTIONS if r.grid == "experiments/memcontrol_mnist.yaml")
-    rows = [{"method": "peft_all", "seed": s, "final/heldout_mem_rate": 0.0, "final/fid": 31.0,
-             "final/trainable_pct": 10.4} for s in range(3)]
-    rows += [{"method": "memcontrol", "seed": s, "final/heldout_mem_rate": mem, "final/fid": fid,
-              "final/trainable_pct": 5.6} for s in range(3)]
-    _, versus_every_block, _ = rep.claims(pd.DataFrame(rows))
+    rows = _cells("peft_all", 0.0, 31.0, 10.4) + _cells("memcontrol", mem, fid, 5.6)
+    _, versus_every_block, _ = MEMCONTROL.claims(pd.DataFrame(rows))
     assert versus_every_block.holds is holds
     assert f"FID {fid / 31:.2f}× PEFT-on-every-block's; 5.60% vs 10.40%" in versus_every_block.ours
 
