@@ -224,6 +224,7 @@ def test_a_resumed_study_continues_rather_than_restarts(tmp_path):
         _search(blocks=[Block("a", "a")], storage=storage).run(n_trials=6)
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")      # the test plays the killed process with ask()
 def test_a_trial_left_running_by_a_killed_process_is_failed_on_resume(tmp_path):
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     budget = _Budget()
