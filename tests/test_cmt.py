@@ -5,7 +5,8 @@ import json
 import pytest
 import torch
 
-from transfer.cmt_data import QUESTION_TEMPLATE, collate, stream_batches, synthetic_facts, word_tokenizer
+from transfer.cmt_data import (FRIENDS, QUESTION_TEMPLATE, TOWNS, collate, stream_batches, synthetic_facts,
+                                word_tokenizer)
 from transfer.cmt_metrics import exact_match, f1, normalize_answer, qa_scores
 
 pytest.importorskip("transformers")
@@ -278,5 +279,24 @@ def test_synthetic_facts_are_unique_deterministic_and_answerable_only_from_their
     assert [len(b) for b in batches] == [7, 7, 7, 7, 2] and sum(batches, []) == docs
     with pytest.raises(ValueError, match="facts_per_document"):
         synthetic_facts(3, facts_per_document=5)
+
+
+def test_closed_vocabulary_facts_draw_towns_and_friends_from_the_lists_and_keep_entities_invented():
+    invented = synthetic_facts(40, seed=2, facts_per_document=4)
+    closed = synthetic_facts(40, seed=2, facts_per_document=4, answers="closed")
+    assert closed == synthetic_facts(40, seed=2, facts_per_document=4, answers="closed")
+    by_kind = {"In which town": TOWNS, "Who is": FRIENDS}
+    for doc in closed:
+        for qa in doc.qas:
+            assert qa.answer in doc.text
+            for start, vocabulary in by_kind.items():
+                if qa.question.startswith(start):
+                    assert qa.answer in vocabulary
+    entities = {d.qas[2].question.removeprefix("What does ").removesuffix(" work as?") for d in closed}
+    assert len(entities) == 40 and not entities & set(FRIENDS)                    # every entity still unique
+    towns = {qa.answer for d in invented for qa in d.qas if qa.question.startswith("In which town")}
+    assert not towns & set(TOWNS)
+    with pytest.raises(ValueError, match="answers must be one of"):
+        synthetic_facts(3, answers="real")
 
 

@@ -316,6 +316,10 @@ class CMTTransferParams(Params):
     data_seed: int = Field(0, ge=0, description="the documents (synthetic), their order and the train/stream split; "
                                                 "the run's seed initialises and trains the models")
     facts_per_document: int = Field(3, ge=1, le=4, description="synthetic: facts (= questions) per document")
+    synthetic_answers: Literal["invented", "closed"] = Field(
+        "invented", description="synthetic: towns and friends are invented words, or drawn from fixed lists of real "
+                                "ones (entities stay invented; ours: a memory can learn to choose a known word far "
+                                "sooner than to spell an unseen one)")
     train_documents: int = Field(200, ge=1, description="documents of the training split (CMT/MAC train on their "
                                                         "questions; online_ft's optional QA warm-up too)")
     stream_documents: int = Field(64, ge=1, description="documents streamed (disjoint from the training split; "

@@ -10,6 +10,10 @@ asked later):
   invented name). Every question asks for one stated fact; invented names and random years make
   the answer unguessable without the document (occupations are 1-in-24 at chance). Names are
   unique across the stream, so each question has exactly one source document.
+  ``answers="closed"`` keeps the entities invented but draws towns and friends from fixed lists of
+  real words (`TOWNS`, `FRIENDS`; 32 each): still unguessable without the document (1 in 32), but
+  the memory has to carry a choice among words the LM knows rather than spell an unseen string —
+  learnable in a CPU-sized training budget (ours; MAC trains its memory for 50 epochs of StreamingQA).
 * `squad_stream` — the same records from a SQuAD v1.1 JSON file (by default the offline XQuAD-en
   subset of the SQuAD v1.1 dev set, ``<data_root>/text/qa/xquad_en_squad11_dev_subset/xquad.en.json``:
   240 paragraphs of 48 articles, 1,190 questions): a paragraph is a document, each of its questions
@@ -51,6 +55,15 @@ OCCUPATIONS = ("glassmaker", "astronomer", "beekeeper", "cartographer", "blacksm
                "brewer", "shipwright", "falconer", "surveyor", "printer", "chemist", "archivist", "sculptor",
                "miner", "engraver")
 
+TOWNS = ("Oxford", "Bristol", "Lisbon", "Porto", "Vienna", "Salzburg", "Geneva", "Zurich", "Florence", "Venice",
+         "Seville", "Valencia", "Lyon", "Marseille", "Dublin", "Cork", "Krakow", "Prague", "Bergen", "Oslo",
+         "Helsinki", "Tallinn", "Riga", "Munich", "Hamburg", "Bologna", "Naples", "Antwerp", "Ghent", "Utrecht",
+         "Aarhus", "Malmo")
+FRIENDS = ("Anna", "Peter", "Maria", "John", "Laura", "David", "Emma", "Thomas", "Sarah", "Daniel", "Julia",
+           "Michael", "Clara", "Robert", "Alice", "George", "Helen", "Oliver", "Sophie", "Henry", "Lucy", "Samuel",
+           "Grace", "Victor", "Irene", "Martin", "Nora", "Felix", "Ruth", "Oscar", "Eva", "Simon")
+ANSWER_VOCABULARIES = ("invented", "closed")
+
 
 @dataclass(frozen=True)
 class QA:
@@ -88,10 +101,14 @@ def _fresh(rng: np.random.Generator, used: set[str], syllables: int) -> str:
     raise RuntimeError("synthetic_facts: ran out of unique invented names; lower n_documents")
 
 
-def synthetic_facts(n_documents: int, *, seed: int = 0, facts_per_document: int = 3) -> list[Document]:
-    """``n_documents`` documents about distinct invented entities, with one question per fact."""
+def synthetic_facts(n_documents: int, *, seed: int = 0, facts_per_document: int = 3,
+                    answers: str = "invented") -> list[Document]:
+    """``n_documents`` documents about distinct invented entities, with one question per fact; ``answers``:
+    ``invented`` towns and friends, or ``closed`` (drawn from `TOWNS` and `FRIENDS`)."""
     if n_documents < 1:
         raise ValueError(f"n_documents must be >= 1, got {n_documents}")
+    if answers not in ANSWER_VOCABULARIES:
+        raise ValueError(f"answers must be one of {ANSWER_VOCABULARIES}, got {answers!r}")
     if not 1 <= facts_per_document <= 4:
         raise ValueError(f"facts_per_document must be in 1..4 (four fact kinds), got {facts_per_document}")
     rng = np.random.default_rng(seed)
@@ -99,8 +116,10 @@ def synthetic_facts(n_documents: int, *, seed: int = 0, facts_per_document: int 
     documents = []
     for i in range(n_documents):
         entity = f"{_fresh(rng, used, 2)} {_fresh(rng, used, 2)}"
-        town = _fresh(rng, used, 3)
-        friend = _fresh(rng, used, 2)
+        if answers == "closed":
+            town, friend = str(rng.choice(TOWNS)), str(rng.choice(FRIENDS))
+        else:
+            town, friend = _fresh(rng, used, 3), _fresh(rng, used, 2)
         year = str(int(rng.integers(1500, 2000)))
         job = str(rng.choice(OCCUPATIONS))
         facts = [

@@ -102,7 +102,7 @@ def load_documents(params) -> tuple[list[Document], list[Document]]:
 
     if params.dataset == "synthetic":
         documents = synthetic_facts(params.train_documents + params.stream_documents, seed=params.data_seed,
-                                    facts_per_document=params.facts_per_document)
+                                    facts_per_document=params.facts_per_document, answers=params.synthetic_answers)
     else:
         documents = squad_stream(data_root=params.data_root, seed=params.data_seed)
     try:
