@@ -93,7 +93,8 @@ def main() -> None:
     print(f"(EM/F1 in %, SQuAD normalisation, over the questions of all {int(first['final/stream_documents'])} "
           f"streamed documents (at most {int(first['final/eval_questions'])} sampled); 1st F1: the first stream "
           "batch's questions right after it arrived and after the whole stream; bytes/doc: what the method stores "
-          "per streamed document; train-doc F1: cmt/mac on questions about documents they trained on; trainable: parameters trained (online fine-tuning: the whole LM copy))")
+          "per streamed document; train-doc F1: cmt/mac on questions about documents they trained on; "
+          "trainable: parameters trained (online fine-tuning: the whole LM copy))")
 
     histories = load_histories(runs, ("retention/seen_f1", "retention/first_f1"), tracking_uri=args.tracking_uri)
     if not histories.empty:
