@@ -26,7 +26,7 @@ import torch  # noqa: E402
 from cl.transfer_run import cache_root  # noqa: E402
 from transfer import cmt_transfer  # noqa: E402
 from transfer.catalog import CMTTransferParams  # noqa: E402
-from transfer.cmt_metrics import qa_scores  # noqa: E402
+from transfer.cmt_baselines import evaluate  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -70,21 +70,14 @@ def main() -> None:
 
     method.fit(docs, on_step=on_step)
     method.observe(docs)
-    predictions, golds, retrieved = [], [], 0
-    by_id = {d.doc_id: d for d in docs}
-    for batch, questions in harness.question_batches([qa for d in docs for qa in d.qas], by_id):
-        answers = method.answer(batch)
-        predictions += answers.texts
-        golds += [qa.answer for qa in questions]
-        retrieved += sum(top == qa.doc_id for top, qa in zip(answers.top_doc_ids or [], questions))
-    scores = qa_scores(predictions, golds)
-    recall = 100 * retrieved / len(golds)
-    print(f"training questions: EM {scores['em']:.1f}  F1 {scores['f1']:.1f}  retrieval@1 {recall:.1f}  "
-          f"({len(golds)} questions)")
-    for prediction, gold in list(zip(predictions, golds))[:6]:
-        print(f"  {gold!r:>24} ← {prediction!r}")
-    print(f"RESULT cmt_overfit_f1={scores['f1']:.1f} quick={int(args.quick)} "
-          + json.dumps({"em": round(scores["em"], 1), "f1": round(scores["f1"], 1), "retrieval_at_1": round(recall, 1),
+    scores = evaluate(method, harness, [qa for d in docs for qa in d.qas], {d.doc_id: d for d in docs})
+    recall = scores.retrieval_top1
+    print(f"training questions: EM {scores.em:.1f}  F1 {scores.f1:.1f}  retrieval@1 {recall:.1f}  "
+          f"({len(scores.records)} questions)")
+    for record in scores.records[:6]:
+        print(f"  {record['gold']!r:>24} ← {record['prediction']!r}")
+    print(f"RESULT cmt_overfit_f1={scores.f1:.1f} quick={int(args.quick)} "
+          + json.dumps({"em": round(scores.em, 1), "f1": round(scores.f1, 1), "retrieval_at_1": round(recall, 1),
                         "documents": documents, "steps": steps, "lr": params.lr,
                         "warmup_steps": params.warmup_steps}, separators=(",", ":")))
 

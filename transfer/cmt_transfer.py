@@ -66,6 +66,7 @@ from transfer.cmt_baselines import (
     RetrievalInContext,
     StreamingMethod,
     answer_all,
+    evaluate,
     score,
 )
 from transfer.cmt_data import (
@@ -367,7 +368,7 @@ def training_documents_probe(method: StreamingMethod, harness: Harness, train_do
     for batch in stream_batches(chosen, params.stream_batch_documents):
         probe.observe(batch)
     questions = evaluation_order(chosen, params.data_seed)[:params.eval_questions]
-    return score(answer_all(probe, harness, questions, documents))
+    return evaluate(probe, harness, questions, documents)
 
 
 def _log_artifacts(ctx: TransferContext, method: StreamingMethod, records: list[dict], curve: list[dict]) -> None:
