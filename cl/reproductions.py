@@ -222,17 +222,17 @@ def _memcontrol_claims(runs: pd.DataFrame) -> list[ClaimResult]:
     paper = "0.019% of the parameters beat prior mitigations (MIMIC, Stable Diffusion v1.5)"
     if "memcontrol" not in by or "full" not in by:
         missing = " and ".join(m for m in ("memcontrol", "full") if m not in by)
-        return [ClaimResult(claim, paper, f"not measured yet (no {missing} runs)", None),
-                _memcontrol_vs_all_blocks_claim(by), _memcontrol_detector_claim(runs)]
-    chosen, full = by["memcontrol"], by["full"]
-    text, gap = difference(chosen["final/heldout_mem_rate"], full["final/heldout_mem_rate"])
-    fid_ratio = chosen["final/fid"].mean() / full["final/fid"].mean()
-    return [ClaimResult(
-        claim, paper,
-        f"held-out memorisation {text}; FID {fid_ratio:.2f}× full's (comparable: ≤ {MEMCONTROL_COMPARABLE_FID}×); "
-        f"{chosen['final/trainable_pct'].mean():.2f}% of the parameters trained",
-        bool(gap < 0 and fid_ratio <= MEMCONTROL_COMPARABLE_FID)), _memcontrol_vs_all_blocks_claim(by),
-        _memcontrol_detector_claim(runs)]
+        headline = ClaimResult(claim, paper, f"not measured yet (no {missing} runs)", None)
+    else:
+        chosen, full = by["memcontrol"], by["full"]
+        text, gap = difference(chosen["final/heldout_mem_rate"], full["final/heldout_mem_rate"])
+        fid_ratio = chosen["final/fid"].mean() / full["final/fid"].mean()
+        headline = ClaimResult(
+            claim, paper,
+            f"held-out memorisation {text}; FID {fid_ratio:.2f}× full's (comparable: ≤ {MEMCONTROL_COMPARABLE_FID}×); "
+            f"{chosen['final/trainable_pct'].mean():.2f}% of the parameters trained",
+            bool(gap < 0 and fid_ratio <= MEMCONTROL_COMPARABLE_FID))
+    return [headline, _memcontrol_vs_all_blocks_claim(by), _memcontrol_detector_claim(runs)]
 
 
 def _memcontrol_vs_all_blocks_claim(by: dict[str, pd.DataFrame]) -> ClaimResult:
