@@ -15,7 +15,7 @@ from cl.registry import TRANSFERS  # noqa: E402
 from cl.tracking import NullRunLog  # noqa: E402
 from cl.transfer_run import TransferContext  # noqa: E402
 from transfer import cmt_transfer  # noqa: E402
-from transfer.cmt_baselines import (ClosedBook, Harness, OnlineFineTuning, RetrievalInContext,  # noqa: E402
+from transfer.cmt_baselines import (ClosedBook, CMTMemory, Harness, OnlineFineTuning, RetrievalInContext,  # noqa: E402
                                     answer_all, evaluate, score)
 from transfer.cmt_transfer import FrozenLMChanged, build_lm, checkpoint_batches, lm_fingerprint  # noqa: E402
 
@@ -188,6 +188,18 @@ def test_online_fine_tuning_trains_a_copy_and_never_the_frozen_base_lm(tmp_path)
     assert lm_fingerprint(method.lm) != copy_before                    # the copy: trained
     result = evaluate(method, harness, [qa for d in stream[:4] for qa in d.qas], {d.doc_id: d for d in stream})
     assert 0 <= result.em <= 100 and 0 <= result.f1 <= 100
+
+
+@pytest.mark.parametrize("warmup_steps, trains", [(0, True), (1, False)])
+def test_cmt_warm_up_starts_from_lr_zero(tmp_path, warmup_steps, trains):
+    params, train, _, lm, harness = tiny_setup(tmp_path)
+    torch.manual_seed(0)
+    model = cmt_transfer.build_method(params.model_copy(update={"method": "cmt"}), lm, harness, 0).model
+    method = CMTMemory(model, harness, steps=1, batch_documents=4, lr=1e-2, warmup_steps=warmup_steps)
+    before = [p.detach().clone() for p in model.trainable_parameters()]
+    method.fit(train)
+    moved = any(not torch.equal(a, p) for a, p in zip(before, model.trainable_parameters()))
+    assert moved is trains          # with a warm-up the first step is taken at lr 0 (transformers' schedule)
 
 
 def test_rag_puts_the_retrieved_documents_before_the_unchanged_question_prompt(tmp_path):
