@@ -179,3 +179,26 @@ def test_router_sends_each_prompt_to_its_skills_pack():
     assert out == ["5+5=", "NICE ACTING", "9+1="]
     assert sorted(p for _, group in seen for p in group) == ["5+5=", "9+1=", "nice acting"]
     assert len({total for total, _ in seen}) == 2               # a different pack was active per group
+
+
+def test_capability_transfer_sft_warms_up_from_zero_then_decays_on_a_cosine(tmp_path, monkeypatch):
+    """The reference's SFT schedule: 10% linear warm-up from lr 0, then cosine decay towards 0."""
+    from transfer import skillpack_transfer
+    from transfer.skills import Example
+
+    model, tokenizer = skillpack_transfer.load_causal_lm("tiny-random", tmp_path)
+    seen = []
+
+    class RecordingAdamW(torch.optim.AdamW):
+        def step(self, closure=None):
+            seen.append(self.param_groups[0]["lr"])
+            return super().step(closure)
+
+    monkeypatch.setattr(skillpack_transfer.torch.optim, "AdamW", RecordingAdamW)
+    examples = [Example(f"Question {i}: what comes next?", "yes") for i in range(20)]
+    steps = skillpack_transfer.sft(model, tokenizer, examples, epochs=1, lr=1e-3, batch_size=1, seed=0,
+                                   max_length=32)
+    assert steps == len(seen) == 20
+    assert seen[0] == 0.0 and seen[1] == pytest.approx(5e-4) and seen[2] == pytest.approx(1e-3)   # warm-up: 2 steps
+    assert all(later <= earlier for earlier, later in zip(seen[2:], seen[3:]))                     # cosine decay
+    assert seen[-1] < 0.01 * 1e-3
