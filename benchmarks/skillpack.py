@@ -27,9 +27,10 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import gridbench  # noqa: E402
 from cl.grid import GridSpec, load_grid  # noqa: E402
-from cl.reproductions import cell_runs  # noqa: E402
+from cl.reproductions import REPRODUCTIONS, cell_runs  # noqa: E402
 
 QUICK_SKILLS = ["sentiment", "arithmetic"]
+REPRODUCTION = next(r for r in REPRODUCTIONS if r.grid == "experiments/skillpack_smollm2.yaml")
 
 
 def grid(args) -> GridSpec:
@@ -40,12 +41,6 @@ def grid(args) -> GridSpec:
     return gridbench.quick_variant(
         spec, {"transfer.model": "tiny-random", "transfer.skills": QUICK_SKILLS, "transfer.train_samples": 16,
                "transfer.test_samples": 16, "transfer.group_size": 16, "train.epochs": 1}, cases=cases)
-
-
-def describe(config) -> dict:
-    o = config.transfer.options
-    return {"method": o.get("method", "pack"), "skill": o.get("skill") or (o.get("skills") or [None])[0],
-            "budget": o.get("budget", "8-4-2"), "merge_method": o.get("merge_method", "ties")}
 
 
 def cell(values, scale=100.0) -> str:
@@ -60,7 +55,7 @@ def main() -> None:
                             quick_help="tiny random Llama, 2 skills, 16 examples, 1 seed").parse_args()
     spec = grid(args)
     cells = gridbench.run_grid(spec, args)
-    runs = cell_runs(spec.experiment_name, cells, describe, tracking_uri=args.tracking_uri)
+    runs = cell_runs(spec.experiment_name, cells, REPRODUCTION.describe, tracking_uri=args.tracking_uri)
     if runs.empty:
         print("no finished runs")
         return

@@ -111,3 +111,25 @@ def test_report_from_an_empty_results_folder_says_not_measured(tmp_path):
     text = reproductions.write_report(tmp_path / "r.md", tracking_uri=uri, source="nothing")
     assert text.count("Not measured yet") == len(REPRODUCTIONS)
     assert (tmp_path / "r.md").read_text().startswith("# What clsuite reproduces")
+
+
+SKILLPACK = next(r for r in REPRODUCTIONS if r.grid == "experiments/skillpack_smollm2.yaml")
+
+
+@pytest.mark.parametrize("pack_acc, routed, routed_drop, holds",
+                         [(0.78, 0.7, 0.0, (True, True, True)), (0.70, 0.5, 0.05, (False, False, False))])
+def test_skillpack_claims_retention_routing_and_forgetting(pack_acc, routed, routed_drop, holds):
+    rows = []
+    for seed in range(3):
+        rows += [{"method": "pack", "budget": "8-4-2", "skill": s, "seed": seed, "final/tuned_acc": 0.8,
+                  "final/pack_acc": pack_acc, "final/compression_ratio": 12.0} for s in ("sentiment", "qtype")]
+        rows += [{"method": "pack", "budget": "2", "skill": "qtype", "seed": seed, "final/tuned_acc": 0.8,
+                  "final/pack_acc": 0.1, "final/compression_ratio": 40.0}]            # other budgets do not count
+        rows += [{"method": "merge", "merge_method": m, "seed": seed, "final/acc": acc}
+                 for m, acc in (("ties", 0.6), ("task_arithmetic", 0.55))]
+        rows += [{"method": "routed", "seed": seed, "final/acc": routed},
+                 {"method": "continual", "seed": seed, "final/old_skill_forgetting": routed_drop,
+                  "final/old_skill_forgetting_merged": 0.03}]
+    retained, routing, continual = SKILLPACK.claims(pd.DataFrame(rows))
+    assert (retained.holds, routing.holds, continual.holds) == holds
+    assert "12.0× smaller" in retained.ours and "(ties)" in routing.claim
