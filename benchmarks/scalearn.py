@@ -6,7 +6,7 @@ adapters; 3 seeds —
 through the suite's launcher (finished cells are reused on a rerun; store:
 reports/scalearn/mlflow.db). Prints, per target, the task's GLUE metric on its dev set
 (mean ± std over seeds) for every method and the transfer parameters each trains (the task
-head apart), each stage-1 adapter's score on its own task; then the average over targets,
+head apart), the floor of always predicting the majority class (on MRPC a high F1), each stage-1 adapter's score on its own task; then the average over targets,
 whether ScaLearn matches or beats the AdapterFusion-style baseline and with what fraction of its
 parameters, and a RESULT line.
 
@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks import gridbench  # noqa: E402
 from cl.grid import GridSpec, load_grid  # noqa: E402
 from cl.reproductions import REPRODUCTIONS, cell_runs  # noqa: E402
+from transfer import glue  # noqa: E402
 
 METHODS = ("scalearn", "scalearn_uniform", "scalearn_pp", "scalearn_uniform_pp", "fusion", "average", "adapter",
            "full")
@@ -69,6 +70,10 @@ def main() -> None:
         means[method] = sum(per_target) / len(per_target)
         params[method] = rows["memory/transfer_params"].mean()
         print(f"{method:<21}" + "".join(f"{c:>18}" for c in cells_) + f"{means[method]:>9.2f}{params[method]:>17,.0f}")
+    floor = [glue.majority_score(t, glue.load_split(t, "train", args.data_root), glue.load_split(t, "dev", args.data_root))
+             for t in targets]
+    print(f"{'majority class':<21}" + "".join(f"{100 * f:>18.2f}" for f in floor) + f"{100 * sum(floor) / len(floor):>9.2f}"
+          + f"{0:>17,}")
     print(f"(n = {runs.groupby(['target', 'method']).size().min()}–{runs.groupby(['target', 'method']).size().max()} "
           "seeds per cell; score × 100; transfer params exclude the task head)")
     # one adapter per (task, seed), its score repeated in every run that used it

@@ -284,3 +284,13 @@ def test_runs_log_each_stage1_adapters_own_dev_score(method, shared_store, tmp_p
     assert {f"stage1/{t}/dev_score" for t in tasks} <= set(metrics)
     if method == "adapter":
         assert metrics["final/score"] == metrics[f"stage1/{smoke['target']}/dev_score"]
+
+
+def test_majority_class_floor_predicts_the_training_majority_everywhere():
+    from transfer.glue import TextSplit, majority_score
+
+    train = TextSplit([("a", "b")] * 5, np.array([1, 1, 1, 0, 0]))
+    dev = TextSplit([("a", "b")] * 4, np.array([1, 0, 1, 1]))
+    assert majority_score("mrpc", train, dev) == pytest.approx(2 * 0.75 / 1.75)   # F1 at precision 3/4, recall 1
+    assert majority_score("sst2", train, dev) == pytest.approx(0.75)
+    assert majority_score("stsb", TextSplit([("a", "b")], np.array([2.5], dtype=np.float32)), dev) == 0.0

@@ -134,3 +134,12 @@ def scores(task: str, predictions: np.ndarray, labels: np.ndarray) -> dict[str, 
 
 def primary_score(task: str, metrics: dict[str, float]) -> float:
     return metrics[TASKS[task].primary]
+
+
+def majority_score(task: str, train: TextSplit, dev: TextSplit) -> float:
+    """The primary dev score of always predicting the training split's most frequent class (0 for regression:
+    a constant has no correlation). The floor a transfer method has to clear: on MRPC it is a high F1."""
+    if TASKS[task].is_regression:
+        return 0.0
+    majority = int(np.bincount(train.labels).argmax())
+    return primary_score(task, scores(task, np.full(len(dev), majority), dev.labels))
