@@ -458,8 +458,9 @@ REPRODUCTIONS: tuple[Reproduction, ...] = (
         "CMT (Li et al., AAAI 2025): compressed document memories for a frozen LM",
         "experiments/cmt_synthetic.yaml",
         "StreamingQA, SQuAD and ArchivalQA; Llama-2-7b (and smaller LMs) frozen; compared with MAC",
-        "synthetic streaming facts about invented entities (400 training documents, 64 streamed in batches of "
-        "8); frozen SmolLM2-135M-Instruct, all-MiniLM-L6-v2 encoder, K = 12, top-k 2, 200 steps; 3 seeds",
+        "synthetic streaming facts about invented entities, answers from closed lists (400 training documents, "
+        "64 streamed in batches of 8); frozen SmolLM2-135M-Instruct, all-MiniLM-L6-v2 encoder (fine-tuned), "
+        "K = 12, top-k 2, 200 steps at lr 3e-4; 3 seeds",
         "The paper's formulas are not public: the scorer, the self-matching (InfoNCE over the batch) and "
         "memory-aware (reconstruct the document from its memory) terms and the hard top-k are our reading; "
         "MAC's design fills the rest, with a soft-token compressor instead of T5 (transfer/cmt.py).",
