@@ -6,9 +6,10 @@ adapters; 3 seeds —
 through the suite's launcher (finished cells are reused on a rerun; store:
 reports/scalearn/mlflow.db). Prints, per target, the task's GLUE metric on its dev set
 (mean ± std over seeds) for every method and the transfer parameters each trains (the task
-head apart), the floor of always predicting the majority class (on MRPC a high F1), each stage-1 adapter's score on its own task; then the average over targets,
-whether ScaLearn matches or beats the AdapterFusion-style baseline and with what fraction of its
-parameters, and a RESULT line.
+head apart), the floor of always predicting the majority class (on MRPC a high F1), each
+stage-1 adapter's score on its own task; then the average over targets, whether ScaLearn
+matches or beats the AdapterFusion-style baseline and with what fraction of its parameters,
+and a RESULT line.
 
     python benchmarks/scalearn.py --quick    # MRPC and STS-B, 200 examples, 1 epoch, 1 seed: a smoke run
     python benchmarks/scalearn.py            # the grid as published (72 runs)

@@ -340,8 +340,8 @@ def _skillpack_claims(runs: pd.DataFrame) -> list[ClaimResult]:
         out.append(ClaimResult(
             "a SkillPack (SVD + 8/4/2-bit mixed precision) keeps the fine-tune's skill (≥ 95% of its accuracy)",
             "module-aware compression keeps the grafted capability (Llama-3.1-8B; the paper's 20/180/rest bit split)",
-            f"{mean_std(retained)} % retained over {packs['skill'].nunique()} skills at {ratio:.1f}× smaller than "
-            "the fp32 delta", bool(retained.mean() >= 0.95)))
+            f"share of the fine-tune's accuracy kept (%): {mean_std(retained)} over {packs['skill'].nunique()} "
+            f"skills, packs {ratio:.1f}× smaller than the fp32 delta", bool(retained.mean() >= 0.95)))
     routed = runs[runs["method"] == "routed"]["final/acc"]
     merges = runs[runs["method"] == "merge"]
     if not routed.empty and not merges.empty:
