@@ -237,7 +237,7 @@ def test_a_trial_left_running_by_a_killed_process_is_failed_on_resume(tmp_path):
     study = search.study()
     orphan = study.ask()                                  # the process dies (SIGKILL) while this trial runs
     search._storage().record_heartbeat(orphan._trial_id)
-    time.sleep(2.5)
+    time.sleep(3.5)      # > grace + 1 s: SQLite's CURRENT_TIMESTAMP (the heartbeat clock) has whole seconds
     result = make().run(n_trials=2)
     states = {t.number: t.state for t in optuna.load_study(study_name="memcontrol", storage=storage).trials}
     assert states[orphan.number] == optuna.trial.TrialState.FAIL
