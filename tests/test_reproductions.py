@@ -133,3 +133,14 @@ def test_skillpack_claims_retention_routing_and_forgetting(pack_acc, routed, rou
     retained, routing, continual = SKILLPACK.claims(pd.DataFrame(rows))
     assert (retained.holds, routing.holds, continual.holds) == holds
     assert "12.0× smaller" in retained.ours and "(ties)" in routing.claim
+
+
+@pytest.mark.parametrize("own_adapter, transfer_pays", [(0.70, True), (0.80, False)])
+def test_scalearn_claims_compare_with_fusion_and_with_the_targets_own_adapter(own_adapter, transfer_pays):
+    scalearn = next(r for r in REPRODUCTIONS if r.grid == "experiments/scalearn_glue.yaml")
+    rows = [{"method": method, "target": target, "seed": seed, "final/score": score, "memory/transfer_params": n}
+            for seed in range(3) for target in ("mrpc", "stsb")
+            for method, score, n in (("scalearn", 0.75, 100), ("fusion", 0.72, 10_000), ("adapter", own_adapter, 0))]
+    versus_fusion, versus_adapter = scalearn.claims(pd.DataFrame(rows))
+    assert versus_fusion.holds is True and "1.000% of fusion's parameters" in versus_fusion.ours
+    assert versus_adapter.holds is transfer_pays and f"{100 * (0.75 - own_adapter):+.2f}" in versus_adapter.ours
