@@ -31,9 +31,9 @@ sys.path.insert(0, str(ROOT))
 from benchmarks import gridbench  # noqa: E402
 from cl.analysis import load_histories  # noqa: E402
 from cl.grid import GridSpec, load_grid  # noqa: E402
-from cl.reproductions import REPRODUCTIONS, cell_runs  # noqa: E402
+from cl.reproductions import cell_runs, reproduction_for  # noqa: E402
 
-REPRODUCTION = next(r for r in REPRODUCTIONS if r.grid == "experiments/cmt_synthetic.yaml")
+REPRODUCTION = reproduction_for("experiments/cmt_synthetic.yaml")
 ORDER = ("CMT", "CMT w/o self-matching", "CMT w/o memory-aware", "CMT w/o top-k", "MAC", "closed-book", "RAG",
          "online fine-tuning")
 # --quick: the same cells on tiny random models (seconds each); only the pipeline is exercised

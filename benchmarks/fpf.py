@@ -22,10 +22,10 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import gridbench  # noqa: E402
 from cl.grid import GridSpec, load_grid  # noqa: E402
-from cl.reproductions import REPRODUCTIONS, cell_runs  # noqa: E402
+from cl.reproductions import cell_runs, reproduction_for  # noqa: E402
 
 METHODS = ("naive", "replay", "dark_er", "replay+fpf", "dark_er+fpf", "kfpf_ce", "kfpf_kd")
-REPRODUCTION = next(r for r in REPRODUCTIONS if r.grid == "experiments/fpf_fmnist.yaml")
+REPRODUCTION = reproduction_for("experiments/fpf_fmnist.yaml")
 
 
 def grid(args) -> GridSpec:

@@ -27,10 +27,10 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import gridbench  # noqa: E402
 from cl.grid import GridSpec, load_grid  # noqa: E402
-from cl.reproductions import REPRODUCTIONS, cell_runs  # noqa: E402
+from cl.reproductions import cell_runs, reproduction_for  # noqa: E402
 
 METHODS = ("none", "full", "peft_all", "random", "memcontrol")
-REPRODUCTION = next(r for r in REPRODUCTIONS if r.grid == "experiments/memcontrol_mnist.yaml")
+REPRODUCTION = reproduction_for("experiments/memcontrol_mnist.yaml")
 QUICK = {"transfer.source_samples_per_class": 200, "transfer.target_samples_per_class": 20,
          "transfer.mem_images": 5, "transfer.repeats": 30, "transfer.pretrain_steps": 200,
          "transfer.classifier_samples_per_class": 200, "transfer.classifier_epochs": 1,

@@ -46,13 +46,13 @@ sys.path.insert(0, str(ROOT))
 from benchmarks import gridbench  # noqa: E402
 from cl.cost import count_flops  # noqa: E402
 from cl.grid import GridSpec, load_grid  # noqa: E402
-from cl.reproductions import REPRODUCTIONS, cell_runs, mean_std  # noqa: E402
+from cl.reproductions import cell_runs, mean_std, reproduction_for  # noqa: E402
 from transfer.memory import saved_activation_bytes  # noqa: E402
 from transfer.mobiletl import MobileTLConfig, mobiletl  # noqa: E402
 
 PAPER = {"v2": 46.3, "v3": 53.3}
 GRID = "experiments/mobiletl_mnist_to_fmnist.yaml"
-REPRODUCTION = next(r for r in REPRODUCTIONS if r.grid == GRID)
+REPRODUCTION = reproduction_for(GRID)
 METHODS = ("full", "last_layer", "bias_bn", "mobiletl_top2", "mobiletl_top5", "mobiletl_top5_int4",
            "v3_full", "v3_mobiletl_top5", "v3_mobiletl_top5_exact_act")
 QUICK = {"transfer.source_samples_per_class": 100, "transfer.target_samples_per_class": 100,

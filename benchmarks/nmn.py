@@ -27,10 +27,10 @@ sys.path.insert(0, str(ROOT))
 from benchmarks import gridbench  # noqa: E402
 from cl.analysis import run_artifact_json  # noqa: E402
 from cl.grid import GridSpec, load_grid  # noqa: E402
-from cl.reproductions import REPRODUCTIONS, cell_runs  # noqa: E402
+from cl.reproductions import cell_runs, reproduction_for  # noqa: E402
 
 METHODS = ("naive", "replay", "nmn_bp", "nmn_sg")
-REPRODUCTION = next(r for r in REPRODUCTIONS if r.grid == "experiments/nmn_mnist.yaml")
+REPRODUCTION = reproduction_for("experiments/nmn_mnist.yaml")
 
 
 def grid(args) -> GridSpec:

@@ -27,10 +27,10 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import gridbench  # noqa: E402
 from cl.grid import GridSpec, load_grid  # noqa: E402
-from cl.reproductions import REPRODUCTIONS, cell_runs  # noqa: E402
+from cl.reproductions import cell_runs, reproduction_for  # noqa: E402
 
 QUICK_SKILLS = ["sentiment", "arithmetic"]
-REPRODUCTION = next(r for r in REPRODUCTIONS if r.grid == "experiments/skillpack_smollm2.yaml")
+REPRODUCTION = reproduction_for("experiments/skillpack_smollm2.yaml")
 
 
 def grid(args) -> GridSpec:

@@ -121,16 +121,16 @@ def _scalearn_claims(runs: pd.DataFrame) -> list[ClaimResult]:
     paper = {"scalearn": "85.36 vs AdapterFusion 85.01 (GLUE avg, RoBERTa-base)",
              "scalearn_uniform": "85.02 vs 85.01", "scalearn_pp": "85.35 vs 85.01",
              "scalearn_uniform_pp": "85.14 vs 85.01"}
+    fusion = per.loc["fusion"].mean() if "fusion" in per.index else None
     for method, claim in paper.items():
-        if method not in per.index or "fusion" not in per.index:
+        if method not in per.index or fusion is None:
             continue
-        fusion = per.loc["fusion"]
-        gap = 100 * (per.loc[method].mean() - fusion.mean())
+        gap = 100 * (per.loc[method].mean() - fusion)
         share = params[method] / params["fusion"]
         seeds = runs[runs["method"] == method].groupby("target").size().min()
         out.append(ClaimResult(
             f"{method} ≥ AdapterFusion on the task average, with a small fraction of its transfer parameters",
-            claim, f"{100 * per.loc[method].mean():.2f} vs {100 * fusion.mean():.2f} ({gap:+.2f}; "
+            claim, f"{100 * per.loc[method].mean():.2f} vs {100 * fusion:.2f} ({gap:+.2f}; "
                    f"{100 * share:.3f}% of fusion's parameters; {len(per.columns)} targets, ≥{seeds} seeds)",
             bool(gap >= 0)))
     if {"scalearn", "adapter"} <= set(per.index):
@@ -471,6 +471,14 @@ REPRODUCTIONS: tuple[Reproduction, ...] = (
         "MAC's design fills the rest, with a soft-token compressor instead of T5 (transfer/cmt.py).",
         _cmt_describe, _cmt_claims, "benchmarks/cmt.py"),
 )
+
+
+def reproduction_for(grid: str) -> Reproduction:
+    """The reproduction whose grid file is ``grid`` (relative to the project root, e.g. experiments/fpf_fmnist.yaml)."""
+    for reproduction in REPRODUCTIONS:
+        if reproduction.grid == grid:
+            return reproduction
+    raise KeyError(f"no reproduction for grid {grid!r}; known: {[r.grid for r in REPRODUCTIONS]}")
 
 
 def claims_for(reproduction: Reproduction, *, tracking_uri: str | None = None) -> list[ClaimResult]:

@@ -4,7 +4,7 @@ import pytest
 
 from cl import reproductions
 from cl.grid import expand, load_grid
-from cl.reproductions import REPRODUCTIONS, ROOT, ClaimResult, render
+from cl.reproductions import REPRODUCTIONS, ROOT, ClaimResult, render, reproduction_for
 
 
 def fpf_runs(gain: float) -> pd.DataFrame:
@@ -18,7 +18,7 @@ def fpf_runs(gain: float) -> pd.DataFrame:
 
 @pytest.mark.parametrize("gain, holds", [(0.02, True), (-0.02, False)])
 def test_fpf_claims_follow_the_numbers(gain, holds):
-    fpf = next(r for r in REPRODUCTIONS if "FPF" in r.title)
+    fpf = reproduction_for("experiments/fpf_fmnist.yaml")
     claims = fpf.claims(fpf_runs(gain))
     improves = next(c for c in claims if c.claim.startswith("FPF improves replay"))
     assert improves.holds is holds and f"{100 * gain:+.2f} points" in improves.ours
@@ -28,7 +28,7 @@ def test_fpf_claims_follow_the_numbers(gain, holds):
 
 @pytest.mark.parametrize("gain, holds", [(0.05, True), (-0.05, False)])
 def test_nmn_rare_class_claims_compare_sg_with_bp(gain, holds):
-    nmn = next(r for r in REPRODUCTIONS if r.grid == "experiments/nmn_mnist.yaml")
+    nmn = reproduction_for("experiments/nmn_mnist.yaml")
     rows = [{"scenario_name": "rare_class_stream", "method": method, "seed": seed, "final/avg_acc": 0.5,
              "final/rare_acc": 0.1 + (gain if method == "nmn_sg" else 0), "final/rare_acc_when_learnt": 0.3}
             for seed in range(3) for method in ("nmn_bp", "nmn_sg")]
@@ -39,7 +39,7 @@ def test_nmn_rare_class_claims_compare_sg_with_bp(gain, holds):
     assert claims["nmn_sg ≥ nmn_bp on all classes (rare_class_stream)"].holds is True
 
 
-MEMCONTROL = next(r for r in REPRODUCTIONS if r.grid == "experiments/memcontrol_mnist.yaml")
+MEMCONTROL = reproduction_for("experiments/memcontrol_mnist.yaml")
 
 
 def _cells(method: str, mem: float, fid: float, pct: float, seeds: int = 3) -> list[dict]:
@@ -66,7 +66,7 @@ def test_memcontrol_versus_peft_on_every_block_needs_no_more_memorisation_and_a_
 
 @pytest.mark.parametrize("sign, holds", [(1, True), (-1, False)])
 def test_memcontrol_detector_claim_is_the_rank_correlation_over_fine_tuned_runs(sign, holds):
-    rep = next(r for r in REPRODUCTIONS if r.grid == "experiments/memcontrol_mnist.yaml")
+    rep = MEMCONTROL
     rows = [{"method": m, "seed": 0, "final/heldout_mem_rate": rate, "final/memorization": 5 + sign * rate,
              "final/fid": 100.0, "final/trainable_pct": 1.0}
             for m, rate in [("full", 0.6), ("peft_all", 0.3), ("memcontrol", 0.1), ("random", 0.2)]]
@@ -80,13 +80,19 @@ def test_memcontrol_detector_claim_is_the_rank_correlation_over_fine_tuned_runs(
 
 
 def test_timetic_claim_compares_with_the_zero_shot_score_and_names_the_learner():
-    rep = next(r for r in REPRODUCTIONS if r.grid == "experiments/timetic.yaml")
+    rep = reproduction_for("experiments/timetic.yaml")
     runs = pd.DataFrame([{"features": "full", "final/spearman": 0.40, "final/zero_shot_spearman": 0.32,
                           "param.timetic.learner": "gp"},
                          {"features": "meta", "final/spearman": 0.90, "final/zero_shot_spearman": 0.32,
                           "param.timetic.learner": "gp"}])
     (claim,) = rep.claims(runs)
     assert claim.holds is True and claim.ours == "0.400 vs 0.320 (+25%; learner gp)"
+
+
+def test_a_reproduction_is_found_by_its_grid_and_an_unknown_grid_is_named():
+    assert all(reproduction_for(r.grid) is r for r in REPRODUCTIONS)
+    with pytest.raises(KeyError, match="experiments/nope.yaml"):
+        reproduction_for("experiments/nope.yaml")
 
 
 def test_every_reproduction_names_a_grid_that_expands():
@@ -113,7 +119,7 @@ def test_report_from_an_empty_results_folder_says_not_measured(tmp_path):
     assert (tmp_path / "r.md").read_text().startswith("# What clsuite reproduces")
 
 
-SKILLPACK = next(r for r in REPRODUCTIONS if r.grid == "experiments/skillpack_smollm2.yaml")
+SKILLPACK = reproduction_for("experiments/skillpack_smollm2.yaml")
 
 
 @pytest.mark.parametrize("pack_acc, routed, routed_drop, holds",
@@ -137,7 +143,7 @@ def test_skillpack_claims_retention_routing_and_forgetting(pack_acc, routed, rou
 
 @pytest.mark.parametrize("own_adapter, transfer_pays", [(0.70, True), (0.80, False)])
 def test_scalearn_claims_compare_with_fusion_and_with_the_targets_own_adapter(own_adapter, transfer_pays):
-    scalearn = next(r for r in REPRODUCTIONS if r.grid == "experiments/scalearn_glue.yaml")
+    scalearn = reproduction_for("experiments/scalearn_glue.yaml")
     rows = [{"method": method, "target": target, "seed": seed, "final/score": score, "memory/transfer_params": n}
             for seed in range(3) for target in ("mrpc", "stsb")
             for method, score, n in (("scalearn", 0.75, 100), ("fusion", 0.72, 10_000), ("adapter", own_adapter, 0))]
