@@ -6,7 +6,8 @@ over seeds):
 
 1. per skill: the full fine-tune's accuracy, each SkillPack's (budget, quantiser) accuracy, bytes, bits per
    delta parameter, compression ratio (fp32 delta bytes / pack bytes) and retained accuracy
-   (pack / fine-tune), and LoRA (rank 8, fp16 bytes) trained on the same data;
+   (pack / fine-tune), and LoRA (fp16 bytes; the grid's rank matches the 8/4/2 pack's bytes) trained on the
+   same data;
 2. all skills at once: routed packs vs. task arithmetic / TIES / DARE-TIES merges;
 3. continual: skills added one by one — the drop on old skills, routed vs. merged.
 
@@ -76,7 +77,7 @@ def main() -> None:
             best_ratio = max(best_ratio, group["final/compression_ratio"].mean())
     lora = runs[runs["method"] == "lora"]
     for skill, group in lora.groupby("skill"):
-        print(f"{skill:<12}{'LoRA r8':<12}{'':>12}{cell(group['final/lora_acc']):>12}{'':>12}"
+        print(f"{skill:<12}{'LoRA':<12}{'':>12}{cell(group['final/lora_acc']):>12}{'':>12}"
               f"{group['memory/lora_bytes'].mean() / 1024:>10.0f}")
 
     multi = runs[runs["method"].isin(["merge", "routed"])]

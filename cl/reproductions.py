@@ -469,7 +469,8 @@ REPRODUCTIONS: tuple[Reproduction, ...] = (
         "GPQA, HumanEval, MBPP, MATH, GSM8K",
         "SmolLM2-135M-Instruct fully fine-tuned on 4 skills (sentiment, question type, paraphrase, arithmetic; "
         "256 examples, 2 epochs) — the fine-tune is the source; packs at 8, 8/4/2 and 2 bits rounded to nearest, "
-        "8/4/2 and 2 bits with GPTQ (64 training examples calibrate it); 3 seeds",
+        "8/4/2 and 2 bits with GPTQ (64 training examples calibrate it); LoRA rank 48 at the 8/4/2 pack's bytes; "
+        "3 seeds",
         "SFT on gold answers instead of a source LLM's responses, no DPO; GPTQ calibrated in one pass of the "
         "fine-tuned model, not layer by layer through the quantised one; a logistic-regression router over the base "
         "model's mean-pooled states (transfer/skillpack_transfer.py).",
