@@ -83,31 +83,34 @@ def test_optimizer_never_sees_lm_parameters():
 # --------------------------------------------------------------------------- memory bank
 
 def test_bank_save_load_round_trip(tmp_path):
-    bank = MemoryBank(3, 5)
+    bank = MemoryBank(3, 5, 2)
     torch.manual_seed(0)
-    bank.append(["a", "b"], torch.randn(2, 3, 5))
-    bank.append(["c"], torch.randn(1, 3, 5))
+    bank.append(["a", "b"], torch.randn(2, 3, 5), torch.randn(2, 2))
+    bank.append(["c"], torch.randn(1, 3, 5), torch.randn(1, 2))
     bank.save(tmp_path / "bank")
     back = MemoryBank.load(tmp_path / "bank")
     assert back.doc_ids == ("a", "b", "c")
     assert torch.equal(back.memory, bank.memory) and back.memory.dtype == torch.float32
-    assert back.nbytes == 3 * 3 * 5 * 4 == bank.nbytes
+    assert torch.equal(back.keys, bank.keys) and back.keys.shape == (3, 2)
+    assert back.nbytes == 3 * (3 * 5 + 2) * 4 == bank.nbytes
 
     with pytest.raises(ValueError, match="already stored"):
-        back.append(["b"], torch.zeros(1, 3, 5))
+        back.append(["b"], torch.zeros(1, 3, 5), torch.zeros(1, 2))
     with pytest.raises(ValueError, match=r"\(N, 3, 5\)"):
-        back.append(["d"], torch.zeros(1, 4, 5))
+        back.append(["d"], torch.zeros(1, 4, 5), torch.zeros(1, 2))
+    with pytest.raises(ValueError, match=r"keys must be \(1, 2\)"):
+        back.append(["d"], torch.zeros(1, 3, 5), torch.zeros(1, 3))
     manifest = json.loads((tmp_path / "bank" / "manifest.json").read_text())
     manifest["size"] = 4
     (tmp_path / "bank" / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ValueError, match="does not match the manifest"):
+    with pytest.raises(ValueError, match="do not match the manifest"):
         MemoryBank.load(tmp_path / "bank")
 
 
 def test_bank_stores_a_detached_copy():
-    bank = MemoryBank(2, 4)
+    bank = MemoryBank(2, 4, 1)
     source = torch.ones(1, 2, 4, requires_grad=True)
-    bank.append(["x"], source * 2)
+    bank.append(["x"], source * 2, torch.zeros(1, 1))
     with torch.no_grad():
         source.add_(1.0)
     assert torch.equal(bank.memory, torch.full((1, 2, 4), 2.0)) and not bank.memory.requires_grad
@@ -120,17 +123,19 @@ def test_top_k_of_the_whole_bank_equals_full_aggregation_and_smaller_k_uses_the_
     batch = batch_of(DOCS[:3])
     torch.manual_seed(1)
     memory = torch.randn(6, SMALL.num_memory_tokens, 32)
+    keys = torch.randn(6, model.scorer.question.in_features)
     with torch.no_grad():
-        condition = model.condition(batch.q_enc_ids, batch.q_enc_mask)
-        full, scores, _ = model.aggregate(condition, memory, top_k=None)
-        whole, _, index = model.aggregate(condition, memory, top_k=6)
+        condition, query_keys = model.condition(batch.q_enc_ids, batch.q_enc_mask)
+        full, scores, _ = model.aggregate(condition, query_keys, memory, keys, top_k=None)
+        whole, _, index = model.aggregate(condition, query_keys, memory, keys, top_k=6)
         assert torch.allclose(whole, full, atol=1e-6)
         assert sorted(index[0].tolist()) == list(range(6))
 
-        top2, _, index2 = model.aggregate(condition, memory, top_k=2)
+        top2, _, index2 = model.aggregate(condition, query_keys, memory, keys, top_k=2)
         assert torch.equal(index2, scores.topk(2, dim=1).indices)
         for q in range(condition.shape[0]):                       # each question sees only its own 2 best
-            alone, _, _ = model.aggregate(condition[q:q + 1], memory[index2[q]], top_k=None)
+            alone, _, _ = model.aggregate(condition[q:q + 1], query_keys[q:q + 1], memory[index2[q]],
+                                          keys[index2[q]], top_k=None)
             assert torch.allclose(top2[q:q + 1], alone, atol=1e-6)
         assert not torch.allclose(top2, full, atol=1e-4)          # fewer entries does change the result
 
@@ -168,10 +173,30 @@ def test_self_matching_term_trains_the_scorer_to_rank_the_source_first():
     assert set(history[0]) == {"self_match", "total"}
     model.eval()
     with torch.no_grad():
-        scores = model.scorer(model.condition(batch.q_enc_ids, batch.q_enc_mask),
-                              model.compress(batch.doc_enc_ids, batch.doc_enc_mask))
+        scores = model.scorer(model.condition(batch.q_enc_ids, batch.q_enc_mask)[1],
+                              model.compress(batch.doc_enc_ids, batch.doc_enc_mask)[1])
     assert (scores.argmax(1) == batch.doc_index).float().mean() >= 0.9
     assert history[-1]["self_match"] < 0.5 * history[0]["self_match"]
+
+
+def test_an_untrained_scorer_ranks_by_the_encoders_own_similarity():
+    """Keys are the encoder's mean-pooled states and the scorer's maps start as the identity: before any
+    training, scores are the cosine similarity of the two encoders' sentence embeddings (÷ temperature)."""
+    model = tiny_cmt().eval()
+    batch = batch_of(DOCS[:4])
+
+    def mean_pooled(encoder, ids, mask):
+        hidden = encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        return (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True)
+
+    with torch.no_grad():
+        scores = model.scorer(model.condition(batch.q_enc_ids, batch.q_enc_mask)[1],
+                              model.compress(batch.doc_enc_ids, batch.doc_enc_mask)[1])
+        q = torch.nn.functional.normalize(mean_pooled(model.question_encoder.encoder, batch.q_enc_ids,
+                                                      batch.q_enc_mask), dim=-1)
+        d = torch.nn.functional.normalize(mean_pooled(model.compressor.encoder, batch.doc_enc_ids,
+                                                      batch.doc_enc_mask), dim=-1)
+    assert torch.allclose(scores, q @ d.T / model.config.temperature, atol=1e-5)
 
 
 # --------------------------------------------------------------------------- EM / F1
@@ -240,7 +265,7 @@ def test_a_few_training_steps_on_synthetic_facts_reduce_every_loss_term():
     with torch.no_grad():
         before = {k: float(v) for k, v in model.losses(batch).items()}
     assert set(before) == {"qa", "self_match", "memory_aware", "total"}
-    train_steps(model, [batch] * 15, make_optimizer(model, lr=3e-3))
+    train_steps(model, [batch] * 25, make_optimizer(model, lr=3e-3))
     model.eval()
     with torch.no_grad():
         after = {k: float(v) for k, v in model.losses(batch).items()}
@@ -259,7 +284,7 @@ def test_loss_terms_switch_off_and_config_errors_name_the_field():
     with pytest.raises(ValueError, match="CMTConfig.num_heads"):
         tiny_cmt(CMTConfig(num_heads=5))
     with pytest.raises(ValueError, match="bank is empty"):
-        tiny_cmt().aggregate(torch.zeros(1, 4, 32), torch.zeros(0, 4, 32))
+        tiny_cmt().aggregate(torch.zeros(1, 4, 32), torch.zeros(1, 32), torch.zeros(0, 4, 32), torch.zeros(0, 32))
 
 
 # --------------------------------------------------------------------------- synthetic facts

@@ -71,8 +71,8 @@ def test_cmt_runs_end_to_end_into_a_real_mlflow_store(shared_store, cache):
     logged = client.get_run(result.run_id)
     metrics = logged.data.metrics
     assert 0 <= metrics["final/em"] <= 100 and 0 <= metrics["final/f1"] <= 100
-    k, width = SMOKE["num_memory_tokens"], 64                       # the tiny LM's hidden size
-    assert metrics["memory/bank_bytes_per_document"] == k * width * 4
+    k, width, key = SMOKE["num_memory_tokens"], 64, 64              # the tiny LM's and tiny encoder's widths
+    assert metrics["memory/bank_bytes_per_document"] == (k * width + key) * 4
     assert metrics["memory/trainable_params"] > 0
     assert len(logged.data.tags["cmt.lm_sha256"]) == 64
     # 3 stream batches of 4: checkpoints after the first, every 2nd and the last
@@ -102,7 +102,7 @@ def test_every_method_answers_the_same_questions_and_scores_in_range(method, tmp
     assert [r["question"] for r in records] == [qa.question for qa in expected]
     assert [s for s, _ in log.history("retention/seen_em")] == [1, 2]
     if method in ("cmt", "mac"):
-        assert out["memory/bank_bytes_per_document"] == SMOKE["num_memory_tokens"] * 64 * 4
+        assert out["memory/bank_bytes_per_document"] == (SMOKE["num_memory_tokens"] * 64 + 64) * 4   # + the key
         assert 0 <= out["retrieval_top1"] <= 100 and out["train_loss"] > 0
         assert 0 <= out["train_docs_em"] <= out["train_docs_f1"] + 1e-9 <= 100 + 1e-9
         assert "cmt/bank/memory.safetensors" in log.artifacts

@@ -207,8 +207,8 @@ class CMTMemory(StreamingMethod):
         texts = self.model.answer(self.bank, batch, self.harness.lm_tokenizer,
                                   max_new_tokens=self.harness.max_new_tokens)
         batch = batch.to(self.harness.device)
-        scores = self.model.scorer(self.model.condition(batch.q_enc_ids, batch.q_enc_mask),
-                                   self.bank.memory.to(self.harness.device))
+        _, query_keys = self.model.condition(batch.q_enc_ids, batch.q_enc_mask)
+        scores = self.model.scorer(query_keys, self.bank.keys.to(self.harness.device))
         ids = self.bank.doc_ids
         return Answers(texts, [ids[i] for i in scores.argmax(1).tolist()])
 
