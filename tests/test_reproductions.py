@@ -127,10 +127,10 @@ SKILLPACK = reproduction_for("experiments/skillpack_smollm2.yaml")
 def test_skillpack_claims_retention_routing_and_forgetting(pack_acc, routed, routed_drop, holds):
     rows = []
     for seed in range(3):
-        rows += [{"method": "pack", "budget": "8-4-2", "skill": s, "seed": seed, "final/tuned_acc": 0.8,
+        rows += [{"method": "pack", "pack": "8-4-2 rtn", "skill": s, "seed": seed, "final/tuned_acc": 0.8,
                   "final/pack_acc": pack_acc, "final/compression_ratio": 12.0} for s in ("sentiment", "qtype")]
-        rows += [{"method": "pack", "budget": "2", "skill": "qtype", "seed": seed, "final/tuned_acc": 0.8,
-                  "final/pack_acc": 0.1, "final/compression_ratio": 40.0}]            # other budgets do not count
+        rows += [{"method": "pack", "pack": "8-4-2 rtn β0.5 ρ0.01", "skill": "qtype", "seed": seed,
+                  "final/tuned_acc": 0.8, "final/pack_acc": 0.1, "final/compression_ratio": 40.0}]  # not the recipe
         rows += [{"method": "merge", "merge_method": m, "seed": seed, "final/acc": acc}
                  for m, acc in (("ties", 0.6), ("task_arithmetic", 0.55))]
         rows += [{"method": "routed", "seed": seed, "final/acc": routed},
@@ -146,9 +146,11 @@ def test_skillpack_claims_judge_the_papers_recipe_by_its_gptq_packs_and_gptq_aga
     rows = []
     for seed in range(3):
         for quantizer, recipe, two_bit in (("rtn", 0.4, 0.4), ("gptq", 0.8, gptq_2bit)):
-            rows += [{"method": "pack", "budget": budget, "quantizer": quantizer, "skill": "qtype", "seed": seed,
+            rows += [{"method": "pack", "pack": f"{budget} {quantizer}", "skill": "qtype", "seed": seed,
                       "final/tuned_acc": 0.8, "final/pack_acc": acc, "final/compression_ratio": ratio}
                      for budget, acc, ratio in (("8-4-2", recipe, 12.0), ("2", two_bit, 14.0))]
+            rows += [{"method": "pack", "pack": f"2 {quantizer} β0.5 ρ0.01", "skill": "qtype", "seed": seed,
+                      "final/tuned_acc": 0.8, "final/pack_acc": 0.0, "final/compression_ratio": 60.0}]
     retained, versus_rounding = SKILLPACK.claims(pd.DataFrame(rows))
     assert "GPTQ" in retained.claim and retained.holds is True              # rtn's 50% retained does not count
     assert versus_rounding.holds is holds and f"{100 * (gptq_2bit - 0.4):+.2f}" in versus_rounding.ours
