@@ -34,7 +34,7 @@ import torch  # noqa: E402
 from cl.transfer_run import cache_root  # noqa: E402
 from transfer import quantize  # noqa: E402
 from transfer import skillpack as sp  # noqa: E402
-from transfer.skillpack_transfer import BUDGETS, load_causal_lm, sft_batch  # noqa: E402
+from transfer.skillpack_transfer import BUDGETS, input_batches, load_causal_lm  # noqa: E402
 from transfer.skills import load_skill  # noqa: E402
 
 
@@ -56,9 +56,8 @@ def synthetic_delta(model, seed: int) -> dict[str, torch.Tensor]:
             for n, p in model.named_parameters() if p.dim() == 2}
 
 
-def hessians(model, tokenizer, deltas, names, examples, max_length=128, batch_size=8):
-    batches = [{k: v for k, v in sft_batch(tokenizer, examples[i:i + batch_size], max_length).items()
-                if k != "labels"} for i in range(0, len(examples), batch_size)]
+def hessians(model, tokenizer, deltas, names, examples):
+    batches = input_batches(tokenizer, examples, batch_size=8, max_length=128)   # the grid's batch and length
     with sp.Applied(model, deltas):
         return quantize.calibration_hessians(model, batches, names)
 

@@ -216,12 +216,16 @@ def calibration(ctx: TransferContext, params, skill: str, model, tokenizer, delt
     """GPTQ's E[x xᵀ] per factorised layer, on the fine-tuned model (base + Δ) over training inputs
     (prompt and answer, as the fine-tune saw them)."""
     examples = load_skill(skill, "train", data_root=params.data_root, n=params.calibration_samples, seed=ctx.seed)
-    step = ctx.train.batch_size
-    batches = [{k: v for k, v in sft_batch(tokenizer, examples[i:i + step], params.max_length).items()
-                if k != "labels"} for i in range(0, len(examples), step)]
+    batches = input_batches(tokenizer, examples, batch_size=ctx.train.batch_size, max_length=params.max_length)
     names = [n for n, d in deltas.items() if sp.factorised(n, d, config)]
     with sp.Applied(model, deltas):
         return quantize.calibration_hessians(model, batches, names)
+
+
+def input_batches(tokenizer, examples: list[Example], *, batch_size: int, max_length: int) -> list[dict]:
+    """The model inputs fine-tuning saw (prompt and answer), without labels, in batches."""
+    return [{k: v for k, v in sft_batch(tokenizer, examples[i:i + batch_size], max_length).items() if k != "labels"}
+            for i in range(0, len(examples), batch_size)]
 
 
 # --------------------------------------------------------------------------- the experiment
