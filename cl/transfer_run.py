@@ -64,6 +64,22 @@ def publish_directory(path: Path) -> Iterator[Path]:
         shutil.rmtree(partial, ignore_errors=True)
 
 
+@contextmanager
+def build_lock(path) -> Iterator[None]:
+    """Hold an exclusive lock on ``<path>.lock`` while inside: a parallel worker that needs the same
+    cache entry waits for it instead of building it a second time (`publish_directory` still makes
+    the write atomic)."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def final_metric_names(metrics: Mapping[str, float]) -> dict[str, float]:
     """``acc`` → ``final/acc``; names with a namespace (``memory/…``, ``cost/…``) stay as they are."""
     return {(k if "/" in k else f"final/{k}"): float(v) for k, v in metrics.items()}

@@ -77,3 +77,29 @@ def test_publish_directory_is_all_or_nothing(tmp_path):
     with publish_directory(target) as partial:                          # a second writer loses quietly
         (partial / "a").write_text("second")
     assert (target / "a").read_text() == "first" and sorted(p.name for p in tmp_path.iterdir()) == ["entry"]
+
+
+def test_build_lock_makes_a_second_builder_wait_for_the_first(tmp_path):
+    """Two cells that need one cache entry: the second enters only after the first has left (so it
+    finds the entry built instead of building it again)."""
+    import threading
+    import time
+
+    from cl.transfer_run import build_lock
+
+    events = []
+
+    def builder(name, hold):
+        with build_lock(tmp_path / "entry"):
+            events.append(f"{name} in")
+            time.sleep(hold)
+            events.append(f"{name} out")
+
+    first = threading.Thread(target=builder, args=("first", 0.3))
+    first.start()
+    time.sleep(0.1)
+    second = threading.Thread(target=builder, args=("second", 0.0))
+    second.start()
+    first.join()
+    second.join()
+    assert events == ["first in", "first out", "second in", "second out"]

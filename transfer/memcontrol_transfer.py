@@ -65,15 +65,13 @@ import copy
 import json
 import logging
 import math
-from contextlib import contextmanager
-from typing import Iterator
 
 import numpy as np
 import torch
 
 from cl.config import canonical_hash
 from cl.scenarios import image_tensors
-from cl.transfer_run import TransferContext, publish_directory, single_thread
+from cl.transfer_run import TransferContext, build_lock, publish_directory, single_thread
 from transfer import diffusion as D
 from transfer.memcontrol import Block, LoraOptions, MemControlSearch, MlflowTrialRecorder, apply_mask, count_parameters
 
@@ -211,22 +209,6 @@ def _samples_png(memorised, generated_by_label, labels) -> bytes:
                 ax.set_ylabel(str(int(labels[r])), fontsize=7)
     fig.suptitle("memorised image | generations for its label", fontsize=7)
     return to_png(fig, dpi=80)
-
-
-@contextmanager
-def build_lock(path) -> Iterator[None]:
-    """Hold an exclusive lock on ``<path>.lock`` while inside: a parallel worker that needs the same
-    cache entry waits for it instead of building it a second time (`publish_directory` still makes
-    the write atomic)."""
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def run(ctx: TransferContext, params) -> dict[str, float]:

@@ -40,7 +40,7 @@ import torch
 from transformers import get_cosine_schedule_with_warmup
 
 from cl.config import canonical_hash
-from cl.transfer_run import TransferContext, publish_directory
+from cl.transfer_run import TransferContext, build_lock, publish_directory
 from transfer import quantize
 from transfer import skillpack as sp
 from transfer.skills import Example, exact_first_word, load_skill
@@ -177,16 +177,24 @@ def accuracy(model, tokenizer, examples: list[Example], max_new_tokens: int) -> 
 
 def fine_tuned_delta(ctx: TransferContext, params, skill: str, model, tokenizer, base_fp: str):
     """(Δθ of the skill's full fine-tune as fp32 tensors, its test accuracy), cached."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
     key = {"model": params.model, "skill": skill, "train_samples": params.train_samples,
            "test_samples": params.test_samples, "epochs": ctx.train.epochs, "lr": ctx.train.lr,
            "batch_size": ctx.train.batch_size, "max_length": params.max_length, "seed": ctx.seed,
            "base": base_fp[:16]}
     folder = ctx.cache_dir / "skillpack" / f"{skill}-{canonical_hash(key)}"
-    if (folder / "metrics.json").is_file():
-        deltas = {k: v.float() for k, v in load_file(str(folder / "delta.safetensors")).items()}
-        return deltas, json.loads((folder / "metrics.json").read_text())["tuned_acc"]
+    with build_lock(folder):           # a parallel cell needing this fine-tune waits for it
+        if not (folder / "metrics.json").is_file():
+            _fine_tune(ctx, params, skill, model, tokenizer, key, folder)
+    deltas = {k: v.float() for k, v in load_file(str(folder / "delta.safetensors")).items()}
+    return deltas, json.loads((folder / "metrics.json").read_text())["tuned_acc"]
+
+
+def _fine_tune(ctx: TransferContext, params, skill: str, model, tokenizer, key: dict, folder: Path) -> None:
+    """Fine-tune the skill into `model`, cache Δθ and the fine-tune's accuracy in `folder`, restore `model`."""
+    from safetensors.torch import save_file
+
     train = load_skill(skill, "train", data_root=params.data_root, n=params.train_samples, seed=ctx.seed)
     test = load_skill(skill, "test", data_root=params.data_root, n=params.test_samples, seed=0)
     original = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -203,7 +211,6 @@ def fine_tuned_delta(ctx: TransferContext, params, skill: str, model, tokenizer,
     with publish_directory(folder) as partial:
         save_file({k: v.contiguous() for k, v in deltas.items()}, str(partial / "delta.safetensors"))
         (partial / "metrics.json").write_text(json.dumps({"tuned_acc": tuned_acc, "key": key}))
-    return deltas, tuned_acc
 
 
 def compression_config(params) -> sp.CompressionConfig:
