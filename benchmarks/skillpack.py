@@ -4,8 +4,8 @@ Runs the grid `experiments/skillpack_smollm2.yaml` through the suite's launcher 
 are reused; measured runs are kept in benchmarks/results/). Prints three tables (mean ± std
 over seeds):
 
-1. per skill: the full fine-tune's accuracy, each SkillPack's (budget, quantiser) accuracy, bytes, bits per
-   delta parameter, compression ratio (fp32 delta bytes / pack bytes) and retained accuracy
+1. per skill: the base model's and the full fine-tune's accuracy, each SkillPack's (budget,
+   quantiser) accuracy, bytes, bits per delta parameter, compression ratio (fp32 delta bytes / pack bytes) and retained accuracy
    (pack / fine-tune), and LoRA (fp16 bytes; the grid's rank matches the 8/4/2 pack's bytes) trained on the
    same data;
 2. all skills at once: routed packs vs. task arithmetic / TIES / DARE-TIES merges;
@@ -62,12 +62,13 @@ def main() -> None:
         return
 
     packs = runs[runs["method"] == "pack"]
-    print(f"\n1. per skill (accuracy %, mean ± std over seeds)\n{'skill':<12}{'pack':<22}{'fine-tune':>12}"
-          f"{'pack acc':>12}{'retained %':>12}{'pack KiB':>10}{'bits/param':>11}{'ratio':>8}")
+    print(f"\n1. per skill (accuracy %, mean ± std over seeds)\n{'skill':<12}{'pack':<22}{'base':>6}"
+          f"{'fine-tune':>12}{'pack acc':>12}{'retained %':>12}{'pack KiB':>10}{'bits/param':>11}{'ratio':>8}")
     best_ratio = 0.0
     for (skill, label), group in packs.groupby(["skill", "pack"], sort=False):
         retained = group["final/pack_acc"] / group["final/tuned_acc"]
-        print(f"{skill:<12}{label:<22}{cell(group['final/tuned_acc']):>12}{cell(group['final/pack_acc']):>12}"
+        print(f"{skill:<12}{label:<22}{100 * group['final/base_acc'].mean():>6.1f}"
+              f"{cell(group['final/tuned_acc']):>12}{cell(group['final/pack_acc']):>12}"
               f"{cell(retained):>12}{group['memory/pack_bytes'].mean() / 1024:>10.0f}"
               f"{group['final/bits_per_parameter'].mean():>11.2f}{group['final/compression_ratio'].mean():>8.1f}")
     by_pack = packs.assign(retained=packs["final/pack_acc"] / packs["final/tuned_acc"]).groupby("pack")
@@ -76,7 +77,7 @@ def main() -> None:
             best_ratio = max(best_ratio, group["final/compression_ratio"].mean())
     lora = runs[runs["method"] == "lora"]
     for skill, group in lora.groupby("skill"):
-        print(f"{skill:<12}{'LoRA':<22}{'':>12}{cell(group['final/lora_acc']):>12}{'':>12}"
+        print(f"{skill:<12}{'LoRA':<22}{'':>6}{'':>12}{cell(group['final/lora_acc']):>12}{'':>12}"
               f"{group['memory/lora_bytes'].mean() / 1024:>10.0f}")
 
     multi = runs[runs["method"].isin(["merge", "routed"])]
