@@ -5,9 +5,9 @@ are reused; measured runs are kept in benchmarks/results/). Prints three tables 
 over seeds):
 
 1. per skill: the base model's and the full fine-tune's accuracy, each SkillPack's (budget,
-   quantiser) accuracy, bytes, bits per delta parameter, compression ratio (fp32 delta bytes / pack bytes) and retained accuracy
-   (pack / fine-tune), and LoRA (fp16 bytes; the grid's rank matches the 8/4/2 pack's bytes) trained on the
-   same data;
+   quantiser) accuracy, bytes, bits per delta parameter, compression ratio (fp32 delta bytes /
+   pack bytes) and retained accuracy (pack / fine-tune), and LoRA (fp16 bytes; the grid's rank
+   matches the 8/4/2 pack's bytes) trained on the same data;
 2. all skills at once: routed packs vs. task arithmetic / TIES / DARE-TIES merges;
 3. continual: skills added one by one — the drop on old skills, routed vs. merged.
 
@@ -96,8 +96,8 @@ def main() -> None:
         print(f"  routed packs: {cell(continual['final/old_skill_forgetting'])}    "
               f"task-arithmetic merge: {cell(continual['final/old_skill_forgetting_merged'])}")
 
-    print(f"RESULT compression_ratio_at_95pct_retained={best_ratio:.1f} seeds={len(spec.seeds)} quick={int(args.quick)} "
-          + json.dumps({"runs": len(runs)}))
+    print(f"RESULT compression_ratio_at_95pct_retained={best_ratio:.1f} seeds={len(spec.seeds)} "
+          f"quick={int(args.quick)} " + json.dumps({"runs": len(runs)}))
 
 
 if __name__ == "__main__":

@@ -375,7 +375,8 @@ def _skillpack_claims(runs: pd.DataFrame) -> list[ClaimResult]:
             "GraftLLM beats PCB, Twin-Merging and FuseChat-3.0 on most of 7 benchmarks", text, bool(gap > 0)))
     continual = runs[runs["method"] == "continual"]
     if not continual.empty:
-        routed_drop, merged_drop = continual["final/old_skill_forgetting"], continual["final/old_skill_forgetting_merged"]
+        routed_drop = continual["final/old_skill_forgetting"]
+        merged_drop = continual["final/old_skill_forgetting_merged"]
         out.append(ClaimResult(
             "continual: adding skills as new packs does not forget old ones (routed drop ≤ 2 points and ≤ merged)",
             "forget-free continual learning: each skill its own pack, old packs never modified",
