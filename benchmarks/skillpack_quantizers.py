@@ -9,7 +9,7 @@ with Δ_k the delta's rank-k truncation the pack quantises (so only quantisation
 measured) and H = E[x xᵀ] of the layer's inputs on the skill's *test* prompts, while GPTQ is
 calibrated on its *training* prompts (`transfer.skillpack_transfer.calibration`). The table gives
 the median over layers per module kind, rounding (the reference point) vs. GPTQ, their ratio,
-and the compression time of each.
+and how much longer GPTQ takes to compress than rounding.
 
 The delta is the grid's cached fine-tune (run `benchmarks/skillpack.py` first) — or, with
 ``--quick``, a synthetic low-rank delta on a tiny random Llama.
@@ -95,6 +95,7 @@ def main() -> None:
     h_train = hessians(model, tokenizer, deltas, names, calibration)
     h_test = hessians(model, tokenizer, deltas, names, held_out)
 
+    truncated = {name: rank_truncation(deltas[name], config.energy) for name in names}   # the same for every budget
     print(f"{'budget':<8}{'module':<11}{'layers':>7}{'rtn error':>11}{'gptq error':>12}{'gptq/rtn':>10}")
     ratios_2bit, seconds = [], {}
     for budget in args.budgets:
@@ -102,14 +103,13 @@ def main() -> None:
         for quantizer in sp.QUANTIZERS:
             seconds[(budget, quantizer)] = 0.0
         for name in names:
-            truncated = rank_truncation(deltas[name], config.energy)
             errors = {}
             for quantizer in sp.QUANTIZERS:
                 cfg = sp.CompressionConfig(group_size=config.group_size, quantizer=quantizer, **BUDGETS[budget])
                 start = time.perf_counter()
                 encoded = sp.encode(name, deltas[name], cfg, h_train[name])
                 seconds[(budget, quantizer)] += time.perf_counter() - start
-                errors[quantizer] = output_error(encoded.decode(), truncated, h_test[name])
+                errors[quantizer] = output_error(encoded.decode(), truncated[name], h_test[name])
             kind = name.removesuffix(".weight").rsplit(".", 1)[-1]
             rows.setdefault(kind, []).append((errors["rtn"], errors["gptq"]))
         for kind, pairs in rows.items():
@@ -117,7 +117,8 @@ def main() -> None:
             print(f"{budget:<8}{kind:<11}{len(pairs):>7}{rtn:>11.4f}{gptq:>12.4f}{gptq / rtn:>10.2f}")
             if budget == "2":
                 ratios_2bit += [g / r for r, g in pairs]
-    print("\ncompression time (s): " + ", ".join(f"{b} {q} {t:.1f}" for (b, q), t in seconds.items()))
+    print("\ncompression time, GPTQ / rounding (same run): "
+          + ", ".join(f"{b} bits {seconds[(b, 'gptq')] / seconds[(b, 'rtn')]:.1f}×" for b in args.budgets))
     median = float(np.median(ratios_2bit)) if ratios_2bit else float("nan")
     print(f"RESULT gptq_over_rtn_output_error_2bit={median:.3f} layers={len(names)} skill={args.skill} "
           f"quick={int(args.quick)}")

@@ -335,9 +335,10 @@ def _skillpack_describe(config) -> dict:
 
     o = config.transfer.options
     fields = TRANSFERS.get("skillpack").params.model_fields
-    shape = {k: o.get(k, fields[k].default) for k in ("energy", "prune_density")}
-    budget, quantizer = o.get("budget", "8-4-2"), o.get("quantizer", "rtn")
+    option = {k: o.get(k, fields[k].default) for k in ("budget", "quantizer", "energy", "prune_density")}
+    budget, quantizer = option["budget"], option["quantizer"]
     pack = f"{budget} {quantizer}"          # the recipe; β and the embedding density when not the defaults
+    shape = {k: option[k] for k in ("energy", "prune_density")}
     if any(v != fields[k].default for k, v in shape.items()):
         pack += f" β{shape['energy']:g} ρ{shape['prune_density']:g}"
     return {"method": o.get("method", "pack"), "skill": o.get("skill") or (o.get("skills") or [None])[0],

@@ -123,7 +123,7 @@ def test_top_k_of_the_whole_bank_equals_full_aggregation_and_smaller_k_uses_the_
     batch = batch_of(DOCS[:3])
     torch.manual_seed(1)
     memory = torch.randn(6, SMALL.num_memory_tokens, 32)
-    keys = torch.randn(6, model.scorer.question.in_features)
+    keys = torch.randn(6, model.key_dim)
     with torch.no_grad():
         condition, query_keys = model.condition(batch.q_enc_ids, batch.q_enc_mask)
         full, scores, _ = model.aggregate(condition, query_keys, memory, keys, top_k=None)

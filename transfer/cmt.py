@@ -514,7 +514,8 @@ class CMT(nn.Module):
                      ff_hidden=config.ff_hidden, dropout=config.dropout)
         self.compressor = Compressor(encoder, **shape)
         self.question_encoder = Compressor(question_encoder, **shape)
-        self.scorer = Scorer(_encoder_width(encoder), config.temperature)
+        self.key_dim = _encoder_width(encoder)
+        self.scorer = Scorer(self.key_dim, config.temperature)
         self.aggregator = nn.ModuleList(CrossAttentionBlock(dim, config.num_heads, config.ff_hidden, config.dropout)
                                         for _ in range(config.num_aggregator_blocks))
         self.prefix = PrefixGenerator(dim=dim, num_tokens=config.num_memory_tokens,
@@ -538,7 +539,7 @@ class CMT(nn.Module):
         return {k: v for k, v in self.state_dict().items() if not k.startswith("lm.")}
 
     def new_bank(self) -> MemoryBank:
-        return MemoryBank(self.config.num_memory_tokens, self.memory_dim, self.scorer.question.in_features)
+        return MemoryBank(self.config.num_memory_tokens, self.memory_dim, self.key_dim)
 
     # -- the pieces
     def compress(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -602,6 +603,12 @@ class CMT(nn.Module):
     def answer(self, bank: MemoryBank, batch: CMTBatch, tokenizer, *, max_new_tokens: int = 16,
                top_k: int | None = -1) -> list[str]:
         """Greedy answers to the batch's questions from the bank (``top_k=-1``: the config's k)."""
+        return self.answer_with_sources(bank, batch, tokenizer, max_new_tokens=max_new_tokens, top_k=top_k)[0]
+
+    @torch.no_grad()
+    def answer_with_sources(self, bank: MemoryBank, batch: CMTBatch, tokenizer, *, max_new_tokens: int = 16,
+                            top_k: int | None = -1) -> tuple[list[str], list[int]]:
+        """(answers, the best-scoring bank entry of each question) — one pass of the question encoder."""
         from transfer.cmt_data import lm_special_ids
 
         was_training = self.training
@@ -609,14 +616,14 @@ class CMT(nn.Module):
         try:
             device = next(self.scorer.parameters()).device
             batch = batch.to(device)
-            aggregated, _, _ = self.aggregate(*self.condition(batch.q_enc_ids, batch.q_enc_mask),
-                                              bank.memory.to(device), bank.keys.to(device), top_k=top_k)
+            aggregated, scores, _ = self.aggregate(*self.condition(batch.q_enc_ids, batch.q_enc_mask),
+                                                   bank.memory.to(device), bank.keys.to(device), top_k=top_k)
             eos, _ = lm_special_ids(tokenizer)
             rows = greedy_generate(self.lm, self.prefix(aggregated), batch.prompt_lm_ids, batch.prompt_lm_mask,
                                    max_new_tokens=max_new_tokens, eos_token_id=eos)
         finally:
             self.train(was_training)
-        return [answer_text(tokenizer, row) for row in rows]
+        return [answer_text(tokenizer, row) for row in rows], scores.argmax(1).tolist()
 
 
 def answer_text(tokenizer, row: Sequence[int]) -> str:

@@ -204,13 +204,10 @@ class CMTMemory(StreamingMethod):
 
     @torch.no_grad()
     def answer(self, batch):
-        texts = self.model.answer(self.bank, batch, self.harness.lm_tokenizer,
-                                  max_new_tokens=self.harness.max_new_tokens)
-        batch = batch.to(self.harness.device)
-        _, query_keys = self.model.condition(batch.q_enc_ids, batch.q_enc_mask)
-        scores = self.model.scorer(query_keys, self.bank.keys.to(self.harness.device))
+        texts, best = self.model.answer_with_sources(self.bank, batch, self.harness.lm_tokenizer,
+                                                     max_new_tokens=self.harness.max_new_tokens)
         ids = self.bank.doc_ids
-        return Answers(texts, [ids[i] for i in scores.argmax(1).tolist()])
+        return Answers(texts, [ids[i] for i in best])
 
     def trainable_parameters(self):
         return sum(p.numel() for p in self.model.trainable_parameters())

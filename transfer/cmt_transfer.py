@@ -29,7 +29,8 @@ percent), ``em_prefix`` (MAC's prefix EM), ``retrieval_top1`` (cmt/mac/rag: the 
 questions whose best-scoring stored document is their own), ``first_batch_em``/``_f1`` at the
 end and ``first_batch_em_initial``/``_f1_initial`` right after the first batch,
 ``first_batch_f1_drop`` (initial − end), ``memory/bank_bytes_per_document`` (cmt/mac: K·D fp32
-memory vectors + an E-dim retrieval key; rag: the raw UTF-8 text + one fp32 embedding; closed_book, online_ft: 0),
+memory vectors + an E-dim retrieval key; rag: the raw UTF-8 text + one fp32 embedding; closed_book,
+online_ft: 0),
 ``memory/bank_bytes``, ``memory/trainable_params`` (online_ft: the whole LM copy),
 ``memory/model_copy_bytes`` (online_ft), ``train_seconds``, ``stream_seconds``,
 ``eval_seconds``; for trained cmt/mac, ``train_docs_em``/``_f1``: the same scores on questions about *training*

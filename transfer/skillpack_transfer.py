@@ -81,20 +81,21 @@ def load_causal_lm(model: str, cache_dir: Path):
         lm = LlamaForCausalLM(config)
     elif model == "smollm2":
         converted = cache_dir / "skillpack" / "smollm2-135m-instruct"
-        if not (converted / "config.json").is_file():
-            gguf = smollm2_gguf()
-            log.info("converting %s (about 40 s, once)", gguf)
-            lm = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-            tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-            # transformers marks a GGUF-loaded model as quantised and will not save it: rebuild it plain
-            config = lm.config
-            if hasattr(config, "quantization_config"):
-                del config.quantization_config
-            plain = type(lm)(config)
-            plain.load_state_dict(lm.state_dict())
-            with publish_directory(converted) as partial:
-                plain.save_pretrained(str(partial))
-                tokenizer.save_pretrained(str(partial))
+        with build_lock(converted):        # parallel cells convert once; the others wait and load it
+            if not (converted / "config.json").is_file():
+                gguf = smollm2_gguf()
+                log.info("converting %s (about 40 s, once)", gguf)
+                lm = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+                tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+                # transformers marks a GGUF-loaded model as quantised and will not save it: rebuild it plain
+                config = lm.config
+                if hasattr(config, "quantization_config"):
+                    del config.quantization_config
+                plain = type(lm)(config)
+                plain.load_state_dict(lm.state_dict())
+                with publish_directory(converted) as partial:
+                    plain.save_pretrained(str(partial))
+                    tokenizer.save_pretrained(str(partial))
         lm = AutoModelForCausalLM.from_pretrained(str(converted), dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(str(converted))
     else:
