@@ -44,11 +44,42 @@ def grid(args) -> GridSpec:
                "transfer.test_samples": 16, "transfer.group_size": 16, "train.epochs": 1}, cases=cases)
 
 
+def continual_skills(cells) -> list[str]:
+    """The order in which the grid's continual cells add skills."""
+    from cl.registry import TRANSFERS
+
+    default = TRANSFERS.get("skillpack").params.model_fields["skills"].default
+    options = [c.config.transfer.options for c in cells if c.config.transfer.options.get("method") == "continual"]
+    return list(options[0].get("skills", default)) if options else list(default)
+
+
 def cell(values, scale=100.0) -> str:
     values = scale * values.dropna()
     if values.empty:
         return "—"
     return f"{values.mean():.1f}" + (f" ± {values.std():.1f}" if len(values) > 1 else "")
+
+
+def print_continual(continual, skills, tracking_uri) -> None:
+    """Accuracy on every skill seen so far after each addition (mean over seeds), routed packs vs. their
+    task-arithmetic merge: the old skills' columns show what each way of combining packs forgets."""
+    from cl.analysis import load_histories
+
+    metrics = [f"continual/{how}/{s}" for how in ("routed", "merged") for s in skills]
+    means = load_histories(continual, metrics, tracking_uri=tracking_uri).groupby(["metric", "step"])["value"].mean()
+
+    def at(how, skill, step) -> str:
+        value = means.get((f"continual/{how}/{skill}", step))
+        return "—" if value is None else f"{100 * value:.1f}"
+
+    print("\n3. continual: accuracy % on each skill after each addition (routed packs / task-arithmetic merge)")
+    print(f"{'after adding':<14}" + "".join(f"{s:>16}" for s in skills))
+    for step, added in enumerate(skills):
+        print(f"{added:<14}" + "".join(f"{at('routed', s, step) + ' / ' + at('merged', s, step):>16}"
+                                       for s in skills[: step + 1]))
+    print(f"drop on old skills after the last addition (points; lower is better): routed "
+          f"{cell(continual['final/old_skill_forgetting'])}, merged "
+          f"{cell(continual['final/old_skill_forgetting_merged'])}")
 
 
 def main() -> None:
@@ -83,18 +114,16 @@ def main() -> None:
     multi = runs[runs["method"].isin(["merge", "routed"])]
     if not multi.empty:
         skill_columns = sorted(c for c in multi.columns if c.startswith("final/acc_"))
-        print(f"\n2. all skills at once (accuracy %)\n{'method':<18}" + "".join(f"{c[10:]:>13}" for c in skill_columns)
+        print(f"\n2. all skills at once (accuracy %)\n{'method':<24}" + "".join(f"{c[10:]:>13}" for c in skill_columns)
               + f"{'mean':>13}")
         for label, group in multi.groupby(multi["method"].where(multi["method"] == "routed",
                                                                 "merge:" + multi["merge_method"])):
-            print(f"{label:<18}" + "".join(f"{cell(group[c]):>13}" for c in skill_columns)
+            print(f"{label:<24}" + "".join(f"{cell(group[c]):>13}" for c in skill_columns)
                   + f"{cell(group['final/acc']):>13}")
 
     continual = runs[runs["method"] == "continual"]
     if not continual.empty:
-        print("\n3. continual: drop on old skills after all skills were added (points; lower is better)")
-        print(f"  routed packs: {cell(continual['final/old_skill_forgetting'])}    "
-              f"task-arithmetic merge: {cell(continual['final/old_skill_forgetting_merged'])}")
+        print_continual(continual, continual_skills(cells), args.tracking_uri)
 
     print(f"RESULT compression_ratio_at_95pct_retained={best_ratio:.1f} seeds={len(spec.seeds)} "
           f"quick={int(args.quick)} " + json.dumps({"runs": len(runs)}))
