@@ -156,6 +156,20 @@ def test_skillpack_claims_judge_the_papers_recipe_by_its_gptq_packs_and_gptq_aga
     assert versus_rounding.holds is holds and f"{100 * (gptq_2bit - 0.4):+.2f}" in versus_rounding.ours
 
 
+@pytest.mark.parametrize("lora_acc, holds", [(0.6, True), (0.9, False)])
+def test_skillpack_claims_compare_the_pack_with_lora_at_equal_bytes(lora_acc, holds):
+    rows = []
+    for seed in range(3):
+        for skill in ("sentiment", "qtype"):
+            rows += [{"method": "pack", "pack": "8-4-2 gptq", "skill": skill, "seed": seed, "final/tuned_acc": 0.8,
+                      "final/pack_acc": 0.78, "final/compression_ratio": 18.0},
+                     {"method": "lora", "pack": "8-4-2 gptq", "skill": skill, "seed": seed, "lora_rank": 48,
+                      "final/lora_acc": lora_acc}]
+    retained, versus_lora = SKILLPACK.claims(pd.DataFrame(rows))
+    assert "rank 48" in versus_lora.claim and "2 skills" in versus_lora.ours
+    assert versus_lora.holds is holds and f"{100 * (0.78 - lora_acc):+.2f}" in versus_lora.ours
+
+
 @pytest.mark.parametrize("own_adapter, transfer_pays", [(0.70, True), (0.80, False)])
 def test_scalearn_claims_compare_with_fusion_and_with_the_targets_own_adapter(own_adapter, transfer_pays):
     scalearn = reproduction_for("experiments/scalearn_glue.yaml")
