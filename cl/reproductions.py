@@ -72,8 +72,9 @@ def mean_std(values: pd.Series, scale: float = 100.0) -> str:
 
 
 def difference(a: pd.Series, b: pd.Series, scale: float = 100.0) -> tuple[str, float]:
-    """Mean of a − mean of b in points, with the std of each."""
-    gap = scale * (a.mean() - b.mean())
+    """Mean of a − mean of b in points, with the std of each. The gap is rounded as printed, so a verdict never
+    rests on a difference the table shows as +0.00."""
+    gap = round(scale * (a.mean() - b.mean()), 2) + 0.0          # + 0.0: no "-0.00"
     return f"{gap:+.2f} points ({mean_std(a, scale)} vs {mean_std(b, scale)})", gap
 
 

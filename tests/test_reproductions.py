@@ -179,3 +179,11 @@ def test_scalearn_claims_compare_with_fusion_and_with_the_targets_own_adapter(ow
     versus_fusion, versus_adapter = scalearn.claims(pd.DataFrame(rows))
     assert versus_fusion.holds is True and "1.000% of fusion's parameters" in versus_fusion.ours
     assert versus_adapter.holds is transfer_pays and f"{100 * (0.75 - own_adapter):+.2f}" in versus_adapter.ours
+
+
+def test_a_verdict_rests_on_the_gap_as_printed():
+    from cl.reproductions import difference
+
+    text, gap = difference(pd.Series([0.8117, 0.8117]), pd.Series([0.8117 - 1e-9, 0.8117]))
+    assert gap == 0.0 and text.startswith("+0.00 points") and not gap > 0
+    assert difference(pd.Series([0.5]), pd.Series([0.49]))[1] == 1.0
