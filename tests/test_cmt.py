@@ -245,30 +245,6 @@ def test_prefix_run_is_invariant_to_left_padding_and_greedy_matches_transformers
         assert row == (ref[:ref.index(eos)] if eos in ref else ref)
 
 
-@pytest.mark.parametrize("answer_tokens", [(2, 3), (1, 5), (7, 4)])      # 7: the whole row is labelled
-def test_loss_on_the_labelled_tail_equals_the_full_loss_and_its_gradient(answer_tokens, monkeypatch):
-    lm = tiny_cmt().eval().lm
-    pad = TOKENIZER.pad_token_id
-    rows = [TOKENIZER(DOCS[0].text)["input_ids"][:7], TOKENIZER(DOCS[1].text)["input_ids"][:5]]
-    ids = torch.tensor([rows[0], [pad] * 2 + rows[1]])
-    mask = torch.tensor([[1] * 7, [0] * 2 + [1] * 5])
-    labels = torch.full_like(ids, -100)
-    for row, n in enumerate(answer_tokens):                # answers end the (left-padded) rows
-        labels[row, 7 - n:] = ids[row, 7 - n:]
-    torch.manual_seed(3)
-    prefix = [(torch.randn(2, 2, 3, 8, requires_grad=True), torch.randn(2, 2, 3, 8, requires_grad=True))
-              for _ in range(2)]
-    leaves = [t for pair in prefix for t in pair]
-    trimmed = lm_forward(lm, prefix, ids, mask, labels)
-    assert trimmed.logits.shape[1] == min(max(answer_tokens) + 1, 7)     # only the labelled tail is projected
-    monkeypatch.setattr("transfer.cmt._keeps_logits", lambda lm: False)
-    full = lm_forward(lm, prefix, ids, mask, labels)                     # the Hugging Face loss, every position
-    assert full.logits.shape[1] == 7
-    assert torch.allclose(trimmed.loss, full.loss, atol=1e-6)
-    for ours, reference in zip(torch.autograd.grad(trimmed.loss, leaves), torch.autograd.grad(full.loss, leaves)):
-        assert torch.allclose(ours, reference, atol=1e-6)
-
-
 def test_prefix_generator_spreads_memory_over_layers_like_mac_with_grouped_kv_heads():
     # SmolLM2-135M's attention shape (30 layers, 3 KV heads of 64) with K = 7 memory tokens: 120 slots
     gen = PrefixGenerator(dim=16, num_tokens=7, num_layers=30, prefix_length=2, kv_heads=3, head_dim=64,

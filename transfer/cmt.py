@@ -307,29 +307,13 @@ def lm_forward(lm: nn.Module, prefix: Sequence[tuple[torch.Tensor, torch.Tensor]
     """Run the frozen causal LM behind per-layer prefix key/values (or none).
 
     Rows are left padded; positions count real tokens and start after the prefix (the causal mask
-    is built from the cache length, so explicit positions do not shift it). With ``labels``
-    (-100 = not scored), ``.loss`` is the mean next-token cross-entropy over the labelled tokens
-    — the Hugging Face loss — but the vocabulary projection runs only from the first labelled
-    position on (``logits_to_keep``), so ``.logits`` then covers those last positions only: a
-    QA row scores its few answer tokens, not its whole question (the LM head is ~21% of
-    SmolLM2-135M's compute per token).
+    is built from the cache length, so explicit positions do not shift it).
     """
     p = 0 if prefix is None else prefix[0][0].shape[2]
     mask = torch.cat([attention_mask.new_ones(attention_mask.shape[0], p), attention_mask], dim=1)
     positions = p + (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    kwargs = dict(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                  **{_cache_keyword(lm): _prefix_cache(lm, prefix)})
-    if labels is None or not _keeps_logits(lm):
-        return lm(labels=labels, **kwargs)
-    length = labels.shape[1]
-    labelled = labels != -100
-    first = int(labelled.any(0).float().argmax()) if bool(labelled.any()) else length - 1
-    keep = min(length - first + 1, length)       # position t predicts label t + 1
-    out = lm(logits_to_keep=keep, **kwargs)
-    targets = labels[:, length - keep + 1:]
-    out.loss = F.cross_entropy(out.logits[:, :-1].float().reshape(-1, out.logits.shape[-1]), targets.reshape(-1),
-                               ignore_index=-100)
-    return out
+    return lm(input_ids=input_ids, attention_mask=mask, position_ids=positions, labels=labels,
+              use_cache=True, **{_cache_keyword(lm): _prefix_cache(lm, prefix)})
 
 
 @torch.no_grad()
