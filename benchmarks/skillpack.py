@@ -109,8 +109,7 @@ def main() -> None:
     lora = runs[runs["method"] == "lora"]
     tuned = packs.groupby(["skill", "seed"])["final/tuned_acc"].first()    # the same seed's full fine-tune
     for skill, group in lora.groupby("skill"):
-        full = [tuned.get((skill, seed)) for seed in group["seed"]]
-        retained = group["final/lora_acc"] / [float("nan") if f is None else f for f in full]
+        retained = group["final/lora_acc"] / [tuned.get((skill, seed), float("nan")) for seed in group["seed"]]
         label = f"LoRA r{int(group['lora_rank'].iloc[0])}"
         print(f"{skill:<12}{label:<22}{'':>6}{'':>12}{cell(group['final/lora_acc']):>12}{cell(retained):>12}"
               f"{group['memory/lora_bytes'].mean() / 1024:>10.0f}")

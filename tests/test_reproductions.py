@@ -4,7 +4,7 @@ import pytest
 
 from cl import reproductions
 from cl.grid import expand, load_grid
-from cl.reproductions import REPRODUCTIONS, ROOT, ClaimResult, render, reproduction_for
+from cl.reproductions import REPRODUCTIONS, ROOT, ClaimResult, difference, render, reproduction_for
 
 
 def fpf_runs(gain: float) -> pd.DataFrame:
@@ -182,8 +182,6 @@ def test_scalearn_claims_compare_with_fusion_and_with_the_targets_own_adapter(ow
 
 
 def test_a_verdict_rests_on_the_gap_as_printed():
-    from cl.reproductions import difference
-
     text, gap = difference(pd.Series([0.8117, 0.8117]), pd.Series([0.8117 - 1e-9, 0.8117]))
     assert gap == 0.0 and text.startswith("+0.00 points") and not gap > 0
     assert difference(pd.Series([0.5]), pd.Series([0.49]))[1] == 1.0
