@@ -424,7 +424,7 @@ REPRODUCTIONS: tuple[Reproduction, ...] = (
         _memo_describe, _memo_claims, "benchmarks/memo_aligned.py",
         notes=("At equal total memory DER spends it on five backbones and keeps 200 exemplars (2% of the data); "
                "replay, iCaRL and Dark-ER spend it on 9,650 exemplars (96.5%) — on 28×28 images exemplars are so "
-               "cheap that whole-network expansion loses to them, so DER falls below iCaRL here. MEMO, which "
+               "cheap that whole-network expansion loses to them, so DER comes last here. MEMO, which "
                "expands only the deep blocks and keeps 2,480 exemplars, is first.",)),
     Reproduction(
         "FPF / k-FPF (Zhao et al., ICML 2023): forgetting-prioritised fine-tuning", "experiments/fpf_fmnist.yaml",
