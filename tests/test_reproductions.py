@@ -4,7 +4,7 @@ import pytest
 
 from cl import reproductions
 from cl.grid import expand, load_grid
-from cl.reproductions import REPRODUCTIONS, ROOT, ClaimResult, difference, render, reproduction_for
+from cl.reproductions import REPRODUCTIONS, ROOT, ClaimResult, difference, render, reproduction_for, within_noise
 
 
 def fpf_runs(gain: float) -> pd.DataFrame:
@@ -203,3 +203,21 @@ def test_cmt_claims_compare_with_mac_closed_book_and_each_ablation_and_check_sel
     helps = {term: claims[f"the {term} technique helps (CMT F1 ≥ CMT without it)"].holds
              for term in ("self-matching", "memory-aware", "top-k")}
     assert helps == {"self-matching": True, "memory-aware": False, "top-k": True}
+
+
+def test_a_gap_within_twice_its_standard_error_is_noise():
+    seeds = pd.Series([0.01, 0.02, 0.03])                  # std 0.01; SE of a difference of two such: 0.0082
+    assert within_noise(seeds + 0.016, seeds)              # 1.6 points ≤ 2 SE = 1.63
+    assert not within_noise(seeds + 0.017, seeds)
+    assert within_noise(pd.Series([0.5, 0.5]), pd.Series([0.5, 0.5]))        # equal, no spread: no difference
+    assert not within_noise(pd.Series([0.6, 0.6]), pd.Series([0.5, 0.5]))    # any gap, no spread: real
+    assert not within_noise(pd.Series([0.6]), seeds)       # one seed: the spread is unknown, so not called noise
+
+
+def test_cmt_beating_mac_by_less_than_the_seeds_spread_is_reported_as_within_noise():
+    cmt = reproduction_for("experiments/cmt_synthetic.yaml")
+    rows = [{"method": method, "seed": seed, "final/f1": f1 + spread * (seed - 1), "final/retrieval_top1": 100.0}
+            for seed in range(3) for method, f1, spread in (("CMT", 3.1, 1.6), ("MAC", 2.1, 2.4))]
+    claim = next(c for c in cmt.claims(pd.DataFrame(rows)) if c.claim.startswith("CMT beats MAC"))
+    assert claim.holds is True and claim.within_noise
+    assert f"| {claim.claim} | {claim.paper} | {claim.ours} | within noise |" in render([(cmt, [claim])], "a test")
