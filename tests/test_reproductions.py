@@ -212,12 +212,20 @@ def test_a_gap_within_twice_its_standard_error_is_noise():
     assert within_noise(pd.Series([0.5, 0.5]), pd.Series([0.5, 0.5]))        # equal, no spread: no difference
     assert not within_noise(pd.Series([0.6, 0.6]), pd.Series([0.5, 0.5]))    # any gap, no spread: real
     assert not within_noise(pd.Series([0.6]), seeds)       # one seed: the spread is unknown, so not called noise
+    # 4 vs 2 of 64 questions, both seeds alike: no seed spread, but the questions' own noise (2 SE = 7.5 points)
+    four, two = pd.Series([4 / 64] * 2), pd.Series([2 / 64] * 3)
+    assert not within_noise(four, two) and within_noise(four, two, items=64)
+    assert not within_noise(pd.Series([0.78] * 3), pd.Series([0.03] * 3), items=64)     # RAG vs closed-book
 
 
 def test_cmt_beating_mac_by_less_than_the_seeds_spread_is_reported_as_within_noise():
     cmt = reproduction_for("experiments/cmt_synthetic.yaml")
     rows = [{"method": method, "seed": seed, "final/f1": f1 + spread * (seed - 1), "final/retrieval_top1": 100.0}
             for seed in range(3) for method, f1, spread in (("CMT", 3.1, 1.6), ("MAC", 2.1, 2.4))]
+    rows += [{"method": "CMT w/o top-k", "seed": seed, "final/f1": 6.25, "final/eval_questions": 64}
+             for seed in range(2)]
     claim = next(c for c in cmt.claims(pd.DataFrame(rows)) if c.claim.startswith("CMT beats MAC"))
     assert claim.holds is True and claim.within_noise
     assert f"| {claim.claim} | {claim.paper} | {claim.ours} | within noise |" in render([(cmt, [claim])], "a test")
+    top_k = next(c for c in cmt.claims(pd.DataFrame(rows)) if "top-k" in c.claim)
+    assert top_k.holds is False and top_k.within_noise           # 2 questions of 64 apart: the test set's noise
