@@ -85,3 +85,9 @@ def test_load_grid_reports_field_paths(tmp_path):
     with pytest.raises(ConfigError) as err:
         load_grid(path)
     assert "g.yaml" in str(err.value) and "grid:" in str(err.value)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "experiments").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_published_grid_expands_to_distinct_validated_cells(path):
+    cells = expand(load_grid(path))                 # validates every component's options against its registry
+    assert cells and len({c.config_hash for c in cells}) == len(cells)
