@@ -5,10 +5,11 @@ finished cells in version control so a later launch of the same grid reuses them
 launcher skips every config hash that has a FINISHED run, imported or not).
 
 One JSON object per line and run: name, status, times, tags, params, every metric's full
-history, and the run's small text artifacts (CSV, JSON, YAML, text up to `MAX_TEXT_BYTES`;
-images are left out — they are drawn from the numbers). Import is idempotent: a run whose
-source id was imported before, or whose config hash already has a FINISHED run in the
-target experiment, is skipped. Parent links are dropped (the launch run is not exported).
+history, and the run's small text artifacts (CSV, JSON and JSON lines — e.g. a QA method's
+answers — YAML, text; each up to `MAX_TEXT_BYTES`; images are left out — they are drawn from
+the numbers). Import is idempotent: a run whose source id was imported before, or whose config
+hash already has a FINISHED run in the target experiment, is skipped. Parent links are dropped
+(a grid's launch run travels as a run of its own).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-TEXT_SUFFIXES = (".csv", ".json", ".yaml", ".yml", ".txt")
+TEXT_SUFFIXES = (".csv", ".json", ".jsonl", ".yaml", ".yml", ".txt")
 MAX_TEXT_BYTES = 256 * 1024
 DROPPED_TAGS = ("mlflow.parentRunId",)
 

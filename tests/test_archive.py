@@ -52,3 +52,21 @@ def test_cli_export_names_a_missing_experiment(tmp_path):
     result = CliRunner().invoke(app, ["runs", "export", "nope", "--to", str(tmp_path / "x.jsonl"),
                                       "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"])
     assert result.exit_code == 2 and "experiment 'nope' not found" in result.output
+
+
+def test_export_keeps_small_text_artifacts_such_as_answers_and_leaves_out_images_and_large_files(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from cl.archive import MAX_TEXT_BYTES
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run = client.create_run(client.create_experiment("qa", artifact_location=str(tmp_path / "art")))
+    answers = '{"question": "Where?", "prediction": "Lyon"}\n'
+    client.log_text(run.info.run_id, answers, "cmt/predictions.jsonl")
+    client.log_text(run.info.run_id, "x" * (MAX_TEXT_BYTES + 1), "big.txt")
+    client.log_text(run.info.run_id, "not really a png", "plot.png")
+    client.set_terminated(run.info.run_id)
+    assert export_runs("qa", tmp_path / "qa.jsonl", tracking_uri=uri) == 1
+    record = json.loads((tmp_path / "qa.jsonl").read_text())
+    assert record["artifacts"] == {"cmt/predictions.jsonl": answers}
