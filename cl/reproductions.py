@@ -27,7 +27,7 @@ class ClaimResult:
     paper: str
     ours: str
     holds: bool | None          # None: not measured
-    within_noise: bool = False  # the gap is no larger than the seeds' noise (`within_noise`): shown, not judged
+    within_noise: bool = False  # the gap is no larger than its noise (`within_noise`): shown, not judged
 
 
 @dataclass(frozen=True)
@@ -551,9 +551,9 @@ REPRODUCTIONS: tuple[Reproduction, ...] = (
                "documents (benchmarks/cmt.py's train-doc F1): 200 steps do not teach the compressor → prefix path "
                "to read a document (the answers kept, CMT w/o top-k's seed 2: the right type, but 'violinist' for "
                "14 of 64 questions and 'John' for 13), while RAG with the same MiniLM and LM answers 78% of the "
-               "questions. Self-matching does its job — the "
-               "question's own document ranks first — but retrieval is not the bottleneck, so neither CMT's terms "
-               "nor CMT against MAC move F1 beyond the noise of 3 seeds on 64 questions.",)),
+               "questions. Self-matching does its job — the question's own document ranks first — but retrieval "
+               "is not the bottleneck, so neither CMT's terms nor CMT against MAC move F1 beyond the noise of 3 "
+               "seeds on 64 questions.",)),
 )
 
 
@@ -580,7 +580,8 @@ def render(results: list[tuple[Reproduction, list[ClaimResult]]], source: str) -
              "next to our measurement (mean ± std over seeds, n = seeds) and whether the effect goes the same",
              "direction here. The settings differ (CPU scale); the deviations say how. \"Within noise\": one",
              "method was claimed to beat another and the gap is at most twice its standard error over seeds",
-             "(√(s²/n + s²/n)), so our runs do not tell the two apart.", ""]
+             "(√(s_a²/n_a + s_b²/n_b); for CMT plus its 64 questions' sampling noise), so our runs do not tell",
+             "the two apart.", ""]
     for rep, claims in results:
         lines += [f"## {rep.title}", "",
                   f"- Paper's setting: {rep.paper_setting}",
