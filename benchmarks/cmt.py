@@ -121,9 +121,8 @@ def main() -> None:
               "(paper, StreamingQA with Llama-2-7b: +4.19 F1, +4.07 EM)")
     beats = 0
     for claim in claims:
-        verdict = "within noise" if claim.within_noise else "holds" if claim.holds else "does not hold"
-        print(f"{verdict}: {claim.claim} — {claim.ours}")
-        beats |= int(claim.claim.startswith("CMT beats MAC") and bool(claim.holds) and not claim.within_noise)
+        print(f"[{claim.verdict}] {claim.claim} — {claim.ours}")
+        beats |= int(claim.claim.startswith("CMT beats MAC") and claim.shown)
     seeds = int(runs["seed"].nunique())
     short = {"CMT": "cmt", "CMT w/o self-matching": "cmt_no_selfmatch", "CMT w/o memory-aware": "cmt_no_memaware",
              "CMT w/o top-k": "cmt_no_topk", "MAC": "mac", "closed-book": "closed_book", "RAG": "rag",

@@ -86,9 +86,8 @@ def main() -> None:
     # the verdict is the reproduction report's (cl.reproductions), so the two never disagree
     claims = REPRODUCTION.claims(runs)
     for claim in claims:
-        verdict = "not measured" if claim.holds is None else "holds" if claim.holds else "does not hold"
-        print(f"{verdict}: {claim.claim} — {claim.ours}")
-    holds = int(bool(claims and claims[0].holds))          # the headline: less memorisation at comparable FID
+        print(f"[{claim.verdict}] {claim.claim} — {claim.ours}")
+    holds = int(bool(claims and claims[0].shown))          # the headline: less memorisation at comparable FID
     if "full" in summary and summary["full"]["heldout_mem_pct"] == 0:
         print("note: full fine-tuning memorised no image by the held-out measure here, so that comparison is "
               "uninformative (compare the NN ratios; raise train.epochs or transfer.repeats to provoke more)")

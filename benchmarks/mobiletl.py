@@ -147,8 +147,8 @@ def transfer_table(args) -> dict[str, float]:
                       for arch, group in runs.groupby("arch")) + ")")
     claims = REPRODUCTION.claims(runs)
     for claim in claims:
-        print(f"{'holds' if claim.holds else 'does not hold'}: {claim.claim} — {claim.ours}")
-    summary["claims_held"] = sum(bool(c.holds) for c in claims)
+        print(f"[{claim.verdict}] {claim.claim} — {claim.ours}")
+    summary["claims_held"] = sum(c.shown for c in claims)
     summary["claims"] = len(claims)
     summary["seeds"] = int(runs["seed"].nunique())
     return summary

@@ -90,8 +90,8 @@ def main() -> None:
     claims = REPRODUCTION.claims(runs)
     print()
     for claim in claims:
-        print(f"{'holds' if claim.holds else 'does not hold'}: {claim.claim} — {claim.ours}")
-    rare_helps = int(any(c.holds for c in claims if "rare" in c.claim and "right after" in c.claim))
+        print(f"[{claim.verdict}] {claim.claim} — {claim.ours}")
+    rare_helps = int(any(c.shown for c in claims if "rare" in c.claim and "right after" in c.claim))
     print(f"RESULT nmn_sg_helps_rare={rare_helps} seeds={len(spec.seeds)} quick={int(args.quick)} "
           + json.dumps({k: round(float(v), 2) for k, v in results.items() if not math.isnan(v)}, separators=(",", ":")))
 

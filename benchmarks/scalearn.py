@@ -87,8 +87,8 @@ def main() -> None:
     # the verdicts are the reproduction report's (cl.reproductions), so the two never disagree
     claims = REPRODUCTION.claims(runs)
     for claim in claims:
-        print(f"{'holds' if claim.holds else 'does not hold'}: {claim.claim} — {claim.ours}")
-    matches = int(any(c.claim.startswith("scalearn ≥ AdapterFusion") and c.holds for c in claims))
+        print(f"[{claim.verdict}] {claim.claim} — {claim.ours}")
+    matches = int(any(c.claim.startswith("scalearn ≥ AdapterFusion") and c.shown for c in claims))
     print(f"RESULT scalearn_matches_fusion={matches} seeds={len(spec.seeds)} quick={int(args.quick)} "
           + json.dumps({**{f"avg_{k}": round(v, 2) for k, v in means.items()},
                         **{k: round(v, 2) for k, v in results.items()}}, separators=(",", ":")))

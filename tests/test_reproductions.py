@@ -112,6 +112,14 @@ def test_render_marks_unmeasured_and_failed_claims():
     assert "Not measured yet" in text and text.count("## ") == 2
 
 
+@pytest.mark.parametrize("holds, noise, verdict", [(True, False, "yes"), (False, False, "no"),
+                                                   (True, True, "within noise"), (False, True, "within noise"),
+                                                   (None, False, "not measured")])
+def test_a_claim_is_shown_only_when_it_holds_beyond_noise(holds, noise, verdict):
+    claim = ClaimResult("a > b", "paper", "ours", holds, noise)
+    assert claim.verdict == verdict and claim.shown is (verdict == "yes")
+
+
 def test_report_from_an_empty_results_folder_says_not_measured(tmp_path):
     uri = reproductions.store_from_results(tmp_path, tmp_path / "mlflow.db")
     text = reproductions.write_report(tmp_path / "r.md", tracking_uri=uri, source="nothing")
