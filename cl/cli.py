@@ -506,23 +506,34 @@ def data_fetch(
     """Download datasets into the data root, checksums verified; a failed fetch writes nothing."""
     from cl.datasets import FetchError, fetch, select
 
+    def fail(error: FetchError) -> None:
+        err_console.print(f"[bold red]error:[/] {error}", highlight=False, markup=True, soft_wrap=True)
+
     try:
         chosen = select(names)
-        for source in chosen:
-            if not source.fetchable:
-                console.print(f"{source.name}: nothing to download ({source.layout})", highlight=False)
-                continue
+    except FetchError as error:
+        fail(error)
+        raise typer.Exit(2) from None
+    failed = []
+    for source in chosen:              # one failure does not stop the others; each is all-or-nothing
+        if not source.fetchable:
+            console.print(f"{source.name}: nothing to download ({source.layout})", highlight=False)
+            continue
+        try:
             result = fetch(source, root, mirror=mirror, force=force, progress=err_console.is_terminal,
                            timeout=timeout)
-            if result.fetched:
-                console.print(f"{source.name}: fetched into {result.path} ({result.summary})", highlight=False)
-            else:
-                console.print(f"{source.name}: already at {result.path}; nothing fetched (--force to replace)",
-                              highlight=False)
-    except FetchError as error:
-        err_console.print(f"[bold red]error:[/] {error}", highlight=False, markup=True, soft_wrap=True)
-        raise typer.Exit(2) from None
-
+        except FetchError as error:
+            fail(error)
+            failed.append(source.name)
+            continue
+        if result.fetched:
+            console.print(f"{source.name}: fetched into {result.path} ({result.summary})", highlight=False)
+        else:
+            console.print(f"{source.name}: already at {result.path}; nothing fetched (--force to replace)",
+                          highlight=False)
+    if failed:
+        err_console.print(f"not fetched: {', '.join(failed)}", highlight=False)
+        raise typer.Exit(2)
 
 def main() -> None:
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")

@@ -247,6 +247,12 @@ def _locations(source: DatasetSource, item: Download, mirror: Optional[str]) -> 
     return item.urls
 
 
+def _why(exc: Exception) -> str:
+    if isinstance(exc, urllib.error.HTTPError):
+        return f"HTTP {exc.code} {exc.reason}"
+    return str(getattr(exc, "reason", None) or exc) or type(exc).__name__
+
+
 def _download(source: DatasetSource, item: Download, folder: Path, *, mirror: Optional[str], progress: bool,
               timeout: float) -> tuple[Path, str]:
     """Stream one file to `folder`, hashing as it arrives; the first location that answers wins."""
@@ -259,8 +265,8 @@ def _download(source: DatasetSource, item: Download, folder: Path, *, mirror: Op
         try:
             request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
             with urllib.request.urlopen(request, timeout=timeout) as response, open(dest, "wb") as out, \
-                    tqdm(total=getattr(response, "length", None), unit="B", unit_scale=True, unit_divisor=1024, desc=item.filename,
-                         disable=not progress, leave=False) as bar:
+                    tqdm(total=getattr(response, "length", None), unit="B", unit_scale=True, unit_divisor=1024,
+                         desc=item.filename, disable=not progress, leave=False) as bar:
                 received = 0
                 while chunk := response.read(1 << 16):
                     out.write(chunk)
@@ -271,7 +277,7 @@ def _download(source: DatasetSource, item: Download, folder: Path, *, mirror: Op
                 if getattr(response, "length", None):   # http.client reports what is still missing of Content-Length
                     raise ConnectionError(f"connection closed after {received} bytes, {response.length} short")
         except (urllib.error.URLError, http.client.HTTPException, TimeoutError, ConnectionError) as exc:
-            failures.append(f"{url}: {getattr(exc, 'reason', None) or exc!r}")
+            failures.append(f"{url}: {_why(exc)}")
             continue
         for kind, expected, got in (("md5", item.md5, md5.hexdigest()), ("sha256", item.sha256, sha256.hexdigest())):
             if expected and got != expected.lower():
@@ -282,9 +288,9 @@ def _download(source: DatasetSource, item: Download, folder: Path, *, mirror: Op
     raise FetchError(
         f"{source.name}: could not download {item.filename}:\n  {tried}\n"
         "No network? Fetch it on a connected machine and copy the data root over, or place the files by hand "
-        f"under <data root>/{source.install_dir} ({source.layout}) and point --root / ${DATA_ROOT_ENV} at that "
-        f"data root; a local copy of the files also serves as --mirror file:///path (files under "
-        f"<mirror>/{source.name}/).")
+        f"under a data root as {source.layout} and point --root / ${DATA_ROOT_ENV} at that data root; the "
+        f"downloaded files also serve from a local mirror: --mirror file:///path with the files in "
+        f"path/{source.name}/.")
 
 
 # --------------------------------------------------------------------------- helpers for builders

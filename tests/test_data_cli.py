@@ -63,7 +63,7 @@ def server(tmp_path):
     handler = type("Handler", (_Handler,), {"truncate": truncate})
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0),
                                             lambda *a, **k: handler(*a, directory=str(folder), **k))
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}", folder, truncate
     httpd.shutdown()
@@ -275,6 +275,41 @@ def test_fetch_skill_and_qa_text_sets(server, tmp_path, monkeypatch):
     assert [e.answer for e in load_skill("sentiment", "train", data_root=str(root))] == ["positive", "negative"]
     assert [e.answer for e in load_skill("qtype", "train", data_root=str(root))] == ["description", "number"]
     assert squad_stream(data_root=str(root))[0].qas[0].answer == "Paris"
+
+
+def test_without_a_mirror_the_canonical_locations_are_tried_in_order(server, tmp_path, monkeypatch):
+    """torchvision's MNIST lists two mirrors; the first one down, the second one serves."""
+    import torchvision
+
+    base, folder, _ = server
+    monkeypatch.delenv("CLSUITE_DATA_MIRROR", raising=False)
+    files = mnist_files()
+    for name, data in files.items():
+        serve(folder, "canonical", name, data)
+    inject_mnist(monkeypatch, files)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{sock.getsockname()[1]}/"
+    monkeypatch.setattr(torchvision.datasets.MNIST, "mirrors", [dead, f"{base}/canonical/"])
+    root = tmp_path / "data"
+
+    result = clsuite("data", "fetch", "mnist", "--root", root)
+    assert result.exit_code == 0, result.output
+    assert (root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte").is_file()
+
+
+def test_a_local_folder_serves_as_mirror(server, tmp_path, monkeypatch):
+    """file:// mirrors: files carried over by hand, laid out <mirror>/<dataset>/<file>, still checksummed."""
+    base, folder, _ = server
+    files = {"RTE.zip": glue_zip("RTE", RTE_FILES)}
+    serve(folder, "glue-rte", "RTE.zip", files["RTE.zip"])
+    inject(monkeypatch, "glue-rte", base, files)
+    root = tmp_path / "data"
+
+    result = clsuite("data", "fetch", "glue", "--root", root, "--mirror", folder.as_uri())
+    assert result.exit_code == 2, result.output          # the group asks for every GLUE task; only RTE is there
+    assert (root / "text" / "glue" / "RTE" / "dev.tsv").is_file()
+    assert "glue-rte: fetched" in result.output and "could not download" in result.output
 
 
 # --------------------------------------------------------------------------- fetch: failures write nothing

@@ -33,7 +33,8 @@ from transfer import glue, skills
 
 GLUE_BASE = "https://dl.fbaipublicfiles.com/glue/data/"
 SENTEVAL_BASE = "https://dl.fbaipublicfiles.com/senteval/senteval_data/"
-FEW_SHOT_BASE = "https://raw.githubusercontent.com/tonyzhaozh/few-shot-learning/e04d8643be91c2cce63f33e07760ff75d5aa3ad0/data/"
+FEW_SHOT_BASE = ("https://raw.githubusercontent.com/tonyzhaozh/few-shot-learning/"
+                 "e04d8643be91c2cce63f33e07760ff75d5aa3ad0/data/")
 XQUAD_BASE = "https://raw.githubusercontent.com/google-deepmind/xquad/7d30520c717524000f0d9d2f9c10a069acd9d285/"
 
 # What each dataset downloads; `cl.datasets.fetch` reads this table when it runs.
