@@ -535,6 +535,7 @@ def data_fetch(
         err_console.print(f"not fetched: {', '.join(failed)}", highlight=False)
         raise typer.Exit(2)
 
+
 def main() -> None:
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     app()

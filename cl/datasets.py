@@ -83,7 +83,6 @@ class DatasetSource:
     build: Optional[Callable[[Path, dict[str, Path]], None]] = None
     # staging data root -> a one-line summary of what loads ("60000 train / 10000 test images"); raises if it does not
     verify: Optional[Callable[[Path], str]] = None
-    checksum_note: str = ""                     # what the checksums cover, when not every file is pinned
 
     @property
     def fetchable(self) -> bool:
@@ -398,5 +397,4 @@ for _name, _spec in IMAGE_FILES.items():
         layout=f"torchvision's layout: {_spec.folder}/{{{','.join(_spec.files)}}}"
                + (" (or .gz)" if len(_parts) > 1 else ""),
         read_by=_read_by, license=_licence, locate=_image_locate(_name),
-        downloads=_image_downloads(_name), build=_image_build(_name), verify=_image_verify(_name),
-        checksum_note="md5 from torchvision's dataset class"))
+        downloads=_image_downloads(_name), build=_image_build(_name), verify=_image_verify(_name)))
