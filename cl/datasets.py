@@ -325,9 +325,9 @@ def place(files: dict[str, Path], folder: Path, names: Sequence[str] | None = No
 
 # --------------------------------------------------------------------------- the platform's image datasets
 
-_IMAGE_INFO = {   # name: (licence, read by)
-    "mnist": ("CC BY-SA 3.0", "split_mnist, rare_class_stream(base=mnist), mobiletl, memcontrol, timetic"),
-    "fmnist": ("MIT", "split_fmnist, rare_class_stream(base=fmnist), mobiletl, memcontrol, timetic"),
+_IMAGE_INFO = {   # name: (licence, read by) — the platform's scenarios; transfer experiments name it as source/target
+    "mnist": ("CC BY-SA 3.0", "split_mnist, rare_class_stream (base: mnist), transfer experiments' mnist"),
+    "fmnist": ("MIT", "split_fmnist, rare_class_stream (base: fmnist), transfer experiments' fmnist"),
     "cifar10": ("no licence stated; cite Krizhevsky 2009", "split_cifar10"),
     "cifar100": ("no licence stated; cite Krizhevsky 2009", "split_cifar100"),
 }
@@ -386,7 +386,7 @@ def _digits_locate(root: Path) -> Path:
 register(DatasetSource(
     name="digits", title="scikit-learn digits (8x8)", group="images", install_dir="",
     layout="bundled with scikit-learn (sklearn.datasets.load_digits)", license="CC BY 4.0 (UCI)",
-    read_by="split_digits, rare_class_stream, mobiletl, memcontrol, timetic (the offline default)",
+    read_by="split_digits, rare_class_stream (base: digits), transfer experiments' digits (the offline default)",
     locate=_digits_locate))
 
 for _name, _spec in IMAGE_FILES.items():

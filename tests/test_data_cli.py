@@ -435,6 +435,11 @@ def test_data_list_reports_present_and_absent(tmp_path):
     assert f"data root: {root.resolve()} (--root)" in table.output
     assert "clsuite data fetch fmnist cifar10" in table.output
 
+    from cl.datafiles import DataNotFoundError, check_dataset
+
+    with pytest.raises(DataNotFoundError, match="`clsuite data fetch cifar10 --root <data root>`"):
+        check_dataset("cifar10", root)          # a scenario's missing-data error names the command
+
 
 @pytest.mark.parametrize("source", [s for s in sources() if s.fetchable], ids=lambda s: s.name)
 def test_every_download_is_pinned(source):
