@@ -4,7 +4,7 @@ The server serves small files with the real names and formats (MNIST idx .gz, CI
 python tarball, a GLUE zip, MSR paraphrase files, SST/TREC lines, SQuAD JSON). Their checksums
 are injected where the real code reads them: torchvision's dataset classes for the images,
 `transfer.datasets.DOWNLOADS` for the text sets. After a fetch, the suite's own readers load the
-result (the split_mnist / split_cifar10 scenarios, GLUE's loader, the skills, the SQuAD stream).
+result (the split_mnist / split_cifar10 / split_cifar100 scenarios, GLUE's loader, the skills, the SQuAD stream).
 """
 from __future__ import annotations
 
@@ -117,24 +117,30 @@ def inject_mnist(monkeypatch, files: dict[str, bytes], cls: str = "MNIST") -> No
     monkeypatch.setattr(getattr(torchvision.datasets, cls), "resources", [(n, md5(d)) for n, d in files.items()])
 
 
-def cifar10_archive() -> tuple[bytes, dict[str, str]]:
-    """cifar-10-python.tar.gz with the real member names and pickle layout; 10 images per batch."""
+def cifar_archive(dataset: str) -> tuple[bytes, dict[str, str]]:
+    """cifar-10-python.tar.gz / cifar-100-python.tar.gz with the real member names and pickle layout;
+    every class once per file."""
     rng = np.random.default_rng(1)
-    members, sums = {}, {}
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {"batch_label": name, "labels": list(range(10)),
-                 "data": rng.integers(0, 256, size=(10, 3072), dtype=np.uint8),
-                 "filenames": [f"img_{i}.png" for i in range(10)]}
+    n = 10 if dataset == "cifar10" else 100
+    if dataset == "cifar10":
+        folder, files = "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+        labels, meta_name, meta = "labels", "batches.meta", {"label_names": [f"class{i}" for i in range(n)]}
+    else:
+        folder, files, labels, meta_name = "cifar-100-python", ["train", "test"], "fine_labels", "meta"
+        meta = {"fine_label_names": [f"class{i}" for i in range(n)], "coarse_label_names": ["all"]}
+    members = {}
+    for name in files:
+        batch = {"batch_label": name, labels: list(range(n)), "coarse_labels": [0] * n,
+                 "data": rng.integers(0, 256, size=(n, 3072), dtype=np.uint8),
+                 "filenames": [f"img_{i}.png" for i in range(n)]}
         members[name] = pickle.dumps(batch, protocol=2)
-        sums[name] = md5(members[name])
-    members["batches.meta"] = pickle.dumps({"label_names": [f"class{i}" for i in range(10)],
-                                            "num_cases_per_batch": 10, "num_vis": 3072}, protocol=2)
-    sums["batches.meta"] = md5(members["batches.meta"])
+    members[meta_name] = pickle.dumps(meta, protocol=2)
+    sums = {name: md5(data) for name, data in members.items()}
     members["readme.html"] = b"<html></html>"
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
         for name, data in members.items():
-            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+            info = tarfile.TarInfo(f"{folder}/{name}")
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return buffer.getvalue(), sums
@@ -192,27 +198,29 @@ def test_fetch_mnist_lands_torchvision_layout_and_split_mnist_reads_it(server, t
     assert again.exit_code == 0 and "already at" in again.output
 
 
-def test_fetch_cifar10_from_its_python_tarball(server, tmp_path, monkeypatch):
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
+def test_fetch_cifar_from_its_python_tarball(server, tmp_path, monkeypatch, dataset):
     import torchvision
 
     base, folder, _ = server
-    archive, batch_sums = cifar10_archive()
-    serve(folder, "cifar10", "cifar-10-python.tar.gz", archive)
-    cls = torchvision.datasets.CIFAR10
+    cls = getattr(torchvision.datasets, {"cifar10": "CIFAR10", "cifar100": "CIFAR100"}[dataset])
+    archive, sums = cifar_archive(dataset)
+    serve(folder, dataset, cls.filename, archive)
     monkeypatch.setattr(cls, "tgz_md5", md5(archive))
-    monkeypatch.setattr(cls, "train_list", [[f"data_batch_{i}", batch_sums[f"data_batch_{i}"]] for i in range(1, 6)])
-    monkeypatch.setattr(cls, "test_list", [["test_batch", batch_sums["test_batch"]]])
-    monkeypatch.setattr(cls, "meta", {**cls.meta, "md5": batch_sums["batches.meta"]})
+    monkeypatch.setattr(cls, "train_list", [[name, sums[name]] for name, _ in cls.train_list])
+    monkeypatch.setattr(cls, "test_list", [[name, sums[name]] for name, _ in cls.test_list])
+    monkeypatch.setattr(cls, "meta", {**cls.meta, "md5": sums[cls.meta["filename"]]})
     root = tmp_path / "data"
 
-    result = clsuite("data", "fetch", "cifar10", "--root", root, "--mirror", base)
+    result = clsuite("data", "fetch", dataset, "--root", root, "--mirror", base)
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in root.iterdir()) == ["cifar-10-batches-py"]      # the archive is not kept
+    assert sorted(p.name for p in root.iterdir()) == [cls.base_folder]      # the archive is not kept
 
-    from cl.scenarios import split_cifar10
+    from cl import scenarios
 
-    scenario = split_cifar10(data_root=str(root), n_experiences=5)
-    assert scenario.input_shape == (3, 32, 32) and sum(scenario.train_sizes) == 50
+    scenario = getattr(scenarios, f"split_{dataset}")(data_root=str(root), n_experiences=5)
+    n_train = 50 if dataset == "cifar10" else 100
+    assert scenario.input_shape == (3, 32, 32) and sum(scenario.train_sizes) == n_train
 
 
 def test_fetch_glue_zip_and_mrpc_built_by_glues_recipe(server, tmp_path, monkeypatch):
