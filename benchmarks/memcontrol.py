@@ -55,7 +55,7 @@ def main() -> None:
     runs = cell_runs(spec.experiment_name, cells, REPRODUCTION.describe, tracking_uri=args.tracking_uri)
     if runs.empty:
         print("no finished runs to report")
-        print(f"RESULT memcontrol_less_mem_at_comparable_fid=0 seeds=0 quick={int(args.quick)} {{}}")
+        print(f"RESULT memcontrol_less_mem_at_comparable_fid=0 stage2_matches_trial=0 seeds=0 quick={int(args.quick)} {{}}")
         return
 
     columns = [("held-out mem %", "final/heldout_mem_rate", 100), ("NN ratio", "final/heldout_nn_ratio", 1),
@@ -79,6 +79,15 @@ def main() -> None:
             f"seed {s}: [{m}] lr {lr:.1e} (trial {int(t)} of {int(n)}, front of {int(f)})" for s, m, lr, t, n, f in zip(
                 mc["seed"], mc["param.memcontrol.mask_blocks"], mc["final/lr"], mc["search/chosen_trial"],
                 mc["search/completed"], mc["search/pareto_size"])))
+    stage2 = mc["search/stage2_matches_trial"].dropna() if "search/stage2_matches_trial" in mc else mc.iloc[0:0]
+    stage2_ok = int(len(stage2) > 0 and bool((stage2 == 1).all()))
+    if len(stage2):
+        print("stage 2 vs the chosen trial (noise mem, search FID): " + "; ".join(
+            f"seed {s}: {m2:.4g} vs {m1:.4g}, {f2:.4g} vs {f1:.4g}" for s, m2, m1, f2, f1 in zip(
+                mc["seed"], mc["search/stage2_memorization"], mc["search/chosen_memorization"],
+                mc["search/stage2_fid"], mc["search/chosen_fid"])))
+    else:
+        print("stage 2 vs the chosen trial: not logged by these runs (archived before the check existed)")
     print("(held-out mem %: generations for the memorised prompts whose nearest fine-tuning image is closer than "
           "0.5 × their nearest held-out image; NN ratio: median of that ratio, lower = closer to copies; "
           "% params of the U-Net, LoRA adapters counted)")
@@ -92,7 +101,7 @@ def main() -> None:
         print("note: full fine-tuning memorised no image by the held-out measure here, so that comparison is "
               "uninformative (compare the NN ratios; raise train.epochs or transfer.repeats to provoke more)")
     seeds = int(runs["seed"].nunique())
-    print(f"RESULT memcontrol_less_mem_at_comparable_fid={holds} seeds={seeds} "
+    print(f"RESULT memcontrol_less_mem_at_comparable_fid={holds} stage2_matches_trial={stage2_ok} seeds={seeds} "
           f"quick={int(args.quick)} "
           + json.dumps({f"{k}_{name}": round(v, 3) for k, d in summary.items() for name, v in d.items()},
                        separators=(",", ":")))

@@ -284,3 +284,52 @@ def test_search_rejects_bad_settings():
         _search(sampler="cmaes")
     with pytest.raises(ValueError, match="Block 'q': module 'q' not found"):
         _search(blocks=[Block("q", "q")])
+
+
+class _Regression:
+    """A real inner loop through LoRA on block `a`: SGD on a fixed regression, so the adapters' random initial
+    weights shape the result (B starts at zero, its gradient depends on A)."""
+
+    x = torch.linspace(-1, 1, 24).reshape(4, 6)
+    target = torch.linspace(1, -1, 20).reshape(4, 5)
+
+    def finetune(self, model, lr):
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.SGD(trainable, lr=lr)
+        for _ in range(5):
+            opt.zero_grad()
+            nn.functional.mse_loss(model(self.x), self.target).backward()
+            opt.step()
+
+    def memorization(self, model):
+        with torch.no_grad():
+            return float(nn.functional.mse_loss(model(self.x), self.target))
+
+    def quality(self, model):
+        with torch.no_grad():
+            return float(model(self.x).abs().sum())
+
+
+def test_stage_two_rebuilds_exactly_the_chosen_trials_model():
+    """MemControl's second stage retrains the chosen mask; it must reproduce the chosen trial, not a model with
+    other LoRA initial weights drawn from wherever the global RNG happens to be."""
+    inner = _Regression()
+    search = MemControlSearch(model=Toy(), blocks=[Block("a", "a", "lora"), Block("n", "n", "norm")],
+                              finetune=inner.finetune, memorization=inner.memorization, quality=inner.quality,
+                              lr_range=(0.05, 0.5), lora=LoraOptions(r=2, alpha=4), sampler="random", seed=3)
+    result = search.run(n_trials=6)
+    lora_points = [p for p in result.trials if p.mask[0] == 1]
+    assert lora_points, "the random sampler proposed no LoRA mask; change the seed"
+    for point in lora_points + [result.chosen]:
+        torch.manual_seed(12345)                 # whatever the global RNG holds, stage 2 gives the trial's model
+        model = search.rebuild(point)
+        inner.finetune(model, point.lr)
+        assert (inner.memorization(model), inner.quality(model)) == point.values
+    # the check can fail: initial weights differ between trials and from an unseeded build
+    a0 = search.build((1, 0), trial=0).a[0].lora_A.default.weight
+    a1 = search.build((1, 0), trial=1).a[0].lora_A.default.weight
+    unseeded = apply_mask(Toy(), search.blocks, (1, 0), lora=search.lora).a[0].lora_A.default.weight
+    assert not torch.equal(a0, a1) and not torch.equal(a0, unseeded)
+    state = torch.random.get_rng_state()
+    search.build((1, 1), trial=4)
+    assert torch.equal(state, torch.random.get_rng_state())       # the global RNG is left alone

@@ -52,8 +52,11 @@ Deviations from the paper, all for scale or because nothing can be downloaded he
   attack;
 - DDIM with 20 steps and guidance 2 when generating;
 - no pruning (Optuna does not prune multi-objective studies), 16 trials by default;
-- stage 2 retrains with the same budget and seed as a trial; on CPU it reproduces the chosen
-  trial's model;
+- stage 2 rebuilds the chosen trial's model (same mask, same LoRA initial weights — seeded from
+  the run seed and the trial number —, same budget, data order and noise) and checks it: the
+  final model's noise-magnitude memorisation and search FID are recomputed and compared with the
+  trial's (`search/stage2_*`; `search/stage2_matches_trial` = 1 when both agree to 1e-6 relative,
+  which they do on CPU, where these operations are deterministic);
 - the choice rule on the front is ours (`transfer.memcontrol`).
 
 The Optuna study is stored under ``<cache>/memcontrol/studies/<key>.db`` (key: the run's options,
@@ -73,7 +76,8 @@ from cl.config import canonical_hash
 from cl.scenarios import image_tensors
 from cl.transfer_run import TransferContext, build_lock, publish_directory, single_thread
 from transfer import diffusion as D
-from transfer.memcontrol import Block, LoraOptions, MemControlSearch, MlflowTrialRecorder, apply_mask, count_parameters
+from transfer.memcontrol import (Block, LoraOptions, MemControlSearch, MlflowTrialRecorder, apply_mask,
+                                 count_parameters, trial_init_seed)
 
 log = logging.getLogger(__name__)
 
@@ -267,6 +271,7 @@ def _run(ctx: TransferContext, params) -> dict[str, float]:
     total = count_parameters(base) - base.embed.label.weight.numel()   # the U-Net's, the label table apart
     extra: dict[str, float] = {}
     search_lr = ctx.train.lr
+    init_seed = trial_init_seed(ctx.seed, 0)        # LoRA's initial weights outside the search
     if params.method == "memcontrol":
         recorders = [lambda rec: ctx.runlog.log_metrics(
             {f"search/{k}": v for k, v in rec["metrics"].items()}, step=rec["trial"])]
@@ -285,6 +290,7 @@ def _run(ctx: TransferContext, params) -> dict[str, float]:
         result = search.run(params.n_trials)
         ctx.runlog.log_artifact("memcontrol/search.json", json.dumps(result.to_dict(), indent=1).encode())
         mask, search_lr = result.chosen.mask, result.chosen.lr
+        init_seed = trial_init_seed(search.seed, result.chosen.number)
         extra = {"search/completed": len(result.trials), "search/failed": result.failed,
                  "search/pareto_size": len(result.front), "search/chosen_trial": result.chosen.number,
                  "search/chosen_memorization": result.chosen.values[0], "search/chosen_fid": result.chosen.values[1]}
@@ -299,7 +305,7 @@ def _run(ctx: TransferContext, params) -> dict[str, float]:
     ctx.runlog.progress(0, 1, f"fine-tuning ({params.method})")
     model = copy.deepcopy(base)
     if mask is not None:
-        model = apply_mask(model, blocks, mask, lora=lora)
+        model = apply_mask(model, blocks, mask, lora=lora, init_seed=init_seed)
         ctx.runlog.log_params({"memcontrol.mask": "".join(map(str, mask)),
                                "memcontrol.mask_blocks": ",".join(b.name for b, bit in zip(blocks, mask) if bit)})
     elif params.method == "none":
@@ -311,6 +317,18 @@ def _run(ctx: TransferContext, params) -> dict[str, float]:
     if trainable:
         finetune(model, search_lr)
 
+    final_memorization = memorization(model)
+    if params.method == "memcontrol":       # stage 2 must be the model the search measured
+        chosen_mem, chosen_fid = result.chosen.values
+        stage2_fid = search_fid(model)
+        extra.update({"search/stage2_memorization": final_memorization, "search/stage2_fid": stage2_fid,
+                      "search/stage2_matches_trial": float(
+                          math.isclose(final_memorization, chosen_mem, rel_tol=1e-6, abs_tol=1e-9)
+                          and math.isclose(stage2_fid, chosen_fid, rel_tol=1e-6, abs_tol=1e-9))})
+        if not extra["search/stage2_matches_trial"]:
+            log.warning("stage 2 differs from the chosen trial %d: memorisation %.6g vs %.6g, search FID %.6g vs "
+                        "%.6g", result.chosen.number, final_memorization, chosen_mem, stage2_fid, chosen_fid)
+
     images = generate(model, torch.arange(params.eval_samples) % n_classes, FID_EVAL_SEED + ctx.seed)
     prompt_labels = p_mem.repeat_interleave(params.samples_per_prompt)
     extraction = generate(model, prompt_labels, FID_EVAL_SEED + 1 + ctx.seed)
@@ -318,7 +336,7 @@ def _run(ctx: TransferContext, params) -> dict[str, float]:
     by_prompt = [extraction[prompt_labels == int(p)][:6] for p in p_mem[:8]]
     ctx.runlog.log_artifact("memcontrol/samples.png", _samples_png(x_mem[:8], by_prompt, c_mem[:8]))
     return {
-        "memorization": memorization(model),
+        "memorization": final_memorization,
         "fid": fid_of(images),
         "heldout_mem_rate": rate,
         "heldout_nn_ratio": ratio,
