@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from cl.errors import ConfigError
-from cl.registry import REGISTRIES, import_user_modules
+from cl.registry import REGISTRIES, dump_options, import_user_modules
 
 COMPONENTS = ("scenario", "model", "strategy")
 CL_ONLY = (*COMPONENTS, "memory", "plugins")     # keys a transfer run does not take
@@ -201,6 +201,7 @@ class RunConfig(BaseModel):
     def to_dict(self) -> dict[str, Any]:
         """The resolved config as plain data (components flattened, as in YAML)."""
         out = self.model_dump(mode="json")
+        out["train"] = dump_options(self.train)
         for kind in (*COMPONENTS, "transfer"):
             component = getattr(self, kind)
             out[kind] = component.flat() if component is not None else None
@@ -262,7 +263,7 @@ def resolve_component(kind: str, raw: Any, *, where: str | None = None) -> Compo
         raise ConfigError(
             format_validation_error(exc, prefix=where, allowed=f"{kind} {name!r} accepts: {allowed}")
         ) from None
-    return ComponentConfig(name=name, options=params.model_dump(mode="json"))
+    return ComponentConfig(name=name, options=dump_options(params))
 
 
 def format_validation_error(exc: ValidationError, *, prefix: str = "", allowed: str = "") -> list[str]:

@@ -42,6 +42,31 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+HASH_NEUTRAL = "hash_neutral"
+
+
+def added_option(default: Any = None, **field_kwargs: Any) -> Any:
+    """A `Field` for an option added after grids were run with its owner: while it holds `default` it is left
+    out of the resolved config, hence out of the config hash, so relaunching an older grid still finds its
+    finished cells (the run reads the default back when it validates its options again)."""
+    from pydantic import Field
+
+    extra = dict(field_kwargs.pop("json_schema_extra", None) or {})
+    extra[HASH_NEUTRAL] = True
+    return Field(default, json_schema_extra=extra, **field_kwargs)
+
+
+def dump_options(model: BaseModel) -> dict[str, Any]:
+    """`model` as JSON data, without the `added_option` fields that hold their default."""
+    out = model.model_dump(mode="json")
+    for name, field in type(model).model_fields.items():
+        extra = field.json_schema_extra
+        if isinstance(extra, dict) and extra.get(HASH_NEUTRAL) and name in out:
+            if getattr(model, name) == field.get_default(call_default_factory=True):
+                out.pop(name)
+    return out
+
+
 class NoParams(Params):
     """For entries that take no options."""
 
