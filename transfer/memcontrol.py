@@ -48,6 +48,8 @@ What is ours (the paper does not fix it, or we generalise it):
   parameters; FINISHED, or FAILED with the reason), and/or through any callable recorder.
 - A trial whose fine-tuning diverges (`FloatingPointError`) is recorded FAILED and the search
   goes on; any other exception ends the search.
+- `initial_masks` (e.g. all blocks, and each block alone) are the study's first trials — enqueued
+  once, in a new study — so the sampler starts from the points a researcher would try by hand.
 - Stage 2 rebuilds the chosen trial's model exactly: LoRA's random initial weights are drawn from
   a seed derived from (search seed, trial number) (`trial_init_seed`), never from the global RNG,
   so `MemControlSearch.rebuild(result.chosen)` followed by the same fine-tuning gives the same
@@ -106,6 +108,11 @@ def _submodule(model: nn.Module, block: Block) -> nn.Module:
     except AttributeError:
         raise ValueError(f"Block {block.name!r}: module {block.module!r} not found in {type(model).__name__}; "
                          f"use a dotted path from model.named_modules()") from None
+
+
+def single_block_masks(n: int) -> list[tuple[int, ...]]:
+    """The all-blocks mask, then each block alone: the points a search should not have to find by chance."""
+    return [(1,) * n] + [tuple(int(i == j) for j in range(n)) for i in range(n)]
 
 
 def check_mask(blocks: Sequence[Block], mask: Sequence[int]) -> tuple[int, ...]:
@@ -314,6 +321,8 @@ class MemControlSearch:
     recorders: Sequence[Callable[[dict], None]] = ()
     objective_names: tuple[str, str] = ("memorization", "quality")
     reference_params: int | None = None    # what "% of parameters trained" refers to (default: all the model's)
+    initial_masks: Sequence[Sequence[int]] = ()   # tried first (a new study only), at `initial_lr`
+    initial_lr: float | None = None              # default: the geometric middle of lr_range
 
     def __post_init__(self):
         self.blocks = tuple(self.blocks)
@@ -334,6 +343,9 @@ class MemControlSearch:
         if not 0 < self.heartbeat_seconds < self.grace_seconds:
             raise ValueError(f"heartbeat_seconds={self.heartbeat_seconds}, grace_seconds={self.grace_seconds}: "
                              "need 0 < heartbeat_seconds < grace_seconds")
+        self.initial_masks = tuple(check_mask(self.blocks, m) for m in self.initial_masks)
+        if self.initial_lr is not None and not lo <= self.initial_lr <= hi:
+            raise ValueError(f"initial_lr: {self.initial_lr} lies outside lr_range {self.lr_range}")
         template = self._fresh()
         for block in self.blocks:
             _submodule(template, block)          # every path exists
@@ -387,6 +399,10 @@ class MemControlSearch:
                              f"{stored.get('blocks')} with lr_range {stored.get('lr_range')}; this search has "
                              f"{space['blocks']} and {space['lr_range']}. Use another study_name or storage.")
         probe.sampler = self._sampler(already=len(probe.trials))
+        if not probe.trials:
+            lr = self.initial_lr or math.sqrt(self.lr_range[0] * self.lr_range[1])
+            for mask in self.initial_masks:
+                probe.enqueue_trial({**{f"mask.{n}": bit for n, bit in zip(self.block_names, mask)}, "lr": lr})
         return probe
 
     def _storage(self):
