@@ -353,7 +353,8 @@ def _run(ctx: TransferContext, params) -> dict[str, float]:
         init_seed = trial_init_seed(search.seed, result.chosen.number)
         extra = {"search/completed": len(result.trials), "search/failed": result.failed,
                  "search/pareto_size": len(result.front), "search/chosen_trial": result.chosen.number,
-                 "search/chosen_memorization": result.chosen.values[0], "search/chosen_fid": result.chosen.values[1]}
+                 "search/chosen_memorization": result.chosen.values[0],
+                 f"search/chosen_{params.search_quality}": result.chosen.values[1]}
         log.info("memcontrol chose trial %d: mask %s lr %.2e", result.chosen.number, mask, search_lr)
         log.info("Pareto front (%s, %s): %s", *search.objective_names, "; ".join(
             f"trial {p.number} {''.join(map(str, p.mask))} lr {p.lr:.1e} → {p.values[0]:.4g}, {p.values[1]:.4g}"
