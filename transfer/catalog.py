@@ -5,7 +5,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from cl.registry import TRANSFERS, Params
+from cl.registry import TRANSFERS, Params, added_option
 
 
 class MobileTLTransferParams(Params):
@@ -264,6 +264,20 @@ class MemControlTransferParams(Params):
         "utopia", description="rule picking one Pareto point: nearest to the normalised utopia point, or the "
                               "lowest memorisation within fid_tolerance of the best FID")
     fid_tolerance: float = Field(0.1, ge=0, description="quality_tolerance: relative FID slack")
+    search_quality: Literal["fid", "kid"] = added_option(
+        "fid", description="the search's quality objective on search_samples generations (KID is unbiased at small n)")
+    search_memorization: Literal["noise", "copy_rate", "nn_ratio"] = added_option(
+        "noise", description="the search's memorisation objective: the paper's noise magnitude, or what measures "
+                             "copying — the fraction of the memorised prompts' generations closer to a fine-tuning "
+                             "image than nn_threshold × to a reference image, or minus the median of that ratio")
+    search_reference: Literal["test", "train"] = added_option(
+        "test", description="real images the search compares with (quality reference, copy-rate reference): the "
+                            "target's test split (as the first grid did) or training images outside the "
+                            "fine-tuning set, so that nothing the search chooses on is test data")
+    seed_masks: bool = added_option(False, description="start the study with the all-blocks mask and every "
+                                                       "single-block mask (at the lr range's geometric middle)")
+    kid_subsets: int = added_option(50, ge=2, description="KID: random subsets averaged")
+    kid_subset_size: int = added_option(1000, ge=2, description="KID: rows per subset (capped at the sets' size)")
 
     @model_validator(mode="after")
     def _consistent(self):
