@@ -61,6 +61,11 @@ V2_REFUSED = {
     "ToImage": "samples are already image tensors", "ToTensor": "samples are already image tensors",
     "PILToTensor": "samples are already image tensors", "ToPILImage": "samples stay tensors",
     "ToPureTensor": "samples are already plain tensors",
+    **dict.fromkeys(("RandomResize", "RandomShortestSize", "ScaleJitter", "RandomIoUCrop"),
+                    "it changes the image size, and the model is built for one input shape"),
+    **dict.fromkeys(("ClampBoundingBoxes", "ClampKeyPoints", "ConvertBoundingBoxFormat", "SanitizeBoundingBoxes",
+                     "SanitizeKeyPoints", "SetClampingMode"), "it acts on bounding boxes or key points"),
+    "UniformTemporalSubsample": "it acts on videos",
 }
 
 
