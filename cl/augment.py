@@ -148,7 +148,9 @@ def check_transforms(spec: Sequence[dict]) -> list:
 class BatchAugment:
     """Augments a (B, C, H, W) float batch; `mean`/`std` (per channel) undo and redo normalisation."""
 
-    def __init__(self, spec: Any, *, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None):
+    def __init__(self, spec: Any, *, mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
+                 batched: bool = True):
+        """`batched=False` applies every list entry per sample (v2 itself): for benchmarks and cross-checks."""
         self.spec = spec
         self.mean = None if mean is None else torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.std = None if std is None else torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
@@ -164,15 +166,15 @@ class BatchAugment:
         transforms = check_transforms(spec)
         pending: list = []
         for step, transform in zip(spec, transforms):
-            batched = _batched_step(step["name"], {k: v for k, v in step.items() if k != "name"})
-            if batched is None:
+            vectorised = _batched_step(step["name"], {k: v for k, v in step.items() if k != "name"}) if batched else None
+            if vectorised is None:
                 pending.append(transform)
                 continue
             if pending:
                 self.steps.append(_PerSample(pending))
                 self.per_sample_steps += 1
                 pending = []
-            self.steps.append(batched)
+            self.steps.append(vectorised)
         if pending:
             self.steps.append(_PerSample(pending))
             self.per_sample_steps += 1

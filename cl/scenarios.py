@@ -1,7 +1,11 @@
 """Class-incremental Avalanche benchmarks that build offline.
 
-Every builder loads its data into tensors, then splits classes into experiences with
-Avalanche 0.6's `class_incremental_benchmark`. Scenario seed (class order) and training seed
+Every builder loads its data into tensors, reads them through `from_tensors` (layout, dtype,
+labels and normalisation checked by `cl.arrays`; built-in datasets state their layout, only a
+user's arrays are left to `layout: auto`), then splits classes into experiences with
+Avalanche 0.6's `class_incremental_benchmark`. Image scenarios take `augment:`, applied to
+training minibatches by the plugin `Scenario.train_plugins()` returns (`cl.augment`); the
+datasets themselves stay un-augmented, so evaluation and exemplar selection see clean images. Scenario seed (class order) and training seed
 are separate: the class order comes from `seed` here, never from the global RNG.
 
 Avalanche 0.6 quirks handled here (see ../shared/notes/avalanche-0.6.md):

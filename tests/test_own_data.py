@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 from cl.arrays import V2_REFUSED, V2_TRANSFORMS, check_arrays, resolve_layout
 from cl.config import RunConfig, load_run_config
 from cl.errors import ConfigError
-from cl.scenarios import from_file, from_tensors
+from cl.scenarios import from_file, from_folder, from_tensors
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -416,3 +416,21 @@ def test_published_run_config_file_still_loads(tmp_path):
                                "model": "mlp", "strategy": "naive"})
     (tmp_path / "c.yaml").write_text(cfg.to_yaml())
     assert load_run_config(tmp_path / "c.yaml").config_hash == cfg.config_hash
+
+
+def test_from_folder_takes_normalize_and_augment(tmp_path):
+    from PIL import Image
+
+    for split in ("train", "test"):
+        for cls, colour in (("cat", 40), ("dog", 200)):
+            folder = tmp_path / split / cls
+            folder.mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (10, 12), (colour, i * 40, 0)).save(folder / f"{i}.png")
+    s = from_folder(train_dir=tmp_path / "train", test_dir=tmp_path / "test", image_size=4, n_experiences=2,
+                    normalize={"mean": [0.5], "std": [0.5]}, augment="crop_flip")
+    assert s.input_shape == (3, 4, 4) and s.data["layout"] == "nchw"      # (N, 3, 4, 4) is no guess: we wrote it
+    assert s.data["normalize"] == "given mean=[0.5, 0.5, 0.5] std=[0.5, 0.5, 0.5]"
+    assert [type(p).__name__ for p in s.train_plugins()] == ["AugmentPlugin"]
+    assert from_folder(train_dir=tmp_path / "train", test_dir=tmp_path / "test", image_size=4,
+                       n_experiences=2).train_plugins() == []
