@@ -11,6 +11,7 @@ from pydantic import Field, field_validator, model_serializer, model_validator
 
 from cl.arrays import LAYOUTS, parse_augment, parse_normalize
 from cl.datafiles import check_dataset, check_path
+from cl.errors import ConfigError
 from cl.registry import MODELS, SCENARIOS, NoParams, Params
 
 DEFAULT_EXPERIENCES = 5
@@ -174,8 +175,12 @@ class FolderParams(OwnImageParams):
 
     def preflight(self) -> None:
         super().preflight()
-        check_path("train_dir", self.train_dir, directory=True)
-        check_path("test_dir", self.test_dir, directory=True)
+        train = check_path("train_dir", self.train_dir, directory=True)
+        test = check_path("test_dir", self.test_dir, directory=True)
+        train_classes, test_classes = ({p.name for p in d.iterdir() if p.is_dir()} for d in (train, test))
+        if train_classes != test_classes:   # ImageFolder numbers classes by sorted folder name: they must agree
+            raise ConfigError(f"scenario.test_dir: class folders differ from train_dir's: test lacks "
+                              f"{sorted(train_classes - test_classes)}, has extra {sorted(test_classes - train_classes)}")
 
 
 class RareClassParams(ImageParams):

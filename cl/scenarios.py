@@ -5,8 +5,9 @@ labels and normalisation checked by `cl.arrays`; built-in datasets state their l
 user's arrays are left to `layout: auto`), then splits classes into experiences with
 Avalanche 0.6's `class_incremental_benchmark`. Image scenarios take `augment:`, applied to
 training minibatches by the plugin `Scenario.train_plugins()` returns (`cl.augment`); the
-datasets themselves stay un-augmented, so evaluation and exemplar selection see clean images. Scenario seed (class order) and training seed
-are separate: the class order comes from `seed` here, never from the global RNG.
+datasets themselves stay un-augmented, so evaluation and exemplar selection see clean images.
+Scenario seed (class order) and training seed are separate: the class order comes from `seed`
+here, never from the global RNG.
 
 Avalanche 0.6 quirks handled here (see ../shared/notes/avalanche-0.6.md):
 - samples are ``(x, y, t)`` with `y` a Python int: iCaRL's mixed batches (memory + new data)

@@ -434,3 +434,13 @@ def test_from_folder_takes_normalize_and_augment(tmp_path):
     assert [type(p).__name__ for p in s.train_plugins()] == ["AugmentPlugin"]
     assert from_folder(train_dir=tmp_path / "train", test_dir=tmp_path / "test", image_size=4,
                        n_experiences=2).train_plugins() == []
+
+
+def test_folder_whose_test_split_lacks_a_class_exits_2_at_preflight(tmp_path):
+    for split, classes in (("train", ("cat", "dog", "eel")), ("test", ("cat", "dog"))):
+        for cls in classes:
+            (tmp_path / split / cls).mkdir(parents=True)
+    cfg = RunConfig.from_dict({"scenario": {"name": "from_folder", "train_dir": str(tmp_path / "train"),
+                                            "test_dir": str(tmp_path / "test")}, "model": "mlp", "strategy": "naive"})
+    with pytest.raises(ConfigError, match=r"scenario.test_dir: .*test lacks \['eel'\]"):
+        cfg.preflight()
