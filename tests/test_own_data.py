@@ -444,3 +444,33 @@ def test_folder_whose_test_split_lacks_a_class_exits_2_at_preflight(tmp_path):
                                             "test_dir": str(tmp_path / "test")}, "model": "mlp", "strategy": "naive"})
     with pytest.raises(ConfigError, match=r"scenario.test_dir: .*test lacks \['eel'\]"):
         cfg.preflight()
+
+
+def test_split_cifar_reads_channels_last_uint8_normalises_and_augments_by_default(tmp_path, monkeypatch):
+    """CIFAR's files are not here; a stand-in for torchvision's class checks the wiring (layout, stats, augment)."""
+    import torchvision
+
+    from cl.datafiles import DATASETS
+    from cl.scenarios import CIFAR_STATS, split_cifar10
+
+    folder = tmp_path / DATASETS["cifar10"].folder
+    folder.mkdir(parents=True)
+    for name in DATASETS["cifar10"].files:
+        (folder / name).touch()
+
+    class FakeCIFAR10:
+        def __init__(self, root, train, download):
+            self.data, targets = images((32, 32, 3), n_classes=10, per_class=3 if train else 1, seed=int(train))
+            self.targets = targets.tolist()
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", FakeCIFAR10)
+    s = split_cifar10(data_root=tmp_path, n_experiences=5)
+    assert s.input_shape == (3, 32, 32) and s.data["layout"] == "nhwc" and s.data["dtype"] == "uint8"
+    assert s.data["augment"] == "crop_flip" and s.augment is not None and s.augment.active
+    mean, std = CIFAR_STATS["cifar10"]
+    raw = FakeCIFAR10(None, True, False).data
+    expected = (torch.from_numpy(raw).permute(0, 3, 1, 2).float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) \
+        / torch.tensor(std).view(1, 3, 1, 1)
+    sample = s.benchmark.train_stream[0].dataset[0][0]
+    assert any(torch.allclose(sample, e, atol=1e-5) for e in expected)
+    assert split_cifar10(data_root=tmp_path, n_experiences=5, augment=False).augment is None
