@@ -166,7 +166,8 @@ class BatchAugment:
         transforms = check_transforms(spec)
         pending: list = []
         for step, transform in zip(spec, transforms):
-            vectorised = _batched_step(step["name"], {k: v for k, v in step.items() if k != "name"}) if batched else None
+            kwargs = {k: v for k, v in step.items() if k != "name"}
+            vectorised = _batched_step(step["name"], kwargs) if batched else None
             if vectorised is None:
                 pending.append(transform)
                 continue

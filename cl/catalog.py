@@ -180,7 +180,8 @@ class FolderParams(OwnImageParams):
         train_classes, test_classes = ({p.name for p in d.iterdir() if p.is_dir()} for d in (train, test))
         if train_classes != test_classes:   # ImageFolder numbers classes by sorted folder name: they must agree
             raise ConfigError(f"scenario.test_dir: class folders differ from train_dir's: test lacks "
-                              f"{sorted(train_classes - test_classes)}, has extra {sorted(test_classes - train_classes)}")
+                              f"{sorted(train_classes - test_classes)}, "
+                              f"has extra {sorted(test_classes - train_classes)}")
 
 
 class RareClassParams(ImageParams):
