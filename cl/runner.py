@@ -80,6 +80,7 @@ def _execute(cfg: RunConfig, runlog: RunLog) -> RunResult:
     seed_everything(cfg.seed)
 
     scenario = build_scenario(cfg.scenario)
+    runlog.log_params({f"data.{k}": v for k, v in scenario.data.items()})   # how the data was read
     device = resolve_device(cfg.train.device)
 
     def build_model():
@@ -101,7 +102,7 @@ def _execute(cfg: RunConfig, runlog: RunLog) -> RunResult:
     ctx = StrategyContext(
         model=model, optimizer=optimizer, criterion=torch.nn.CrossEntropyLoss(), train=cfg.train,
         scenario=scenario, device=device, evaluator=_silent_evaluator(),
-        plugins=[ExperienceSchedule(cfg.train), flop_meter])
+        plugins=[*scenario.train_plugins(), ExperienceSchedule(cfg.train), flop_meter])
     # add-ons run before the logger, so their after-experience work counts as training time
     ctx.plugins += [PLUGINS.get(p.name).load()(ctx, _params(PLUGINS, p)) for p in cfg.plugins]
     ctx.plugins += [logger, make_finite_loss_guard()]
