@@ -12,7 +12,7 @@ from pydantic import Field, field_validator, model_serializer, model_validator
 from cl.arrays import LAYOUTS, parse_augment, parse_normalize
 from cl.datafiles import check_dataset, check_path
 from cl.errors import ConfigError
-from cl.registry import MODELS, SCENARIOS, NoParams, Params
+from cl.registry import MODELS, SCENARIOS, NoParams, Params, added_option
 
 DEFAULT_EXPERIENCES = 5
 
@@ -64,15 +64,14 @@ class ClassSplitParams(Params):
 class ImageParams(ClassSplitParams):
     """A scenario of images: `augment:` applies to its training minibatches (see `cl.augment`).
 
-    Options added after configs were published are left out of the resolved config while they
-    hold their neutral default (`_neutral`), so older configs keep their hash.
+    Options added after configs were published are `added_option`s: left out of the resolved
+    config while they hold their default, so older configs keep their hash.
     """
 
-    augment: Any = Field(
+    augment: Any = added_option(
         "none", description="training-minibatch augmentation: none, crop_flip (random crop, 4-pixel padding, "
         "+ horizontal flip, as PyCIL on CIFAR), crop_flip_jitter (+ brightness jitter 63/255), or a list of "
         "torchvision v2 transforms, e.g. [{name: RandomCrop, size: 32, padding: 4}, {name: RandomHorizontalFlip}]")
-    _neutral: ClassVar[dict[str, Any]] = {"augment": "none"}
     _augment_as_bool: ClassVar[bool] = False        # CIFAR's published configs spell crop_flip / none as true / false
 
     @field_validator("augment", mode="before")
@@ -83,9 +82,6 @@ class ImageParams(ClassSplitParams):
     @model_serializer(mode="wrap")
     def _canonical(self, handler):
         out = handler(self)
-        for key, neutral in self._neutral.items():
-            if key in out and out[key] == neutral:
-                del out[key]
         if self._augment_as_bool and out.get("augment") in ("crop_flip", "none"):
             out["augment"] = out["augment"] == "crop_flip"
         return out
@@ -126,7 +122,6 @@ class FMNISTParams(DiskParams):
 class CifarParams(DiskParams):
     augment: Any = Field(True, description="as for every image scenario, default crop_flip (PyCIL's CIFAR "
                          "training transforms); `true` / `false` are the earlier spellings of crop_flip / none")
-    _neutral: ClassVar[dict[str, Any]] = {}
     _augment_as_bool: ClassVar[bool] = True
 
 
@@ -141,10 +136,9 @@ class Cifar100Params(CifarParams):
 class OwnImageParams(ImageParams):
     """Your own images: how to normalise them."""
 
-    normalize: Any = Field(
+    normalize: Any = added_option(
         "none", description="none, per_channel (mean and std of each channel over the training split), "
         "or {mean: [...], std: [...]} one value per channel; applied after uint8 → [0, 1] scaling")
-    _neutral: ClassVar[dict[str, Any]] = {"augment": "none", "normalize": "none"}
 
     @field_validator("normalize", mode="before")
     @classmethod
@@ -154,10 +148,9 @@ class OwnImageParams(ImageParams):
 
 class TensorFileParams(OwnImageParams):
     path: str = Field(description=".npz or .pt file with x_train, y_train, x_test, y_test")
-    layout: Literal[LAYOUTS] = Field(
+    layout: Literal[LAYOUTS] = added_option(
         "auto", description="axis order of 4-D x arrays: nchw (N, C, H, W), nhwc (N, H, W, C), or auto "
         "(decided only when exactly one of axis 1 and the last axis has 1, 3 or 4 entries)")
-    _neutral: ClassVar[dict[str, Any]] = {"augment": "none", "normalize": "none", "layout": "auto"}
 
     def preflight(self) -> None:
         """Reads the file and checks it as the run will (layout, dtype, labels, NaNs): exit 2, not a FAILED run."""
