@@ -15,12 +15,15 @@ from pathlib import Path
 from typing import Any, Literal, Mapping, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cl.errors import ConfigError
 from cl.registry import REGISTRIES, import_user_modules
 
 COMPONENTS = ("scenario", "model", "strategy")
+# Settings added after grids were published, at their default: left out of the hash, so cells
+# recorded before they existed stay recognised as finished (`RunConfig.identity`).
+HASH_NEUTRAL_DEFAULTS = {"train": {"precision": "fp32", "data_on_device": "auto"}}
 CL_ONLY = (*COMPONENTS, "memory", "plugins")     # keys a transfer run does not take
 
 
@@ -51,6 +54,18 @@ class TrainConfig(BaseModel):
     milestones: list[int] = Field(default_factory=list, description="epochs (within an experience) where lr *= lr_decay")
     lr_decay: float = Field(0.1, gt=0, le=1)
     first: Optional[FirstExperience] = Field(None, description="overrides for the first experience")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="autocast dtype of forward+loss (fp16 adds gradient scaling; it needs CUDA)")
+    data_on_device: Literal["auto", "never"] = Field(
+        "auto", description="'auto': move the scenario's tensors to an accelerator once if they fit "
+                            "(a no-op on CPU); 'never': batches are copied per step")
+
+    @model_validator(mode="after")
+    def _fp16_needs_cuda(self) -> "TrainConfig":
+        if self.precision == "fp16" and self.device == "cpu":
+            raise ValueError("precision: fp16 needs a CUDA device (CPU fp16 autocast is slow and "
+                             "unscaled); use precision bf16 on CPU, or device cuda/auto")
+        return self
 
     def for_experience(self, index: int) -> dict:
         """epochs, lr, weight_decay and milestones in force for experience `index`."""
@@ -163,9 +178,13 @@ class RunConfig(BaseModel):
             raise ConfigError(problems, source=source)
         data = {k: v for k, v in data.items() if k not in CL_ONLY}
         try:
-            return cls.model_validate(data)
+            config = cls.model_validate(data)
         except ValidationError as exc:
             raise ConfigError(format_validation_error(exc), source=source) from None
+        if config.train.precision != "fp32":
+            raise ConfigError("train.precision: applies to continual-learning runs; a transfer experiment "
+                              "trains in fp32 (drop the setting)", source=source)
+        return config
 
     @property
     def is_transfer(self) -> bool:
@@ -219,6 +238,9 @@ class RunConfig(BaseModel):
             out.pop(key)  # unset options leave older configs' hashes unchanged
         if not with_seed:
             out.pop("seed")
+        for section, defaults in HASH_NEUTRAL_DEFAULTS.items():
+            if isinstance(out.get(section), dict):
+                out[section] = {k: v for k, v in out[section].items() if defaults.get(k, object()) != v}
         return out
 
     @property
