@@ -4,9 +4,10 @@ A collapsed network (too high a learning rate, dead ReLUs, a broken input pipeli
 same thing whatever the input. Two symptoms, checked once per experience right after it is trained:
 
 - **loss at the label prior's entropy**: a constant output minimises cross-entropy at the
-  entropy H of the experience's label distribution (ln 2 for two balanced classes). The last
+  entropy H of the label distribution it is trained on (ln 2 for two balanced classes). The last
   epoch's mean training loss within ``LOSS_TOLERANCE · H`` of H means the network learnt no
-  more than the class frequencies;
+  more than the class frequencies. H is taken over the labels of the minibatches that epoch
+  actually trained on (with replay, the memory's classes count too);
 - **one class predicted for ≥ ``TOP_CLASS_SHARE`` of the experience's test set**, although the
   experience has several classes.
 
@@ -139,21 +140,24 @@ def make_health_plugin(runlog):
             return warning_text(self.checks)
 
         def before_training_exp(self, strategy, **kwargs):
-            targets = np.asarray(list(strategy.experience.dataset.targets), dtype=int)
-            classes, counts = np.unique(targets, return_counts=True)
-            self._labels = dict(zip(classes.tolist(), counts.tolist()))
             self._epoch_loss = math.nan
+            self._labels = {}
 
         def before_training_epoch(self, strategy, **kwargs):
             self._loss_sum, self._loss_n = 0.0, 0
+            self._epoch_labels: dict[int, int] = {}
 
         def after_training_iteration(self, strategy, **kwargs):
             self._loss_sum += float(strategy.loss.detach())
             self._loss_n += 1
+            # the labels the loss was computed on: with replay, the memory's classes are in the batch too
+            for c, n in zip(*np.unique(strategy.mb_y.detach().cpu().numpy(), return_counts=True)):
+                self._epoch_labels[int(c)] = self._epoch_labels.get(int(c), 0) + int(n)
 
         def after_training_epoch(self, strategy, **kwargs):
             if self._loss_n:
                 self._epoch_loss = self._loss_sum / self._loss_n
+                self._labels = self._epoch_labels
 
         def after_training_exp(self, strategy, **kwargs):
             self.trained += 1
