@@ -3,8 +3,10 @@
 A plugin wraps three methods of the strategy it is attached to, on its first training or
 evaluation call, so every template and subclass keeps its own code:
 
-- ``forward`` and ``criterion`` run under ``torch.autocast(device, dtype)`` — the model's
-  forward and the loss, in training and in evaluation;
+- ``forward``, ``criterion`` and the ``before_backward`` plugin event run under
+  ``torch.autocast(device, dtype)`` — the model's forward and the whole loss, including the terms
+  plugins add before backward (LwF's distillation, EWC's penalty, MEMO's auxiliary loss), in
+  training; the forward in evaluation;
 - with fp16, ``backward`` scales the loss first (``torch.amp.GradScaler``) and
   ``optimizer_step`` becomes ``scaler.step`` + ``scaler.update``. Plugins that read
   ``strategy.loss`` still see the unscaled loss; gradients seen in ``after_backward`` are scaled
@@ -13,8 +15,8 @@ evaluation call, so every template and subclass keeps its own code:
 What is not wrapped runs in fp32, unchanged: plugins or strategies that train with their own loop
 (FPF's fine-tuning, NMN's fast/slow steps, EWC's importance pass) call the model outside
 ``strategy.forward`` and so keep full precision; an ``optimizer_step`` that follows no scaled
-backward is a plain step. Regularisation terms added in ``before_backward`` (LwF, EWC) are
-computed outside autocast, in fp32.
+backward is a plain step. A plugin that reads the model's cached activations later, outside
+autocast (MEMO's nearest-mean classifier), sees them in bf16 and must cast them.
 
 fp16 is refused on the CPU (a config error): it needs gradient scaling, which is a CUDA recipe,
 and CPU fp16 kernels are slow. bf16 needs no scaler and works on both.
@@ -75,6 +77,7 @@ def make_precision_plugin(precision: str, device, *, allow_cpu_fp16: bool = Fals
             self._wrapped.add(id(strategy))
             strategy.forward = self._autocast(strategy.forward)
             strategy.criterion = self._autocast(strategy.criterion)
+            strategy._before_backward = self._autocast(strategy._before_backward)   # plugins' loss terms
             if self.scaler is not None:
                 strategy.backward = self._scaled_backward(strategy, strategy.backward)
                 strategy.optimizer_step = self._scaled_step(strategy, strategy.optimizer_step)
