@@ -9,7 +9,8 @@ difference bf16 − fp32) and the training-time ratio bf16 / fp32 (median over c
 fp32 (the std of its two seeds) — with two seeds that is a coarse test, stated as such.
 
 No MLflow: runs log to a collector. Results are appended to a JSON-lines file as they finish,
-so an interrupted measurement resumes (``--out``); ``--fresh`` starts over.
+so an interrupted measurement resumes (``--out``, default benchmarks/results/precision/cpu.jsonl — a
+subfolder: the top-level *.jsonl there are `cl.archive` run archives); ``--fresh`` starts over.
 
     OMP_NUM_THREADS=1 python benchmarks/precision.py          # ~20 runs, ~10 min on 2 busy cores
 """
@@ -36,7 +37,7 @@ PRECISIONS = ("fp32", "bf16")
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grid", default=str(ROOT / "experiments" / "quickstart.yaml"))
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "precision_cpu.jsonl"))
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "precision" / "cpu.jsonl"))
     parser.add_argument("--fresh", action="store_true", help="ignore results already in --out")
     return parser.parse_args()
 
