@@ -131,3 +131,27 @@ def test_cli_rejects_a_negative_gpu_request_with_exit_code_2(tmp_path):
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 2, out.stderr
     assert "--gpus-per-cell: must be a number >= 0" in out.stderr
+
+
+# --------------------------------------------------------------------------- device choice outside Ray
+
+
+def test_device_auto_falls_back_to_cpu_with_a_warning_when_an_assigned_gpu_is_unusable(monkeypatch, caplog):
+    import torch
+
+    from cl.devices import resolve_device
+
+    if torch.cuda.is_available():
+        pytest.skip("a usable GPU is present")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    with caplog.at_level("WARNING", logger="cl.devices"):
+        choice = resolve_device("auto")
+    assert choice.device.type == "cpu" and "GPU(s) 1 assigned" in choice.warning
+    assert "no usable CUDA device" in caplog.text
+    assert choice.tags()["device.cuda_visible_devices"] == "1" and choice.tags()["device"] == "cpu"
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    plain = resolve_device("auto")
+    assert plain.device.type == "cpu" and plain.warning is None and "device.warning" not in plain.tags()
+    with pytest.raises(ConfigError, match="train.device: 'cuda' requested but CUDA is not available"):
+        resolve_device("cuda")
