@@ -132,7 +132,7 @@ def _is_number(value: Any) -> bool:
 
 @dataclass(frozen=True)
 class Placement:
-    """Whether the scenario's tensors went to the device, and why (logged as a run param)."""
+    """Whether the scenario's tensors went to the device, and why (the `device.data_placement` tag)."""
 
     moved: bool
     reason: str

@@ -272,12 +272,14 @@ def resolve_device(name: str):
 
 
 def _choose_device(cfg: RunConfig, runlog: RunLog):
-    """Resolve `train.device` here, in the process that trains (a Ray task sees its own GPU), and log it."""
+    """Resolve `train.device` here, in the process that trains (a Ray task sees its own GPU); tag what was used.
+
+    Tags, not params: a run's params mirror its config exactly.
+    """
     from cl.devices import resolve_device as choose
 
     choice = choose(cfg.train.device)
     runlog.set_tags(choice.tags())
-    runlog.log_params({"train.device_resolved": str(choice.device)})
     return choice.device
 
 
@@ -286,7 +288,7 @@ def _place_data(cfg: RunConfig, scenario, device, runlog: RunLog) -> dict:
     from cl.devices import place_scenario_data
 
     placement = place_scenario_data(scenario, device, cfg.train.data_on_device)
-    runlog.log_params({"train.data_on_device_resolved": placement.reason})
+    runlog.set_tags({"device.data_placement": placement.reason})
     return placement.loader_kwargs
 
 

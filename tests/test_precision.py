@@ -238,5 +238,6 @@ def test_a_run_logs_its_device_and_data_placement(one_thread):
 
     log = Recorder()
     assert execute(tiny(), log).ok
-    assert log.tags["device"] == "cpu" and log.params["train.device_resolved"] == "cpu"
-    assert log.params["train.data_on_device_resolved"].startswith("cpu")
+    assert log.tags["device"] == "cpu" and log.tags["device.requested"] == "cpu"
+    assert log.tags["device.data_placement"].startswith("cpu")
+    assert not any(k.startswith("train.") for k in log.params)   # params mirror the config; this is not config
