@@ -140,6 +140,9 @@ def grid_launch(
     workers: int = typer.Option(1, min=1, help="parallel runs (processes, or Ray tasks)"),
     backend: str = typer.Option("local", help="local | ray"),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="rerun cells whose last run FAILED"),
+    gpus_per_cell: float = typer.Option(0.0, help="Ray: GPUs each cell requests (fractions share a GPU, "
+                                        "e.g. 0.5 runs two cells per GPU); use with train.device: auto"),
+    cpus_per_cell: float = typer.Option(1.0, help="Ray: CPUs each cell requests (> 0, fractions allowed)"),
     tracking_uri: Optional[str] = TrackingOpt,
     report: bool = typer.Option(True, "--report/--no-report", help="print the results table at the end"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
@@ -149,17 +152,22 @@ def grid_launch(
     with _user_errors():
         if backend not in ("local", "ray"):
             raise ConfigError(f"--backend: {backend!r} is not a backend; use local or ray")
+        from cl.devices import CellResources
         from cl.grid import expand, launch, load_grid
 
+        resources = CellResources(gpus=gpus_per_cell, cpus=cpus_per_cell)
         spec = load_grid(grid)
         cells = expand(spec, source=str(grid))
         reporter = _GridReporter(console)
         with reporter:
             summary = launch(spec, cells, tracking_uri=tracking_uri, workers=workers, backend=backend,
-                             retry_failed=retry_failed, reporter=reporter, grid_yaml=grid.read_text())
+                             retry_failed=retry_failed, reporter=reporter, grid_yaml=grid.read_text(),
+                             resources=resources)
     console.print(
         f"grid [bold]{spec.name}[/]: {summary.total} cells — {summary.finished} finished now, "
         f"{summary.skipped_finished} already finished, {len(summary.failed)} failed", highlight=False)
+    for label, seed, warning in summary.warnings:
+        err_console.print(f"⚠ {label} seed={seed}: {warning}", highlight=False, markup=False)
     if report:
         _report(spec.experiment_name, [c.config_hash for c in cells], tracking_uri,
                 title=f"{spec.name} ({spec.experiment_name})", plot_name=spec.name)
@@ -276,7 +284,8 @@ def _reproductions(tracking_uri: Optional[str], out: Path) -> None:
 
 def _report(experiment: str, config_hashes, tracking_uri, *, title: str, plot_name: str,
             plot_dir: Path = Path("reports")) -> bool:
-    from cl.analysis import comparison_plot, headline_metric, load_runs, report_columns, summarize, summary_table
+    from cl.analysis import (comparison_plot, headline_metric, health_warnings, load_runs, report_columns, summarize,
+                             summary_table)
     from cl.plots import to_png
 
     runs = load_runs(experiment, tracking_uri=tracking_uri, config_hashes=config_hashes)
@@ -292,6 +301,8 @@ def _report(experiment: str, config_hashes, tracking_uri, *, title: str, plot_na
     for row in text.itertuples(index=False):
         table.add_row(*(str(v) for v in row))
     console.print(table)
+    for label, seed, warning in health_warnings(runs):
+        console.print(f"⚠ {label} seed={seed}: {warning}", highlight=False, markup=False)
     plot_dir.mkdir(parents=True, exist_ok=True)
     path = plot_dir / f"{plot_name}_comparison.png"
     metric = headline_metric(columns)

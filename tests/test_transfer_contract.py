@@ -86,6 +86,7 @@ def test_build_lock_makes_a_second_builder_wait_for_the_first(tmp_path):
     import time
 
     from cl.transfer_run import build_lock
+    from tests.helpers.waiting import wait_until
 
     events = []
 
@@ -97,7 +98,7 @@ def test_build_lock_makes_a_second_builder_wait_for_the_first(tmp_path):
 
     first = threading.Thread(target=builder, args=("first", 0.3))
     first.start()
-    time.sleep(0.1)
+    wait_until(lambda: "first in" in events, what="the first builder holding the lock", limit_s=60, poll_s=0.01)
     second = threading.Thread(target=builder, args=("second", 0.0))
     second.start()
     first.join()
