@@ -30,6 +30,7 @@ def pytest_configure(config):
                    "when they are absent (a failure in CI), or with fallback=True runs on generated data instead")
 
 
+@pytest.hookimpl(tryfirst=True)          # before `-m` selects by marker
 def pytest_collection_modifyitems(items):
     for item in items:
         names = getattr(item, "fixturenames", ())
@@ -40,7 +41,10 @@ def pytest_collection_modifyitems(items):
 
 
 def missing_shared(folders=("",)) -> list[Path]:
-    return [SHARED_DATA / f for f in folders if not (SHARED_DATA / f).exists()]
+    """The folders of ../shared/data that are absent (the folder itself, when it is)."""
+    if not SHARED_DATA.is_dir():
+        return [SHARED_DATA]
+    return [SHARED_DATA / f for f in dict.fromkeys(folders) if not (SHARED_DATA / f).exists()]
 
 
 def _declared(item) -> bool:
@@ -52,8 +56,8 @@ def pytest_runtest_setup(item):
     markers = list(item.iter_markers("shared_data"))
     needed = [f for m in markers if not m.kwargs.get("fallback") for f in (m.args or ("",))]
     if needed and (missing := missing_shared(needed)):
-        reason = (f"needs the offline data {', '.join(map(str, missing))}, absent on this clone (../shared/data "
-                  "beside the repository; see `clsuite data list`)")
+        reason = (f"needs the offline data {', '.join(map(str, missing))} (../shared/data beside the repository), "
+                  "absent here")
         if IN_CI:
             pytest.fail(f"CI: {reason}", pytrace=False)
         pytest.skip(reason)

@@ -201,6 +201,10 @@ def test_a_skill_from_a_file_fills_its_prompt_and_maps_labels_to_answers(tmp_pat
     assert load_skill(custom, "train")[0] == load_skill(custom, "train")[0].__class__(
         "Review: a fine film\nLabel (neg, pos):", "pos")
     assert len(load_skill(custom, "train", n=3, seed=0)) == 3
+    numbered = tmp_path / "numbered.csv"
+    numbered.write_text("text,label\n" + "".join(f"t{i},{i % 2}\n" for i in range(10)))
+    from_yaml = yaml.safe_load(f"{{name: nums, path: {numbered}, answers: {{0: negative, 1: positive}}}}")
+    assert {e.answer for e in load_skill(FileSkill.model_validate(from_yaml), "test")} == {"negative", "positive"}
 
 
 def test_skill_answers_that_could_be_confused_are_refused(tmp_path):

@@ -161,6 +161,16 @@ class FileSkill(TextFile):
     answers: Optional[dict[str, str]] = Field(None, description="label value → the word the model must answer "
                                                                 "(default: the label itself)")
 
+    @field_validator("answers", mode="before")
+    @classmethod
+    def _labels_as_written(cls, value):
+        """YAML reads `{0: negative}` with an int key; labels are read from files as strings ("0")."""
+        from transfer.textfiles import label_text
+
+        if isinstance(value, dict):
+            return {label_text(k): label_text(v) for k, v in value.items()}
+        return value
+
     @model_validator(mode="after")
     def _prompt_and_answers(self):
         if self.name in SKILL_LIST:

@@ -1,7 +1,9 @@
 """The ScaLearn transfer experiment: stage-1 task adapters, then stage-2 transfer to a target task.
 
 Registered as the transfer experiment ``scalearn`` (options: `transfer.catalog.ScaLearnTransferParams`).
-One run = one method on one target task and one seed:
+One run = one method on one target task and one seed. A task is a GLUE name or a task read from
+your own CSV / TSV / JSON-lines file (`transfer.textfiles`; logged as ``data/<name>/...`` params,
+scored by its ``metric``):
 
 1. **Stage 1** (cached): for every task of ``tasks``, a LoRA adapter (plus its own head,
    `TaskHead`) is trained on the task and saved with peft under ``<cache>/scalearn/<key>/`` —

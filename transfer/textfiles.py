@@ -168,7 +168,8 @@ def class_order(labels) -> tuple[str, ...]:
         return tuple(sorted(labels))
 
 
-def _value(raw) -> Optional[str]:
+def label_text(raw) -> Optional[str]:
+    """A value as the files' labels are compared: strings as they are, others as JSON writes them."""
     if raw is None:
         return None
     if isinstance(raw, str):
@@ -217,7 +218,7 @@ def read_rows(task: TextFile, path: Path, where: str) -> Rows:
                               f"{', '.join(map(str, known))})")
     texts, labels = [], []
     for number, record in records:
-        values = [_value(record.get(c)) for c in needed]
+        values = [label_text(record.get(c)) for c in needed]
         for column, value in zip(needed, values):
             if value is None or (column == task.label and not value.strip()):
                 raise ConfigError(f"{where}: {path}, line {number}: no value in column {column!r}")
