@@ -128,7 +128,8 @@ def load_split(task: Task, split: str, data_root: Optional[str] = None) -> TextS
         if spec.is_regression:
             labels = np.asarray([float(v) for v in rows.labels], dtype=np.float32)
         else:
-            labels = np.asarray([spec.labels.index(v) for v in rows.labels], dtype=np.int64)
+            index = {label: i for i, label in enumerate(spec.labels)}
+            labels = np.asarray([index[v] for v in rows.labels], dtype=np.int64)
         return TextSplit(list(rows.texts), labels)
     path = glue_dir(data_root, [task]) / spec.folder / f"{split}.tsv"
     texts, labels = [], []
