@@ -47,10 +47,6 @@ def missing_shared(folders=("",)) -> list[Path]:
     return [SHARED_DATA / f for f in dict.fromkeys(folders) if not (SHARED_DATA / f).exists()]
 
 
-def _declared(item) -> bool:
-    return item.get_closest_marker("shared_data") is not None
-
-
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item):
     markers = list(item.iter_markers("shared_data"))
