@@ -45,11 +45,24 @@ class RunResult:
         return self.status == "FINISHED"
 
 
-def execute(cfg: RunConfig, runlog: RunLog) -> RunResult:
-    """Train `cfg` and log everything to `runlog`; failures are returned, not raised."""
+def execute(cfg: RunConfig, runlog: RunLog, resume=None) -> RunResult:
+    """Train `cfg` and log everything to `runlog`; failures are returned, not raised.
+
+    `resume` (a `cl.checkpoint.ResumePlan`, found by the launcher) continues a run from its
+    checkpoint; without it the run starts fresh. Either way the run checkpoints as it goes, and
+    its checkpoint is deleted once it ends here (finished or failed): only a dead process leaves one.
+    """
+    from cl.checkpoint import RunCheckpoints
+
+    checkpoints = None
     try:
-        return _execute(cfg, runlog)
+        checkpoints = RunCheckpoints.start(cfg.config_hash, runlog, resume)
+        result = _execute(cfg, runlog, checkpoints)
+        checkpoints.discard()
+        return result
     except Exception as exc:  # noqa: BLE001 - any failure of the run is reported, the grid goes on
+        if checkpoints is not None:   # (an interrupt — KeyboardInterrupt, SystemExit — keeps it: resumable)
+            checkpoints.discard()
         reason = f"{type(exc).__name__}: {exc}"
         log.warning("run %s failed: %s", cfg.config_hash, reason)
         try:
@@ -60,10 +73,11 @@ def execute(cfg: RunConfig, runlog: RunLog) -> RunResult:
         return RunResult(cfg.config_hash, "FAILED", reason=reason)
 
 
-def _execute(cfg: RunConfig, runlog: RunLog) -> RunResult:
+def _execute(cfg: RunConfig, runlog: RunLog, checkpoints) -> RunResult:
     import torch
 
     from cl import metrics, plots
+    from cl.checkpoint import ExperienceCheckpoints
     from cl.cost import FlopMeter
     from cl.models import count_parameters
     from cl.schedule import ExperienceSchedule
@@ -74,7 +88,7 @@ def _execute(cfg: RunConfig, runlog: RunLog) -> RunResult:
     import_user_modules(cfg.imports)
     started = time.perf_counter()
     if cfg.is_transfer:
-        return _execute_transfer(cfg, runlog, started)
+        return _execute_transfer(cfg, runlog, started, checkpoints)
     scenario_params = _params(SCENARIOS, cfg.scenario)
     _log_provenance(runlog, {"seed": cfg.seed, "scenario.seed": scenario_params.seed})
     seed_everything(cfg.seed)
@@ -108,10 +122,16 @@ def _execute(cfg: RunConfig, runlog: RunLog) -> RunResult:
     with _quiet_avalanche():
         strategy = STRATEGIES.get(cfg.strategy.name).load()(ctx, strategy_params)
         T = scenario.n_experiences
+        progress = ExperienceCheckpoints(checkpoints, strategy, scenario.benchmark.train_stream, runlog)
+        done = progress.restore()       # experiences a checkpoint already holds (0 for a fresh run)
+        started -= progress.elapsed_before
         try:
-            for experience in scenario.benchmark.train_stream:   # progress is reported per epoch by the logger
+            for t, experience in enumerate(scenario.benchmark.train_stream):   # progress: per epoch, by the logger
+                if t < done:
+                    continue
                 strategy.train(experience, num_workers=0)
                 strategy.eval(scenario.benchmark.test_stream, num_workers=0)
+                progress.after_experience(t + 1, time.perf_counter() - started)
         finally:
             flop_meter.close()
 
@@ -158,13 +178,14 @@ def _execute(cfg: RunConfig, runlog: RunLog) -> RunResult:
                      accuracy_matrix=R.tolist())
 
 
-def _execute_transfer(cfg: RunConfig, runlog: RunLog, started: float) -> RunResult:
+def _execute_transfer(cfg: RunConfig, runlog: RunLog, started: float, checkpoints) -> RunResult:
     """A registered transfer experiment (see `cl.transfer_run`)."""
     from cl.transfer_run import TransferContext, final_metric_names
 
     _log_provenance(runlog, {"seed": cfg.seed})
     seed_everything(cfg.seed)
-    ctx = TransferContext(runlog=runlog, train=cfg.train, device=resolve_device(cfg.train.device), seed=cfg.seed)
+    ctx = TransferContext(runlog=runlog, train=cfg.train, device=resolve_device(cfg.train.device), seed=cfg.seed,
+                          checkpoints=checkpoints)
     with _quiet_avalanche():
         metrics = TRANSFERS.get(cfg.transfer.name).load()(ctx, _params(TRANSFERS, cfg.transfer))
     final = final_metric_names(metrics)

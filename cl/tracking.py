@@ -370,6 +370,25 @@ def make_logger_plugin(runlog: RunLog, *, test_sizes, classes_per_experience, ta
                 row.update(tally.close_row(t, f"{name}/"))
             runlog.log_metrics(row, step=t)
 
+        # ---- checkpoints (cl.checkpoint.Resumable): the matrices so far and the counters
+        def checkpoint_state(self, refs):
+            import torch
+
+            return {"R": torch.from_numpy(self.tally.R.copy()),
+                    "extra": {name: torch.from_numpy(t.R.copy()) for name, t in self.extra.items()},
+                    "class_R": torch.from_numpy(self.class_R.copy()),
+                    "class_test_counts": torch.from_numpy(self.class_test_counts.copy()),
+                    "trained": self.trained, "epochs": self.epochs, "train_seconds": self.train_seconds}
+
+        def restore_checkpoint_state(self, state, refs):
+            self.tally.R[:] = state["R"].numpy()
+            for name, R in state["extra"].items():
+                self.extra.setdefault(name, AccuracyTally(test_sizes)).R[:] = R.numpy()
+            self.class_R[:] = state["class_R"].numpy()
+            self.class_test_counts = state["class_test_counts"].numpy().copy()
+            self.trained, self.epochs = int(state["trained"]), int(state["epochs"])
+            self.train_seconds = float(state["train_seconds"])
+
         def _mask(self, j, logits):
             import torch
 
@@ -387,6 +406,12 @@ def make_finite_loss_guard():
     from cl.errors import NonFiniteLossError
 
     class FiniteLossGuard(_plugin_base()):  # type: ignore[misc]
+        def checkpoint_state(self, refs):   # keeps nothing between experiences
+            return {}
+
+        def restore_checkpoint_state(self, state, refs):
+            pass
+
         def before_backward(self, strategy, **kwargs):
             loss = strategy.loss
             if not bool(loss.detach().isfinite().all()):

@@ -17,6 +17,7 @@ from avalanche.training import (
     Naive,
     Replay,
 )
+from avalanche.training.storage_policy import ExperienceBalancedBuffer, ReservoirSamplingBuffer
 
 from strategies.base import StrategyContext
 
@@ -58,3 +59,42 @@ def build_dark_er(ctx: StrategyContext, params) -> DER:
 
 def build_cumulative(ctx: StrategyContext, params) -> Cumulative:
     return Cumulative(**_common(ctx))
+
+
+# --------------------------------------------------------------------------- checkpoints (cl.checkpoint)
+# What survives a crash: Naive and Replay's templates keep nothing of their own; Replay's buffer is
+# saved as references into the train stream (per experience group: size, reservoir weights, samples).
+# The other baselines (EWC, LwF, GDumb, ER-ACE, Dark-ER, Cumulative) have no hook yet: they run
+# without checkpoints and restart from scratch.
+
+def _save_replay(plugin, refs) -> dict:
+    policy = plugin.storage_policy
+    if type(policy) is not ExperienceBalancedBuffer:
+        raise TypeError(f"replay checkpoints support ExperienceBalancedBuffer, not {type(policy).__name__}")
+    return {"max_size": policy.max_size, "num_exps": policy._num_exps,
+            "groups": [{"experience": int(k), "max_size": g.max_size, "weights": g._buffer_weights.clone(),
+                        "samples": refs.encode(g.buffer)} for k, g in policy.buffer_groups.items()]}
+
+
+def _load_replay(plugin, state, refs) -> None:
+    policy = plugin.storage_policy
+    policy.max_size, policy._num_exps = int(state["max_size"]), int(state["num_exps"])
+    policy.buffer_groups = {}
+    for group in state["groups"]:
+        buffer = ReservoirSamplingBuffer(int(group["max_size"]))
+        buffer.buffer = refs.decode(group["samples"])
+        buffer._buffer_weights = group["weights"].clone()
+        policy.buffer_groups[int(group["experience"])] = buffer
+
+
+def _register_checkpoints() -> None:
+    from avalanche.training.plugins import ReplayPlugin
+
+    from cl.checkpoint import register_state
+
+    register_state(Naive)
+    register_state(Replay)
+    register_state(ReplayPlugin, _save_replay, _load_replay)
+
+
+_register_checkpoints()

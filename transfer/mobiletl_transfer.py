@@ -57,12 +57,23 @@ def classifier_layer(model: nn.Module) -> tuple[nn.Module, str, nn.Linear]:
     return parent, str(index), parent[index]
 
 
-def train_epochs(model, x, y, *, epochs, train, device, generator, on_epoch=None) -> int:
-    """Plain SGD over (x, y); returns the number of optimiser steps."""
+def train_epochs(model, x, y, *, epochs, train, device, generator, on_epoch=None, ctx: TransferContext | None = None,
+                 checkpoint_every: int = 1) -> int:
+    """Plain SGD over (x, y); returns the number of optimiser steps.
+
+    With `ctx`, the run checkpoints every `checkpoint_every` epochs (model, optimiser, the batch-order
+    generator, epochs and steps done) and a relaunched run resumes from its last checkpoint.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
-    steps = 0
-    for epoch in range(epochs):
+    steps, start = 0, 0
+    state = ctx.resume() if ctx is not None else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        start, steps = int(state["epoch"]), int(state["steps"])
+    for epoch in range(start, epochs):
         model.train()
         order = torch.randperm(len(y), generator=generator)
         total = 0.0
@@ -76,6 +87,10 @@ def train_epochs(model, x, y, *, epochs, train, device, generator, on_epoch=None
             steps += 1
         if on_epoch is not None:
             on_epoch(epoch, total / len(y))
+        if ctx is not None:
+            ctx.checkpoint(epoch + 1, lambda: {"epoch": epoch + 1, "steps": steps, "model": model.state_dict(),
+                                               "optimizer": optimizer.state_dict(),
+                                               "generator": generator.get_state()}, every=checkpoint_every)
     return steps
 
 
@@ -163,7 +178,7 @@ def run(ctx: TransferContext, params) -> dict[str, float]:
 
     generator = torch.Generator().manual_seed(ctx.seed + 1)
     steps = train_epochs(model, xt, yt, epochs=ctx.train.epochs, train=ctx.train, device=ctx.device,
-                         generator=generator,
+                         generator=generator, ctx=ctx,
                          on_epoch=lambda e, loss: (ctx.runlog.log_metrics({"train/loss": loss}, step=e),
                                                    ctx.runlog.progress(e + 1, ctx.train.epochs, f"epoch {e + 1}")))
     n_train = len(yt)
