@@ -21,7 +21,7 @@ import numpy as np
 
 from cl.config import RunConfig
 from cl.registry import MODELS, PLUGINS, SCENARIOS, STRATEGIES, TRANSFERS, import_user_modules
-from cl.tracking import RunLog
+from cl.tracking import PARENT_TAG, RunLog
 
 log = logging.getLogger(__name__)
 
@@ -201,18 +201,28 @@ def run(
     parent_run_id: str | None = None,
     tags: Mapping[str, str] | None = None,
     on_progress=None,
+    resume: bool = False,
 ) -> RunResult:
     """Open an MLflow run for `cfg`, execute it in this process, and close it with its status.
 
+    With `resume`, a run of the same config left unfinished by a dead process continues from its
+    checkpoint in the same MLflow run (`cl.tracking.find_resume_plan`); without one, a new run starts.
     Raises `ConfigError` (nothing logged) when a preflight check fails, e.g. data missing.
     """
-    from cl.tracking import MlflowRunLog, client_for, resolve_tracking_uri
+    from cl.tracking import MlflowRunLog, client_for, experiment_id, find_resume_plan, reopen_run, resolve_tracking_uri
 
     cfg.preflight()  # bad input is an error before anything is logged
     client = client_for(resolve_tracking_uri(tracking_uri))
-    run_id = open_run(client, cfg, parent_run_id=parent_run_id, tags=tags)
+    plan = None
+    if resume:
+        plan = find_resume_plan(client, experiment_id(client, cfg.experiment), cfg.config_hash, include_failed=True)
+    if plan is not None:
+        run_id = plan.run_id
+        reopen_run(client, run_id, {PARENT_TAG: parent_run_id} if parent_run_id else None)
+    else:
+        run_id = open_run(client, cfg, parent_run_id=parent_run_id, tags=tags)
     try:
-        result = execute(cfg, MlflowRunLog(client, run_id, on_progress))
+        result = execute(cfg, MlflowRunLog(client, run_id, on_progress), resume=plan)
     except BaseException:
         client.set_terminated(run_id, "KILLED")
         raise
@@ -224,7 +234,7 @@ def run(
 def open_run(client, cfg: RunConfig, *, parent_run_id: str | None = None,
              tags: Mapping[str, str] | None = None, run_name: str | None = None) -> str:
     """Create the MLflow run of `cfg` (RUNNING) with its hashes, params and resolved config."""
-    from cl.tracking import PARENT_TAG, RUN_NAME_TAG, MlflowRunLog, experiment_id
+    from cl.tracking import RUN_NAME_TAG, MlflowRunLog, experiment_id, runner_tags
 
     if cfg.is_transfer:
         what = {"transfer": cfg.transfer.name, "strategy": cfg.transfer.name}
@@ -238,6 +248,7 @@ def open_run(client, cfg: RunConfig, *, parent_run_id: str | None = None,
         **what,
         "seed": str(cfg.seed),
         RUN_NAME_TAG: run_name or default_name,
+        **runner_tags(),
         **(tags or {}),
     }
     if parent_run_id:
