@@ -41,7 +41,7 @@ NumPy, torch CPU and CUDA: the generators `avalanche.training.determinism.RNGMan
 but serialise explicit state: ``model.state_dict()``, the optimiser's state keyed by parameter
 *name*, Avalanche's clock counters, and each plugin's state through `Resumable` (or an adapter
 registered with `register_state` for classes we do not own, e.g. Avalanche's replay buffer).
-Datasets are saved as references into the scenario's train stream (`DatasetRefs`), not copied.
+Datasets are saved as references into the scenario's train stream (`CheckpointContext`), not copied.
 
 A strategy whose plugins keep state with no hook is run without checkpoints (logged once);
 it restarts from scratch as before.
@@ -277,18 +277,25 @@ def restore_rng(state: Mapping[str, Any]) -> None:
 # --------------------------------------------------------------------------- state of the parts
 
 
-class DatasetRefs:
-    """Datasets as references into the scenario's train stream, so a checkpoint holds no data.
+class CheckpointContext:
+    """What a part's save/restore hook may need besides its own state: the strategy it belongs to
+    (its model, device) and datasets as references into the scenario's train stream, so a
+    checkpoint holds no data.
 
-    A reference is ``{"experience": e}`` for an experience's dataset itself, else the runs of
-    ``(experience, indices)`` its samples come from, in order; `decode` rebuilds the same samples
-    in the same order, with the experience datasets' transforms. Positions are read from
-    Avalanche 0.6's flat-data index (`_flat_data._get_idx`), the one private API used here.
+    A dataset reference is ``{"experience": e}`` for an experience's dataset itself, else the runs
+    of ``(experience, indices)`` its samples come from, in order; `dataset_from_ref` rebuilds the
+    same samples in the same order, with the experience datasets' transforms. Positions are read
+    from Avalanche 0.6's flat-data index (`_flat_data._get_idx`), the one private API used here.
     """
 
-    def __init__(self, train_stream):
+    def __init__(self, strategy, train_stream):
+        self.strategy = strategy
         self.datasets = [experience.dataset for experience in train_stream]
         self._where: dict[tuple[int, int], tuple[int, int]] | None = None
+
+    @property
+    def device(self):
+        return self.strategy.device
 
     @staticmethod
     def _base_positions(dataset) -> list[tuple[int, int]]:
@@ -302,7 +309,7 @@ class DatasetRefs:
             out.append((id(data), j))
         return out
 
-    def encode(self, dataset) -> dict[str, Any]:
+    def dataset_ref(self, dataset) -> dict[str, Any]:
         for e, own in enumerate(self.datasets):
             if dataset is own:
                 return {"experience": e}
@@ -320,7 +327,7 @@ class DatasetRefs:
                 runs.append([e, [i]])
         return {"runs": runs}
 
-    def decode(self, ref: Mapping[str, Any]):
+    def dataset_from_ref(self, ref: Mapping[str, Any]):
         from avalanche.benchmarks.utils.utils import concat_datasets
 
         if "experience" in ref:
@@ -335,13 +342,14 @@ class DatasetRefs:
 class Resumable(Protocol):
     """A plugin (or strategy) whose state between experiences is more than the model and optimiser.
 
-    `checkpoint_state` returns tensors and JSON-like data (datasets through `refs.encode`);
-    `restore_checkpoint_state` puts them back into a freshly built instance (same options).
+    `checkpoint_state` returns tensors and JSON-like data (datasets through `ctx.dataset_ref`);
+    `restore_checkpoint_state` puts them back into a freshly built instance (same options), after
+    the model and optimiser are restored.
     """
 
-    def checkpoint_state(self, refs: DatasetRefs) -> dict[str, Any]: ...
+    def checkpoint_state(self, ctx: CheckpointContext) -> dict[str, Any]: ...
 
-    def restore_checkpoint_state(self, state: dict[str, Any], refs: DatasetRefs) -> None: ...
+    def restore_checkpoint_state(self, state: dict[str, Any], ctx: CheckpointContext) -> None: ...
 
 
 _ADAPTERS: dict[type, tuple[Callable, Callable] | None] = {}
@@ -349,7 +357,7 @@ _ADAPTERS: dict[type, tuple[Callable, Callable] | None] = {}
 
 def register_state(cls: type, save: Callable | None = None, load: Callable | None = None) -> None:
     """Declare how to checkpoint instances of `cls` (exact type), a class we cannot give `Resumable`
-    methods (e.g. Avalanche's): ``save(obj, refs) -> dict``, ``load(obj, state, refs)``. Without
+    methods (e.g. Avalanche's): ``save(obj, ctx) -> dict``, ``load(obj, state, ctx)`` (`CheckpointContext`). Without
     functions, `cls` is declared to keep no state between experiences."""
     if (save is None) != (load is None):
         raise ValueError("register_state: give both save and load, or neither (stateless)")
@@ -359,7 +367,7 @@ def register_state(cls: type, save: Callable | None = None, load: Callable | Non
 def _handler(obj) -> tuple[Callable, Callable] | None:
     """(save, load) for `obj`; raises `LookupError` if nothing says how to checkpoint it."""
     if isinstance(obj, Resumable):
-        return (lambda o, refs: o.checkpoint_state(refs)), (lambda o, s, refs: o.restore_checkpoint_state(s, refs))
+        return (lambda o, ctx: o.checkpoint_state(ctx)), (lambda o, s, ctx: o.restore_checkpoint_state(s, ctx))
     if type(obj) in _ADAPTERS:
         return _ADAPTERS[type(obj)]
     raise LookupError(type(obj).__qualname__)
@@ -376,10 +384,10 @@ def _register_avalanche_core() -> None:
     counters = ("train_iterations", "train_exp_counter", "train_exp_epochs", "train_exp_iterations",
                 "train_epoch_iterations", "total_iterations")
 
-    def save_clock(clock, refs):
+    def save_clock(clock, ctx):
         return {name: int(getattr(clock, name)) for name in counters}
 
-    def load_clock(clock, state, refs):
+    def load_clock(clock, state, ctx):
         for name in counters:
             setattr(clock, name, int(state[name]))
 
@@ -494,7 +502,7 @@ class StrategyCheckpoint:
     def __init__(self, strategy, train_stream):
         _register_avalanche_core()
         self.strategy = strategy
-        self.refs = DatasetRefs(train_stream)
+        self.ctx = CheckpointContext(strategy, train_stream)
         self.blockers: list[str] = []
         for part in self._parts():
             try:
@@ -516,7 +524,7 @@ class StrategyCheckpoint:
         parts = {}
         for key, part in zip(self._keys(), self._parts()):
             handler = _handler(part)
-            parts[key] = {} if handler is None else handler[0](part, self.refs)
+            parts[key] = {} if handler is None else handler[0](part, self.ctx)
         return {
             "model": model.state_dict(),
             "optimizer": optimizer_state(strategy.optimizer, model),
@@ -541,7 +549,7 @@ class StrategyCheckpoint:
         for key, part in zip(self._keys(), self._parts()):
             handler = _handler(part)
             if handler is not None:
-                handler[1](part, state["parts"][key], self.refs)
+                handler[1](part, state["parts"][key], self.ctx)
         restore_rng(state["rng"])
 
 

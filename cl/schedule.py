@@ -33,8 +33,8 @@ class ExperienceSchedule(SupervisedPlugin):
             self.scheduler.step()
 
     # cl.checkpoint.Resumable: the schedule is rebuilt at every experience's start, nothing to keep
-    def checkpoint_state(self, refs):
+    def checkpoint_state(self, ctx):
         return {}
 
-    def restore_checkpoint_state(self, state, refs):
+    def restore_checkpoint_state(self, state, ctx):
         pass

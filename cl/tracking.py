@@ -131,6 +131,7 @@ def find_resume_plan(client, experiment_id: str, config_hash: str, *, include_fa
     """
     from cl import checkpoint
     from cl.errors import ConfigError
+    from cl.grid import _pid_alive
 
     runs = client.search_runs([experiment_id], f"tags.config_hash = '{config_hash}'",
                               order_by=["attributes.start_time DESC"], max_results=1)
@@ -142,8 +143,9 @@ def find_resume_plan(client, experiment_id: str, config_hash: str, *, include_fa
     token = tags.get(checkpoint.TOKEN_TAG)
     if status not in allowed or not token:
         return None
-    if status == "RUNNING" and tags.get(RUNNER_HOST_TAG) == socket.gethostname() \
-            and _pid_alive(int(tags.get(RUNNER_PID_TAG, "0") or 0)) and int(tags.get(RUNNER_PID_TAG, "0")) != os.getpid():
+    pid = int(tags.get(RUNNER_PID_TAG, "0") or 0)
+    if status == "RUNNING" and tags.get(RUNNER_HOST_TAG) == socket.gethostname() and pid != os.getpid() \
+            and _pid_alive(pid):
         raise ConfigError(f"run {run.info.run_id} of this config is still running in process "
                           f"{tags[RUNNER_PID_TAG]} on this host; wait for it or stop it first")
     path = Path(tags.get(checkpoint.PATH_TAG) or checkpoint.checkpoint_path(config_hash))
@@ -168,18 +170,6 @@ def reopen_run(client, run_id: str, tags: Mapping[str, str] | None = None) -> No
     if "failure_reason" in run.data.tags:
         client.delete_tag(run_id, "failure_reason")
     MlflowRunLog(client, run_id).set_tags({**runner_tags(), **(tags or {})})
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def grid_url(client, grid: str, base_url: str = "http://127.0.0.1:5000") -> str:
@@ -445,7 +435,7 @@ def make_logger_plugin(runlog: RunLog, *, test_sizes, classes_per_experience, ta
             runlog.log_metrics(row, step=t)
 
         # ---- checkpoints (cl.checkpoint.Resumable): the matrices so far and the counters
-        def checkpoint_state(self, refs):
+        def checkpoint_state(self, ctx):
             import torch
 
             return {"R": torch.from_numpy(self.tally.R.copy()),
@@ -454,7 +444,7 @@ def make_logger_plugin(runlog: RunLog, *, test_sizes, classes_per_experience, ta
                     "class_test_counts": torch.from_numpy(self.class_test_counts.copy()),
                     "trained": self.trained, "epochs": self.epochs, "train_seconds": self.train_seconds}
 
-        def restore_checkpoint_state(self, state, refs):
+        def restore_checkpoint_state(self, state, ctx):
             self.tally.R[:] = state["R"].numpy()
             for name, R in state["extra"].items():
                 self.extra.setdefault(name, AccuracyTally(test_sizes)).R[:] = R.numpy()
@@ -480,10 +470,10 @@ def make_finite_loss_guard():
     from cl.errors import NonFiniteLossError
 
     class FiniteLossGuard(_plugin_base()):  # type: ignore[misc]
-        def checkpoint_state(self, refs):   # keeps nothing between experiences
+        def checkpoint_state(self, ctx):   # keeps nothing between experiences
             return {}
 
-        def restore_checkpoint_state(self, state, refs):
+        def restore_checkpoint_state(self, state, ctx):
             pass
 
         def before_backward(self, strategy, **kwargs):

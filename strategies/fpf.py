@@ -486,22 +486,22 @@ def _load_fpf_common(plugin: _FPFBase, state: dict) -> None:
     plugin.tuner.flops, plugin.tuner.calls = float(state["tuner_flops"]), int(state["tuner_calls"])
 
 
-def _save_fpf(plugin: FPFPlugin, refs) -> dict:
+def _save_fpf(plugin: FPFPlugin, ctx) -> dict:
     return {**_fpf_common_state(plugin), "own_buffer": _reservoir_state(plugin.own_buffer), "trained": plugin._trained}
 
 
-def _load_fpf(plugin: FPFPlugin, state: dict, refs) -> None:
+def _load_fpf(plugin: FPFPlugin, state: dict, ctx) -> None:
     _load_fpf_common(plugin, state)
     plugin.own_buffer = _load_reservoir(state["own_buffer"])
     plugin._trained = int(state["trained"])
 
 
-def _save_kfpf(plugin: KFPFPlugin, refs) -> dict:
+def _save_kfpf(plugin: KFPFPlugin, ctx) -> dict:
     return {**_fpf_common_state(plugin), "buffer": _reservoir_state(plugin.buffer), "iteration": plugin.iteration,
             "triggered_at": list(plugin.triggered_at)}
 
 
-def _load_kfpf(plugin: KFPFPlugin, state: dict, refs) -> None:
+def _load_kfpf(plugin: KFPFPlugin, state: dict, ctx) -> None:
     _load_fpf_common(plugin, state)
     plugin.buffer = _load_reservoir(state["buffer"])
     plugin.iteration = int(state["iteration"])

@@ -291,14 +291,14 @@ class MEMOPlugin(SupervisedPlugin):
         return torch.as_tensor(net.class_ids, device=nearest.device)[nearest]
 
     # ---- checkpoints (cl.checkpoint.Resumable): exemplars as references into the train stream
-    def checkpoint_state(self, refs) -> dict:
-        return {"per_class": [{"class": int(c), "dataset": refs.encode(dataset), "indices": list(indices)}
+    def checkpoint_state(self, ctx) -> dict:
+        return {"per_class": [{"class": int(c), "dataset": ctx.dataset_ref(dataset), "indices": list(indices)}
                               for c, (dataset, indices) in self.memory.per_class.items()],
                 "gammas": list(self.gammas),
                 "class_means": None if self.class_means is None else self.class_means.clone()}
 
-    def restore_checkpoint_state(self, state: dict, refs) -> None:
-        self.memory.per_class = {int(item["class"]): (refs.decode(item["dataset"]), [int(i) for i in item["indices"]])
+    def restore_checkpoint_state(self, state: dict, ctx) -> None:
+        self.memory.per_class = {int(item["class"]): (ctx.dataset_from_ref(item["dataset"]), [int(i) for i in item["indices"]])
                                  for item in state["per_class"]}
         self.gammas = [float(g) for g in state["gammas"]]
         self.class_means = None if state["class_means"] is None else state["class_means"].clone()

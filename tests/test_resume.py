@@ -91,8 +91,11 @@ class Recorder(NullRunLog):
 def uninterrupted(raw: dict) -> tuple[object, Recorder]:
     from cl.runner import execute
 
+    from cl.transfer_run import single_thread
+
     recorder = Recorder()
-    result = execute(RunConfig.from_dict(raw), recorder)
+    with single_thread():   # as the subprocesses (OMP_NUM_THREADS=1): a CPU matmul's sums depend on the split
+        result = execute(RunConfig.from_dict(raw), recorder)
     assert result.ok, result.reason
     return result, recorder
 
@@ -317,3 +320,75 @@ def test_rng_states_round_trip():
     a = (random.random(), np.random.rand(), torch.rand(1).item())
     checkpoint.restore_rng(state)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
+
+
+# --------------------------------------------------------------------------- every checkpointable strategy
+
+
+def _strategy_names():
+    from cl.registry import STRATEGIES
+
+    return STRATEGIES.names()
+
+
+RESUMABLE = {"naive", "replay", "ewc", "lwf", "memo", "der", "kfpf_ce", "kfpf_kd"}
+
+
+@pytest.mark.parametrize("name", sorted(RESUMABLE))
+def test_stopped_and_resumed_in_process_equals_uninterrupted(name, env, monkeypatch):
+    """Every strategy with checkpoint hooks: stopped after experience 2, resumed from its checkpoint in a fresh
+    strategy, the same accuracy matrix, loss curve and FLOPs, bit for bit."""
+    from cl.registry import STRATEGIES
+    from cl.runner import execute
+
+    raw = {**cl_config("replay", "unused"), "strategy": {"name": name}}
+    if "mem_size" in STRATEGIES.get(name).params.model_fields:
+        raw["strategy"]["mem_size"] = 40
+    if name.startswith("kfpf"):
+        raw["strategy"].update(k=3, iterations=5)
+    cfg = RunConfig.from_dict(raw)
+    first = Recorder()
+    first.tags = {}
+    first.set_tags = first.tags.update
+
+    def stop(position):
+        if position == {"experiences_done": 2}:
+            raise _Stop
+    original = checkpoint.maybe_crash
+    monkeypatch.setattr(checkpoint, "maybe_crash", stop)
+    with pytest.raises(_Stop):
+        execute(cfg, first)
+    monkeypatch.setattr(checkpoint, "maybe_crash", original)
+    assert "checkpoint.off" not in first.tags
+    path = Path(first.tags[checkpoint.PATH_TAG])
+    plan = checkpoint.ResumePlan(run_id="-", token=first.tags[checkpoint.TOKEN_TAG], path=str(path),
+                                 position={"experiences_done": 2})
+    second = Recorder()
+    from cl.transfer_run import single_thread
+
+    with single_thread():
+        resumed = execute(cfg, second, resume=plan)
+    assert resumed.ok, resumed.reason
+    reference, recorder = uninterrupted(raw)
+    assert np.array_equal(np.array(resumed.accuracy_matrix), np.array(reference.accuracy_matrix), equal_nan=True)
+    assert first.metrics["train/loss"] + second.metrics["train/loss"] == recorder.metrics["train/loss"]
+    assert resumed.metrics["cost/train_flops"] == reference.metrics["cost/train_flops"]
+    assert not path.exists()
+
+
+def test_strategies_without_hooks_run_without_checkpoints_and_say_so(env):
+    from cl.runner import execute
+    from cl.registry import STRATEGIES
+
+    missing = sorted(set(_strategy_names()) - RESUMABLE)
+    assert missing, "every strategy is checkpointable: drop this test"
+    name = "gdumb" if "gdumb" in missing else missing[0]
+    raw = {**cl_config("replay", "unused"), "strategy": {"name": name}}
+    if "mem_size" in STRATEGIES.get(name).params.model_fields:
+        raw["strategy"]["mem_size"] = 40
+    log = Recorder()
+    log.tags = {}
+    log.set_tags = log.tags.update
+    assert execute(RunConfig.from_dict(raw), log).ok
+    assert "no checkpoint hook" in log.tags["checkpoint.off"]
+    assert not Path(log.tags[checkpoint.PATH_TAG]).exists()

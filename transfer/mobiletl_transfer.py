@@ -116,9 +116,12 @@ def source_model(ctx: TransferContext, params, x, y) -> nn.Module:
         log.info("source model from cache %s", path)
         return model
     generator = torch.Generator().manual_seed(ctx.seed)
-    train_epochs(model, x, y, epochs=params.pretrain_epochs, train=ctx.train, device=ctx.device,
-                 generator=generator,
-                 on_epoch=lambda e, loss: ctx.runlog.log_metrics({"source/train_loss": loss}, step=e))
+    # pretraining draws dropout masks from the global RNG: fork it, so a run that pretrains and one that
+    # finds the model in the cache continue with the same random numbers (same result either way)
+    with torch.random.fork_rng(devices=[] if ctx.device.type != "cuda" else None):
+        train_epochs(model, x, y, epochs=params.pretrain_epochs, train=ctx.train, device=ctx.device,
+                     generator=generator,
+                     on_epoch=lambda e, loss: ctx.runlog.log_metrics({"source/train_loss": loss}, step=e))
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.tmp")    # parallel workers may pretrain the same model
     torch.save(model.state_dict(), partial)
