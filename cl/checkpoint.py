@@ -5,10 +5,12 @@ checkpoint into the same MLflow run. Continual-learning runs checkpoint after ev
 (`StrategyCheckpoint`); transfer experiments checkpoint where they choose, through their
 context (`cl.transfer_run.TransferContext.checkpoint` / `.resume`). Both use this module.
 
-**One file per cell**, ``<cache>/checkpoints/<config_hash>/run.ckpt`` (`checkpoint_path`; cache
-as in `cl.transfer_run.cache_root`), replaced at every write: a temporary file in the same
+**One file per run**, ``<cache>/checkpoints/<config_hash>/<token>.ckpt`` (`checkpoint_path`; cache
+as in `cl.transfer_run.cache_root`; the token is the run's, below, so two runs of one cell — in two
+stores, say — never overwrite each other's), replaced at every write: a temporary file in the same
 folder, flushed and fsync'ed, then `os.replace` — a reader sees the old checkpoint or the new
-one, never half of one. The file is a small JSON header and a `torch.save` payload::
+one, never half of one. It is deleted when the run ends (finished or failed), and when it is refused.
+The file is a small JSON header and a `torch.save` payload::
 
     b"CLSUITE-CKPT\\n" | 8-byte header length | header JSON | payload (torch.save of plain data)
 
@@ -43,8 +45,22 @@ but serialise explicit state: ``model.state_dict()``, the optimiser's state keye
 registered with `register_state` for classes we do not own, e.g. Avalanche's replay buffer).
 Datasets are saved as references into the scenario's train stream (`CheckpointContext`), not copied.
 
-A strategy whose plugins keep state with no hook is run without checkpoints (logged once);
-it restarts from scratch as before.
+A strategy whose plugins keep state with no hook is run without checkpoints (logged once, tag
+``checkpoint.off``); it restarts from scratch as before. With hooks today: naive, replay, ewc, lwf
+(`strategies.baselines`), memo, der (`strategies.memo`), kfpf_ce, kfpf_kd and the fpf plugin
+(`strategies.fpf`); without: gdumb, er_ace, dark_er, cumulative, icarl, nmn_*.
+
+**Same result after a crash.** A checkpoint is written after experience t is trained *and*
+evaluated; the resumed process builds scenario, model, optimiser and strategy exactly as a fresh
+run does (same seeds), loads the state into them, and restores the RNGs last, so it draws the same
+numbers from experience t + 1 on (data order, dropout, reservoir sampling, model growth). On CPU
+with a fixed seed and thread count the resumed run is bit-identical to an uninterrupted one —
+accuracy matrix, loss curve and FLOPs (`tests/test_resume.py`, every strategy with hooks). What is
+not covered: a different thread count between the two processes (a CPU matmul's summation order
+depends on it), and non-deterministic CUDA kernels (atomics in scatter/index_add backward, cuDNN
+autotuning) — there a resumed run differs from an uninterrupted one exactly as two uninterrupted
+runs do. A crash between an experience's metric rows and its checkpoint makes the resumed run log
+that experience's rows a second time (same values at the same steps when deterministic).
 """
 from __future__ import annotations
 
@@ -65,7 +81,6 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MAGIC = b"CLSUITE-CKPT\n"
-FILE_NAME = "run.ckpt"
 ANY_CODE_ENV = "CLSUITE_RESUME_ANY_CODE"
 # Tests of crash recovery: SIGKILL this process right after the checkpoint at this position is written
 # ("experiences_done=3" or "step=2"). Never set outside tests.
@@ -82,11 +97,11 @@ class CheckpointRefused(Exception):
 # --------------------------------------------------------------------------- files
 
 
-def checkpoint_path(config_hash: str) -> Path:
-    """Where the checkpoint of cell `config_hash` lives (under the suite's cache)."""
+def checkpoint_path(config_hash: str, token: str) -> Path:
+    """Where the checkpoint of run `token` of cell `config_hash` lives (under the suite's cache)."""
     from cl.transfer_run import cache_root
 
-    return cache_root() / "checkpoints" / config_hash / FILE_NAME
+    return cache_root() / "checkpoints" / config_hash / f"{token}.ckpt"
 
 
 def code_identity() -> dict[str, Any]:
@@ -469,7 +484,8 @@ class RunCheckpoints:
         """Fresh run: a new token, tagged on the run with the checkpoint's path. Resumed: the plan's."""
         if resume is not None:
             return cls(config_hash, Path(resume.path), resume.token, resume)
-        ckpt = cls(config_hash, checkpoint_path(config_hash), uuid.uuid4().hex)
+        token = uuid.uuid4().hex
+        ckpt = cls(config_hash, checkpoint_path(config_hash, token), token)
         runlog.set_tags({TOKEN_TAG: ckpt.token, PATH_TAG: str(ckpt.path)})
         return ckpt
 

@@ -148,7 +148,7 @@ def find_resume_plan(client, experiment_id: str, config_hash: str, *, include_fa
             and _pid_alive(pid):
         raise ConfigError(f"run {run.info.run_id} of this config is still running in process "
                           f"{tags[RUNNER_PID_TAG]} on this host; wait for it or stop it first")
-    path = Path(tags.get(checkpoint.PATH_TAG) or checkpoint.checkpoint_path(config_hash))
+    path = Path(tags.get(checkpoint.PATH_TAG) or checkpoint.checkpoint_path(config_hash, token))
     if not path.exists():
         return None
     try:
@@ -158,6 +158,7 @@ def find_resume_plan(client, experiment_id: str, config_hash: str, *, include_fa
         client.set_tag(run.info.run_id, "checkpoint.refused", str(exc)[:5000])
         if status == "RUNNING":
             client.set_terminated(run.info.run_id, "KILLED")
+        path.unlink(missing_ok=True)        # that run will never continue
         return None
     return checkpoint.ResumePlan(run_id=run.info.run_id, token=token, path=str(path),
                                  position=dict(header["position"]))

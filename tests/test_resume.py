@@ -286,8 +286,8 @@ def test_another_code_version_is_refused_unless_allowed(env, fresh_store, monkey
 
 
 def test_a_fresh_run_never_takes_another_runs_checkpoint(env, fresh_store, monkeypatch):
-    """Same cell, other store: the checkpoint in the shared cache belongs to another run (token) and is
-    overwritten, not resumed."""
+    """Same cell, other store, same cache: the checkpoint belongs to another run (its token) — neither taken
+    nor overwritten."""
     raw = cl_config("replay", "resume-token")
     run_id, path = _stopped_run(monkeypatch, raw, fresh_store)
     header = checkpoint.inspect(path, config_hash=RunConfig.from_dict(raw).config_hash, token=None)
@@ -296,6 +296,7 @@ def test_a_fresh_run_never_takes_another_runs_checkpoint(env, fresh_store, monke
     result = _resume(raw, f"sqlite:///{path.parent / 'other.db'}")
     assert result.ok and checkpoint.RESUMED_TAG not in runs_of(
         f"sqlite:///{path.parent / 'other.db'}", raw["experiment"])[0].get_run(result.run_id).data.tags
+    assert checkpoint.inspect(path, config_hash=header["config_hash"], token=header["token"])
 
 
 def test_checkpoints_hold_only_tensors_and_plain_data(tmp_path):
@@ -392,3 +393,33 @@ def test_strategies_without_hooks_run_without_checkpoints_and_say_so(env):
     assert execute(RunConfig.from_dict(raw), log).ok
     assert "no checkpoint hook" in log.tags["checkpoint.off"]
     assert not Path(log.tags[checkpoint.PATH_TAG]).exists()
+
+
+def test_transfer_context_checkpoints_every_n_steps_and_resumes_state_and_rng(env):
+    import torch
+
+    from cl.transfer_run import TransferContext
+
+    class Tags(NullRunLog):
+        def __init__(self):
+            self.tags = {}
+
+        def set_tags(self, tags):
+            self.tags.update(tags)
+
+    log = Tags()
+    ckpt = checkpoint.RunCheckpoints.start("cell", log)
+    ctx = TransferContext(runlog=log, train=None, device=torch.device("cpu"), seed=0, checkpoints=ckpt)
+    assert ctx.resume() is None
+    for step in range(1, 6):
+        ctx.checkpoint(step, lambda: {"step": step, "w": torch.full((2,), float(step))}, every=2)
+    assert [position for position, _, _ in ckpt.writes] == [{"step": 2}, {"step": 4}]
+    expected = torch.rand(3)            # what the run drew right after its last checkpoint...
+    plan = checkpoint.ResumePlan(run_id="-", token=ckpt.token, path=str(ckpt.path), position={"step": 4})
+    torch.manual_seed(123)              # ...whatever the new process did before resuming
+    again = TransferContext(runlog=log, train=None, device=torch.device("cpu"), seed=0,
+                            checkpoints=checkpoint.RunCheckpoints.start("cell", log, plan))
+    state = again.resume()
+    assert state["step"] == 4 and state["w"].tolist() == [4.0, 4.0]
+    assert torch.equal(torch.rand(3), expected)
+    assert log.tags[checkpoint.RESUMED_TAG] == "step=4"
