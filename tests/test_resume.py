@@ -423,3 +423,26 @@ def test_transfer_context_checkpoints_every_n_steps_and_resumes_state_and_rng(en
     assert state["step"] == 4 and state["w"].tolist() == [4.0, 4.0]
     assert torch.equal(torch.rand(3), expected)
     assert log.tags[checkpoint.RESUMED_TAG] == "step=4"
+
+
+def test_the_strategies_with_checkpoint_hooks_are_the_ones_tested_above(env, monkeypatch):
+    """A strategy that gains hooks must join RESUMABLE (and so the stop/resume equality test)."""
+    from cl.registry import STRATEGIES
+    from cl.runner import execute
+
+    seen: dict[str, list[str]] = {}
+    original = checkpoint.ExperienceCheckpoints.__init__
+
+    def build_only(self, checkpoints, strategy, train_stream, runlog):
+        original(self, checkpoints, strategy, train_stream, runlog)
+        seen[current] = self.saver.blockers
+        raise _Stop
+
+    monkeypatch.setattr(checkpoint.ExperienceCheckpoints, "__init__", build_only)
+    for current in _strategy_names():
+        raw = {**cl_config("replay", "unused"), "strategy": {"name": current}}
+        if "mem_size" in STRATEGIES.get(current).params.model_fields:
+            raw["strategy"]["mem_size"] = 40
+        with pytest.raises(_Stop):
+            execute(RunConfig.from_dict(raw), NullRunLog())
+    assert {name for name, blockers in seen.items() if not blockers} == RESUMABLE, seen
