@@ -475,23 +475,26 @@ class RunCheckpoints:
     config_hash: str
     path: Path
     token: str
+    runlog: Any = None
     resume: ResumePlan | None = None
     enabled: bool = True
     writes: list[tuple[dict, int, float]] = field(default_factory=list)    # (position, bytes, seconds)
 
     @classmethod
     def start(cls, config_hash: str, runlog, resume: ResumePlan | None = None) -> "RunCheckpoints":
-        """Fresh run: a new token, tagged on the run with the checkpoint's path. Resumed: the plan's."""
+        """Fresh run: a new token, tagged on the run (the path is tagged with the first write). Resumed: the
+        plan's token and path."""
         if resume is not None:
-            return cls(config_hash, Path(resume.path), resume.token, resume)
+            return cls(config_hash, Path(resume.path), resume.token, runlog, resume)
         token = uuid.uuid4().hex
-        ckpt = cls(config_hash, checkpoint_path(config_hash, token), token)
-        runlog.set_tags({TOKEN_TAG: ckpt.token, PATH_TAG: str(ckpt.path)})
-        return ckpt
+        runlog.set_tags({TOKEN_TAG: token})
+        return cls(config_hash, checkpoint_path(config_hash, token), token, runlog)
 
     def save(self, position: Mapping[str, int], payload: Mapping[str, Any]) -> None:
         if not self.enabled:
             return
+        if not self.writes and self.resume is None:
+            self.runlog.set_tags({PATH_TAG: str(self.path)})
         started = time.perf_counter()
         size = write(self.path, payload, {"config_hash": self.config_hash, "token": self.token,
                                           "position": dict(position)})
