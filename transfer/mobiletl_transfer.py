@@ -17,6 +17,12 @@ One run = one transfer method on one seed:
 Grayscale images are repeated to 3 channels and resized (bilinear) to `image_size`.
 Optimiser: SGD with the run's `train` settings (lr, momentum, weight decay, batch size);
 `train.epochs` is the number of transfer epochs.
+
+Checkpoints: the transfer training checkpoints after every epoch through the run's context
+(`cl.transfer_run.TransferContext`), so a killed run resumes at its next epoch with the same
+result. Source pretraining runs under a forked RNG: a run that pretrains and one that takes the
+source model from the cache then continue with the same random numbers (before, a cache hit changed
+the dropout masks and the new head's initialisation of the transfer that followed).
 """
 from __future__ import annotations
 
