@@ -9,6 +9,11 @@ the network (one specialized block per task); exemplars are saved as indices, no
 
     OMP_NUM_THREADS=1 python benchmarks/checkpoint_cost.py            # the grid's memo cell (data: ../shared/data)
     OMP_NUM_THREADS=1 python benchmarks/checkpoint_cost.py --quick    # 8×8 digits, 1 epoch: a smoke run
+
+Measured 2026-12-03 on the shared 2-core machine (load ≈ 10, so training times are inflated; the write
+is not free of that load either): checkpoints of 3.84 MB after task 1 growing to 9.61 MB after task 5
+(ResNet-32 + one specialized block per task + SGD momentum), 0.09–0.22 s per write (median 0.127 s),
+0.01–0.08 % of the experience's training time (262–1,206 s per task). final/avg_acc 0.8693.
 """
 from __future__ import annotations
 
