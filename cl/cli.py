@@ -34,6 +34,8 @@ app.add_typer(data_app, name="data")
 console = Console(width=None if sys.stdout.isatty() else 160)
 err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
+ResumeAnyCodeOpt = typer.Option(False, "--resume-any-code", help="resume from checkpoints written by another "
+                                "code version (git SHA); refused by default")
 TrackingOpt = typer.Option(None, "--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
 
 
@@ -62,10 +64,14 @@ def run(
     seed: Optional[int] = typer.Option(None, help="training seed (overrides the file)"),
     set_: list[str] = typer.Option([], "--set", help="override a field: --set train.lr=0.05"),
     tracking_uri: Optional[str] = TrackingOpt,
+    resume: bool = typer.Option(False, "--resume", help="continue this config's run left unfinished by a dead "
+                                "process from its checkpoint, in the same MLflow run (else start a new run)"),
+    resume_any_code: bool = ResumeAnyCodeOpt,
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Train one configuration in this process and log it to MLflow."""
     _setup_logging(verbose)
+    _allow_other_code(resume_any_code)
     with _user_errors():
         from cl.config import load_run_config
 
@@ -77,7 +83,7 @@ def run(
 
     with _user_errors(), _progress(console.is_terminal) as progress:
         task = progress.add_task(cfg.title, total=None)
-        result = run_one(cfg, tracking_uri=tracking_uri,
+        result = run_one(cfg, tracking_uri=tracking_uri, resume=resume,
                          on_progress=lambda d, t, w: progress.update(task, completed=d, total=t, description=w))
     if not result.ok:
         err_console.print(f"[bold red]FAILED[/] run {result.run_id}: {result.reason}", highlight=False)
@@ -91,6 +97,13 @@ def run(
         if key.startswith("final/"):
             table.add_row(key, format_mean_std(value, float("nan"), key))
     console.print(table)
+
+
+def _allow_other_code(allow: bool) -> None:
+    if allow:   # read by cl.checkpoint, in this process and the workers it starts
+        from cl.checkpoint import ANY_CODE_ENV
+
+        os.environ[ANY_CODE_ENV] = "1"
 
 
 def _parse_sets(items: list[str]) -> dict:
@@ -145,10 +158,13 @@ def grid_launch(
     cpus_per_cell: float = typer.Option(1.0, help="Ray: CPUs each cell requests (> 0, fractions allowed)"),
     tracking_uri: Optional[str] = TrackingOpt,
     report: bool = typer.Option(True, "--report/--no-report", help="print the results table at the end"),
+    resume_any_code: bool = ResumeAnyCodeOpt,
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Run every cell not yet FINISHED, then print the results table."""
+    """Run every cell not yet FINISHED (continuing from checkpoints where a dead launch left them), then print
+    the results table."""
     _setup_logging(verbose)
+    _allow_other_code(resume_any_code)
     with _user_errors():
         if backend not in ("local", "ray"):
             raise ConfigError(f"--backend: {backend!r} is not a backend; use local or ray")
@@ -165,7 +181,8 @@ def grid_launch(
                              resources=resources)
     console.print(
         f"grid [bold]{spec.name}[/]: {summary.total} cells — {summary.finished} finished now, "
-        f"{summary.skipped_finished} already finished, {len(summary.failed)} failed", highlight=False)
+        f"{summary.skipped_finished} already finished, {len(summary.failed)} failed"
+        + (f", {summary.resumed} resumed from checkpoints" if summary.resumed else ""), highlight=False)
     for label, seed, warning in summary.warnings:
         err_console.print(f"⚠ {label} seed={seed}: {warning}", highlight=False, markup=False)
     if report:

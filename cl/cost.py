@@ -106,6 +106,14 @@ class FlopMeter(SupervisedPlugin):
         self.flops_per_sample.append(per_sample)
         self.flops_per_experience.append(per_sample * self._samples)
 
+    # cl.checkpoint.Resumable: FLOPs of the experiences done so far
+    def checkpoint_state(self, ctx):
+        return {"flops_per_experience": list(self.flops_per_experience), "flops_per_sample": list(self.flops_per_sample)}
+
+    def restore_checkpoint_state(self, state, ctx):
+        self.flops_per_experience = [float(v) for v in state["flops_per_experience"]]
+        self.flops_per_sample = [float(v) for v in state["flops_per_sample"]]
+
     def close(self) -> None:
         """Leave the counting mode if a failure interrupted a counted iteration."""
         self._counter.stop()

@@ -26,7 +26,9 @@ keys, crossed with the `grid` product (default: one empty case)::
 
 Launching skips every cell whose `config_hash` already has a FINISHED run in the
 experiment (and FAILED ones unless ``retry_failed``), so an interrupted grid resumes where it
-stopped. One parent run per launch; one child run per cell. Workers never write to MLflow:
+stopped. A cell whose run a dead launcher left unfinished *with a checkpoint* continues from it in
+that same MLflow run (`cl.tracking.find_resume_plan`); without one it reruns from scratch in a new
+run. One parent run per launch; one child run per cell. Workers never write to MLflow:
 they forward their logging to the launcher (see `cl.tracking.QueueRunLog`).
 """
 from __future__ import annotations
@@ -207,6 +209,7 @@ class LaunchSummary:
     skipped_finished: int = 0
     skipped_failed: int = 0
     finished: int = 0
+    resumed: int = 0                      # cells continued from a checkpoint
     failed: list[tuple[str, int, str]] = field(default_factory=list)   # (label, seed, reason)
     warnings: list[tuple[str, int, str]] = field(default_factory=list)  # finished, but flagged (cl.health)
     parent_run_id: str | None = None
@@ -299,7 +302,8 @@ def launch(
     Raises `ConfigError` before opening any run if a cell's data is missing.
     """
     from cl.runner import open_run
-    from cl.tracking import MlflowRunLog, client_for, experiment_id, resolve_tracking_uri
+    from cl.tracking import (PARENT_TAG, MlflowRunLog, client_for, experiment_id, find_resume_plan, reopen_run,
+                             resolve_tracking_uri)
 
     reporter = reporter or SilentReporter()
     resources = _check_resources(backend, resources)
@@ -324,6 +328,10 @@ def launch(
     reporter.launch_started(len(todo), len(cells) - len(todo))
     if not todo:
         return summary
+    plans = {cell.config_hash: find_resume_plan(client, exp_id, cell.config_hash, include_failed=retry_failed)
+             for cell in todo}
+    plans = {key: plan for key, plan in plans.items() if plan is not None}
+    summary.resumed = len(plans)
 
     parent = client.create_run(exp_id, tags={
         "grid": spec.name, "kind": "launch", "mlflow.runName": f"{spec.name} launch",
@@ -341,9 +349,14 @@ def launch(
 
     def start(key: str) -> MlflowRunLog:
         cell = by_key[key]
-        run_id = open_run(client, cell.config, parent_run_id=parent.info.run_id, tags={
-            "grid": spec.name, "kind": "cell", "cell": cell.label,
-        }, run_name=f"{cell.label or 'base'} s{cell.seed}")
+        plan = plans.get(key)
+        if plan is not None:   # the dead launch's run continues, now under this launch
+            run_id = plan.run_id
+            reopen_run(client, run_id, {PARENT_TAG: parent.info.run_id})
+        else:
+            run_id = open_run(client, cell.config, parent_run_id=parent.info.run_id, tags={
+                "grid": spec.name, "kind": "cell", "cell": cell.label,
+            }, run_name=f"{cell.label or 'base'} s{cell.seed}")
         open_runs[key] = run_id
         reporter.cell_started(cell)
         return MlflowRunLog(client, run_id, lambda d, t, w, c=cell: reporter.cell_progress(c, d, t, w))
@@ -368,11 +381,11 @@ def launch(
 
     try:
         if backend == "local" and workers <= 1:
-            _run_serial(todo, start, finish)
+            _run_serial(todo, start, finish, plans)
         else:
             executor = _make_executor(backend, workers, resources)
             try:
-                _run_parallel(executor, todo, start, finish)
+                _run_parallel(executor, todo, start, finish, plans)
             finally:
                 executor.shutdown()
     except BaseException:
@@ -398,19 +411,19 @@ def preflight(cells: Iterable[Cell]) -> None:
         raise ConfigError(list(problems))
 
 
-def _run_serial(todo: Iterable[Cell], start, finish) -> None:
+def _run_serial(todo: Iterable[Cell], start, finish, plans: Mapping[str, Any]) -> None:
     from cl.runner import execute
 
     for cell in todo:
         runlog = start(cell.config_hash)
-        result = execute(cell.config, runlog)
+        result = execute(cell.config, runlog, resume=plans.get(cell.config_hash))
         finish(cell.config_hash, result.status, result.reason)
 
 
 # ---- parallel backends: a worker executes a cell and streams its log calls through a queue.
 
 
-def _run_parallel(executor: "_Executor", todo: list[Cell], start, finish) -> None:
+def _run_parallel(executor: "_Executor", todo: list[Cell], start, finish, plans: Mapping[str, Any]) -> None:
     """Dispatch cells and replay their log calls until every cell has ended.
 
     A cell ends with its ``__end__`` message. A worker that dies without sending it (killed,
@@ -418,7 +431,7 @@ def _run_parallel(executor: "_Executor", todo: list[Cell], start, finish) -> Non
     """
     logs: dict[str, Any] = {}
     ended: set[str] = set()
-    pending = {executor.submit(cell): cell.config_hash for cell in todo}
+    pending = {executor.submit(cell, plans.get(cell.config_hash)): cell.config_hash for cell in todo}
     done_since: dict[Any, float] = {}
     while pending:
         for key, method, args in executor.drain(timeout=0.2):
@@ -450,7 +463,7 @@ _STILL_RUNNING = object()
 
 
 class _Executor(Protocol):
-    def submit(self, cell: Cell) -> Any: ...
+    def submit(self, cell: Cell, resume: Any = None) -> Any: ...
     def drain(self, timeout: float) -> list[tuple[str, str, tuple]]: ...
     def crashed(self, handle: Any) -> Any: ...
     def shutdown(self) -> None: ...
@@ -492,8 +505,8 @@ class _ProcessExecutor:
         self.pool = ProcessPoolExecutor(max_workers=workers, mp_context=context,
                                         initializer=_init_worker, initargs=(self.queue, threads))
 
-    def submit(self, cell: Cell):
-        return self.pool.submit(_work, cell.config.to_dict(), cell.config_hash)
+    def submit(self, cell: Cell, resume=None):
+        return self.pool.submit(_work, cell.config.to_dict(), cell.config_hash, resume=resume)
 
     def drain(self, timeout: float):
         items = []
@@ -544,8 +557,9 @@ def _die_with_parent() -> None:
         pass
 
 
-def _work(config_dict: dict, key: str, q=None) -> str:
-    """Run one cell in a worker; every log call and the outcome travel through the queue."""
+def _work(config_dict: dict, key: str, q=None, resume=None) -> str:
+    """Run one cell in a worker; every log call and the outcome travel through the queue. `resume`: the
+    cell's `cl.checkpoint.ResumePlan`, if it continues from a checkpoint."""
     from cl.runner import execute
     from cl.tracking import QueueRunLog
 
@@ -556,7 +570,7 @@ def _work(config_dict: dict, key: str, q=None) -> str:
                      "worker.started_unix": f"{time.time():.3f}"})
     try:
         config = RunConfig.from_dict(config_dict)
-        result = execute(config, runlog)
+        result = execute(config, runlog, resume=resume)
         status, reason = result.status, result.reason
     except BaseException as exc:  # noqa: BLE001 - report, then let the pool see it too
         q.put((key, "__end__", ("FAILED", f"{type(exc).__name__}: {exc}")))
@@ -587,8 +601,8 @@ class _RayExecutor:
         self.queue = Queue()
         self.remote = ray.remote(_work).options(**resources.ray_options())
 
-    def submit(self, cell: Cell):
-        return self.remote.remote(cell.config.to_dict(), cell.config_hash, self.queue)
+    def submit(self, cell: Cell, resume=None):
+        return self.remote.remote(cell.config.to_dict(), cell.config_hash, self.queue, resume)
 
     def drain(self, timeout: float):
         from ray.util.queue import Empty

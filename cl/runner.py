@@ -21,7 +21,7 @@ import numpy as np
 
 from cl.config import RunConfig
 from cl.registry import MODELS, PLUGINS, SCENARIOS, STRATEGIES, TRANSFERS, import_user_modules
-from cl.tracking import RunLog
+from cl.tracking import PARENT_TAG, RunLog
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +46,24 @@ class RunResult:
         return self.status == "FINISHED"
 
 
-def execute(cfg: RunConfig, runlog: RunLog) -> RunResult:
-    """Train `cfg` and log everything to `runlog`; failures are returned, not raised."""
+def execute(cfg: RunConfig, runlog: RunLog, resume=None) -> RunResult:
+    """Train `cfg` and log everything to `runlog`; failures are returned, not raised.
+
+    `resume` (a `cl.checkpoint.ResumePlan`, found by the launcher) continues a run from its
+    checkpoint; without it the run starts fresh. Either way the run checkpoints as it goes, and
+    its checkpoint is deleted once it ends here (finished or failed): only a dead process leaves one.
+    """
+    from cl.checkpoint import RunCheckpoints
+
+    checkpoints = None
     try:
-        return _execute(cfg, runlog)
+        checkpoints = RunCheckpoints.start(cfg.config_hash, runlog, resume)
+        result = _execute(cfg, runlog, checkpoints)
+        checkpoints.discard()
+        return result
     except Exception as exc:  # noqa: BLE001 - any failure of the run is reported, the grid goes on
+        if checkpoints is not None:   # (an interrupt — KeyboardInterrupt, SystemExit — keeps it: resumable)
+            checkpoints.discard()
         reason = f"{type(exc).__name__}: {exc}"
         log.warning("run %s failed: %s", cfg.config_hash, reason)
         try:
@@ -61,10 +74,11 @@ def execute(cfg: RunConfig, runlog: RunLog) -> RunResult:
         return RunResult(cfg.config_hash, "FAILED", reason=reason)
 
 
-def _execute(cfg: RunConfig, runlog: RunLog) -> RunResult:
+def _execute(cfg: RunConfig, runlog: RunLog, checkpoints) -> RunResult:
     import torch
 
     from cl import metrics, plots
+    from cl.checkpoint import ExperienceCheckpoints
     from cl.cost import FlopMeter
     from cl.health import make_health_plugin
     from cl.models import count_parameters
@@ -76,7 +90,7 @@ def _execute(cfg: RunConfig, runlog: RunLog) -> RunResult:
     import_user_modules(cfg.imports)
     started = time.perf_counter()
     if cfg.is_transfer:
-        return _execute_transfer(cfg, runlog, started)
+        return _execute_transfer(cfg, runlog, started, checkpoints)
     scenario_params = _params(SCENARIOS, cfg.scenario)
     _log_provenance(runlog, {"seed": cfg.seed, "scenario.seed": scenario_params.seed})
     seed_everything(cfg.seed)
@@ -114,10 +128,16 @@ def _execute(cfg: RunConfig, runlog: RunLog) -> RunResult:
     with _quiet_avalanche():
         strategy = STRATEGIES.get(cfg.strategy.name).load()(ctx, strategy_params)
         T = scenario.n_experiences
+        progress = ExperienceCheckpoints(checkpoints, strategy, scenario.benchmark.train_stream, runlog)
+        done = progress.restore()       # experiences a checkpoint already holds (0 for a fresh run)
+        started -= progress.elapsed_before
         try:
-            for experience in scenario.benchmark.train_stream:   # progress is reported per epoch by the logger
+            for t, experience in enumerate(scenario.benchmark.train_stream):   # progress: per epoch, by the logger
+                if t < done:
+                    continue
                 strategy.train(experience, num_workers=0, **loader_kwargs)
                 strategy.eval(scenario.benchmark.test_stream, num_workers=0, **loader_kwargs)
+                progress.after_experience(t + 1, time.perf_counter() - started)
         finally:
             flop_meter.close()
 
@@ -165,13 +185,14 @@ def _execute(cfg: RunConfig, runlog: RunLog) -> RunResult:
                      accuracy_matrix=R.tolist(), warning=health.warning)
 
 
-def _execute_transfer(cfg: RunConfig, runlog: RunLog, started: float) -> RunResult:
+def _execute_transfer(cfg: RunConfig, runlog: RunLog, started: float, checkpoints) -> RunResult:
     """A registered transfer experiment (see `cl.transfer_run`)."""
     from cl.transfer_run import TransferContext, final_metric_names
 
     _log_provenance(runlog, {"seed": cfg.seed})
     seed_everything(cfg.seed)
-    ctx = TransferContext(runlog=runlog, train=cfg.train, device=_choose_device(cfg, runlog), seed=cfg.seed)
+    ctx = TransferContext(runlog=runlog, train=cfg.train, device=_choose_device(cfg, runlog), seed=cfg.seed,
+                          checkpoints=checkpoints)
     with _quiet_avalanche():
         metrics = TRANSFERS.get(cfg.transfer.name).load()(ctx, _params(TRANSFERS, cfg.transfer))
     final = final_metric_names(metrics)
@@ -187,18 +208,28 @@ def run(
     parent_run_id: str | None = None,
     tags: Mapping[str, str] | None = None,
     on_progress=None,
+    resume: bool = False,
 ) -> RunResult:
     """Open an MLflow run for `cfg`, execute it in this process, and close it with its status.
 
+    With `resume`, a run of the same config left unfinished by a dead process continues from its
+    checkpoint in the same MLflow run (`cl.tracking.find_resume_plan`); without one, a new run starts.
     Raises `ConfigError` (nothing logged) when a preflight check fails, e.g. data missing.
     """
-    from cl.tracking import MlflowRunLog, client_for, resolve_tracking_uri
+    from cl.tracking import MlflowRunLog, client_for, experiment_id, find_resume_plan, reopen_run, resolve_tracking_uri
 
     cfg.preflight()  # bad input is an error before anything is logged
     client = client_for(resolve_tracking_uri(tracking_uri))
-    run_id = open_run(client, cfg, parent_run_id=parent_run_id, tags=tags)
+    plan = None
+    if resume:
+        plan = find_resume_plan(client, experiment_id(client, cfg.experiment), cfg.config_hash, include_failed=True)
+    if plan is not None:
+        run_id = plan.run_id
+        reopen_run(client, run_id, {PARENT_TAG: parent_run_id} if parent_run_id else None)
+    else:
+        run_id = open_run(client, cfg, parent_run_id=parent_run_id, tags=tags)
     try:
-        result = execute(cfg, MlflowRunLog(client, run_id, on_progress))
+        result = execute(cfg, MlflowRunLog(client, run_id, on_progress), resume=plan)
     except BaseException:
         client.set_terminated(run_id, "KILLED")
         raise
@@ -210,7 +241,7 @@ def run(
 def open_run(client, cfg: RunConfig, *, parent_run_id: str | None = None,
              tags: Mapping[str, str] | None = None, run_name: str | None = None) -> str:
     """Create the MLflow run of `cfg` (RUNNING) with its hashes, params and resolved config."""
-    from cl.tracking import PARENT_TAG, RUN_NAME_TAG, MlflowRunLog, experiment_id
+    from cl.tracking import RUN_NAME_TAG, MlflowRunLog, experiment_id, runner_tags
 
     if cfg.is_transfer:
         what = {"transfer": cfg.transfer.name, "strategy": cfg.transfer.name}
@@ -224,6 +255,7 @@ def open_run(client, cfg: RunConfig, *, parent_run_id: str | None = None,
         **what,
         "seed": str(cfg.seed),
         RUN_NAME_TAG: run_name or default_name,
+        **runner_tags(),
         **(tags or {}),
     }
     if parent_run_id:
@@ -264,13 +296,6 @@ def seed_everything(seed: int) -> None:
         RNGManager.set_random_seeds(seed)
     except ImportError:  # pragma: no cover - older/newer Avalanche layouts
         pass
-
-
-def resolve_device(name: str):
-    """The torch device for `train.device` (see `cl.devices.resolve_device` for 'auto')."""
-    from cl.devices import resolve_device as choose
-
-    return choose(name).device
 
 
 def _choose_device(cfg: RunConfig, runlog: RunLog):

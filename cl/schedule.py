@@ -31,3 +31,10 @@ class ExperienceSchedule(SupervisedPlugin):
     def after_training_epoch(self, strategy, **kwargs):
         if self.scheduler is not None:
             self.scheduler.step()
+
+    # cl.checkpoint.Resumable: the schedule is rebuilt at every experience's start, nothing to keep
+    def checkpoint_state(self, ctx):
+        return {}
+
+    def restore_checkpoint_state(self, state, ctx):
+        pass

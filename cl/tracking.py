@@ -108,6 +108,71 @@ def search_all_runs(client, experiment_id: str, filter_string: str = ""):
             return
 
 
+# --------------------------------------------------------------------------- resuming a run
+
+
+RUNNER_HOST_TAG, RUNNER_PID_TAG = "runner.host", "runner.pid"
+
+
+def runner_tags() -> dict[str, str]:
+    """Who is running a run now (checked before resuming it: a live process must not be doubled)."""
+    return {RUNNER_HOST_TAG: socket.gethostname(), RUNNER_PID_TAG: str(os.getpid())}
+
+
+def find_resume_plan(client, experiment_id: str, config_hash: str, *, include_failed: bool = False):
+    """A `cl.checkpoint.ResumePlan` for the newest unfinished run of `config_hash` that left a valid
+    checkpoint, or None (start a fresh run).
+
+    Candidates: the newest run of the cell, if it is RUNNING (its process dead), KILLED, or — with
+    `include_failed` — FAILED, and carries a ``checkpoint.token``. A run still RUNNING in a live
+    process on this host raises `ConfigError`. A checkpoint that is refused (corrupted, other format or
+    code, other run) is logged with its reason, tagged on the old run (``checkpoint.refused``), and the
+    old run is closed as KILLED: the cell then starts from scratch in a new run.
+    """
+    from cl import checkpoint
+    from cl.errors import ConfigError
+    from cl.grid import _pid_alive
+
+    runs = client.search_runs([experiment_id], f"tags.config_hash = '{config_hash}'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        return None
+    run = runs[0]
+    tags, status = run.data.tags, run.info.status
+    allowed = {"RUNNING", "KILLED"} | ({"FAILED"} if include_failed else set())
+    token = tags.get(checkpoint.TOKEN_TAG)
+    if status not in allowed or not token:
+        return None
+    pid = int(tags.get(RUNNER_PID_TAG, "0") or 0)
+    if status == "RUNNING" and tags.get(RUNNER_HOST_TAG) == socket.gethostname() and pid != os.getpid() \
+            and _pid_alive(pid):
+        raise ConfigError(f"run {run.info.run_id} of this config is still running in process "
+                          f"{tags[RUNNER_PID_TAG]} on this host; wait for it or stop it first")
+    path = Path(tags.get(checkpoint.PATH_TAG) or checkpoint.checkpoint_path(config_hash, token))
+    if not path.exists():
+        return None
+    try:
+        header = checkpoint.inspect(path, config_hash=config_hash, token=token)
+    except checkpoint.CheckpointRefused as exc:
+        log.warning("not resuming run %s: %s", run.info.run_id, exc)
+        client.set_tag(run.info.run_id, "checkpoint.refused", str(exc)[:5000])
+        if status == "RUNNING":
+            client.set_terminated(run.info.run_id, "KILLED")
+        path.unlink(missing_ok=True)        # that run will never continue
+        return None
+    return checkpoint.ResumePlan(run_id=run.info.run_id, token=token, path=str(path),
+                                 position=dict(header["position"]))
+
+
+def reopen_run(client, run_id: str, tags: Mapping[str, str] | None = None) -> None:
+    """Mark a dead run RUNNING again for the process that resumes it (same run id, same metric history)."""
+    client.update_run(run_id, status="RUNNING")
+    run = client.get_run(run_id)
+    if "failure_reason" in run.data.tags:
+        client.delete_tag(run_id, "failure_reason")
+    MlflowRunLog(client, run_id).set_tags({**runner_tags(), **(tags or {})})
+
+
 def grid_url(client, grid: str, base_url: str = "http://127.0.0.1:5000") -> str:
     """The MLflow UI address that lists the cell runs of grid `grid` in its experiment.
 
@@ -370,6 +435,25 @@ def make_logger_plugin(runlog: RunLog, *, test_sizes, classes_per_experience, ta
                 row.update(tally.close_row(t, f"{name}/"))
             runlog.log_metrics(row, step=t)
 
+        # ---- checkpoints (cl.checkpoint.Resumable): the matrices so far and the counters
+        def checkpoint_state(self, ctx):
+            import torch
+
+            return {"R": torch.from_numpy(self.tally.R.copy()),
+                    "extra": {name: torch.from_numpy(t.R.copy()) for name, t in self.extra.items()},
+                    "class_R": torch.from_numpy(self.class_R.copy()),
+                    "class_test_counts": torch.from_numpy(self.class_test_counts.copy()),
+                    "trained": self.trained, "epochs": self.epochs, "train_seconds": self.train_seconds}
+
+        def restore_checkpoint_state(self, state, ctx):
+            self.tally.R[:] = state["R"].numpy()
+            for name, R in state["extra"].items():
+                self.extra.setdefault(name, AccuracyTally(test_sizes)).R[:] = R.numpy()
+            self.class_R[:] = state["class_R"].numpy()
+            self.class_test_counts = state["class_test_counts"].numpy().copy()
+            self.trained, self.epochs = int(state["trained"]), int(state["epochs"])
+            self.train_seconds = float(state["train_seconds"])
+
         def _mask(self, j, logits):
             import torch
 
@@ -387,6 +471,12 @@ def make_finite_loss_guard():
     from cl.errors import NonFiniteLossError
 
     class FiniteLossGuard(_plugin_base()):  # type: ignore[misc]
+        def checkpoint_state(self, ctx):   # keeps nothing between experiences
+            return {}
+
+        def restore_checkpoint_state(self, state, ctx):
+            pass
+
         def before_backward(self, strategy, **kwargs):
             loss = strategy.loss
             if not bool(loss.detach().isfinite().all()):

@@ -7,6 +7,25 @@ evaluates, logs its own curves through ``ctx.runlog`` and returns its final metr
 the runner logs (prefixed ``final/`` unless they already carry a ``/``). Everything around
 it is the same as for a continual-learning run: config hash, seeds, provenance, MLflow
 status, failure capture, grids.
+
+Checkpoints (`cl.checkpoint`): an experiment that trains long saves its progress through the
+context and resumes from it, so a run killed part-way continues in the same MLflow run::
+
+    state = ctx.resume()                       # None on a fresh start; RNG states are restored here
+    start = 0 if state is None else state["epoch"]
+    if state is not None:
+        model.load_state_dict(state["model"]); optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+    for epoch in range(start, epochs):
+        ...                                     # train, log metrics with step=epoch
+        ctx.checkpoint(epoch + 1, lambda: {"epoch": epoch + 1, "model": model.state_dict(), ...})
+
+The state holds tensors and JSON-like values only (``state_dict()``s, generator states, counters,
+the data position); the global RNGs (Python, NumPy, torch) are saved and restored by the context.
+Call `resume` after building everything that consumes the global RNG (models, heads), so a resumed
+run and an uninterrupted one draw the same numbers from there on. Work before training (a cached
+source model, probes) is redone on resume and must not log metrics twice at the same step.
+MobileTL (`transfer.mobiletl_transfer.train_epochs`) is the worked example.
 """
 from __future__ import annotations
 
@@ -15,7 +34,7 @@ import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from cl.tracking import RunLog
 
@@ -26,10 +45,36 @@ class TransferContext:
     train: Any                      # cl.config.TrainConfig: epochs, lr, batch size, device...
     device: Any                     # torch.device
     seed: int
+    checkpoints: Any = None         # cl.checkpoint.RunCheckpoints (None: checkpoints off, e.g. benchmarks)
 
     @property
     def cache_dir(self) -> Path:
         return cache_root()
+
+    def resume(self) -> dict | None:
+        """The state the run's last checkpoint saved, global RNGs restored; None when starting fresh.
+
+        Raises `cl.checkpoint.CheckpointRefused` if the launcher chose to resume but the file cannot
+        be used (the run then fails with that reason; ``--retry-failed`` starts it from scratch).
+        """
+        from cl.checkpoint import note_resumed, restore_rng
+
+        loaded = self.checkpoints.load() if self.checkpoints is not None else None
+        if loaded is None:
+            return None
+        header, payload = loaded
+        restore_rng(payload["rng"])
+        note_resumed(self.runlog, header)
+        return payload["state"]
+
+    def checkpoint(self, step: int, state: Callable[[], dict], *, every: int = 1) -> None:
+        """Save ``state()`` as the run's position `step` (the experiment's unit: epochs or optimiser steps
+        done) when `step` is a multiple of `every`. `state` is only called when saving."""
+        if self.checkpoints is None or not self.checkpoints.enabled or step % every:
+            return
+        from cl.checkpoint import capture_rng
+
+        self.checkpoints.save({"step": step}, {"state": state(), "rng": capture_rng()})
 
 
 def cache_root() -> Path:

@@ -452,3 +452,67 @@ def build_kfpf_ce(ctx: StrategyContext, params) -> SupervisedTemplate:
 
 def build_kfpf_kd(ctx: StrategyContext, params) -> SupervisedTemplate:
     return _build_kfpf(ctx, params, beta=params.beta)
+
+
+# --------------------------------------------------------------------------- checkpoints (cl.checkpoint)
+# Kept apart from the method above: what FPF and k-FPF carry between experiences — the reservoir (samples,
+# logits, count seen, its generator), the sensitivity history, the selections and the fine-tuning tally.
+
+
+def _reservoir_state(buffer: ReservoirBuffer | None) -> dict | None:
+    if buffer is None:
+        return None
+    return {"capacity": buffer.capacity, "store_logits": buffer.store_logits, "seen": buffer.seen,
+            "x": buffer.x, "y": buffer.y, "logits": buffer.logits, "generator": buffer._generator.get_state()}
+
+
+def _load_reservoir(state: dict | None) -> ReservoirBuffer | None:
+    if state is None:
+        return None
+    buffer = ReservoirBuffer(int(state["capacity"]), store_logits=bool(state["store_logits"]))
+    buffer.seen, buffer.x, buffer.y, buffer.logits = int(state["seen"]), state["x"], state["y"], state["logits"]
+    buffer._generator.set_state(state["generator"])
+    return buffer
+
+
+def _fpf_common_state(plugin: _FPFBase) -> dict:
+    return {"sensitivity": plugin.sensitivity.per_experience, "selections": plugin.selections,
+            "tuner_flops": plugin.tuner.flops, "tuner_calls": plugin.tuner.calls}
+
+
+def _load_fpf_common(plugin: _FPFBase, state: dict) -> None:
+    plugin.sensitivity.per_experience = [{k: float(v) for k, v in row.items()} for row in state["sensitivity"]]
+    plugin.selections = [list(names) for names in state["selections"]]
+    plugin.tuner.flops, plugin.tuner.calls = float(state["tuner_flops"]), int(state["tuner_calls"])
+
+
+def _save_fpf(plugin: FPFPlugin, ctx) -> dict:
+    return {**_fpf_common_state(plugin), "own_buffer": _reservoir_state(plugin.own_buffer), "trained": plugin._trained}
+
+
+def _load_fpf(plugin: FPFPlugin, state: dict, ctx) -> None:
+    _load_fpf_common(plugin, state)
+    plugin.own_buffer = _load_reservoir(state["own_buffer"])
+    plugin._trained = int(state["trained"])
+
+
+def _save_kfpf(plugin: KFPFPlugin, ctx) -> dict:
+    return {**_fpf_common_state(plugin), "buffer": _reservoir_state(plugin.buffer), "iteration": plugin.iteration,
+            "triggered_at": list(plugin.triggered_at)}
+
+
+def _load_kfpf(plugin: KFPFPlugin, state: dict, ctx) -> None:
+    _load_fpf_common(plugin, state)
+    plugin.buffer = _load_reservoir(state["buffer"])
+    plugin.iteration = int(state["iteration"])
+    plugin.triggered_at = [int(i) for i in state["triggered_at"]]
+
+
+def _register_checkpoints() -> None:
+    from cl.checkpoint import register_state
+
+    register_state(FPFPlugin, _save_fpf, _load_fpf)
+    register_state(KFPFPlugin, _save_kfpf, _load_kfpf)
+
+
+_register_checkpoints()

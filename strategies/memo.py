@@ -150,6 +150,23 @@ class ExpandableNet(DynamicModule):
             block.eval()
         return self
 
+    # ---- checkpoints: the growth so far travels in `state_dict()` (torch's extra state), and loading
+    # regrows the blocks and heads before their parameters are copied in (cl.checkpoint)
+    def get_extra_state(self) -> dict:
+        return {"class_ids": list(self.class_ids), "task_sizes": list(self.task_sizes),
+                "adapted": sorted(self._adapted_experiences), "aux_head": self.aux_head is not None}
+
+    def set_extra_state(self, state: dict) -> None:
+        class_ids, sizes = [int(c) for c in state["class_ids"]], [int(n) for n in state["task_sizes"]]
+        if self.task_sizes != sizes[: self.n_tasks]:
+            raise ValueError(f"cannot load a network grown as {sizes} into one grown as {self.task_sizes}")
+        for size in sizes[self.n_tasks:]:
+            start = len(self.class_ids)
+            self.expand(class_ids[start:start + size])
+        if not state["aux_head"]:
+            self.drop_aux_head()
+        self._adapted_experiences = {int(e) for e in state["adapted"]}
+
     # ---- forward
     def features(self, x: torch.Tensor) -> torch.Tensor:
         base = self.shared(x)
@@ -273,6 +290,19 @@ class MEMOPlugin(SupervisedPlugin):
         features = F.normalize(net._last_features.detach().float(), dim=1, eps=EPSILON)   # bf16 under autocast
         nearest = torch.cdist(features, self.class_means.to(features.device)).argmin(dim=1)
         return torch.as_tensor(net.class_ids, device=nearest.device)[nearest]
+
+    # ---- checkpoints (cl.checkpoint.Resumable): exemplars as references into the train stream
+    def checkpoint_state(self, ctx) -> dict:
+        return {"per_class": [{"class": int(c), "dataset": ctx.dataset_ref(dataset), "indices": list(indices)}
+                              for c, (dataset, indices) in self.memory.per_class.items()],
+                "gammas": list(self.gammas),
+                "class_means": None if self.class_means is None else self.class_means.clone()}
+
+    def restore_checkpoint_state(self, state: dict, ctx) -> None:
+        self.memory.per_class = {int(item["class"]): (ctx.dataset_from_ref(item["dataset"]), [int(i) for i in item["indices"]])
+                                 for item in state["per_class"]}
+        self.gammas = [float(g) for g in state["gammas"]]
+        self.class_means = None if state["class_means"] is None else state["class_means"].clone()
 
     @torch.no_grad()
     def _features(self, strategy, net: ExpandableNet, dataset, indices: list[int]) -> torch.Tensor:

@@ -17,6 +17,12 @@ One run = one transfer method on one seed:
 Grayscale images are repeated to 3 channels and resized (bilinear) to `image_size`.
 Optimiser: SGD with the run's `train` settings (lr, momentum, weight decay, batch size);
 `train.epochs` is the number of transfer epochs.
+
+Checkpoints: the transfer training checkpoints after every epoch through the run's context
+(`cl.transfer_run.TransferContext`), so a killed run resumes at its next epoch with the same
+result. Source pretraining runs under a forked RNG: a run that pretrains and one that takes the
+source model from the cache then continue with the same random numbers (before, a cache hit changed
+the dropout masks and the new head's initialisation of the transfer that followed).
 """
 from __future__ import annotations
 
@@ -57,12 +63,23 @@ def classifier_layer(model: nn.Module) -> tuple[nn.Module, str, nn.Linear]:
     return parent, str(index), parent[index]
 
 
-def train_epochs(model, x, y, *, epochs, train, device, generator, on_epoch=None) -> int:
-    """Plain SGD over (x, y); returns the number of optimiser steps."""
+def train_epochs(model, x, y, *, epochs, train, device, generator, on_epoch=None, ctx: TransferContext | None = None,
+                 checkpoint_every: int = 1) -> int:
+    """Plain SGD over (x, y); returns the number of optimiser steps.
+
+    With `ctx`, the run checkpoints every `checkpoint_every` epochs (model, optimiser, the batch-order
+    generator, epochs and steps done) and a relaunched run resumes from its last checkpoint.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
-    steps = 0
-    for epoch in range(epochs):
+    steps, start = 0, 0
+    state = ctx.resume() if ctx is not None else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        generator.set_state(state["generator"])
+        start, steps = int(state["epoch"]), int(state["steps"])
+    for epoch in range(start, epochs):
         model.train()
         order = torch.randperm(len(y), generator=generator)
         total = 0.0
@@ -76,6 +93,10 @@ def train_epochs(model, x, y, *, epochs, train, device, generator, on_epoch=None
             steps += 1
         if on_epoch is not None:
             on_epoch(epoch, total / len(y))
+        if ctx is not None:
+            ctx.checkpoint(epoch + 1, lambda: {"epoch": epoch + 1, "steps": steps, "model": model.state_dict(),
+                                               "optimizer": optimizer.state_dict(),
+                                               "generator": generator.get_state()}, every=checkpoint_every)
     return steps
 
 
@@ -101,9 +122,12 @@ def source_model(ctx: TransferContext, params, x, y) -> nn.Module:
         log.info("source model from cache %s", path)
         return model
     generator = torch.Generator().manual_seed(ctx.seed)
-    train_epochs(model, x, y, epochs=params.pretrain_epochs, train=ctx.train, device=ctx.device,
-                 generator=generator,
-                 on_epoch=lambda e, loss: ctx.runlog.log_metrics({"source/train_loss": loss}, step=e))
+    # pretraining draws dropout masks from the global RNG: fork it, so a run that pretrains and one that
+    # finds the model in the cache continue with the same random numbers (same result either way)
+    with torch.random.fork_rng(devices=[] if ctx.device.type != "cuda" else None):
+        train_epochs(model, x, y, epochs=params.pretrain_epochs, train=ctx.train, device=ctx.device,
+                     generator=generator,
+                     on_epoch=lambda e, loss: ctx.runlog.log_metrics({"source/train_loss": loss}, step=e))
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(f".{os.getpid()}.tmp")    # parallel workers may pretrain the same model
     torch.save(model.state_dict(), partial)
@@ -163,7 +187,7 @@ def run(ctx: TransferContext, params) -> dict[str, float]:
 
     generator = torch.Generator().manual_seed(ctx.seed + 1)
     steps = train_epochs(model, xt, yt, epochs=ctx.train.epochs, train=ctx.train, device=ctx.device,
-                         generator=generator,
+                         generator=generator, ctx=ctx,
                          on_epoch=lambda e, loss: (ctx.runlog.log_metrics({"train/loss": loss}, step=e),
                                                    ctx.runlog.progress(e + 1, ctx.train.epochs, f"epoch {e + 1}")))
     n_train = len(yt)
