@@ -231,6 +231,14 @@ class AugmentPlugin(SupervisedPlugin):
             strategy.mbatch[0] = self._original      # buffers filled after the update keep the originals
         self._original = None
 
+    # cl.checkpoint.Resumable: nothing to keep between experiences (its random draws come from torch's
+    # global RNG, which the checkpoint restores)
+    def checkpoint_state(self, ctx) -> dict:
+        return {}
+
+    def restore_checkpoint_state(self, state: dict, ctx) -> None:
+        pass
+
 
 class _AugmentedLoader:
     """An iterator of (x, y, ...) buffer batches whose x is augmented on `device`."""

@@ -171,6 +171,17 @@ def make_health_plugin(runlog):
         def after_training_exp(self, strategy, **kwargs):
             self.trained += 1
 
+        # cl.checkpoint.Resumable: a resumed run goes on counting experiences and keeps earlier verdicts
+        def checkpoint_state(self, ctx) -> dict:
+            return {"trained": self.trained, "checks": [
+                {"experience": c.experience, "prior_entropy": c.prior_entropy, "train_loss": c.train_loss,
+                 "top_class": c.top_class, "top_class_share": c.top_class_share, "reasons": list(c.reasons)}
+                for c in self.checks]}
+
+        def restore_checkpoint_state(self, state: dict, ctx) -> None:
+            self.trained = int(state["trained"])
+            self.checks = [ExperienceHealth(**{**c, "reasons": tuple(c["reasons"])}) for c in state["checks"]]
+
         def before_eval(self, strategy, **kwargs):
             self._preds = {}
 

@@ -68,6 +68,17 @@ def make_precision_plugin(precision: str, device, *, allow_cpu_fp16: bool = Fals
         def before_training(self, strategy, **kwargs):
             self._wrap(strategy)
 
+        # cl.checkpoint.Resumable: fp16's loss scale and step count carry over a resume; bf16 keeps nothing
+        def checkpoint_state(self, ctx) -> dict:
+            if self.scaler is None:
+                return {}
+            return {"scaler": self.scaler.state_dict(), "scaled_steps": self.scaled_steps}
+
+        def restore_checkpoint_state(self, state: dict, ctx) -> None:
+            if self.scaler is not None and state:
+                self.scaler.load_state_dict(state["scaler"])
+                self.scaled_steps = int(state["scaled_steps"])
+
         def before_eval(self, strategy, **kwargs):
             self._wrap(strategy)
 
