@@ -89,7 +89,8 @@ def run_grid(spec: GridSpec, args: argparse.Namespace, *, order=None) -> list[Ce
     failed = []
     for batch in batches:
         summary = launch(spec, batch, tracking_uri=args.tracking_uri, workers=args.workers)
-        finished, reused, failed = finished + summary.finished, reused + summary.skipped_finished, failed + summary.failed
+        finished, reused = finished + summary.finished, reused + summary.skipped_finished
+        failed += summary.failed
         if keep_results and summary.finished:
             count = export_runs(spec.experiment_name, results, tracking_uri=args.tracking_uri)
             print(f"{results.relative_to(ROOT)}: {count} finished runs written", flush=True)

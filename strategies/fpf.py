@@ -24,20 +24,37 @@ Our choices, where the paper as available to us is silent:
 - Selection by pattern: ``bn`` = every batch-norm layer, ``fc`` = the last Linear,
   ``conv1`` = the first convolution, anything else a regular expression searched in the
   qualified module names; ``auto`` = modules by descending sensitivity, greedily, while their
-  parameters fit in `max_param_fraction` of the model's. The default, ``[bn, fc]``, is what
-  the paper reports for ResNet-18.
-- One FPF call = `iterations` SGD steps (no momentum, no weight decay) with batches drawn
-  uniformly from the buffer; the selected batch-norm layers run in train mode (their
-  statistics follow the buffer), every other module in eval mode, so nothing outside the
-  selection changes.
-- k-FPF: T = Σ_experiences ⌈n_e / batch⌉ × epochs_e (the run's per-experience schedule);
-  FPF after iterations p, 2p, … with p = ⌊T / k⌋, at most k times. The buffer is a reservoir
-  (Vitter's Algorithm R) over every training sample seen, each stored with the logits of the
-  forward pass that saw it. KD loss = CE + β·MSE(logits, stored logits), over all outputs.
+  parameters fit in `max_param_fraction` of the model's (the stem conv, 144 parameters, fits
+  whenever it ranks high). ``[bn, fc]`` is what the paper reports for ResNet-18.
+- One FPF call = `iterations` SGD steps (weight decay 0; momentum `momentum`, default 0 as in
+  mammoth, the code base the paper's experiments build on — its own value is not in the text available
+  to us; a fresh optimiser each call) with batches drawn uniformly from the buffer; the selected
+  batch-norm layers run in train mode (their statistics follow the buffer), every other module in eval
+  mode, so nothing outside the selection changes. When only the final linear layer is tuned, its input
+  is a fixed function of the sample, so it is computed once per buffer sample and cached (same updates;
+  the FLOPs counted are those run).
+- k-FPF: T = Σ_experiences ⌈n_e / batch⌉ × epochs_e (the run's per-experience schedule; Avalanche keeps
+  the short last batch; n_e without the validation samples, if any); FPF after iterations
+  round(i·T/k), i = 1..k (`trigger_steps`), so the k-th call is on the last iteration and the final
+  evaluation sees a freshly fine-tuned model. (Until issue #28 the calls came every ⌊T/k⌋ iterations:
+  on the published grid, T = 945 and k = 8, the last call was on iteration 944 and the task-end
+  evaluations of tasks 1–4 came 24–95 SGD steps after a call.) `fpf/calls.json` says where every call
+  fell, what it tuned and — with the probe — the test accuracy per seen experience right before and
+  right after it (`fpf/acc_before`, `fpf/acc_after` metrics; the probe reads test data only to report).
+  The buffer is a reservoir (Vitter's Algorithm R) over every training sample seen, each stored with
+  the logits of the forward pass that saw it. KD loss = CE + β·MSE(logits, stored logits), over all outputs.
+- Choosing a call's setting (`tune`, ours, for the issue-#28 ceiling): `valid_per_class` images per class
+  are carved from each experience's training data with a fixed seed (never trained on, never in the
+  buffer); the last call tries every (modules, lr) of the candidate groups from the same model state,
+  checkpointing the listed step counts, and keeps the best on that split (`fpf/val_acc/...` metrics).
 - `FPFPlugin` fine-tunes on the strategy's own buffer when it has one (Avalanche's
   `storage_policy`: Replay, Dark-ER, ER-ACE, GDumb) with cross-entropy; otherwise it keeps a
   reservoir of `mem_size` samples itself. It runs when a `train()` call ends (after every
   experience with the suite's runner), or with ``at: end`` after the last experience only.
+- Registered defaults (k = 100, 100 iterations, lr 0.05, modules [bn, fc], momentum 0) are those the
+  published grid's configs resolve to, and their hashes are pinned; new grids state every setting and
+  use ``modules: [auto]`` (by sensitivity, within `max_param_fraction`: on ResNet-32 at 2% it takes the
+  head, the stem conv and the BN layers, as the run's own scores rank them) or the patterns they compare.
 - Cost: FPF's FLOPs are counted on its first iteration and extrapolated (`cl.cost`).
 """
 from __future__ import annotations
