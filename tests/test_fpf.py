@@ -367,3 +367,17 @@ def test_auto_selection_takes_the_stem_conv_when_it_ranks_high(resnet):
     scores.update({stem: 3.0, "head": 2.0, "feature_extractor.stages.stage_3.4.bn_b": 1.0})
     chosen = select_by_score(resnet, scores, max_param_fraction=0.02)
     assert stem in chosen and "head" in chosen
+
+
+@pytest.mark.parametrize("gain, verdict", [(0.30, "yes"), (0.002, "within noise"), (-0.05, "no")])
+def test_ceiling_claim_compares_after_the_call_with_right_before_it(gain, verdict):
+    import pandas as pd
+
+    from cl.reproductions import reproduction_for
+
+    ceiling = reproduction_for("experiments/kfpf_ceiling.yaml")
+    runs = pd.DataFrame([{"scenario_name": "split_mnist", "buffer": 200, "seed": s, "fpf/acc_before": 0.20 + 0.01 * s,
+                          "final/avg_acc": 0.20 + gain + 0.01 * s} for s in range(3)])
+    (claim,) = ceiling.claims(runs)
+    assert claim.verdict == verdict and f"{100 * gain:+.2f} points" in claim.ours
+    assert ceiling.claims(runs.drop(columns=["fpf/acc_before"])) == []       # runs before the probe existed
