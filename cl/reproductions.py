@@ -517,8 +517,8 @@ REPRODUCTIONS: tuple[Reproduction, ...] = (
         notes=("Mechanism, from the accuracy matrices of the 24 archived k-FPF runs (CE and KD; their final "
                "evaluation comes one SGD step after the last call): the newest task sits at 93–100% and the four "
                "older ones at 0–38% (mean 3–14%), next to naive's 0% — 30 steps on [bn, fc] at lr 0.05 do not "
-               "rebalance the head, so k-FPF fails against replay here for want of fine-tuning first. experiments/kfpf_ceiling.yaml "
-               "measures how far one well-chosen FPF call can go.",)),
+               "rebalance the head, so k-FPF fails against replay here for want of fine-tuning first. "
+               "experiments/kfpf_ceiling.yaml measures how far one well-chosen FPF call can go.",)),
     Reproduction(
         "k-FPF's ceiling (Zhao et al., ICML 2023): one FPF call at the end of replay-free SGD",
         "experiments/kfpf_ceiling.yaml",
