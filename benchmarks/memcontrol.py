@@ -55,11 +55,11 @@ def main() -> None:
     runs = cell_runs(spec.experiment_name, cells, REPRODUCTION.describe, tracking_uri=args.tracking_uri)
     if runs.empty:
         print("no finished runs to report")
-        print(f"RESULT memcontrol_less_mem_at_comparable_fid=0 seeds=0 quick={int(args.quick)} {{}}")
+        print(f"RESULT memcontrol_less_mem_at_comparable_fid=0 stage2_matches_trial=0 seeds=0 quick={int(args.quick)} {{}}")
         return
 
     columns = [("held-out mem %", "final/heldout_mem_rate", 100), ("NN ratio", "final/heldout_nn_ratio", 1),
-               ("FID", "final/fid", 1), ("noise mem", "final/memorization", 1),
+               ("FID", "final/fid", 1), ("KID ×1e3", "final/kid", 1e3), ("noise mem", "final/memorization", 1),
                ("% params", "final/trainable_pct", 1), ("run s", "final/wall_seconds", 1)]
     print(f"{'method':<12}" + "".join(f"{name:>20}" for name, _, _ in columns) + f"{'runs':>6}")
     summary: dict[str, dict[str, float]] = {}
@@ -67,18 +67,33 @@ def main() -> None:
         rows = runs[runs["method"] == method]
         if rows.empty:
             continue
-        cells_ = [gridbench.mean_std(rows[key] * scale) if key in rows else "—" for _, key, scale in columns]
+        cells_ = [gridbench.mean_std((rows[key] * scale).dropna()) if key in rows else "—"
+                  for _, key, scale in columns]
         print(f"{method:<12}" + "".join(f"{c:>20}" for c in cells_) + f"{len(rows):>6}")
         summary[method] = {"heldout_mem_pct": float(100 * rows["final/heldout_mem_rate"].mean()),
                            "fid": float(rows["final/fid"].mean()),
                            "noise_mem": float(rows["final/memorization"].mean()),
                            "params_pct": float(rows["final/trainable_pct"].mean()), "runs": int(len(rows))}
+    if "final/kid_floor" in runs and runs["final/kid_floor"].notna().any():
+        floor = runs["final/kid_floor"].dropna() * 1e3
+        print(f"KID floor (real vs real, evaluation size) ×1e3: {gridbench.mean_std(floor)}; a KID is "
+              "distinguishable from a perfect generator's only above it")
     mc = runs[runs["method"] == "memcontrol"]
     if "memcontrol" in summary and "param.memcontrol.mask_blocks" in mc:
         print("memcontrol chose: " + "; ".join(
             f"seed {s}: [{m}] lr {lr:.1e} (trial {int(t)} of {int(n)}, front of {int(f)})" for s, m, lr, t, n, f in zip(
                 mc["seed"], mc["param.memcontrol.mask_blocks"], mc["final/lr"], mc["search/chosen_trial"],
                 mc["search/completed"], mc["search/pareto_size"])))
+    chosen_quality = mc["search/chosen_fid"] if "search/chosen_fid" in mc else mc.get("search/chosen_kid")
+    stage2 = mc["search/stage2_matches_trial"].dropna() if "search/stage2_matches_trial" in mc else mc.iloc[0:0]
+    stage2_ok = int(len(stage2) > 0 and bool((stage2 == 1).all()))
+    if len(stage2):
+        print("stage 2 vs the chosen trial (search memorisation, search quality): " + "; ".join(
+            f"seed {s}: {m2:.4g} vs {m1:.4g}, {f2:.4g} vs {f1:.4g}" for s, m2, m1, f2, f1 in zip(
+                mc["seed"], mc["search/stage2_memorization"], mc["search/chosen_memorization"],
+                mc["search/stage2_quality"], chosen_quality)))
+    else:
+        print("stage 2 vs the chosen trial: not logged by these runs (archived before the check existed)")
     print("(held-out mem %: generations for the memorised prompts whose nearest fine-tuning image is closer than "
           "0.5 × their nearest held-out image; NN ratio: median of that ratio, lower = closer to copies; "
           "% params of the U-Net, LoRA adapters counted)")
@@ -92,7 +107,7 @@ def main() -> None:
         print("note: full fine-tuning memorised no image by the held-out measure here, so that comparison is "
               "uninformative (compare the NN ratios; raise train.epochs or transfer.repeats to provoke more)")
     seeds = int(runs["seed"].nunique())
-    print(f"RESULT memcontrol_less_mem_at_comparable_fid={holds} seeds={seeds} "
+    print(f"RESULT memcontrol_less_mem_at_comparable_fid={holds} stage2_matches_trial={stage2_ok} seeds={seeds} "
           f"quick={int(args.quick)} "
           + json.dumps({f"{k}_{name}": round(v, 3) for k, d in summary.items() for name, v in d.items()},
                        separators=(",", ":")))

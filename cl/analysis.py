@@ -50,6 +50,7 @@ def load_runs(
             "scenario": tags.get("scenario"),
             "seed": int(tags.get("seed", -1)),
             "failure_reason": tags.get("failure_reason"),
+            "health_warning": tags.get("health.warning"),     # see cl.health: the network collapsed
         }
         row.update({f"param.{k}": v for k, v in run.data.params.items()})
         row.update(run.data.metrics)
@@ -96,6 +97,8 @@ def summarize(runs: pd.DataFrame, metrics: Sequence[str] = FINAL_COLUMNS) -> pd.
     present = [m for m in metrics if m in runs.columns]
     grouped = runs.groupby("group_hash", sort=False)
     out = grouped.agg(label=("label", "first"), n=("seed", "nunique")).reset_index()
+    if "health_warning" in runs.columns:
+        out["n_warned"] = grouped["health_warning"].agg(lambda w: int(w.notna().sum())).values
     for metric in present:
         out[f"{metric}.mean"] = grouped[metric].mean().values
         out[f"{metric}.std"] = grouped[metric].std(ddof=1).values
@@ -119,11 +122,21 @@ def format_mean_std(mean: float, std: float, metric: str) -> str:
 def summary_table(summary: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
     """`summarize`'s output as text: one row per group, ``mean ± std`` per metric (percent where it is one)."""
     table = pd.DataFrame({"group": summary["label"].astype(str), "n": summary["n"]})
+    if "n_warned" in summary.columns and summary["n_warned"].any():   # runs flagged by cl.health
+        table["⚠"] = [f"⚠ {w}/{n}" if w else "" for w, n in zip(summary["n_warned"], summary["n"])]
     for metric in metrics:
         header = metric.removeprefix("final/") + (" %" if metric in PERCENT_METRICS else "")
         table[header] = [format_mean_std(row.get(f"{metric}.mean"), row.get(f"{metric}.std"), metric)
                          for _, row in summary.iterrows()]
     return table
+
+
+def health_warnings(runs: pd.DataFrame) -> list[tuple[str, int, str]]:
+    """(label, seed, warning) of every run `cl.health` flagged (e.g. a collapsed network)."""
+    if "health_warning" not in runs.columns:
+        return []
+    flagged = runs[runs["health_warning"].notna()]
+    return [(str(r.label), int(r.seed), str(r.health_warning)) for r in flagged.itertuples()]
 
 
 def _si(value: float) -> str:

@@ -5,12 +5,14 @@ Kept free of torch/Avalanche imports so configs validate instantly; the builders
 """
 from __future__ import annotations
 
-from typing import ClassVar, Literal, Optional
+from typing import Any, ClassVar, Literal, Optional
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_serializer, model_validator
 
+from cl.arrays import LAYOUTS, parse_augment, parse_normalize
 from cl.datafiles import check_dataset, check_path
-from cl.registry import MODELS, SCENARIOS, NoParams, Params
+from cl.errors import ConfigError
+from cl.registry import MODELS, SCENARIOS, NoParams, Params, added_option
 
 DEFAULT_EXPERIENCES = 5
 
@@ -59,12 +61,45 @@ class ClassSplitParams(Params):
         """Cheap checks before any run starts (data present); raises `ConfigError`."""
 
 
-class DigitsParams(ClassSplitParams):
+class ImageParams(ClassSplitParams):
+    """A scenario of images: `augment:` applies to its training minibatches (see `cl.augment`).
+
+    Options added after configs were published are `added_option`s: left out of the resolved
+    config while they hold their default, so older configs keep their hash.
+    """
+
+    augment: Any = added_option(
+        "none", description="training-minibatch augmentation: none, crop_flip (random crop, 4-pixel padding, "
+        "+ horizontal flip, as PyCIL on CIFAR), crop_flip_jitter (+ brightness jitter 63/255), or a list of "
+        "torchvision v2 transforms, e.g. [{name: RandomCrop, size: 32, padding: 4}, {name: RandomHorizontalFlip}]")
+    _augment_as_bool: ClassVar[bool] = False        # CIFAR's published configs spell crop_flip / none as true / false
+
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _parse_augment(cls, value):
+        return parse_augment(value)
+
+    @model_serializer(mode="wrap")
+    def _canonical(self, handler):
+        out = handler(self)
+        if self._augment_as_bool and out.get("augment") in ("crop_flip", "none"):
+            out["augment"] = out["augment"] == "crop_flip"
+        return out
+
+    def preflight(self) -> None:
+        super().preflight()
+        if isinstance(self.augment, list):   # the names are checked already; the arguments need torchvision
+            from cl.augment import check_transforms
+
+            check_transforms(self.augment)
+
+
+class DigitsParams(ImageParams):
     test_fraction: float = Field(0.3, gt=0, lt=1, description="held-out share (fixed split)")
     train_samples_per_class: Optional[int] = Field(None, ge=1, description="subsample training data")
 
 
-class DiskParams(ClassSplitParams):
+class DiskParams(ImageParams):
     dataset: ClassVar[str]
     data_root: Optional[str] = Field(
         None, description="folder holding the dataset in torchvision's layout "
@@ -72,6 +107,7 @@ class DiskParams(ClassSplitParams):
     train_samples_per_class: Optional[int] = Field(None, ge=1, description="subsample training data")
 
     def preflight(self) -> None:
+        super().preflight()
         check_dataset(self.dataset, self.data_root)
 
 
@@ -84,7 +120,9 @@ class FMNISTParams(DiskParams):
 
 
 class CifarParams(DiskParams):
-    augment: bool = Field(True, description="random crop (pad 4) + horizontal flip on train")
+    augment: Any = Field(True, description="as for every image scenario, default crop_flip (PyCIL's CIFAR "
+                         "training transforms); `true` / `false` are the earlier spellings of crop_flip / none")
+    _augment_as_bool: ClassVar[bool] = True
 
 
 class Cifar10Params(CifarParams):
@@ -95,25 +133,51 @@ class Cifar100Params(CifarParams):
     dataset = "cifar100"
 
 
-class TensorFileParams(ClassSplitParams):
+class OwnImageParams(ImageParams):
+    """Your own images: how to normalise them."""
+
+    normalize: Any = added_option(
+        "none", description="none, per_channel (mean and std of each channel over the training split), "
+        "or {mean: [...], std: [...]} one value per channel; applied after uint8 → [0, 1] scaling")
+
+    @field_validator("normalize", mode="before")
+    @classmethod
+    def _parse_normalize(cls, value):
+        return parse_normalize(value)
+
+
+class TensorFileParams(OwnImageParams):
     path: str = Field(description=".npz or .pt file with x_train, y_train, x_test, y_test")
+    layout: Literal[LAYOUTS] = added_option(
+        "auto", description="axis order of 4-D x arrays: nchw (N, C, H, W), nhwc (N, H, W, C), or auto "
+        "(decided only when exactly one of axis 1 and the last axis has 1, 3 or 4 entries)")
 
     def preflight(self) -> None:
-        check_path("path", self.path)
+        """Reads the file and checks it as the run will (layout, dtype, labels, NaNs): exit 2, not a FAILED run."""
+        from cl.arrays import check_file
+
+        super().preflight()
+        check_file(check_path("path", self.path), layout=self.layout, normalize=self.normalize)
 
 
-class FolderParams(ClassSplitParams):
+class FolderParams(OwnImageParams):
     train_dir: str = Field(description="ImageFolder root of the training images")
     test_dir: str = Field(description="ImageFolder root of the test images")
     image_size: int = Field(32, ge=1, description="images are resized to image_size²")
     grayscale: bool = False
 
     def preflight(self) -> None:
-        check_path("train_dir", self.train_dir, directory=True)
-        check_path("test_dir", self.test_dir, directory=True)
+        super().preflight()
+        train = check_path("train_dir", self.train_dir, directory=True)
+        test = check_path("test_dir", self.test_dir, directory=True)
+        train_classes, test_classes = ({p.name for p in d.iterdir() if p.is_dir()} for d in (train, test))
+        if train_classes != test_classes:   # ImageFolder numbers classes by sorted folder name: they must agree
+            raise ConfigError(f"scenario.test_dir: class folders differ from train_dir's: test lacks "
+                              f"{sorted(train_classes - test_classes)}, "
+                              f"has extra {sorted(test_classes - train_classes)}")
 
 
-class RareClassParams(ClassSplitParams):
+class RareClassParams(ImageParams):
     base: Literal["digits", "mnist", "fmnist"] = Field("digits", description="the dataset the stream is cut from")
     data_root: Optional[str] = Field(None, description="for mnist / fmnist (default $CLSUITE_DATA_ROOT)")
     train_samples_per_class: Optional[int] = Field(None, ge=1, description="subsample training data first")
@@ -123,6 +187,7 @@ class RareClassParams(ClassSplitParams):
     rare_seed: int = Field(0, description="which classes are rare and which of their samples stay")
 
     def preflight(self) -> None:
+        super().preflight()
         if self.base != "digits":
             check_dataset(self.base, self.data_root)
 

@@ -1,4 +1,4 @@
-"""`clsuite` command line: run, grid expand|launch, report, ui, list, recommend.
+"""`clsuite` command line: run, grid expand|launch, report, ui, list, recommend, data list|fetch, runs.
 
 Only this module prints. It imports torch, Avalanche and MLflow lazily, inside the commands
 that need them, so ``clsuite --help`` and ``clsuite grid expand`` answer instantly.
@@ -27,6 +27,8 @@ grid_app = typer.Typer(no_args_is_help=True, help="Expand or launch a YAML grid.
 app.add_typer(grid_app, name="grid")
 runs_app = typer.Typer(no_args_is_help=True, help="Carry finished runs between stores (JSON lines).")
 app.add_typer(runs_app, name="runs")
+data_app = typer.Typer(no_args_is_help=True, help="The datasets experiments read: where they must lie; fetch them.")
+app.add_typer(data_app, name="data")
 
 # Off a terminal (CI logs, pipes) rich would wrap tables at 80 columns; use a wide page instead.
 console = Console(width=None if sys.stdout.isatty() else 160)
@@ -138,6 +140,9 @@ def grid_launch(
     workers: int = typer.Option(1, min=1, help="parallel runs (processes, or Ray tasks)"),
     backend: str = typer.Option("local", help="local | ray"),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="rerun cells whose last run FAILED"),
+    gpus_per_cell: float = typer.Option(0.0, help="Ray: GPUs each cell requests (fractions share a GPU, "
+                                        "e.g. 0.5 runs two cells per GPU); use with train.device: auto"),
+    cpus_per_cell: float = typer.Option(1.0, help="Ray: CPUs each cell requests (> 0, fractions allowed)"),
     tracking_uri: Optional[str] = TrackingOpt,
     report: bool = typer.Option(True, "--report/--no-report", help="print the results table at the end"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
@@ -147,17 +152,22 @@ def grid_launch(
     with _user_errors():
         if backend not in ("local", "ray"):
             raise ConfigError(f"--backend: {backend!r} is not a backend; use local or ray")
+        from cl.devices import CellResources
         from cl.grid import expand, launch, load_grid
 
+        resources = CellResources(gpus=gpus_per_cell, cpus=cpus_per_cell)
         spec = load_grid(grid)
         cells = expand(spec, source=str(grid))
         reporter = _GridReporter(console)
         with reporter:
             summary = launch(spec, cells, tracking_uri=tracking_uri, workers=workers, backend=backend,
-                             retry_failed=retry_failed, reporter=reporter, grid_yaml=grid.read_text())
+                             retry_failed=retry_failed, reporter=reporter, grid_yaml=grid.read_text(),
+                             resources=resources)
     console.print(
         f"grid [bold]{spec.name}[/]: {summary.total} cells — {summary.finished} finished now, "
         f"{summary.skipped_finished} already finished, {len(summary.failed)} failed", highlight=False)
+    for label, seed, warning in summary.warnings:
+        err_console.print(f"⚠ {label} seed={seed}: {warning}", highlight=False, markup=False)
     if report:
         _report(spec.experiment_name, [c.config_hash for c in cells], tracking_uri,
                 title=f"{spec.name} ({spec.experiment_name})", plot_name=spec.name)
@@ -274,7 +284,8 @@ def _reproductions(tracking_uri: Optional[str], out: Path) -> None:
 
 def _report(experiment: str, config_hashes, tracking_uri, *, title: str, plot_name: str,
             plot_dir: Path = Path("reports")) -> bool:
-    from cl.analysis import comparison_plot, headline_metric, load_runs, report_columns, summarize, summary_table
+    from cl.analysis import (comparison_plot, headline_metric, health_warnings, load_runs, report_columns, summarize,
+                             summary_table)
     from cl.plots import to_png
 
     runs = load_runs(experiment, tracking_uri=tracking_uri, config_hashes=config_hashes)
@@ -290,6 +301,8 @@ def _report(experiment: str, config_hashes, tracking_uri, *, title: str, plot_na
     for row in text.itertuples(index=False):
         table.add_row(*(str(v) for v in row))
     console.print(table)
+    for label, seed, warning in health_warnings(runs):
+        console.print(f"⚠ {label} seed={seed}: {warning}", highlight=False, markup=False)
     plot_dir.mkdir(parents=True, exist_ok=True)
     path = plot_dir / f"{plot_name}_comparison.png"
     metric = headline_metric(columns)
@@ -442,6 +455,96 @@ def recommend(
     console.print(evaluation)
     if len(ev) < 3:
         console.print(f"note: only {len(ev)} held-out dataset(s); these correlations say little", highlight=False)
+
+
+# --------------------------------------------------------------------------- data
+
+RootOpt = typer.Option(None, "--root", help="the data root (default: $CLSUITE_DATA_ROOT, else ./data)")
+
+
+@data_app.command("list")
+def data_list(
+    root: Optional[str] = RootOpt,
+    as_json: bool = typer.Option(False, "--json", help="one JSON object per dataset"),
+) -> None:
+    """Every dataset a scenario or transfer experiment reads: where it is looked for, whether it is there."""
+    import json
+
+    from cl.datafiles import resolve_data_root
+    from cl.datasets import root_origin, sources, status
+
+    rows = [status(s, root) for s in sources()]
+    if as_json:
+        for st in rows:
+            print(json.dumps({"name": st.source.name, "title": st.source.title, "group": st.source.group,
+                              "present": st.present, "path": str(st.path.resolve()), "problem": st.problem,
+                              "layout": st.source.layout, "read_by": st.source.read_by,
+                              "license": st.source.license, "fetchable": st.source.fetchable}))
+        return
+    resolved = resolve_data_root(root)
+    console.print(f"data root: {resolved.resolve()} ({root_origin(root)})", highlight=False)
+    table = Table()
+    for column in ("name", "dataset", "status", "layout (under the data root)", "read by", "license"):
+        table.add_column(column)
+    for st in rows:
+        if not st.present:
+            where = "[red]missing[/]"
+        elif st.path.is_relative_to(resolved):
+            where = f"[green]{st.path.relative_to(resolved)}[/]"
+        else:
+            where = f"[green]{st.path if st.source.fetchable else 'bundled'}[/]"
+        table.add_row(st.source.name, st.source.title, where, st.source.layout, st.source.read_by,
+                      st.source.license)
+    console.print(table)
+    missing = [st.source.name for st in rows if not st.present and st.source.fetchable]
+    if missing:
+        console.print(f"fetch what is missing: clsuite data fetch {' '.join(missing)}"
+                      + (f" --root {root}" if root else ""), highlight=False)
+    console.print("your own data needs no fetch: scenario from_tensors (path: an .npz/.pt file) or from_folder "
+                  "(ImageFolder) read the paths in the config.", highlight=False)
+
+
+@data_app.command("fetch")
+def data_fetch(
+    names: list[str] = typer.Argument(..., help="datasets or groups (see `clsuite data list`)"),
+    root: Optional[str] = RootOpt,
+    mirror: Optional[str] = typer.Option(None, "--mirror", envvar="CLSUITE_DATA_MIRROR",
+                                         help="download <mirror>/<dataset>/<file> instead of the canonical "
+                                              "URLs (http(s):// or file://)"),
+    force: bool = typer.Option(False, "--force", help="download again, replacing what is there"),
+    timeout: float = typer.Option(60.0, min=1, help="seconds without data before a download is given up"),
+) -> None:
+    """Download datasets into the data root, checksums verified; a failed fetch writes nothing."""
+    from cl.datasets import FetchError, fetch, select
+
+    def fail(error: FetchError) -> None:
+        err_console.print(f"[bold red]error:[/] {error}", highlight=False, markup=True, soft_wrap=True)
+
+    try:
+        chosen = select(names)
+    except FetchError as error:
+        fail(error)
+        raise typer.Exit(2) from None
+    failed = []
+    for source in chosen:              # one failure does not stop the others; each is all-or-nothing
+        if not source.fetchable:
+            console.print(f"{source.name}: nothing to download ({source.layout})", highlight=False)
+            continue
+        try:
+            result = fetch(source, root, mirror=mirror, force=force, progress=err_console.is_terminal,
+                           timeout=timeout)
+        except FetchError as error:
+            fail(error)
+            failed.append(source.name)
+            continue
+        if result.fetched:
+            console.print(f"{source.name}: fetched into {result.path} ({result.summary})", highlight=False)
+        else:
+            console.print(f"{source.name}: already at {result.path}; nothing fetched (--force to replace)",
+                          highlight=False)
+    if failed:
+        err_console.print(f"not fetched: {', '.join(failed)}", highlight=False)
+        raise typer.Exit(2)
 
 
 def main() -> None:

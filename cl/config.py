@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any, Literal, Mapping, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from cl.errors import ConfigError
-from cl.registry import REGISTRIES, dump_options, import_user_modules
+from cl.registry import REGISTRIES, added_option, dump_options, import_user_modules
 
 COMPONENTS = ("scenario", "model", "strategy")
 CL_ONLY = (*COMPONENTS, "memory", "plugins")     # keys a transfer run does not take
@@ -51,6 +51,18 @@ class TrainConfig(BaseModel):
     milestones: list[int] = Field(default_factory=list, description="epochs (within an experience) where lr *= lr_decay")
     lr_decay: float = Field(0.1, gt=0, le=1)
     first: Optional[FirstExperience] = Field(None, description="overrides for the first experience")
+    precision: Literal["fp32", "bf16", "fp16"] = added_option(
+        "fp32", description="autocast dtype of forward+loss (fp16 adds gradient scaling; it needs CUDA)")
+    data_on_device: Literal["auto", "never"] = added_option(
+        "auto", description="'auto': move the scenario's tensors to an accelerator once if they fit "
+                            "(a no-op on CPU); 'never': batches are copied per step")
+
+    @model_validator(mode="after")
+    def _fp16_needs_cuda(self) -> "TrainConfig":
+        if self.precision == "fp16" and self.device == "cpu":
+            raise ValueError("precision: fp16 needs a CUDA device (CPU fp16 autocast is slow and "
+                             "unscaled); use precision bf16 on CPU, or device cuda/auto")
+        return self
 
     def for_experience(self, index: int) -> dict:
         """epochs, lr, weight_decay and milestones in force for experience `index`."""
@@ -163,9 +175,13 @@ class RunConfig(BaseModel):
             raise ConfigError(problems, source=source)
         data = {k: v for k, v in data.items() if k not in CL_ONLY}
         try:
-            return cls.model_validate(data)
+            config = cls.model_validate(data)
         except ValidationError as exc:
             raise ConfigError(format_validation_error(exc), source=source) from None
+        if config.train.precision != "fp32":
+            raise ConfigError("train.precision: applies to continual-learning runs; a transfer experiment "
+                              "trains in fp32 (drop the setting)", source=source)
+        return config
 
     @property
     def is_transfer(self) -> bool:

@@ -59,8 +59,8 @@ def check_dataset(dataset: str, data_root: str | os.PathLike | None) -> Path:
             f"scenario.data_root: {spec.title} not found under {root.resolve()}: expected "
             f"{', '.join(missing)} in {(root / spec.folder).resolve()} (or their .gz). Set "
             f"scenario.data_root (or ${DATA_ROOT_ENV}) to the folder that contains "
-            f"{spec.folder.split('/')[0]}/, or fetch it once on a connected machine with "
-            f"torchvision.datasets.{spec.torchvision_class}(root, download=True).")
+            f"{spec.folder.split('/')[0]}/, or fetch it once on a connected machine: "
+            f"`clsuite data fetch {dataset} --root <data root>`.")
     return root
 
 

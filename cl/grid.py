@@ -41,12 +41,15 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Iterable, Literal, Mapping, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from cl.config import COMPONENTS, RunConfig, format_validation_error, load_yaml, set_dotted
 from cl.errors import ConfigError
+
+if TYPE_CHECKING:
+    from cl.devices import CellResources
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +208,7 @@ class LaunchSummary:
     skipped_failed: int = 0
     finished: int = 0
     failed: list[tuple[str, int, str]] = field(default_factory=list)   # (label, seed, reason)
+    warnings: list[tuple[str, int, str]] = field(default_factory=list)  # finished, but flagged (cl.health)
     parent_run_id: str | None = None
 
     @property
@@ -287,15 +291,18 @@ def launch(
     retry_failed: bool = False,
     reporter: Reporter | None = None,
     grid_yaml: str | None = None,
+    resources: "CellResources | None" = None,
 ) -> LaunchSummary:
     """Run every cell not yet FINISHED; returns what happened. Never raises for a failed cell.
 
+    `resources` is what each cell asks a Ray cluster for (GPUs, CPUs); Ray backend only.
     Raises `ConfigError` before opening any run if a cell's data is missing.
     """
     from cl.runner import open_run
     from cl.tracking import MlflowRunLog, client_for, experiment_id, resolve_tracking_uri
 
     reporter = reporter or SilentReporter()
+    resources = _check_resources(backend, resources)
     preflight(cells)
     uri = resolve_tracking_uri(tracking_uri)
     client = client_for(uri)
@@ -352,6 +359,9 @@ def launch(
         client.set_terminated(run_id, status)
         if status == "FINISHED":
             summary.finished += 1
+            warning = _health_warning(client, run_id)
+            if warning:
+                summary.warnings.append((cell.label, cell.seed, warning))
         else:
             summary.failed.append((cell.label, cell.seed, reason or status))
         reporter.cell_finished(cell, status, reason)
@@ -360,7 +370,7 @@ def launch(
         if backend == "local" and workers <= 1:
             _run_serial(todo, start, finish)
         else:
-            executor = _make_executor(backend, workers)
+            executor = _make_executor(backend, workers, resources)
             try:
                 _run_parallel(executor, todo, start, finish)
             finally:
@@ -446,10 +456,27 @@ class _Executor(Protocol):
     def shutdown(self) -> None: ...
 
 
-def _make_executor(backend: str, workers: int) -> _Executor:
+def _make_executor(backend: str, workers: int, resources: "CellResources") -> _Executor:
     if backend == "ray":
-        return _RayExecutor(workers)
+        return _RayExecutor(workers, resources)
     return _ProcessExecutor(workers)
+
+
+def _check_resources(backend: str, resources: "CellResources | None") -> "CellResources":
+    from cl.devices import CellResources
+
+    resources = resources or CellResources()
+    if backend != "ray" and not resources.is_default:
+        raise ConfigError("--gpus-per-cell/--cpus-per-cell: resource requests need --backend ray "
+                          "(local workers use the machine as it is; set train.device instead)")
+    return resources
+
+
+def _health_warning(client, run_id: str) -> str | None:
+    """The `health.warning` tag a finished cell left (a collapsed network), if any."""
+    from cl.health import WARNING_TAG
+
+    return client.get_run(run_id).data.tags.get(WARNING_TAG)
 
 
 class _ProcessExecutor:
@@ -524,13 +551,17 @@ def _work(config_dict: dict, key: str, q=None) -> str:
 
     q = q if q is not None else _worker_queue
     q.put((key, "__start__", ()))
+    runlog = QueueRunLog(q, key)
+    runlog.set_tags({"worker.host": socket.gethostname(), "worker.pid": str(os.getpid()),
+                     "worker.started_unix": f"{time.time():.3f}"})
     try:
         config = RunConfig.from_dict(config_dict)
-        result = execute(config, QueueRunLog(q, key))
+        result = execute(config, runlog)
         status, reason = result.status, result.reason
     except BaseException as exc:  # noqa: BLE001 - report, then let the pool see it too
         q.put((key, "__end__", ("FAILED", f"{type(exc).__name__}: {exc}")))
         raise
+    runlog.set_tags({"worker.ended_unix": f"{time.time():.3f}"})
     q.put((key, "__end__", (status, reason)))
     return status
 
@@ -538,18 +569,23 @@ def _work(config_dict: dict, key: str, q=None) -> str:
 class _RayExecutor:
     """The same protocol on Ray: tasks on a cluster (or a local `ray.init()`), a Ray queue actor."""
 
-    def __init__(self, workers: int):
+    def __init__(self, workers: int, resources: "CellResources"):
+        import math
+
         try:
             import ray
             from ray.util.queue import Queue
         except ImportError as exc:
             raise ConfigError("--backend ray needs Ray: pip install 'clsuite[ray]'") from exc
-        if not ray.is_initialized():
-            ray.init(address=os.environ.get("RAY_ADDRESS"), num_cpus=None if os.environ.get("RAY_ADDRESS") else max(workers, 1),
+        if not ray.is_initialized():   # a local cluster: room for `workers` cells at once (GPUs autodetected)
+            local_cpus = math.ceil(max(workers, 1) * resources.cpus)
+            ray.init(address=os.environ.get("RAY_ADDRESS"),
+                     num_cpus=None if os.environ.get("RAY_ADDRESS") else local_cpus,
                      include_dashboard=False, log_to_driver=False)
+        resources.check_cluster(ray.cluster_resources())
         self.ray = ray
         self.queue = Queue()
-        self.remote = ray.remote(num_cpus=1)(_work)
+        self.remote = ray.remote(_work).options(**resources.ray_options())
 
     def submit(self, cell: Cell):
         return self.remote.remote(cell.config.to_dict(), cell.config_hash, self.queue)

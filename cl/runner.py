@@ -39,6 +39,7 @@ class RunResult:
     accuracy_matrix: list[list[float]] | None = None
     reason: str | None = None
     run_id: str | None = None
+    warning: str | None = None                   # the run finished but looks wrong (see cl.health)
 
     @property
     def ok(self) -> bool:
@@ -65,6 +66,7 @@ def _execute(cfg: RunConfig, runlog: RunLog) -> RunResult:
 
     from cl import metrics, plots
     from cl.cost import FlopMeter
+    from cl.health import make_health_plugin
     from cl.models import count_parameters
     from cl.schedule import ExperienceSchedule
     from cl.tracking import make_finite_loss_guard, make_logger_plugin
@@ -80,7 +82,9 @@ def _execute(cfg: RunConfig, runlog: RunLog) -> RunResult:
     seed_everything(cfg.seed)
 
     scenario = build_scenario(cfg.scenario)
-    device = resolve_device(cfg.train.device)
+    runlog.log_params({f"data.{k}": v for k, v in scenario.data.items()})   # how the data was read
+    device = _choose_device(cfg, runlog)
+    loader_kwargs = _place_data(cfg, scenario, device, runlog)
 
     def build_model():
         return MODELS.get(cfg.model.name).load()(
@@ -101,17 +105,19 @@ def _execute(cfg: RunConfig, runlog: RunLog) -> RunResult:
     ctx = StrategyContext(
         model=model, optimizer=optimizer, criterion=torch.nn.CrossEntropyLoss(), train=cfg.train,
         scenario=scenario, device=device, evaluator=_silent_evaluator(),
-        plugins=[ExperienceSchedule(cfg.train), flop_meter])
+        plugins=[*scenario.train_plugins(), ExperienceSchedule(cfg.train), flop_meter,
+                 *_precision_plugins(cfg, device)])
     # add-ons run before the logger, so their after-experience work counts as training time
     ctx.plugins += [PLUGINS.get(p.name).load()(ctx, _params(PLUGINS, p)) for p in cfg.plugins]
-    ctx.plugins += [logger, make_finite_loss_guard()]
+    health = make_health_plugin(runlog)
+    ctx.plugins += [logger, health, make_finite_loss_guard()]
     with _quiet_avalanche():
         strategy = STRATEGIES.get(cfg.strategy.name).load()(ctx, strategy_params)
         T = scenario.n_experiences
         try:
             for experience in scenario.benchmark.train_stream:   # progress is reported per epoch by the logger
-                strategy.train(experience, num_workers=0)
-                strategy.eval(scenario.benchmark.test_stream, num_workers=0)
+                strategy.train(experience, num_workers=0, **loader_kwargs)
+                strategy.eval(scenario.benchmark.test_stream, num_workers=0, **loader_kwargs)
         finally:
             flop_meter.close()
 
@@ -132,6 +138,7 @@ def _execute(cfg: RunConfig, runlog: RunLog) -> RunResult:
         "memory/n_exemplars": n_exemplars,
         "memory/persistent_state_bytes": persistent_state_bytes(strategy),
         "cost/train_flops": flop_meter.total(strategy),
+        "health/collapsed_experiences": sum(check.collapsed for check in health.checks),
     }
     for name, tally in logger.extra.items():   # plugins' own classifiers, e.g. MEMO's NME
         if not np.isfinite(tally.R).all():     # it could not predict after some experience
@@ -157,7 +164,7 @@ def _execute(cfg: RunConfig, runlog: RunLog) -> RunResult:
     for step, values in plugin_metrics(strategy):
         runlog.log_metrics(values, step=step)
     return RunResult(cfg.config_hash, "FINISHED", metrics={k: float(v) for k, v in final.items()},
-                     accuracy_matrix=R.tolist())
+                     accuracy_matrix=R.tolist(), warning=health.warning)
 
 
 def _execute_transfer(cfg: RunConfig, runlog: RunLog, started: float) -> RunResult:
@@ -166,7 +173,7 @@ def _execute_transfer(cfg: RunConfig, runlog: RunLog, started: float) -> RunResu
 
     _log_provenance(runlog, {"seed": cfg.seed})
     seed_everything(cfg.seed)
-    ctx = TransferContext(runlog=runlog, train=cfg.train, device=resolve_device(cfg.train.device), seed=cfg.seed)
+    ctx = TransferContext(runlog=runlog, train=cfg.train, device=_choose_device(cfg, runlog), seed=cfg.seed)
     with _quiet_avalanche():
         metrics = TRANSFERS.get(cfg.transfer.name).load()(ctx, _params(TRANSFERS, cfg.transfer))
     final = final_metric_names(metrics)
@@ -262,16 +269,39 @@ def seed_everything(seed: int) -> None:
 
 
 def resolve_device(name: str):
-    import torch
+    """The torch device for `train.device` (see `cl.devices.resolve_device` for 'auto')."""
+    from cl.devices import resolve_device as choose
 
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        from cl.errors import ConfigError
+    return choose(name).device
 
-        raise ConfigError(f"train.device: {name!r} requested but CUDA is not available; use 'cpu' or 'auto'")
-    return device
+
+def _choose_device(cfg: RunConfig, runlog: RunLog):
+    """Resolve `train.device` here, in the process that trains (a Ray task sees its own GPU); tag what was used.
+
+    Tags, not params: a run's params mirror its config exactly.
+    """
+    from cl.devices import resolve_device as choose
+
+    choice = choose(cfg.train.device)
+    runlog.set_tags(choice.tags())
+    return choice.device
+
+
+def _place_data(cfg: RunConfig, scenario, device, runlog: RunLog) -> dict:
+    """Scenario tensors to the device once if they fit; returns the DataLoader options that needs."""
+    from cl.devices import place_scenario_data
+
+    placement = place_scenario_data(scenario, device, cfg.train.data_on_device)
+    runlog.set_tags({"device.data_placement": placement.reason})
+    return placement.loader_kwargs
+
+
+def _precision_plugins(cfg: RunConfig, device) -> list:
+    """The mixed-precision plugin for `train.precision` (none for fp32)."""
+    from cl.precision import make_precision_plugin
+
+    plugin = make_precision_plugin(cfg.train.precision, device)
+    return [] if plugin is None else [plugin]
 
 
 def make_optimizer(model, train):

@@ -1,8 +1,13 @@
 """Class-incremental Avalanche benchmarks that build offline.
 
-Every builder loads its data into tensors, then splits classes into experiences with
-Avalanche 0.6's `class_incremental_benchmark`. Scenario seed (class order) and training seed
-are separate: the class order comes from `seed` here, never from the global RNG.
+Every builder loads its data into tensors, reads them through `from_tensors` (layout, dtype,
+labels and normalisation checked by `cl.arrays`; built-in datasets state their layout, only a
+user's arrays are left to `layout: auto`), then splits classes into experiences with
+Avalanche 0.6's `class_incremental_benchmark`. Image scenarios take `augment:`, applied to
+training minibatches by the plugin `Scenario.train_plugins()` returns (`cl.augment`); the
+datasets themselves stay un-augmented, so evaluation and exemplar selection see clean images.
+Scenario seed (class order) and training seed are separate: the class order comes from `seed`
+here, never from the global RNG.
 
 Avalanche 0.6 quirks handled here (see ../shared/notes/avalanche-0.6.md):
 - samples are ``(x, y, t)`` with `y` a Python int: iCaRL's mixed batches (memory + new data)
@@ -15,7 +20,7 @@ Avalanche 0.6 quirks handled here (see ../shared/notes/avalanche-0.6.md):
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -24,6 +29,7 @@ import torch
 from torch.utils.data import Dataset
 
 from cl.datafiles import DataNotFoundError, check_dataset, check_path, resolve_data_root  # noqa: F401
+from cl.errors import ConfigError
 
 DIGITS_SPLIT_SEED = 0                       # the digits train/test split is fixed, whatever the seed
 CIFAR_STATS = {
@@ -44,10 +50,20 @@ class Scenario:
     train_sizes: tuple[int, ...]
     test_sizes: tuple[int, ...]
     rare_classes: tuple[int, ...] = ()               # classes trained on few samples (rare_class_stream)
+    data: dict = field(default_factory=dict)         # how the arrays were read: logged as data.* run params
+    augment: Any = None                              # cl.augment.BatchAugment for training minibatches, or None
 
     @property
     def n_experiences(self) -> int:
         return len(self.classes_per_experience)
+
+    def train_plugins(self) -> list:
+        """Avalanche plugins the scenario needs in training: its minibatch augmentation, if any."""
+        if self.augment is None:
+            return []
+        from cl.augment import AugmentPlugin
+
+        return [AugmentPlugin(self.augment)]
 
     @property
     def exemplar_bytes(self) -> int:
@@ -136,24 +152,51 @@ def from_tensors(
     shuffle_classes: bool = True,
     seed: int = 0,
     task_labels: bool = False,
+    layout: str = "auto",
+    normalize: Any = "none",
+    augment: Any = "none",
     train_transform: Callable | None = None,
 ) -> Scenario:
-    """A class-incremental scenario from arrays: x as (N, C, H, W) or (N, D) floats, y in 0..C-1.
+    """A class-incremental scenario from arrays (numpy or torch), read as `cl.arrays.check_arrays` says.
 
-    (N, D) inputs are treated as (N, 1, 1, D). `train_transform` applies to training samples only.
+    x: (N, C, H, W) or (N, H, W, C) — `layout` auto | nchw | nhwc; `auto` decides only when exactly
+    one side has 1, 3 or 4 entries, else a `ConfigError` names the shape and `scenario.layout` —
+    as uint8 (scaled to [0, 1]) or float (kept as given); or (N, D) feature vectors, read as
+    (N, 1, 1, D). y: integers 0..C-1, the test split holding exactly the training classes.
+    `normalize`: none | per_channel (statistics of the training split) | {mean, std}.
+    `augment`: a preset or a list of v2 transforms applied to training minibatches by
+    `cl.augment.AugmentPlugin` (the scenario's `train_plugins()`), before normalisation.
+    `train_transform` is the older per-sample alternative: a callable applied by the dataset to
+    each training sample (Avalanche's train transform group).
     """
-    x_train, x_test = (_as_images(torch.as_tensor(np.asarray(x)) if not torch.is_tensor(x) else x)
-                       for x in (x_train, x_test))
-    y_train, y_test = (torch.as_tensor(np.asarray(y), dtype=torch.long) for y in (y_train, y_test))
-    if len(x_train) != len(y_train) or len(x_test) != len(y_test):
-        raise ValueError("x and y must have the same number of samples (train and test)")
-    if x_train.shape[1:] != x_test.shape[1:]:
-        raise ValueError(f"train and test samples differ in shape: {tuple(x_train.shape[1:])} vs {tuple(x_test.shape[1:])}")
-    n_classes = int(y_train.max()) + 1
-    present = set(torch.unique(y_train).tolist())
-    if min(present) < 0 or present != set(range(n_classes)) or not set(torch.unique(y_test).tolist()) <= present:
-        raise ValueError("labels must be the integers 0..C-1, each present in the training data "
-                         "(remap your labels first)")
+    from cl.arrays import augment_label, check_arrays, parse_augment
+
+    reading = check_arrays(x_train, y_train, x_test, y_test, layout=layout, normalize=normalize)
+    try:
+        augment = parse_augment(augment, "scenario.augment")
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    x_train, x_test = (_read_images(x, reading) for x in (x_train, x_test))
+    y_train, y_test = (torch.as_tensor(np.asarray(y).reshape(-1), dtype=torch.long) for y in (y_train, y_test))
+    augmenter = None
+    if augment != "none":
+        if reading.layout == "vector":
+            raise ConfigError("scenario.augment: applies to images; x is (N, D) feature vectors: drop `augment`")
+        if augment == "crop_flip_jitter" and (float(x_train.min()) < 0 or float(x_train.max()) > 1):
+            raise ConfigError(
+                f"scenario.augment: crop_flip_jitter clamps brightness to [0, 1], but the training pixels span "
+                f"[{float(x_train.min()):.3g}, {float(x_train.max()):.3g}]; scale them to [0, 1] (or give uint8), "
+                "or use crop_flip")
+    mean, std, norm_label = _normalisation(x_train, normalize)
+    if mean is not None:
+        x_train, x_test = ((x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1) for x in (x_train, x_test))
+    if augment != "none":
+        from cl.augment import BatchAugment
+
+        augmenter = BatchAugment(augment, mean=None if mean is None else mean.tolist(),
+                                 std=None if std is None else std.tolist())
+        augmenter.check(x_train[:2])
+    n_classes = reading.n_classes
     order = resolve_class_order(n_classes, class_order=class_order, shuffle_classes=shuffle_classes, seed=seed)
     sizes = resolve_split(n_classes, n_experiences=n_experiences, classes_per_experience=classes_per_experience)
 
@@ -173,23 +216,47 @@ def from_tensors(
             experience.benchmark = info
     bounds = np.cumsum([0, *sizes])
     per_exp = tuple(tuple(order[bounds[i]:bounds[i + 1]]) for i in range(len(sizes)))
+    data = {**reading.params(), "normalize": norm_label, "augment": augment_label(augment)}
     return Scenario(
         benchmark=benchmark, name=name, n_classes=n_classes, input_shape=tuple(x_train.shape[1:]),
         class_order=tuple(order), classes_per_experience=per_exp, task_labels=task_labels,
         train_sizes=tuple(len(e.dataset) for e in benchmark.train_stream),
         test_sizes=tuple(len(e.dataset) for e in benchmark.test_stream),
+        data=data, augment=augmenter,
     )
 
 
-def _as_images(x: torch.Tensor) -> torch.Tensor:
-    x = x.float()
-    if x.ndim == 2:
+def _read_images(x, reading) -> torch.Tensor:
+    """x as float32 (N, C, H, W): uint8 scaled to [0, 1], channels-last permuted, vectors as (N, 1, 1, D)."""
+    x = x.detach().cpu() if torch.is_tensor(x) else torch.from_numpy(np.ascontiguousarray(np.asarray(x)))
+    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    if reading.layout == "vector":
         return x.reshape(len(x), 1, 1, x.shape[1])
-    if x.ndim == 3:
-        return x.unsqueeze(1)
-    if x.ndim != 4:
-        raise ValueError(f"x must be (N, D), (N, H, W) or (N, C, H, W); got shape {tuple(x.shape)}")
-    return x
+    if reading.layout == "nhwc":
+        x = x.permute(0, 3, 1, 2)
+    return x.contiguous()
+
+
+def _normalisation(x_train: torch.Tensor, normalize: Any):
+    """(mean, std, label) per channel for `normalize`; per_channel uses the training split only."""
+    if normalize in (None, "none"):
+        return None, None, "none"
+    channels = x_train.shape[1]
+    if normalize == "per_channel":
+        mean = x_train.mean(dim=(0, 2, 3))
+        std = x_train.std(dim=(0, 2, 3))
+        flat = [c for c in range(channels) if float(std[c]) == 0]
+        if flat:
+            raise ConfigError(f"scenario.normalize: channel(s) {flat} are constant in x_train, so per_channel "
+                              "would divide by 0; give {mean: [...], std: [...]} or none")
+        label = "per_channel"
+    else:
+        mean, std = (torch.tensor(normalize[k], dtype=torch.float32) for k in ("mean", "std"))
+        if len(mean) == 1:
+            mean, std = mean.expand(channels).clone(), std.expand(channels).clone()
+        label = "given"
+    rounded = lambda t: [round(float(v), 4) for v in t]  # noqa: E731
+    return mean, std, f"{label} mean={rounded(mean)} std={rounded(std)}"
 
 
 def _per_class_subset(x: torch.Tensor, y: torch.Tensor, per_class: Optional[int], seed: int = 0):
@@ -241,22 +308,22 @@ def split_digits(*, test_fraction: float = 0.3, train_samples_per_class: Optiona
     """scikit-learn's 8×8 digits (1,797 images, 10 classes), values scaled to [0, 1].
 
     The stratified train/test split is fixed (random_state 0), so `seed` changes only the
-    class order.
+    class order. `augment` (in `split`) as for every image scenario.
     """
     tensors = image_tensors("digits", train_samples_per_class=train_samples_per_class, test_fraction=test_fraction)
-    return from_tensors(*tensors, name="split_digits", **split)
+    return from_tensors(*tensors, name="split_digits", layout="nchw", **split)
 
 
 def split_mnist(*, data_root=None, train_samples_per_class: Optional[int] = None, **split) -> Scenario:
     """MNIST from `data_root` (torchvision layout, `MNIST/raw`), pixels in [0, 1], (1, 28, 28)."""
     tensors = image_tensors("mnist", data_root=data_root, train_samples_per_class=train_samples_per_class)
-    return from_tensors(*tensors, name="split_mnist", **split)
+    return from_tensors(*tensors, name="split_mnist", layout="nchw", **split)
 
 
 def split_fmnist(*, data_root=None, train_samples_per_class: Optional[int] = None, **split) -> Scenario:
     """Fashion-MNIST from `data_root` (`FashionMNIST/raw`), pixels in [0, 1], (1, 28, 28)."""
     tensors = image_tensors("fmnist", data_root=data_root, train_samples_per_class=train_samples_per_class)
-    return from_tensors(*tensors, name="split_fmnist", **split)
+    return from_tensors(*tensors, name="split_fmnist", layout="nchw", **split)
 
 
 def rare_class_stream(*, base: str = "digits", data_root=None, train_samples_per_class: Optional[int] = None,
@@ -281,60 +348,52 @@ def rare_class_stream(*, base: str = "digits", data_root=None, train_samples_per
         index = torch.nonzero(y == c).flatten().numpy()
         n = max(1, int(round(rare_fraction * len(index))))
         keep[torch.from_numpy(np.setdiff1d(index, rng.choice(index, n, replace=False)))] = False
-    scenario = from_tensors(x[keep], y[keep], x_test, y_test, name="rare_class_stream", **split)
+    scenario = from_tensors(x[keep], y[keep], x_test, y_test, name="rare_class_stream", layout="nchw", **split)
     return replace(scenario, rare_classes=tuple(int(c) for c in rare))
 
 
-def _cifar(dataset: str, cls_name: str, data_root, train_samples_per_class, augment: bool, split) -> Scenario:
+def _cifar(dataset: str, cls_name: str, data_root, train_samples_per_class, augment, split) -> Scenario:
+    """CIFAR's uint8 (N, 32, 32, 3) arrays read through `from_tensors`, normalised with the usual statistics."""
     import torchvision
-    from torchvision.transforms import v2
 
     root = check_dataset(dataset, data_root)
     cls = getattr(torchvision.datasets, cls_name)
-    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in CIFAR_STATS[dataset])
+    mean, std = CIFAR_STATS[dataset]
 
-    def tensors(train: bool):
+    def arrays(train: bool):
         ds = cls(root=str(root), train=train, download=False)
-        x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).float() / 255.0
-        return (x - mean) / std, torch.tensor(ds.targets, dtype=torch.long)
+        return torch.from_numpy(ds.data), torch.tensor(ds.targets, dtype=torch.long)
 
-    x_train, y_train = _per_class_subset(*tensors(True), train_samples_per_class)
-    x_test, y_test = tensors(False)
-    transform = v2.Compose([v2.RandomCrop(32, padding=4), v2.RandomHorizontalFlip()]) if augment else None
-    return from_tensors(x_train, y_train, x_test, y_test, name=f"split_{dataset}", train_transform=transform, **split)
+    x_train, y_train = _per_class_subset(*arrays(True), train_samples_per_class)
+    return from_tensors(x_train, y_train, *arrays(False), name=f"split_{dataset}", layout="nhwc",
+                        normalize={"mean": list(mean), "std": list(std)}, augment=augment, **split)
 
 
-def split_cifar10(*, data_root=None, train_samples_per_class: Optional[int] = None, augment: bool = True,
+def split_cifar10(*, data_root=None, train_samples_per_class: Optional[int] = None, augment: Any = "crop_flip",
                   **split) -> Scenario:
-    """CIFAR-10 (`cifar-10-batches-py` under data_root), normalised; crop+flip on train when `augment`."""
+    """CIFAR-10 (`cifar-10-batches-py` under data_root), normalised; `augment` default crop_flip (PyCIL's)."""
     return _cifar("cifar10", "CIFAR10", data_root, train_samples_per_class, augment, split)
 
 
-def split_cifar100(*, data_root=None, train_samples_per_class: Optional[int] = None, augment: bool = True,
+def split_cifar100(*, data_root=None, train_samples_per_class: Optional[int] = None, augment: Any = "crop_flip",
                    **split) -> Scenario:
-    """CIFAR-100 (`cifar-100-python` under data_root), normalised; crop+flip on train when `augment`."""
+    """CIFAR-100 (`cifar-100-python` under data_root), normalised; `augment` default crop_flip (PyCIL's)."""
     return _cifar("cifar100", "CIFAR100", data_root, train_samples_per_class, augment, split)
 
 
-def from_file(*, path: str | os.PathLike, **split) -> Scenario:
+def from_file(*, path: str | os.PathLike, **options) -> Scenario:
     """Arrays x_train, y_train, x_test, y_test from an .npz (numpy) or .pt (torch.save of a dict)."""
-    path = check_path("path", path)
-    if path.suffix == ".npz":
-        with np.load(path) as data:
-            arrays = {k: data[k] for k in data.files}
-    elif path.suffix in (".pt", ".pth"):
-        arrays = torch.load(path, map_location="cpu", weights_only=True)
-    else:
-        raise ValueError(f"scenario.path: {path} must be an .npz or .pt file")
-    keys = ("x_train", "y_train", "x_test", "y_test")
-    missing = [k for k in keys if k not in arrays]
-    if missing:
-        raise ValueError(f"scenario.path: {path} lacks {', '.join(missing)} (needs {', '.join(keys)})")
-    return from_tensors(*(arrays[k] for k in keys), name=path.stem, **split)
+    from cl.arrays import load_arrays
+
+    arrays = load_arrays(check_path("path", path))
+    return from_tensors(*arrays.values(), name=Path(path).stem, **options)
 
 
-def from_folder(*, train_dir, test_dir, image_size: int = 32, grayscale: bool = False, **split) -> Scenario:
-    """Images in torchvision's ImageFolder layout (one sub-folder per class), resized, in [0, 1]."""
+def from_folder(*, train_dir, test_dir, image_size: int = 32, grayscale: bool = False, **options) -> Scenario:
+    """Images in torchvision's ImageFolder layout (one sub-folder per class), resized, in [0, 1].
+
+    `normalize` and `augment` (in `options`) as for `from_tensors`.
+    """
     from torchvision import datasets
     from torchvision.transforms import v2
 
@@ -351,4 +410,5 @@ def from_folder(*, train_dir, test_dir, image_size: int = 32, grayscale: bool = 
     test, x_test, y_test = load(test_dir)
     if test.classes != train.classes:
         raise ValueError(f"scenario.test_dir: classes {test.classes} differ from train_dir's {train.classes}")
-    return from_tensors(x_train, y_train, x_test, y_test, name=Path(train_dir).parent.name or "folder", **split)
+    return from_tensors(x_train, y_train, x_test, y_test, name=Path(train_dir).parent.name or "folder",
+                        layout="nchw", **options)

@@ -160,8 +160,9 @@ class ExpandableNet(DynamicModule):
             raise RuntimeError("ExpandableNet has not seen any experience yet: call expand() first")
         features = self.features(x)
         self._last_features = features     # for the aux head (training) and NME (evaluation)
-        logits = x.new_full((len(x), self.n_classes), -math.inf)
-        logits[:, self.class_ids] = self.head(features)
+        scores = self.head(features)
+        logits = scores.new_full((len(x), self.n_classes), -math.inf)   # the head's dtype (bf16 under autocast)
+        logits[:, self.class_ids] = scores
         return logits
 
     def aux_logits(self) -> torch.Tensor:
@@ -269,7 +270,7 @@ class MEMOPlugin(SupervisedPlugin):
         net: ExpandableNet = strategy.model
         if self.class_means is None or net._last_features is None:
             return None
-        features = F.normalize(net._last_features.detach(), dim=1, eps=EPSILON)
+        features = F.normalize(net._last_features.detach().float(), dim=1, eps=EPSILON)   # bf16 under autocast
         nearest = torch.cdist(features, self.class_means.to(features.device)).argmin(dim=1)
         return torch.as_tensor(net.class_ids, device=nearest.device)[nearest]
 

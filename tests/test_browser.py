@@ -13,14 +13,13 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from cl.grid import GridSpec, expand, launch
 from cl.tracking import client_for, grid_url
+from tests.helpers.waiting import BROWSER_MS, SERVER_START_S, http_ok, wait_until
 
 pytestmark = pytest.mark.browser
 IN_CI = os.environ.get("CI", "").lower() == "true"
@@ -64,21 +63,25 @@ def server(tmp_path_factory):
     process = subprocess.Popen([mlflow_bin, "server", "--backend-store-uri", uri, "--host", "127.0.0.1",
                                 "--port", str(port), "--workers", "1"], stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
-                if response.status == 200:
-                    break
-        except OSError:
-            pass
-        if process.poll() is not None or time.time() > deadline:
-            process.kill()
-            pytest.fail(f"mlflow server did not start: {(folder / 'server.log').read_text()[-2000:]}")
-        time.sleep(0.5)
+
+    def exited():
+        if process.poll() is None:
+            return None
+        return f"exit code {process.returncode}: {(folder / 'server.log').read_text()[-2000:]}"
+
+    try:
+        wait_until(lambda: http_ok(f"{base}/health"), what="mlflow server answering /health",
+                   limit_s=SERVER_START_S, alive=exited)
+    except AssertionError as exc:
+        process.kill()
+        pytest.fail(f"{exc}\nserver log: {(folder / 'server.log').read_text()[-2000:]}")
     yield base, uri
     process.terminate()
-    process.wait(timeout=30)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:     # a loaded machine: the server's workers outlast SIGTERM's grace
+        process.kill()
+        process.wait(timeout=60)
     log.close()
 
 
@@ -106,10 +109,10 @@ def test_grid_page_run_page_and_heatmap_in_a_real_browser(server, browser, tmp_p
     # the grid's address shows the grid as a parent run; expanded, its cells are the children
     page.goto(url)
     parent = page.get_by_role("row").filter(has_text="ui-grid launch").first
-    parent.wait_for(timeout=60_000)
+    parent.wait_for(timeout=BROWSER_MS)
     parent.locator("button").first.click()              # the expand toggle of the Run Name cell
     for name in ("strategy.name=naive s0", "strategy.name=replay s0"):
-        page.get_by_text(name, exact=False).first.wait_for(timeout=60_000)
+        page.get_by_text(name, exact=False).first.wait_for(timeout=BROWSER_MS)
     page.screenshot(path=str(shots / SCREENSHOTS[0]), full_page=True)
 
     # a run's page shows the logged metrics
@@ -117,19 +120,19 @@ def test_grid_page_run_page_and_heatmap_in_a_real_browser(server, browser, tmp_p
     run = client.search_runs([exp.experiment_id], "tags.kind = 'cell' and tags.strategy = 'replay'")[0]
     page.goto(f"{base}/#/experiments/{exp.experiment_id}/runs/{run.info.run_id}")
     for metric in ("final/avg_acc", "final/forgetting", "cost/train_flops"):
-        page.get_by_text(metric, exact=True).first.wait_for(timeout=60_000)
+        page.get_by_text(metric, exact=True).first.wait_for(timeout=BROWSER_MS)
     page.screenshot(path=str(shots / SCREENSHOTS[1]), full_page=True)
 
     # its artifacts include the accuracy heatmap, and the image renders
     page.goto(f"{base}/#/experiments/{exp.experiment_id}/runs/{run.info.run_id}/artifacts")
     with page.expect_response(lambda r: "get-artifact" in r.url and "accuracy_matrix.png" in r.url,
-                              timeout=60_000) as response:
-        page.get_by_text("accuracy_matrix.png", exact=True).first.click(timeout=60_000)
+                              timeout=BROWSER_MS) as response:
+        page.get_by_text("accuracy_matrix.png", exact=True).first.click(timeout=BROWSER_MS)
     assert response.value.status == 200
     image = page.locator("img[src^='blob:']").first           # the UI shows the fetched PNG as a blob
-    image.wait_for(timeout=60_000)
+    image.wait_for(timeout=BROWSER_MS)
     page.wait_for_function("img => img.complete && img.naturalWidth > 100", arg=image.element_handle(),
-                           timeout=60_000)
+                           timeout=BROWSER_MS)
     page.screenshot(path=str(shots / SCREENSHOTS[2]), full_page=True)
 
     assert sorted(p.name for p in shots.iterdir()) == sorted(SCREENSHOTS)

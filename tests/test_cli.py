@@ -3,12 +3,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil
 import yaml
 from mlflow import MlflowClient
+
+from tests.helpers.waiting import PROCESS_S, SERVER_START_S, http_ok, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 CLSUITE = [sys.executable, "-m", "cl.cli"]
@@ -27,7 +28,7 @@ TINY = {
 }
 
 
-def clsuite(*args, cwd, timeout=300, **kwargs):
+def clsuite(*args, cwd, timeout=PROCESS_S, **kwargs):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([*CLSUITE, *map(str, args)], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout, **kwargs)
@@ -94,19 +95,15 @@ def test_killed_launch_resumes_and_runs_every_cell_exactly_once(tmp_path):
     launcher = subprocess.Popen([*CLSUITE, "grid", "launch", str(grid), "--tracking-uri", store, "--no-report",
                                  "--workers", "2"],
                                 cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline:
-        finished = [r for r in runs_of(store, "resume") if r.info.status == "FINISHED"]
-        if len(finished) >= 2:
-            break
-        assert launcher.poll() is None, "the launcher ended before it could be interrupted"
-        time.sleep(0.5)
+    wait_until(lambda: sum(r.info.status == "FINISHED" for r in runs_of(store, "resume")) >= 2,
+               what="two cells of the launched grid FINISHED", limit_s=PROCESS_S,
+               alive=lambda: None if launcher.poll() is None else "the launcher ended before it could be interrupted")
     workers = psutil.Process(launcher.pid).children(recursive=True)
     assert workers
     launcher.send_signal(signal.SIGKILL)
     launcher.wait()
     # the workers die with the launcher instead of training cells nobody will record
-    _, alive = psutil.wait_procs(workers, timeout=20)
+    _, alive = psutil.wait_procs(workers, timeout=120)
     assert not alive, [p.cmdline()[:3] for p in alive]
     before = runs_of(store, "resume")
     assert 2 <= sum(r.info.status == "FINISHED" for r in before) < 6
@@ -182,7 +179,6 @@ def test_failed_cells_make_the_launch_exit_1_with_a_summary(tmp_path):
 
 def test_ui_serves_the_store_on_localhost(tmp_path):
     import socket
-    import urllib.request
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -193,26 +189,22 @@ def test_ui_serves_the_store_on_localhost(tmp_path):
     server = subprocess.Popen([*CLSUITE, "ui", "--tracking-uri", store, "--port", str(port)], cwd=tmp_path, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
-                    assert response.status == 200
-                    break
-            except OSError:
-                assert server.poll() is None, server.stdout.read().decode()
-                assert time.monotonic() < deadline, "MLflow UI did not come up"
-                time.sleep(0.5)
+        wait_until(lambda: http_ok(f"http://127.0.0.1:{port}/health"), what="`clsuite ui` answering /health",
+                   limit_s=SERVER_START_S,
+                   alive=lambda: None if server.poll() is None else server.stdout.read().decode()[-2000:])
     finally:
         os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
 
 
 def test_readme_quickstart_grid_as_published(tmp_path):
     """README command 1's grid: one parent, ten FINISHED children with metrics and artifacts; rerun adds none."""
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     grid = ROOT / "experiments" / "quickstart.yaml"
-    out = clsuite("grid", "launch", grid, "--tracking-uri", store, "--workers", "2", cwd=tmp_path, timeout=600)
+    out = clsuite("grid", "launch", grid, "--tracking-uri", store, "--workers", "2", cwd=tmp_path, timeout=2 * PROCESS_S)
     assert out.returncode == 0, out.stderr + out.stdout
     for strategy in ("naive", "replay", "ewc", "lwf", "icarl"):
         assert f"strategy.name={strategy}" in out.stdout

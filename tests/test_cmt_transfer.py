@@ -371,7 +371,7 @@ def test_squad_loader_errors_name_the_path_and_the_fix(tmp_path, monkeypatch):
         CMTTransferParams(dataset="squad", data_root=str(tmp_path)).preflight()
 
 
-@pytest.mark.skipif(not (SHARED_DATA / "text" / "qa").is_dir(), reason="offline QA data not present")
+@pytest.mark.shared_data("text/qa")
 def test_squad_loader_reads_the_offline_xquad_subset():
     documents = squad_stream(data_root=SHARED_DATA, seed=0)
     assert len(documents) == 240 and sum(len(d.qas) for d in documents) == 1190

@@ -284,3 +284,111 @@ def test_search_rejects_bad_settings():
         _search(sampler="cmaes")
     with pytest.raises(ValueError, match="Block 'q': module 'q' not found"):
         _search(blocks=[Block("q", "q")])
+
+
+class _Regression:
+    """A real inner loop through LoRA on block `a`: SGD on a fixed regression, so the adapters' random initial
+    weights shape the result (B starts at zero, its gradient depends on A)."""
+
+    x = torch.linspace(-1, 1, 24).reshape(4, 6)
+    target = torch.linspace(1, -1, 20).reshape(4, 5)
+
+    def finetune(self, model, lr):
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.SGD(trainable, lr=lr)
+        for _ in range(5):
+            opt.zero_grad()
+            loss = nn.functional.mse_loss(model(self.x), self.target)
+            if not loss.requires_grad:          # the mask trains nothing on the forward path (Toy uses `a` only)
+                return
+            loss.backward()
+            opt.step()
+
+    def memorization(self, model):
+        with torch.no_grad():
+            return float(nn.functional.mse_loss(model(self.x), self.target))
+
+    def quality(self, model):
+        with torch.no_grad():
+            return float(model(self.x).abs().sum())
+
+
+def test_stage_two_rebuilds_exactly_the_chosen_trials_model():
+    """MemControl's second stage retrains the chosen mask; it must reproduce the chosen trial, not a model with
+    other LoRA initial weights drawn from wherever the global RNG happens to be."""
+    inner = _Regression()
+    search = MemControlSearch(model=Toy(), blocks=[Block("a", "a", "lora"), Block("n", "n", "norm")],
+                              finetune=inner.finetune, memorization=inner.memorization, quality=inner.quality,
+                              lr_range=(0.05, 0.5), lora=LoraOptions(r=2, alpha=4), sampler="random", seed=3)
+    result = search.run(n_trials=6)
+    lora_points = [p for p in result.trials if p.mask[0] == 1]
+    assert lora_points, "the random sampler proposed no LoRA mask; change the seed"
+    for point in lora_points + [result.chosen]:
+        torch.manual_seed(12345)                 # whatever the global RNG holds, stage 2 gives the trial's model
+        model = search.rebuild(point)
+        inner.finetune(model, point.lr)
+        assert (inner.memorization(model), inner.quality(model)) == point.values
+    # the check can fail: initial weights differ between trials and from an unseeded build
+    a0 = search.build((1, 0), trial=0).a[0].lora_A.default.weight
+    a1 = search.build((1, 0), trial=1).a[0].lora_A.default.weight
+    unseeded = apply_mask(Toy(), search.blocks, (1, 0), lora=search.lora).a[0].lora_A.default.weight
+    assert not torch.equal(a0, a1) and not torch.equal(a0, unseeded)
+    state = torch.random.get_rng_state()
+    search.build((1, 1), trial=4)
+    assert torch.equal(state, torch.random.get_rng_state())       # the global RNG is left alone
+
+
+def test_kid_is_unbiased_near_zero_for_one_distribution_and_grows_with_a_shift():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(300, 16)), rng.normal(size=(300, 16))
+    same = D.kernel_inception_distance(a, b, subsets=20, subset_size=200)
+    shifted = D.kernel_inception_distance(a, b + 0.5, subsets=20, subset_size=200)
+    assert abs(same.mean) < 3 * same.std + 1e-3 and same.subset_size == 200
+    assert shifted.interval[0] > same.interval[1]          # the shift is far outside the floor's spread
+    assert D.kernel_inception_distance(a, b, subsets=5, subset_size=5000).subset_size == 300
+    with pytest.raises(ValueError, match="at least 2"):
+        D.kernel_inception_distance(a[:1], b)
+
+
+def test_seed_masks_are_the_first_trials_of_a_new_study_only(tmp_path):
+    from transfer.memcontrol import single_block_masks
+
+    assert single_block_masks(3) == [(1, 1, 1), (1, 0, 0), (0, 1, 0), (0, 0, 1)]
+    inner = _Regression()
+    kwargs = dict(model=Toy(), blocks=[Block("a", "a", "lora"), Block("n", "n", "norm"), Block("f", "f", "full")],
+                  finetune=inner.finetune, memorization=inner.memorization, quality=inner.quality,
+                  lr_range=(0.01, 0.5), sampler="random", storage=f"sqlite:///{tmp_path / 's.db'}",
+                  initial_masks=single_block_masks(3))
+    first = MemControlSearch(**kwargs).run(n_trials=6)
+    assert [p.mask for p in first.trials[:4]] == single_block_masks(3)
+    assert [p.lr for p in first.trials[:4]] == [pytest.approx((0.01 * 0.5) ** 0.5)] * 4
+    again = MemControlSearch(**kwargs).run(n_trials=8)           # resumed: nothing enqueued twice
+    assert [p.mask for p in again.trials[:6]] == [p.mask for p in first.trials]
+    assert [p.mask for p in again.trials[6:]].count((1, 1, 1)) <= 1
+    with pytest.raises(ValueError, match="mask: 2 bits for 3 blocks"):
+        MemControlSearch(**{**kwargs, "initial_masks": [(1, 0)]})
+
+
+def test_a_search_on_copying_with_kid_against_training_images_reproduces_its_choice(tmp_path, monkeypatch):
+    """The experiment end to end on digits with the new search settings: the study starts from the seeded masks,
+    KID and its real-vs-real floor are logged, and stage 2 gives back the chosen trial's objectives."""
+    from mlflow import MlflowClient
+
+    from cl.config import RunConfig
+    from cl.registry import TRANSFERS
+    from cl.runner import run
+
+    monkeypatch.setenv("CLSUITE_CACHE", str(tmp_path / "cache"))
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    options = {**dict(TRANSFERS.get("memcontrol").smoke_options), "n_trials": 3, "search_memorization": "copy_rate",
+               "search_quality": "kid", "search_reference": "train", "seed_masks": True, "kid_subsets": 4}
+    cfg = RunConfig.from_dict({"experiment": "mc-kid", "transfer": {"name": "memcontrol", **options},
+                               "train": {"epochs": 1, "batch_size": 16, "lr": 0.01}, "seed": 1})
+    result = run(cfg, tracking_uri=store)
+    assert result.ok, result.reason
+    metrics = MlflowClient(store).get_run(result.run_id).data.metrics
+    assert metrics["search/stage2_matches_trial"] == 1.0
+    assert metrics["final/kid_std"] > 0 and np.isfinite(metrics["final/kid_floor"])
+    assert 0 <= metrics["search/stage2_memorization"] <= 1          # a copy rate, not the noise magnitude
+    params = MlflowClient(store).get_run(result.run_id).data.params
+    assert params["memcontrol.mask"] in {"1" * 10, "1" + "0" * 9, "01" + "0" * 8}   # one of the 3 seeded trials

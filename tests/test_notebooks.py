@@ -6,7 +6,6 @@ import pytest
 
 from cl import analysis
 from cl.grid import GridSpec, expand, launch
-from tests.conftest import SHARED_DATA
 
 jupytext = pytest.importorskip("jupytext")
 nbclient = pytest.importorskip("nbclient")
@@ -25,7 +24,7 @@ CL_GRID = {
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
-    """A CL grid (3 groups × 2 seeds) and, when the offline data is there, a ScaLearn transfer grid."""
+    """A CL grid (3 groups × 2 seeds)."""
     uri = f"sqlite:///{tmp_path_factory.mktemp('nb-store') / 'mlflow.db'}"
     spec = GridSpec.model_validate(CL_GRID)
     assert not launch(spec, expand(spec), tracking_uri=uri).failed
@@ -33,9 +32,8 @@ def store(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def transfer_experiment(store, tmp_path_factory):
-    if not (SHARED_DATA / "text" / "glue").is_dir():
-        pytest.skip("GLUE files not found in the offline data folder")
+def transfer_experiment(store, tmp_path_factory, offline_text):
+    """A ScaLearn grid on the offline GLUE files (generated ones on a clone without them)."""
     import os
 
     from cl.registry import TRANSFERS
@@ -46,7 +44,7 @@ def transfer_experiment(store, tmp_path_factory):
         "base": {"transfer": {"name": "scalearn", **smoke}, "train": {"epochs": 1, "batch_size": 8, "lr": 0.006}},
         "grid": {"transfer.method": ["scalearn", "scalearn_uniform_pp", "fusion"]},
         "seeds": [0, 1]})
-    env = {"CLSUITE_DATA_ROOT": str(SHARED_DATA), "CLSUITE_CACHE": str(tmp_path_factory.mktemp("cache"))}
+    env = {"CLSUITE_DATA_ROOT": str(offline_text), "CLSUITE_CACHE": str(tmp_path_factory.mktemp("cache"))}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:

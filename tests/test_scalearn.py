@@ -226,6 +226,7 @@ def test_glue_metrics_follow_glue_definitions():
     assert glue.scores("stsb", np.ones(4), np.arange(4.0)) == {"pearson": 0.0, "spearman": 0.0}
 
 
+@pytest.mark.shared_data("text/glue")
 def test_glue_files_load_with_the_official_sizes(shared_data):
     sizes = {"cola": (8551, 1043), "mrpc": (3668, 408), "rte": (2490, 277), "stsb": (5749, 1500), "sst2": (67349, 872)}
     for task, (n_train, n_dev) in sizes.items():
@@ -261,21 +262,18 @@ def test_task_head_is_berts_pooler_and_classifier_as_robertas_head_is_dense_and_
 
 
 @pytest.mark.parametrize("method", ["adapter", "scalearn"])
-def test_runs_log_each_stage1_adapters_own_dev_score(method, shared_store, tmp_path, monkeypatch):
+def test_runs_log_each_stage1_adapters_own_dev_score(method, shared_store, tmp_path, monkeypatch, offline_text):
     """The `adapter` baseline reloads the target's stage-1 adapter and head (pooler included), so
     its final score is exactly the score measured when the adapter was trained."""
     from cl.config import RunConfig
     from cl.registry import TRANSFERS
     from cl.runner import run
     from mlflow import MlflowClient
-    from tests.conftest import SHARED_DATA
 
-    if not SHARED_DATA.is_dir():
-        pytest.skip("needs the offline GLUE files in ../shared/data")
     monkeypatch.setenv("CLSUITE_CACHE", str(tmp_path / "cache"))
     smoke = dict(TRANSFERS.get("scalearn").smoke_options)
     cfg = RunConfig.from_dict({"experiment": f"scalearn-stage1-{method}", "seed": 0,
-                               "transfer": {"name": "scalearn", **smoke, "method": method, "data_root": str(SHARED_DATA)},
+                               "transfer": {"name": "scalearn", **smoke, "method": method, "data_root": str(offline_text)},
                                "train": {"epochs": 1, "batch_size": 8, "lr": 0.006}})
     result = run(cfg, tracking_uri=shared_store)
     assert result.ok, result.reason

@@ -93,7 +93,7 @@ def test_data_root_from_environment(shared_data, monkeypatch):
     assert split_fmnist(n_experiences=2, train_samples_per_class=5).n_classes == 10
 
 
-def _arrays(n_classes=4, per_class=6, shape=(1, 4, 4)):
+def _arrays(n_classes=4, per_class=6, shape=(1, 6, 6)):
     rng = np.random.default_rng(0)
     y = np.repeat(np.arange(n_classes), per_class)
     return rng.random((len(y), *shape), dtype=np.float32), y
@@ -102,9 +102,9 @@ def _arrays(n_classes=4, per_class=6, shape=(1, 4, 4)):
 def test_from_tensors_and_from_file_round_trip(tmp_path):
     x, y = _arrays()
     s = from_tensors(x, y, x, y, n_experiences=2, shuffle_classes=False)
-    assert s.classes_per_experience == ((0, 1), (2, 3)) and s.input_shape == (1, 4, 4)
+    assert s.classes_per_experience == ((0, 1), (2, 3)) and s.input_shape == (1, 6, 6)
     flat = from_tensors(x.reshape(len(x), -1), y, x.reshape(len(x), -1), y, n_experiences=4)
-    assert flat.input_shape == (1, 1, 16)
+    assert flat.input_shape == (1, 1, 36)
 
     path = tmp_path / "mine.npz"
     np.savez(path, x_train=x, y_train=y, x_test=x, y_test=y)

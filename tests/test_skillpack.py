@@ -276,18 +276,16 @@ def test_gptq_without_calibration_inputs_is_refused_by_name():
         CompressionConfig(quantizer="awq")
 
 
-def test_gptq_skill_pack_run_calibrates_on_the_fine_tune_and_logs_its_quantiser(shared_store, tmp_path, monkeypatch):
+def test_gptq_skill_pack_run_calibrates_on_the_fine_tune_and_logs_its_quantiser(shared_store, tmp_path, monkeypatch,
+                                                                                offline_text):
     import mlflow
 
     from cl.config import RunConfig
     from cl.registry import TRANSFERS
     from cl.runner import run
-    from tests.conftest import SHARED_DATA
 
-    if not SHARED_DATA.is_dir():
-        pytest.skip("needs the offline text data")
     monkeypatch.setenv("CLSUITE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("CLSUITE_DATA_ROOT", str(SHARED_DATA))
+    monkeypatch.setenv("CLSUITE_DATA_ROOT", str(offline_text))
     options = {**dict(TRANSFERS.get("skillpack").smoke_options), "quantizer": "gptq", "calibration_samples": 4}
     cfg = RunConfig.from_dict({"experiment": "skillpack-gptq", "transfer": {"name": "skillpack", **options},
                                "train": {"epochs": 1, "batch_size": 4, "lr": 1e-3}, "seed": 0})

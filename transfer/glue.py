@@ -7,13 +7,18 @@ rest of the suite ($CLSUITE_DATA_ROOT); a root that *is* the ``glue`` folder wor
 Metrics (GLUE's own definitions): CoLA Matthews correlation; MRPC F1 of the positive class
 (accuracy reported beside it); STS-B Pearson correlation (Spearman beside it); RTE, SST-2 and
 WNLI accuracy. ``primary`` is the one number per task that enters averages.
+
+A task is a GLUE name or a task read from your own files (`transfer.textfiles.TextFile` with
+``kind`` and ``metric``, see `transfer.catalog.ScaLearnFileTask`): every function here takes either.
+An own-file task is scored by its ``metric`` (accuracy, Matthews correlation, macro F1; Pearson for
+regression).
 """
 from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
@@ -28,7 +33,7 @@ class TaskSpec:
     text_columns: tuple[str | int, ...]     # column names (header files) or indices (CoLA has no header)
     label_column: str | int
     labels: Optional[tuple[str, ...]]       # label strings in class-index order; None = regression
-    primary: str
+    primary: str                            # acc, f1 (positive class), mcc, macro_f1 or pearson
     header: bool = True
 
     @property
@@ -48,6 +53,35 @@ TASKS: dict[str, TaskSpec] = {
     "stsb": TaskSpec("STS-B", ("sentence1", "sentence2"), "score", None, "pearson"),
     "wnli": TaskSpec("WNLI", ("sentence1", "sentence2"), "label", ("0", "1"), "acc"),
 }
+
+
+Task = Union[str, Any]          # a GLUE name, or an own-file task (transfer.catalog.ScaLearnFileTask)
+
+
+def task_name(task: Task) -> str:
+    return task if isinstance(task, str) else task.name
+
+
+def is_file_task(task: Task) -> bool:
+    return not isinstance(task, str)
+
+
+def load_file_task(task, where: Optional[str] = None):
+    """The checked rows of an own-file task (`transfer.textfiles.Loaded`)."""
+    from transfer import textfiles
+
+    return textfiles.load(task, regression=task.kind == "regression", where=where)
+
+
+def task_spec(task: Task) -> TaskSpec:
+    """GLUE's spec of a named task; for an own-file task, its columns, the classes its training file holds
+    (reads the files) and its metric."""
+    if not is_file_task(task):
+        if task not in TASKS:
+            raise ValueError(f"unknown GLUE task {task!r}; known: {sorted(TASKS)}")
+        return TASKS[task]
+    loaded = load_file_task(task)
+    return TaskSpec(str(loaded.train.file), task.columns(), task.label, loaded.classes, task.metric)
 
 
 @dataclass
@@ -84,11 +118,19 @@ def glue_dir(data_root: Optional[str], tasks: Sequence[str] = ()) -> Path:
         "folder that holds text/glue/ (GLUE's standard layout).")
 
 
-def load_split(task: str, split: str, data_root: Optional[str] = None) -> TextSplit:
-    """``split`` is ``train`` or ``dev``."""
-    if task not in TASKS:
-        raise ValueError(f"unknown GLUE task {task!r}; known: {sorted(TASKS)}")
-    spec = TASKS[task]
+def load_split(task: Task, split: str, data_root: Optional[str] = None) -> TextSplit:
+    """``split`` is ``train`` or ``dev``; ``data_root`` locates GLUE (own-file tasks name their files)."""
+    if split not in ("train", "dev"):
+        raise ValueError(f"split {split!r}: expected 'train' or 'dev'")
+    spec = task_spec(task)
+    if is_file_task(task):
+        rows = getattr(load_file_task(task), split)
+        if spec.is_regression:
+            labels = np.asarray([float(v) for v in rows.labels], dtype=np.float32)
+        else:
+            index = {label: i for i, label in enumerate(spec.labels)}
+            labels = np.asarray([index[v] for v in rows.labels], dtype=np.int64)
+        return TextSplit(list(rows.texts), labels)
     path = glue_dir(data_root, [task]) / spec.folder / f"{split}.tsv"
     texts, labels = [], []
     with open(path, encoding="utf-8-sig", newline="") as handle:
@@ -112,12 +154,12 @@ def load_split(task: str, split: str, data_root: Optional[str] = None) -> TextSp
     return TextSplit(texts, np.asarray(labels, dtype=dtype))
 
 
-def scores(task: str, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+def scores(task: Task, predictions: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     """GLUE metrics for the task; ``predictions`` are class ids (or floats for STS-B)."""
     from scipy.stats import pearsonr, spearmanr
     from sklearn.metrics import f1_score, matthews_corrcoef
 
-    spec = TASKS[task]
+    spec = task_spec(task)
     if spec.is_regression:
         predictions = np.asarray(predictions, dtype=np.float64).ravel()
         if np.std(predictions) == 0:           # constant output: correlation undefined, score it 0
@@ -129,17 +171,20 @@ def scores(task: str, predictions: np.ndarray, labels: np.ndarray) -> dict[str, 
         result["mcc"] = float(matthews_corrcoef(labels, predictions))
     if spec.primary == "f1":
         result["f1"] = float(f1_score(labels, predictions))
+    if spec.primary == "macro_f1":
+        result["macro_f1"] = float(f1_score(labels, predictions, average="macro",
+                                            labels=list(range(spec.num_labels)), zero_division=0))
     return result
 
 
-def primary_score(task: str, metrics: dict[str, float]) -> float:
-    return metrics[TASKS[task].primary]
+def primary_score(task: Task, metrics: dict[str, float]) -> float:
+    return metrics[task_spec(task).primary]
 
 
-def majority_score(task: str, train: TextSplit, dev: TextSplit) -> float:
+def majority_score(task: Task, train: TextSplit, dev: TextSplit) -> float:
     """The primary dev score of always predicting the training split's most frequent class (0 for regression:
     a constant has no correlation). The floor a transfer method has to clear: on MRPC it is a high F1."""
-    if TASKS[task].is_regression:
+    if task_spec(task).is_regression:
         return 0.0
     majority = int(np.bincount(train.labels).argmax())
     return primary_score(task, scores(task, np.full(len(dev), majority), dev.labels))

@@ -48,6 +48,13 @@ What is ours (the paper does not fix it, or we generalise it):
   parameters; FINISHED, or FAILED with the reason), and/or through any callable recorder.
 - A trial whose fine-tuning diverges (`FloatingPointError`) is recorded FAILED and the search
   goes on; any other exception ends the search.
+- `initial_masks` (e.g. all blocks, and each block alone) are the study's first trials — enqueued
+  once, in a new study — so the sampler starts from the points a researcher would try by hand.
+- Stage 2 rebuilds the chosen trial's model exactly: LoRA's random initial weights are drawn from
+  a seed derived from (search seed, trial number) (`trial_init_seed`), never from the global RNG,
+  so `MemControlSearch.rebuild(result.chosen)` followed by the same fine-tuning gives the same
+  weights, hence the same objective values, as the trial did (the paper retrains with the chosen
+  mask; it does not say how the initialisation is fixed).
 """
 from __future__ import annotations
 
@@ -103,6 +110,11 @@ def _submodule(model: nn.Module, block: Block) -> nn.Module:
                          f"use a dotted path from model.named_modules()") from None
 
 
+def single_block_masks(n: int) -> list[tuple[int, ...]]:
+    """The all-blocks mask, then each block alone: the points a search should not have to find by chance."""
+    return [(1,) * n] + [tuple(int(i == j) for j in range(n)) for i in range(n)]
+
+
 def check_mask(blocks: Sequence[Block], mask: Sequence[int]) -> tuple[int, ...]:
     mask = tuple(int(b) for b in mask)
     if len(mask) != len(blocks):
@@ -120,13 +132,19 @@ def lora_targets(model: nn.Module, block: Block) -> list[str]:
             for name, module in root.named_modules() if type(module) in LORA_TYPES]
 
 
+def trial_init_seed(seed: int, trial: int) -> int:
+    """The seed of trial `trial`'s LoRA initial weights: a function of (search seed, trial number) only."""
+    return int(np.random.SeedSequence([int(seed), int(trial)]).generate_state(1)[0])
+
+
 def apply_mask(model: nn.Module, blocks: Sequence[Block], mask: Sequence[int], *,
-               lora: LoraOptions = LoraOptions()) -> nn.Module:
+               lora: LoraOptions = LoraOptions(), init_seed: int | None = None) -> nn.Module:
     """Make exactly the selected blocks' recipe parameters trainable (in place); returns `model`.
 
     ``lora`` blocks get peft LoRA adapters (only the adapters train); ``bias`` / ``norm`` /
     ``full`` blocks train their biases / normalisation affine parameters / everything. Every
-    other parameter is frozen.
+    other parameter is frozen. With `init_seed`, the adapters' random initial weights are drawn
+    from it (the global RNG is left as it was); without, from the global RNG.
     """
     mask = check_mask(blocks, mask)
     names = [b.name for b in blocks]
@@ -138,7 +156,14 @@ def apply_mask(model: nn.Module, blocks: Sequence[Block], mask: Sequence[int], *
         from peft import LoraConfig, inject_adapter_in_model
 
         config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets)
-        model = inject_adapter_in_model(config, model)
+        if init_seed is None:
+            model = inject_adapter_in_model(config, model)
+        else:
+            import torch
+
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(init_seed)
+                model = inject_adapter_in_model(config, model)
     model.requires_grad_(False)
     for block in selected:
         root = _submodule(model, block)
@@ -296,6 +321,8 @@ class MemControlSearch:
     recorders: Sequence[Callable[[dict], None]] = ()
     objective_names: tuple[str, str] = ("memorization", "quality")
     reference_params: int | None = None    # what "% of parameters trained" refers to (default: all the model's)
+    initial_masks: Sequence[Sequence[int]] = ()   # tried first (a new study only), at `initial_lr`
+    initial_lr: float | None = None              # default: the geometric middle of lr_range
 
     def __post_init__(self):
         self.blocks = tuple(self.blocks)
@@ -316,6 +343,9 @@ class MemControlSearch:
         if not 0 < self.heartbeat_seconds < self.grace_seconds:
             raise ValueError(f"heartbeat_seconds={self.heartbeat_seconds}, grace_seconds={self.grace_seconds}: "
                              "need 0 < heartbeat_seconds < grace_seconds")
+        self.initial_masks = tuple(check_mask(self.blocks, m) for m in self.initial_masks)
+        if self.initial_lr is not None and not lo <= self.initial_lr <= hi:
+            raise ValueError(f"initial_lr: {self.initial_lr} lies outside lr_range {self.lr_range}")
         template = self._fresh()
         for block in self.blocks:
             _submodule(template, block)          # every path exists
@@ -328,9 +358,14 @@ class MemControlSearch:
     def _fresh(self) -> nn.Module:
         return copy.deepcopy(self.model) if isinstance(self.model, nn.Module) else self.model()
 
-    def build(self, mask: Sequence[int]) -> nn.Module:
-        """A fresh copy of the model with `mask` applied."""
-        return apply_mask(self._fresh(), self.blocks, mask, lora=self.lora)
+    def build(self, mask: Sequence[int], trial: int = 0) -> nn.Module:
+        """A fresh copy of the model with `mask` applied, initialised as trial number `trial` was."""
+        return apply_mask(self._fresh(), self.blocks, mask, lora=self.lora,
+                          init_seed=trial_init_seed(self.seed, trial))
+
+    def rebuild(self, point: "TrialPoint") -> nn.Module:
+        """Stage 2: the chosen trial's model before fine-tuning, exactly (mask and initial weights)."""
+        return self.build(point.mask, trial=point.number)
 
     # ---- study
 
@@ -364,6 +399,10 @@ class MemControlSearch:
                              f"{stored.get('blocks')} with lr_range {stored.get('lr_range')}; this search has "
                              f"{space['blocks']} and {space['lr_range']}. Use another study_name or storage.")
         probe.sampler = self._sampler(already=len(probe.trials))
+        if not probe.trials:
+            lr = self.initial_lr or math.sqrt(self.lr_range[0] * self.lr_range[1])
+            for mask in self.initial_masks:
+                probe.enqueue_trial({**{f"mask.{n}": bit for n, bit in zip(self.block_names, mask)}, "lr": lr})
         return probe
 
     def _storage(self):
@@ -388,7 +427,7 @@ class MemControlSearch:
         record = {"trial": trial.number, "study": self.study_name, "mask": dict(zip(self.block_names, mask)),
                   "lr": lr, "metrics": {}}
         try:
-            model = self.build(mask)
+            model = self.build(mask, trial=trial.number)
             trainable = count_parameters(model, trainable_only=True)
             trial.set_user_attr("trainable_params", trainable)
             record["metrics"].update(trainable_params=trainable,

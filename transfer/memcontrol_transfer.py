@@ -38,6 +38,17 @@ one seed:
    parallel or Ray launch workers do not talk to MLflow, and the trials are logged as
    ``search/*`` metrics of the run (step = trial number) — always, in both cases — with the
    front and every trial in the artifact ``memcontrol/search.json``.
+   Also ``kid`` and ``kid_std`` (Kernel Inception Distance on the same features, unbiased at small n,
+   averaged over `kid_subsets` subsets; `transfer.diffusion.kernel_inception_distance`) and
+   ``kid_floor``, the KID between two disjoint halves of the real test images of the evaluation's size:
+   what a perfect generator scores here. Read quality numbers against it, not against zero.
+6. The search's objectives are options: memorisation by the paper's noise magnitude (``noise``) or by
+   what measures copying (``copy_rate``: the held-out measure above on the search's own generations;
+   ``nn_ratio``: minus its median ratio, continuous); quality by FID or KID on `search_samples`
+   generations; their real references from the test split (the first grid) or, with
+   ``search_reference: train``, from training images outside the fine-tuning set, so nothing the
+   search chooses on is test data. ``seed_masks`` starts the study with the all-blocks and every
+   single-block mask.
 
 Deviations from the paper, all for scale or because nothing can be downloaded here:
 - a pixel-space DDPM of ~0.3M parameters, MNIST → Fashion-MNIST at 28×28, instead of Stable
@@ -52,8 +63,11 @@ Deviations from the paper, all for scale or because nothing can be downloaded he
   attack;
 - DDIM with 20 steps and guidance 2 when generating;
 - no pruning (Optuna does not prune multi-objective studies), 16 trials by default;
-- stage 2 retrains with the same budget and seed as a trial; on CPU it reproduces the chosen
-  trial's model;
+- stage 2 rebuilds the chosen trial's model (same mask, same LoRA initial weights — seeded from
+  the run seed and the trial number —, same budget, data order and noise) and checks it: the
+  final model's noise-magnitude memorisation and search FID are recomputed and compared with the
+  trial's (`search/stage2_*`; `search/stage2_matches_trial` = 1 when both agree to 1e-6 relative,
+  which they do on CPU, where these operations are deterministic);
 - the choice rule on the front is ours (`transfer.memcontrol`).
 
 The Optuna study is stored under ``<cache>/memcontrol/studies/<key>.db`` (key: the run's options,
@@ -73,10 +87,13 @@ from cl.config import canonical_hash
 from cl.scenarios import image_tensors
 from cl.transfer_run import TransferContext, build_lock, publish_directory, single_thread
 from transfer import diffusion as D
-from transfer.memcontrol import Block, LoraOptions, MemControlSearch, MlflowTrialRecorder, apply_mask, count_parameters
+from transfer.memcontrol import (Block, LoraOptions, MemControlSearch, MlflowTrialRecorder, apply_mask,
+                                 count_parameters, single_block_masks, trial_init_seed)
 
 log = logging.getLogger(__name__)
 
+KID_SEED = 10_009             # the subsets KID averages over
+COPY_SEARCH_SEED = 10_013     # the search's generations for the memorised prompts
 FID_SEARCH_SEED = 10_007      # generator seeds: the search's generations, and the final evaluation's
 FID_EVAL_SEED = 20_011
 MEM_METRIC_SEED = 30_011
@@ -182,6 +199,23 @@ def finetune_data(params, x, y, seed: int):
     return xu, yu, mem_idx, x_ft, y_ft
 
 
+def _outside(x: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+    """The rows of `x` that are not rows of `inside` (exact pixel equality)."""
+    seen = {bytes(row.numpy().tobytes()) for row in inside}
+    keep = [i for i in range(len(x)) if bytes(x[i].numpy().tobytes()) not in seen]
+    return x[torch.tensor(keep, dtype=torch.long)]
+
+
+def real_kid_floor(fnet, x_test, params, device) -> "D.KID":
+    """KID between two disjoint halves of the target's real test images, each as large as the evaluation's
+    sample: the value a perfect generator would score here, the floor every quality number is read against."""
+    n = min(params.eval_samples, len(x_test) // 2)
+    order = torch.from_numpy(np.random.default_rng(KID_SEED).permutation(len(x_test)))
+    a, b = (D.features(fnet, x_test[order[i * n:(i + 1) * n]], device) for i in (0, 1))
+    return D.kernel_inception_distance(a, b, subsets=params.kid_subsets, subset_size=params.kid_subset_size,
+                                       seed=KID_SEED)
+
+
 def random_mask(n: int, seed) -> tuple[int, ...]:
     rng = np.random.default_rng(seed)
     while True:
@@ -241,6 +275,18 @@ def _run(ctx: TransferContext, params) -> dict[str, float]:
                          f"test images, {params.target} has {len(yt_test)}; lower it")
     heldout = xt_test[torch.from_numpy(np.random.default_rng(ctx.seed).choice(len(yt_test), len(yu), replace=False))]
     real_features = D.features(fnet, xt_test[: params.fid_real], ctx.device)
+    # what the search compares with: the test split (the first grid's choice) or training images the
+    # fine-tuning never sees, so that nothing the search chooses on is test data
+    if params.search_reference == "train":
+        unused = _outside(xt, xu)
+        pick = np.random.default_rng([ctx.seed, 1]).permutation(len(unused))
+        if len(pick) < len(yu) + 2:
+            raise ValueError(f"transfer.search_reference: train leaves {len(pick)} training images outside the "
+                             "fine-tuning set; need more than the fine-tuning set's size")
+        search_heldout = unused[torch.from_numpy(pick[: len(yu)])]
+        search_real = D.features(fnet, unused[torch.from_numpy(pick[len(yu): len(yu) + params.fid_real])], ctx.device)
+    else:
+        search_heldout, search_real = heldout, real_features
     steps = ctx.train.epochs * math.ceil(len(y_ft) / ctx.train.batch_size)
 
     def finetune(model, lr):
@@ -259,14 +305,31 @@ def _run(ctx: TransferContext, params) -> dict[str, float]:
     def fid_of(images):
         return D.frechet_distance(D.features(fnet, images, ctx.device), real_features)
 
-    def search_fid(model):
-        return fid_of(generate(model, torch.arange(params.search_samples) % n_classes, FID_SEARCH_SEED + ctx.seed))
+    def kid_of(images, reference):
+        return D.kernel_inception_distance(D.features(fnet, images, ctx.device), reference,
+                                           subsets=params.kid_subsets, subset_size=params.kid_subset_size,
+                                           seed=KID_SEED)
+
+    def search_quality(model):
+        images = generate(model, torch.arange(params.search_samples) % n_classes, FID_SEARCH_SEED + ctx.seed)
+        if params.search_quality == "kid":
+            return kid_of(images, search_real).mean
+        return D.frechet_distance(D.features(fnet, images, ctx.device), search_real)
+
+    def search_memorization(model):
+        if params.search_memorization == "noise":
+            return memorization(model)
+        labels = p_mem.repeat_interleave(params.samples_per_prompt)
+        rate, ratio = D.nn_memorization(generate(model, labels, COPY_SEARCH_SEED + ctx.seed), xu, search_heldout,
+                                        threshold=params.nn_threshold)
+        return rate if params.search_memorization == "copy_rate" else -ratio
 
     blocks = unet_blocks(params.peft)
     lora = LoraOptions(r=params.lora_rank, alpha=params.lora_alpha)
     total = count_parameters(base) - base.embed.label.weight.numel()   # the U-Net's, the label table apart
     extra: dict[str, float] = {}
     search_lr = ctx.train.lr
+    init_seed = trial_init_seed(ctx.seed, 0)        # LoRA's initial weights outside the search
     if params.method == "memcontrol":
         recorders = [lambda rec: ctx.runlog.log_metrics(
             {f"search/{k}": v for k, v in rec["metrics"].items()}, step=rec["trial"])]
@@ -277,18 +340,25 @@ def _run(ctx: TransferContext, params) -> dict[str, float]:
         storage = ctx.cache_dir / "memcontrol" / "studies" / f"{canonical_hash(key)}.db"
         storage.parent.mkdir(parents=True, exist_ok=True)
         search = MemControlSearch(
-            model=base, blocks=blocks, finetune=finetune, memorization=memorization, quality=search_fid,
+            model=base, blocks=blocks, finetune=finetune, memorization=search_memorization, quality=search_quality,
+            initial_masks=single_block_masks(len(blocks)) if params.seed_masks else (),
             lr_range=(params.lr_min, params.lr_max), lora=lora, sampler=params.sampler,
             population_size=params.population_size, seed=ctx.seed, storage=f"sqlite:///{storage}",
             study_name="memcontrol", choice=params.choice, tolerance=params.fid_tolerance, recorders=recorders,
-            objective_names=("memorization", "fid"), reference_params=total)
+            objective_names=(f"memorization_{params.search_memorization}", params.search_quality),
+            reference_params=total)
         result = search.run(params.n_trials)
         ctx.runlog.log_artifact("memcontrol/search.json", json.dumps(result.to_dict(), indent=1).encode())
         mask, search_lr = result.chosen.mask, result.chosen.lr
+        init_seed = trial_init_seed(search.seed, result.chosen.number)
         extra = {"search/completed": len(result.trials), "search/failed": result.failed,
                  "search/pareto_size": len(result.front), "search/chosen_trial": result.chosen.number,
-                 "search/chosen_memorization": result.chosen.values[0], "search/chosen_fid": result.chosen.values[1]}
+                 "search/chosen_memorization": result.chosen.values[0],
+                 f"search/chosen_{params.search_quality}": result.chosen.values[1]}
         log.info("memcontrol chose trial %d: mask %s lr %.2e", result.chosen.number, mask, search_lr)
+        log.info("Pareto front (%s, %s): %s", *search.objective_names, "; ".join(
+            f"trial {p.number} {''.join(map(str, p.mask))} lr {p.lr:.1e} → {p.values[0]:.4g}, {p.values[1]:.4g}"
+            + (" (chosen)" if p.number == result.chosen.number else "") for p in result.front))
     elif params.method == "peft_all":
         mask = (1,) * len(blocks)
     elif params.method == "random":
@@ -299,7 +369,7 @@ def _run(ctx: TransferContext, params) -> dict[str, float]:
     ctx.runlog.progress(0, 1, f"fine-tuning ({params.method})")
     model = copy.deepcopy(base)
     if mask is not None:
-        model = apply_mask(model, blocks, mask, lora=lora)
+        model = apply_mask(model, blocks, mask, lora=lora, init_seed=init_seed)
         ctx.runlog.log_params({"memcontrol.mask": "".join(map(str, mask)),
                                "memcontrol.mask_blocks": ",".join(b.name for b, bit in zip(blocks, mask) if bit)})
     elif params.method == "none":
@@ -311,15 +381,30 @@ def _run(ctx: TransferContext, params) -> dict[str, float]:
     if trainable:
         finetune(model, search_lr)
 
+    final_memorization = memorization(model)
+    if params.method == "memcontrol":       # stage 2 must be the model the search measured
+        chosen = result.chosen.values
+        again = (search_memorization(model), search_quality(model))
+        extra.update({"search/stage2_memorization": again[0], "search/stage2_quality": again[1],
+                      "search/stage2_matches_trial": float(all(
+                          math.isclose(a, c, rel_tol=1e-6, abs_tol=1e-9) for a, c in zip(again, chosen)))})
+        if not extra["search/stage2_matches_trial"]:
+            log.warning("stage 2 differs from the chosen trial %d: objectives %s vs %s", result.chosen.number,
+                        again, chosen)
+
     images = generate(model, torch.arange(params.eval_samples) % n_classes, FID_EVAL_SEED + ctx.seed)
+    kid = kid_of(images, real_features)
     prompt_labels = p_mem.repeat_interleave(params.samples_per_prompt)
     extraction = generate(model, prompt_labels, FID_EVAL_SEED + 1 + ctx.seed)
     rate, ratio = D.nn_memorization(extraction, xu, heldout, threshold=params.nn_threshold)
     by_prompt = [extraction[prompt_labels == int(p)][:6] for p in p_mem[:8]]
     ctx.runlog.log_artifact("memcontrol/samples.png", _samples_png(x_mem[:8], by_prompt, c_mem[:8]))
     return {
-        "memorization": memorization(model),
+        "memorization": final_memorization,
         "fid": fid_of(images),
+        "kid": kid.mean,
+        "kid_std": kid.std,
+        "kid_floor": real_kid_floor(fnet, xt_test, params, ctx.device).mean,
         "heldout_mem_rate": rate,
         "heldout_nn_ratio": ratio,
         "trainable_params": trainable,

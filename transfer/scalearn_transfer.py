@@ -1,7 +1,9 @@
 """The ScaLearn transfer experiment: stage-1 task adapters, then stage-2 transfer to a target task.
 
 Registered as the transfer experiment ``scalearn`` (options: `transfer.catalog.ScaLearnTransferParams`).
-One run = one method on one target task and one seed:
+One run = one method on one target task and one seed. A task is a GLUE name or a task read from
+your own CSV / TSV / JSON-lines file (`transfer.textfiles`; logged as ``data/<name>/...`` params,
+scored by its ``metric``):
 
 1. **Stage 1** (cached): for every task of ``tasks``, a LoRA adapter (plus its own head,
    `TaskHead`) is trained on the task and saved with peft under ``<cache>/scalearn/<key>/`` —
@@ -48,6 +50,7 @@ from transformers import get_linear_schedule_with_warmup
 from cl.config import canonical_hash
 from cl.transfer_run import TransferContext, publish_directory
 from transfer import glue
+from transfer.textfiles import describe
 from transfer.scalearn import (AdapterCombination, FusionAttention, ScaLearnConfig, ScaLearnModel, VARIANTS,
                                adapted_layers, load_adapters)
 
@@ -155,7 +158,7 @@ def task_loss(logits: torch.Tensor, labels: torch.Tensor, regression: bool) -> t
     return F.cross_entropy(logits, labels)
 
 
-def train(model: nn.Module, data: Encoded, *, task: str, epochs: int, lr: float, batch_size: int, seed: int,
+def train(model: nn.Module, data: Encoded, *, task: glue.Task, epochs: int, lr: float, batch_size: int, seed: int,
           pad_id: int, device, head: nn.Module | None = None, head_lr: float | None = None, extra_loss=None,
           on_epoch=None) -> int:
     """AdamW with linear decay to zero over all steps (`head`'s parameters at `head_lr`, the
@@ -170,7 +173,7 @@ def train(model: nn.Module, data: Encoded, *, task: str, epochs: int, lr: float,
     steps_per_epoch = -(-len(data) // batch_size)
     total = epochs * steps_per_epoch
     schedule = get_linear_schedule_with_warmup(optimizer, num_warmup_steps=0, num_training_steps=total)
-    regression = glue.TASKS[task].is_regression
+    regression = glue.task_spec(task).is_regression
     generator = torch.Generator().manual_seed(seed)
     step = 0
     for epoch in range(epochs):
@@ -195,13 +198,13 @@ def train(model: nn.Module, data: Encoded, *, task: str, epochs: int, lr: float,
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Encoded, *, task: str, pad_id: int, device, batch_size: int = 128
+def evaluate(model: nn.Module, data: Encoded, *, task: glue.Task, pad_id: int, device, batch_size: int = 128
              ) -> dict[str, float]:
     model.eval()
     predictions = []
     for start in range(0, len(data), batch_size):
         logits = model(**data.batch(range(start, min(start + batch_size, len(data))), pad_id, device)).logits
-        predictions.append(logits.squeeze(-1) if glue.TASKS[task].is_regression else logits.argmax(-1))
+        predictions.append(logits.squeeze(-1) if glue.task_spec(task).is_regression else logits.argmax(-1))
     metrics = glue.scores(task, torch.cat(predictions).cpu().numpy(), data.labels)
     metrics["score"] = glue.primary_score(task, metrics)
     return metrics
@@ -216,26 +219,30 @@ def lora_config(params):
                       target_modules=params.lora_target)
 
 
-def stage1_adapter(ctx: TransferContext, params, task: str, tokenizer) -> Path:
-    """Directory of the task's stage-1 adapter (peft) and head; trained unless cached."""
+def stage1_adapter(ctx: TransferContext, params, task, tokenizer) -> Path:
+    """Directory of the task's stage-1 adapter (peft) and head; trained unless cached. An own-file task's
+    key holds the digest of its definition and files, so an edited file trains a new adapter."""
     from peft import get_peft_model
     from safetensors.torch import save_file
 
-    key = {"model": params.model, "task": task, "train_samples": params.train_samples,
+    name = glue.task_name(task)
+    task_key = {"file": name, "sha256": glue.load_file_task(task).sha256} if glue.is_file_task(task) else task
+    key = {"model": params.model, "task": task_key, "train_samples": params.train_samples,
            "max_length": params.max_length, "lora_rank": params.lora_rank, "lora_alpha": params.lora_alpha,
            "lora_target": params.lora_target, "epochs": params.adapter_epochs, "lr": params.adapter_lr,
            "batch_size": ctx.train.batch_size, "seed": ctx.seed, "head": "pooler+classifier"}
-    path = ctx.cache_dir / "scalearn" / f"{task}-{canonical_hash(key)}"
+    path = ctx.cache_dir / "scalearn" / f"{name}-{canonical_hash(key)}"
     if (path / HEAD_FILE).is_file():
-        log.info("stage-1 adapter for %s from cache %s", task, path)
+        log.info("stage-1 adapter for %s from cache %s", name, path)
         return path
     data = encode(tokenizer, load_split(params, task, "train", ctx.seed), params.max_length)
-    model = get_peft_model(build_classifier(params.model, glue.TASKS[task].num_labels, ctx.seed), lora_config(params))
+    model = get_peft_model(build_classifier(params.model, glue.task_spec(task).num_labels, ctx.seed),
+                           lora_config(params))
     head_of(model).requires_grad_(True)
     model.to(ctx.device)
     train(model, data, task=task, epochs=params.adapter_epochs, lr=params.adapter_lr,
           batch_size=ctx.train.batch_size, seed=ctx.seed, pad_id=tokenizer.pad_token_id, device=ctx.device,
-          on_epoch=lambda e, loss: ctx.runlog.log_metrics({f"stage1/{task}/train_loss": loss}, step=e))
+          on_epoch=lambda e, loss: ctx.runlog.log_metrics({f"stage1/{name}/train_loss": loss}, step=e))
     dev = encode(tokenizer, load_split(params, task, "dev", 0), params.max_length)
     scores = evaluate(model, dev, task=task, pad_id=tokenizer.pad_token_id, device=ctx.device)
     with publish_directory(path) as partial:
@@ -253,7 +260,7 @@ def stage1_scores(adapter_dir: Path) -> dict[str, float]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def load_split(params, task: str, split: str, seed: int) -> glue.TextSplit:
+def load_split(params, task, split: str, seed: int) -> glue.TextSplit:
     data = glue.load_split(task, split, params.data_root)
     n = params.train_samples if split == "train" else params.eval_samples
     return data.subset(n, seed)
@@ -265,7 +272,7 @@ def transfer_model(ctx, params, adapter_dirs: dict[str, Path]):
     """(model, learning rate of the method's own parameters, extra loss or None) for the method."""
     from safetensors.torch import load_file
 
-    num_labels = glue.TASKS[params.target].num_labels
+    num_labels = glue.task_spec(params.target_task()).num_labels
     base = build_classifier(params.model, num_labels, ctx.seed)
     method = params.method
     if method == "full":
@@ -305,10 +312,15 @@ def transfer_model(ctx, params, adapter_dirs: dict[str, Path]):
 def run(ctx: TransferContext, params) -> dict[str, float]:
     torch.manual_seed(ctx.seed)
     tokenizer = load_tokenizer(params.model)
-    sources = [t for t in params.tasks if t != params.target]
-    order = sources + [params.target]
-    needs = [params.target] if params.method == "adapter" else ([] if params.method == "full" else order)
-    adapter_dirs = {task: stage1_adapter(ctx, params, task, tokenizer) for task in needs}
+    target = params.target_task()
+    sources = [t for t in params.tasks if t is not target]
+    for task in params.tasks:                                       # what an own-file task read
+        if glue.is_file_task(task):
+            loaded = glue.load_file_task(task)
+            ctx.runlog.log_params({f"data/{task.name}/{k}": v for k, v in describe(loaded).items()})
+    order = [glue.task_name(t) for t in sources + [target]]
+    needs = [target] if params.method == "adapter" else ([] if params.method == "full" else sources + [target])
+    adapter_dirs = {glue.task_name(task): stage1_adapter(ctx, params, task, tokenizer) for task in needs}
 
     model, lr, extra_loss = transfer_model(ctx, params, adapter_dirs)
     model.to(ctx.device)
@@ -317,14 +329,14 @@ def run(ctx: TransferContext, params) -> dict[str, float]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     steps = 0
     if params.method != "adapter":
-        data = encode(tokenizer, load_split(params, params.target, "train", ctx.seed + 1), params.max_length)
-        steps = train(model, data, task=params.target, epochs=ctx.train.epochs, lr=lr, head=head,
+        data = encode(tokenizer, load_split(params, target, "train", ctx.seed + 1), params.max_length)
+        steps = train(model, data, task=target, epochs=ctx.train.epochs, lr=lr, head=head,
                       head_lr=ctx.train.lr, batch_size=ctx.train.batch_size, seed=ctx.seed + 1,
                       pad_id=tokenizer.pad_token_id, device=ctx.device, extra_loss=extra_loss,
                       on_epoch=lambda e, loss: (ctx.runlog.log_metrics({"train/loss": loss}, step=e),
                                                 ctx.runlog.progress(e + 1, ctx.train.epochs, f"epoch {e + 1}")))
-    dev = encode(tokenizer, load_split(params, params.target, "dev", 0), params.max_length)
-    metrics = evaluate(model, dev, task=params.target, pad_id=tokenizer.pad_token_id, device=ctx.device)
+    dev = encode(tokenizer, load_split(params, target, "dev", 0), params.max_length)
+    metrics = evaluate(model, dev, task=target, pad_id=tokenizer.pad_token_id, device=ctx.device)
 
     result = dict(metrics)
     for task, adapter_dir in adapter_dirs.items():                  # did each source adapter learn its task?

@@ -8,7 +8,8 @@ Registered as the transfer experiment ``skillpack`` (options: `transfer.catalog.
   is cached as safetensors under ``<cache>/skillpack/smollm2-135m-instruct``. ``tiny-random``
   is a 2-layer random Llama with the bundled MiniLM tokenizer (tests); any other value is a
   local path or hub id.
-* **Capability transfer**: each skill (`transfer.skills`) is learnt by full supervised
+* **Capability transfer**: each skill (`transfer.skills`: a built-in one, or one from your own
+  CSV / TSV / JSON-lines file) is learnt by full supervised
   fine-tuning on its (prompt, answer) pairs, loss on the answer tokens only; AdamW with
   ``train.lr``, cosine decay after 10% warm-up (the reference's schedule), ``train.epochs``.
   The delta θ* − θ and the fine-tune's own accuracy are cached per (model, skill, data, schedule,
@@ -44,6 +45,7 @@ from cl.transfer_run import TransferContext, build_lock, publish_directory
 from transfer import quantize
 from transfer import skillpack as sp
 from transfer.skills import Example, exact_first_word, load_skill
+from transfer.textfiles import describe
 
 log = logging.getLogger(__name__)
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -180,7 +182,9 @@ def fine_tuned_delta(ctx: TransferContext, params, skill: str, model, tokenizer,
     """(Δθ of the skill's full fine-tune as fp32 tensors, its test accuracy), cached."""
     from safetensors.torch import load_file
 
-    key = {"model": params.model, "skill": skill, "train_samples": params.train_samples,
+    definition = _definition(params, skill)
+    skill_key = skill if isinstance(definition, str) else {"file": skill, "sha256": _loaded(definition).sha256}
+    key = {"model": params.model, "skill": skill_key, "train_samples": params.train_samples,
            "test_samples": params.test_samples, "epochs": ctx.train.epochs, "lr": ctx.train.lr,
            "batch_size": ctx.train.batch_size, "max_length": params.max_length, "seed": ctx.seed,
            "base": base_fp[:16]}
@@ -196,8 +200,8 @@ def _fine_tune(ctx: TransferContext, params, skill: str, model, tokenizer, key: 
     """Fine-tune the skill into `model`, cache Δθ and the fine-tune's accuracy in `folder`, restore `model`."""
     from safetensors.torch import save_file
 
-    train = load_skill(skill, "train", data_root=params.data_root, n=params.train_samples, seed=ctx.seed)
-    test = load_skill(skill, "test", data_root=params.data_root, n=params.test_samples, seed=0)
+    train = examples(params, skill, "train", n=params.train_samples, seed=ctx.seed)
+    test = examples(params, skill, "test", n=params.test_samples, seed=0)
     original = {n: p.detach().clone() for n, p in model.named_parameters()}
     model.requires_grad_(True)
     sft(model, tokenizer, train, epochs=ctx.train.epochs, lr=ctx.train.lr, batch_size=ctx.train.batch_size,
@@ -223,8 +227,8 @@ def compression_config(params) -> sp.CompressionConfig:
 def calibration(ctx: TransferContext, params, skill: str, model, tokenizer, deltas, config) -> dict:
     """GPTQ's E[x xᵀ] per factorised layer, on the fine-tuned model (base + Δ) over training inputs
     (prompt and answer, as the fine-tune saw them)."""
-    examples = load_skill(skill, "train", data_root=params.data_root, n=params.calibration_samples, seed=ctx.seed)
-    batches = input_batches(tokenizer, examples, batch_size=ctx.train.batch_size, max_length=params.max_length)
+    inputs = examples(params, skill, "train", n=params.calibration_samples, seed=ctx.seed)
+    batches = input_batches(tokenizer, inputs, batch_size=ctx.train.batch_size, max_length=params.max_length)
     names = [n for n, d in deltas.items() if sp.factorised(n, d, config)]
     with sp.Applied(model, deltas):
         return quantize.calibration_hessians(model, batches, names)
@@ -238,13 +242,33 @@ def input_batches(tokenizer, examples: list[Example], *, batch_size: int, max_le
 
 # --------------------------------------------------------------------------- the experiment
 
+def _definition(params, skill: str):
+    """The entry of `params.skills` named `skill`: the name itself, or the own-file skill."""
+    return params.skills[params.skill_names().index(skill)]
+
+
+def _loaded(definition):
+    from transfer import textfiles
+
+    return textfiles.load(definition)
+
+
+def examples(params, skill: str, split: str, *, n: int | None, seed: int) -> list[Example]:
+    """`n` (prompt, answer) pairs of the skill named `skill` (built-in or from its own file)."""
+    return load_skill(_definition(params, skill), split, data_root=params.data_root, n=n, seed=seed)
+
+
 def run(ctx: TransferContext, params) -> dict[str, float]:
     torch.manual_seed(ctx.seed)
+    for definition in params.skills:                       # what an own-file skill read
+        if not isinstance(definition, str):
+            ctx.runlog.log_params({f"data/{definition.name}/{k}": v
+                                   for k, v in describe(_loaded(definition)).items()})
     model, tokenizer = load_causal_lm(params.model, ctx.cache_dir)
     model.requires_grad_(False)
     base_fp = sp.fingerprint(model)
-    tests = {s: load_skill(s, "test", data_root=params.data_root, n=params.test_samples, seed=0)
-             for s in params.skills}
+    names = params.skill_names()
+    tests = {s: examples(params, s, "test", n=params.test_samples, seed=0) for s in names}
     score = lambda skill: accuracy(model, tokenizer, tests[skill], params.max_new_tokens)  # noqa: E731
     config = compression_config(params)
 
@@ -258,7 +282,7 @@ def run(ctx: TransferContext, params) -> dict[str, float]:
 
     result: dict[str, float] = {}
     if params.method == "pack":
-        skill = params.skill or params.skills[0]
+        skill = params.skill or names[0]
         pack, tuned, dense_bytes = pack_of(skill)
         base_acc = score(skill)
         with sp.apply(model, pack, check=False):
@@ -271,19 +295,19 @@ def run(ctx: TransferContext, params) -> dict[str, float]:
                        "compression_ratio": dense_bytes / max(1, pack.nbytes()),
                        "bits_per_parameter": pack.bits_per_parameter(), "acc": pack_acc})
     elif params.method == "lora":
-        result.update(_lora(ctx, params, model, tokenizer, params.skill or params.skills[0], score))
+        result.update(_lora(ctx, params, model, tokenizer, params.skill or names[0], score))
     elif params.method in ("merge", "routed"):
-        packs = {s: pack_of(s)[0] for s in params.skills}
+        packs = {s: pack_of(s)[0] for s in names}
         if params.method == "merge":
             merged = sp.fuse(list(packs.values()), params.merge_method, density=params.merge_density)
             with sp.Applied(model, merged):
-                accs = {s: score(s) for s in params.skills}
+                accs = {s: score(s) for s in names}
         else:
             router = _router(params, model, tokenizer, ctx.seed)
             accs = {s: _routed_accuracy(model, tokenizer, packs, router, tests[s], params.max_new_tokens)
-                    for s in params.skills}
+                    for s in names}
             result["router_acc"] = float(np.mean([
-                np.mean([c == s for c in router.predict([e.prompt for e in tests[s]])]) for s in params.skills]))
+                np.mean([c == s for c in router.predict([e.prompt for e in tests[s]])]) for s in names]))
         result.update({f"acc_{s}": a for s, a in accs.items()})
         result["acc"] = float(np.mean(list(accs.values())))
         result["memory/pack_bytes"] = sum(p.nbytes() for p in packs.values())
@@ -301,8 +325,8 @@ def _routed_accuracy(model, tokenizer, packs, router, examples: list[Example], m
 
 def _router(params, model, tokenizer, seed: int) -> sp.SkillRouter:
     prompts, labels = [], []
-    for s in params.skills:
-        for e in load_skill(s, "train", data_root=params.data_root, n=params.router_examples, seed=seed + 7):
+    for s in params.skill_names():
+        for e in examples(params, s, "train", n=params.router_examples, seed=seed + 7):
             prompts.append(e.prompt)
             labels.append(s)
     return sp.SkillRouter(sp.mean_pooled_embedder(model, tokenizer)).fit(prompts, labels)
@@ -311,14 +335,14 @@ def _router(params, model, tokenizer, seed: int) -> sp.SkillRouter:
 def _lora(ctx, params, model, tokenizer, skill: str, score) -> dict[str, float]:
     from peft import LoraConfig, get_peft_model
 
-    train = load_skill(skill, "train", data_root=params.data_root, n=params.train_samples, seed=ctx.seed)
+    train = examples(params, skill, "train", n=params.train_samples, seed=ctx.seed)
     peft_model = get_peft_model(model, LoraConfig(r=params.lora_rank, lora_alpha=2 * params.lora_rank,
                                                   target_modules="all-linear", lora_dropout=0.0))
     sft(peft_model, tokenizer, train, epochs=ctx.train.epochs, lr=params.lora_lr, batch_size=ctx.train.batch_size,
         seed=ctx.seed, max_length=params.max_length)
     lora_params = sum(p.numel() for n, p in peft_model.named_parameters() if "lora_" in n)
-    acc = accuracy(peft_model, tokenizer, load_skill(skill, "test", data_root=params.data_root,
-                                                     n=params.test_samples, seed=0), params.max_new_tokens)
+    acc = accuracy(peft_model, tokenizer, examples(params, skill, "test", n=params.test_samples, seed=0),
+                   params.max_new_tokens)
     return {"acc": acc, "lora_acc": acc, "memory/lora_bytes": 2 * lora_params, "memory/trainable_params": lora_params}
 
 
@@ -326,10 +350,11 @@ def _continual(ctx, params, model, tokenizer, pack_of, score, tests) -> dict[str
     packs: dict[str, sp.SkillPack] = {}
     first_acc: dict[str, float] = {}
     out: dict[str, float] = {}
-    for step, skill in enumerate(params.skills):
+    for step, skill in enumerate(params.skill_names()):
         packs[skill] = pack_of(skill)[0]
         if len(packs) > 1:
-            router = _router(params.model_copy(update={"skills": tuple(packs)}), model, tokenizer, ctx.seed)
+            so_far = tuple(_definition(params, s) for s in packs)
+            router = _router(params.model_copy(update={"skills": so_far}), model, tokenizer, ctx.seed)
             routed_accs = {s: _routed_accuracy(model, tokenizer, packs, router, tests[s], params.max_new_tokens)
                            for s in packs}
         else:
@@ -342,7 +367,7 @@ def _continual(ctx, params, model, tokenizer, pack_of, score, tests) -> dict[str
                                 **{f"continual/merged/{s}": a for s, a in merged_accs.items()}}, step=step)
         out = {"acc": float(np.mean(list(routed_accs.values()))),
                "merged_acc": float(np.mean(list(merged_accs.values())))}
-    old = params.skills[:-1]
+    old = params.skill_names()[:-1]
     if old:
         out["old_skill_forgetting"] = float(np.mean([first_acc[s] - routed_accs[s] for s in old]))
         out["old_skill_forgetting_merged"] = float(np.mean([first_acc[s] - merged_accs[s] for s in old]))

@@ -15,16 +15,24 @@ paraphrase MRPC (text/glue/MRPC)                               yes / no
 arithmetic synthetic two-number addition, seeded               the sum, e.g. 82
 ========== =================================================== ===============================
 
+A skill may also come from your own CSV / TSV / JSON-lines file (`transfer.catalog.FileSkill`,
+read by `transfer.textfiles`): each row's text fills the skill's prompt template and its label —
+or the word ``answers`` maps it to — is the answer; the file's dev split is the skill's test split.
+
 Scoring: greedy decoding of a few tokens; an answer is right when the generated text,
-stripped and lower-cased, starts with the expected answer (`exact_first_word`).
+stripped and lower-cased, starts with the expected answer (`exact_first_word`). So answers must
+not be prefixes of one another ("no" / "not sure"): an own-file skill whose answers are is refused.
 """
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Optional, Union
 
 from cl.datafiles import DataNotFoundError, resolve_data_root
+from cl.errors import ConfigError
 
 SKILLS = ("sentiment", "qtype", "paraphrase", "arithmetic")
 TREC_CLASSES = {"ABBR": "abbreviation", "DESC": "description", "ENTY": "entity", "HUM": "person",
@@ -87,14 +95,65 @@ def arithmetic(split: str, data_root: str | None = None, n: int = 2000) -> list[
 
 
 LOADERS = {"sentiment": sentiment, "qtype": qtype, "paraphrase": paraphrase, "arithmetic": arithmetic}
+Skill = Union[str, Any]         # a built-in name, or an own-file skill (transfer.catalog.FileSkill)
 
 
-def load_skill(skill: str, split: str, *, data_root: str | None = None, n: int | None = None,
+def skill_name(skill: Skill) -> str:
+    return skill if isinstance(skill, str) else skill.name
+
+
+def check_file_skill(skill, where: Optional[str] = None) -> dict[str, str]:
+    """Read and check an own-file skill's files; returns label → answer. Refuses (ConfigError) answers that
+    are prefixes of one another, and an `answers` map that misses a label of the file or names one it lacks."""
+    from transfer import textfiles
+
+    where = where or f"skill {skill.name!r}"
+    loaded = textfiles.load(skill, where=where)
+    if skill.answers is None:
+        answers = {label: label for label in loaded.classes}
+    else:
+        missing = [c for c in loaded.classes if c not in skill.answers]
+        extra = [k for k in skill.answers if k not in loaded.classes]
+        if missing or extra:
+            raise ConfigError(f"{where}.answers: must map exactly the labels of {loaded.train.file} (column "
+                              f"{skill.label!r}: {list(loaded.classes)}); missing {missing}, not in the file {extra}")
+        answers = {label: skill.answers[label].strip() for label in loaded.classes}
+    words = sorted(answers.values(), key=str.lower)
+    for a in words:
+        for b in words:
+            if a != b and b.lower().startswith(a.lower()):
+                raise ConfigError(f"{where}.answers: answer {a!r} is a prefix of {b!r}, so a reply {b!r} would "
+                                  f"also count as {a!r}; map the labels of column {skill.label!r} to words that "
+                                  "are not prefixes of each other (answers: {label: word})")
+    return answers
+
+
+def file_skill(skill, split: str) -> list[Example]:
+    """The (prompt, answer) pairs of an own-file skill; `split` ``test`` is the file's dev split."""
+    from transfer import textfiles
+
+    answers = check_file_skill(skill)
+    rows = getattr(textfiles.load(skill), {"train": "train", "test": "dev"}[split])
+    template = skill.template()
+    out = []
+    for texts, label in zip(rows.texts, rows.labels):
+        fill = {"{text}": texts[0], "{text_pair}": texts[-1], "{labels}": ", ".join(answers.values())}
+        prompt = re.sub(r"\{text\}|\{text_pair\}|\{labels\}", lambda m: fill[m.group(0)], template)
+        out.append(Example(prompt, answers[label]))
+    return out
+
+
+def load_skill(skill: Skill, split: str, *, data_root: str | None = None, n: int | None = None,
                seed: int = 0) -> list[Example]:
     """`split` is ``train`` or ``test``; `n` examples drawn at random with `seed` (all when None)."""
-    if skill not in LOADERS:
+    if split not in ("train", "test"):
+        raise ValueError(f"split {split!r}: expected 'train' or 'test'")
+    if not isinstance(skill, str):
+        examples = file_skill(skill, split)
+    elif skill not in LOADERS:
         raise ValueError(f"unknown skill {skill!r}; known: {list(LOADERS)}")
-    examples = LOADERS[skill](split, data_root)
+    else:
+        examples = LOADERS[skill](split, data_root)
     if n is not None and n < len(examples):
         examples = random.Random(seed).sample(examples, n)
     return examples
