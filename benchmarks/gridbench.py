@@ -67,8 +67,11 @@ def results_file(spec: GridSpec) -> Path:
     return RESULTS_DIR / f"{spec.experiment_name}.jsonl"
 
 
-def run_grid(spec: GridSpec, args: argparse.Namespace) -> list[Cell]:
-    """Launch every cell not yet finished; print what ran and what failed; return the cells."""
+def run_grid(spec: GridSpec, args: argparse.Namespace, *, order=None) -> list[Cell]:
+    """Launch every cell not yet finished; print what ran and what failed; return the cells.
+
+    `order` (a key on cells): launch them one at a time in that order, rewriting the results file after each,
+    so a long grid that is stopped keeps every cell it finished (e.g. every dataset's first seed first)."""
     # through the environment, not the config: where the data lives is not part of a run's identity
     os.environ["CLSUITE_DATA_ROOT"] = args.data_root
     if args.tracking_uri.startswith("sqlite:///"):
@@ -81,11 +84,17 @@ def run_grid(spec: GridSpec, args: argparse.Namespace) -> list[Cell]:
         print(f"{results.relative_to(ROOT)}: {carried.imported} runs imported, {carried.skipped} already in the store")
     if args.no_run:
         return cells
-    summary = launch(spec, cells, tracking_uri=args.tracking_uri, workers=args.workers)
-    if keep_results:
-        count = export_runs(spec.experiment_name, results, tracking_uri=args.tracking_uri)
-        print(f"{results.relative_to(ROOT)}: {count} finished runs written")
-    print(f"{spec.name}: {summary.finished} run now, {summary.skipped_finished} reused, {len(summary.failed)} failed")
-    for label, seed, reason in summary.failed:
+    batches = [[cell] for cell in sorted(cells, key=order)] if order else [cells]
+    finished = reused = 0
+    failed = []
+    for batch in batches:
+        summary = launch(spec, batch, tracking_uri=args.tracking_uri, workers=args.workers)
+        finished, reused = finished + summary.finished, reused + summary.skipped_finished
+        failed += summary.failed
+        if keep_results and summary.finished:
+            count = export_runs(spec.experiment_name, results, tracking_uri=args.tracking_uri)
+            print(f"{results.relative_to(ROOT)}: {count} finished runs written", flush=True)
+    print(f"{spec.name}: {finished} run now, {reused} reused, {len(failed)} failed")
+    for label, seed, reason in failed:
         print(f"  FAILED {label} seed {seed}: {reason}")
     return cells

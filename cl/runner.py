@@ -85,7 +85,7 @@ def _execute(cfg: RunConfig, runlog: RunLog, checkpoints) -> RunResult:
     from cl.schedule import ExperienceSchedule
     from cl.tracking import make_finite_loss_guard, make_logger_plugin
     from strategies.base import (StrategyContext, aligned_mem_size, count_exemplars, persistent_state_bytes,
-                                 plugin_artifacts)
+                                 plugin_artifacts, plugin_metrics)
 
     import_user_modules(cfg.imports)
     started = time.perf_counter()
@@ -181,6 +181,8 @@ def _execute(cfg: RunConfig, runlog: RunLog, checkpoints) -> RunResult:
     runlog.log_artifact("accuracy_curve.png", plots.to_png(plots.accuracy_curves(R, avg_seen)))
     for path, data in plugin_artifacts(strategy).items():
         runlog.log_artifact(path, data)
+    for step, values in plugin_metrics(strategy):
+        runlog.log_metrics(values, step=step)
     return RunResult(cfg.config_hash, "FINISHED", metrics={k: float(v) for k, v in final.items()},
                      accuracy_matrix=R.tolist(), warning=health.warning)
 

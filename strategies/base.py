@@ -62,6 +62,22 @@ class ProducesArtifacts(Protocol):
     def artifacts(self) -> dict[str, bytes]: ...
 
 
+@runtime_checkable
+class ProducesMetrics(Protocol):
+    """Implemented by plugins that measure something of their own (e.g. k-FPF's accuracy around each call)."""
+
+    def run_metrics(self) -> list[tuple[int, dict[str, float]]]: ...
+
+
+def plugin_metrics(strategy: Any) -> list[tuple[int, dict[str, float]]]:
+    """Every (step, metrics) the strategy's plugins measured, to log after the run."""
+    out: list[tuple[int, dict[str, float]]] = []
+    for obj in _parts(strategy):
+        if isinstance(obj, ProducesMetrics):
+            out.extend(obj.run_metrics())
+    return out
+
+
 def plugin_artifacts(strategy: Any) -> dict[str, bytes]:
     """Every artifact the strategy's plugins produced, by path."""
     out: dict[str, bytes] = {}

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Literal, Optional
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from cl.registry import PLUGINS, STRATEGIES, NoParams, Params
+from cl.registry import PLUGINS, STRATEGIES, NoParams, Params, added_option
 
 
 class MemoryParams(Params):
@@ -63,6 +63,8 @@ class FineTuneParams(Params):
     iterations: int = Field(100, ge=1, description="SGD steps per FPF call")
     lr: float = Field(0.05, gt=0, description="learning rate of the fine-tuning")
     batch_size: Optional[int] = Field(None, ge=1, description="buffer batch (default: train.batch_size)")
+    momentum: float = added_option(0.0, ge=0, lt=1, description="SGD momentum of the fine-tuning (fresh each call; "
+                                   "0 = mammoth's default, which the paper's code base uses)")
 
     @field_validator("modules")
     @classmethod
@@ -77,8 +79,39 @@ class FPFParams(FineTuneParams):
     mem_size: int = Field(200, ge=1, description="own reservoir, used only if the strategy has no buffer")
 
 
+class FPFTuneGroup(Params):
+    """Candidate settings for one FPF call, every combination tried from the same model state."""
+
+    modules: list[list[str]] = Field(min_length=1, description="module selections, e.g. [[fc], [bn, fc]]")
+    lr: list[float] = Field(min_length=1, description="learning rates")
+    iterations: list[int] = Field(min_length=1, description="steps, evaluated as checkpoints of one run per "
+                                  "(modules, lr)")
+
+    @field_validator("lr", "iterations")
+    @classmethod
+    def _positive(cls, values):
+        if any(v <= 0 for v in values):
+            raise ValueError("every value must be > 0")
+        return values
+
+
 class KFPFParams(FineTuneParams, MemoryParams):
-    k: int = Field(100, ge=1, description="FPF calls over the whole stream")
+    k: int = Field(100, ge=1, description="FPF calls over the whole stream, after iterations round(i·T/k)")
+    valid_per_class: int = added_option(0, ge=0, description="validation samples per class carved from each "
+                                        "experience's training data (never trained on); needed by `tune`")
+    tune: Optional[list[FPFTuneGroup]] = added_option(None, description="choose the last call's modules, lr and "
+                                                      "iterations on the validation split (every candidate from "
+                                                      "the same state); the other calls use the plain options")
+    probe: Literal["last", "all", "none"] = added_option("last", description="test accuracy per seen experience "
+                                                         "right before and after the last / every FPF call")
+    probe_per_class: int = added_option(100, ge=1, description="probe: test samples per class (fixed draw)")
+
+    @model_validator(mode="after")
+    def _tune_needs_validation(self):
+        if self.tune and self.valid_per_class < 1:
+            raise ValueError("tune: choosing settings needs a validation split; set valid_per_class ≥ 1 "
+                             "(validation samples per class carved from the training data)")
+        return self
 
 
 class KFPFKDParams(KFPFParams):

@@ -15,7 +15,9 @@ from strategies.fpf import (
     parametric_modules,
     select_by_pattern,
     select_by_score,
+    split_validation,
     stream_iterations,
+    trigger_steps,
 )
 
 
@@ -107,7 +109,7 @@ def test_reservoir_stores_a_copy_of_the_logits():
     assert torch.equal(buffer.logits[:2], torch.ones(2, 3))
 
 
-def _kfpf_strategy(scenario, k, beta=0.0, epochs=1, extra_plugins=()):
+def _kfpf_strategy(scenario, k, beta=0.0, epochs=1, extra_plugins=(), batch_size=16, **options):
     from avalanche.training.templates import SupervisedTemplate
 
     from cl.config import TrainConfig
@@ -115,32 +117,162 @@ def _kfpf_strategy(scenario, k, beta=0.0, epochs=1, extra_plugins=()):
 
     torch.manual_seed(0)
     model = build_mlp(input_shape=(1, 8, 8), n_classes=10, hidden=[32])
-    train = TrainConfig(epochs=epochs, batch_size=16)
-    plugin = KFPFPlugin(total_iterations=stream_iterations(scenario, train), k=k, mem_size=50,
-                        iterations=2, batch_size=8, beta=beta)
+    train = TrainConfig(epochs=epochs, batch_size=batch_size)
+    plugin = KFPFPlugin(total_iterations=stream_iterations(scenario, train, options.get("valid_per_class", 0)),
+                        k=k, mem_size=50, iterations=2, batch_size=8, beta=beta,
+                        n_experiences=scenario.n_experiences, **options)
     strategy = SupervisedTemplate(model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.05),
-                                  criterion=nn.CrossEntropyLoss(), train_mb_size=16, train_epochs=epochs,
+                                  criterion=nn.CrossEntropyLoss(), train_mb_size=batch_size, train_epochs=epochs,
                                   plugins=[plugin, *extra_plugins], evaluator=_silent_evaluator())
     return strategy, plugin
 
 
-@pytest.mark.parametrize("k", [1, 3, 7])
-def test_kfpf_triggers_exactly_k_times_regardless_of_task_boundaries(k):
-    from cl.scenarios import split_digits
-
-    scenario = split_digits(n_experiences=5, train_samples_per_class=10)    # 20 samples, 2 steps per epoch
-    strategy, plugin = _kfpf_strategy(scenario, k, epochs=2)
+def _train(strategy, scenario):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for experience in scenario.benchmark.train_stream:
             strategy.train(experience, num_workers=0)
-    assert plugin.iteration == plugin.total_iterations                       # the count of T is exact
-    assert len(plugin.triggered_at) == plugin.tuner.calls == k
-    assert plugin.total_iterations == 5 * 2 * 2
-    period = plugin.total_iterations // k
-    assert plugin.triggered_at == [period * (i + 1) for i in range(k)]
-    if k == 3:
-        assert plugin.triggered_at[0] % 4 != 0      # mid-experience: 4 iterations per experience
+
+
+def test_trigger_steps_spread_the_calls_and_end_on_the_last_iteration():
+    assert trigger_steps(945, 8) == [118, 236, 354, 473, 591, 709, 827, 945]      # the stream
+    assert trigger_steps(10, 10) == list(range(1, 11))
+    assert trigger_steps(10, 1) == [10]
+    assert trigger_steps(7, 2) == [4, 7]                                              # a half rounds up
+    for total, k in [(945, 8), (100, 3), (37, 37), (1000, 50)]:
+        steps = trigger_steps(total, k)
+        assert len(steps) == k and steps[-1] == total and all(b > a for a, b in zip(steps, steps[1:]))
+        gaps = np.diff([0, *steps])
+        assert gaps.max() - gaps.min() <= 1                                           # evenly spread
+    with pytest.raises(ValueError, match="between 1 and"):
+        trigger_steps(5, 6)
+
+
+@pytest.mark.parametrize("k, per_class, valid", [(1, 9, 0), (3, 9, 0), (7, 10, 0), (3, 10, 2)])
+def test_kfpf_calls_k_times_and_the_last_call_is_on_the_last_iteration(k, per_class, valid):
+    from cl.scenarios import split_digits
+
+    # 18-20 samples per experience, batch 8: the last batch of each epoch is short (Avalanche keeps it)
+    scenario = split_digits(n_experiences=5, train_samples_per_class=per_class)
+    strategy, plugin = _kfpf_strategy(scenario, k, epochs=2, batch_size=8, valid_per_class=valid)
+    _train(strategy, scenario)
+    n = 2 * (per_class - valid)
+    assert plugin.total_iterations == 5 * -(-n // 8) * 2                             # T, counted by hand
+    assert plugin.iteration == plugin.total_iterations                                # ... and by the stream
+    assert len(plugin.triggered_at) == plugin.tuner.calls == len(plugin.calls) == k
+    assert plugin.triggered_at == trigger_steps(plugin.total_iterations, k)
+    assert plugin.calls[-1]["iteration"] == plugin.total_iterations                  # the k-th call: last step
+    assert [c["iteration"] for c in plugin.calls] == plugin.triggered_at
+
+
+def test_kfpf_notices_a_stream_longer_than_its_schedule():
+    from cl.scenarios import split_digits
+
+    scenario = split_digits(n_experiences=5, train_samples_per_class=10)
+    strategy, plugin = _kfpf_strategy(scenario, 2, batch_size=8)
+    plugin.total_iterations -= 1
+    plugin.schedule = trigger_steps(plugin.total_iterations, 2)
+    with pytest.raises(RuntimeError, match="expected"):
+        _train(strategy, scenario)
+
+
+def test_validation_split_is_held_out_of_training_and_fixed():
+    targets = [0] * 10 + [1] * 12
+    train, held = split_validation(targets, 3)
+    assert sorted(train + held) == list(range(22)) and not set(train) & set(held)
+    assert [targets[i] for i in held].count(0) == 3 and [targets[i] for i in held].count(1) == 3
+    assert split_validation(targets, 3) == (train, held)
+    with pytest.raises(ValueError, match="valid_per_class"):
+        split_validation(targets, 10)
+
+
+def test_tuned_call_keeps_the_best_candidate_on_validation_and_never_trains_on_it():
+    from avalanche.core import SupervisedPlugin
+
+    from cl.scenarios import split_digits
+
+    class Recorder(SupervisedPlugin):
+        def __init__(self):
+            super().__init__()
+            self.seen = set()
+
+        def after_training_iteration(self, strategy, **kwargs):
+            self.seen.update(x.numpy().tobytes() for x in strategy.mb_x)
+
+    scenario = split_digits(n_experiences=5, train_samples_per_class=30)
+    recorder = Recorder()
+    tune = [{"modules": [["fc"]], "lr": [0.01, 0.2], "iterations": [5, 20]}, {"modules": [["auto"]], "lr": [0.1],
+                                                                             "iterations": [5]}]
+    strategy, plugin = _kfpf_strategy(scenario, 1, valid_per_class=5, tune=tune, momentum=0.9,
+                                      extra_plugins=[recorder])
+    _train(strategy, scenario)
+    valid = torch.cat(plugin.valid_x)
+    assert len(valid) == 5 * 2 * 5 and not {x.numpy().tobytes() for x in valid} & recorder.seen
+    tuned = plugin.calls[-1]["tuned"]
+    candidates = tuned["val_candidates"]
+    assert sorted(candidates) == sorted(["fc/lr0.01/it5", "fc/lr0.01/it20", "fc/lr0.2/it5", "fc/lr0.2/it20",
+                                         "auto/lr0.1/it5"])
+    assert tuned["val_acc"] == max(candidates.values()) and candidates[tuned["label"]] == tuned["val_acc"]
+    from strategies.fpf import accuracy
+    assert accuracy(strategy.model, valid, torch.cat(plugin.valid_y), "cpu") == pytest.approx(tuned["val_acc"])
+    metrics = {k: v for step, values in plugin.run_metrics() if step == plugin.total_iterations
+               for k, v in values.items()}
+    assert metrics["fpf/val_acc_chosen"] == tuned["val_acc"] and "fpf/val_acc/fc/lr0.2/it20" in metrics
+
+
+def test_tune_without_a_validation_split_is_a_config_error():
+    from cl.config import RunConfig
+    from cl.errors import ConfigError
+
+    raw = {"scenario": {"name": "split_digits"}, "model": {"name": "mlp"},
+           "strategy": {"name": "kfpf_ce", "tune": [{"modules": [["fc"]], "lr": [0.1], "iterations": [10]}]}}
+    with pytest.raises(ConfigError, match="valid_per_class"):
+        RunConfig.from_dict(raw)
+    raw["strategy"]["valid_per_class"] = 5
+    assert RunConfig.from_dict(raw).strategy.options["valid_per_class"] == 5
+
+
+def test_new_options_at_their_defaults_leave_the_config_unchanged():
+    from cl.config import RunConfig
+
+    raw = {"scenario": {"name": "split_digits"}, "model": {"name": "mlp"}, "strategy": {"name": "kfpf_ce", "k": 8}}
+    plain = RunConfig.from_dict(raw)
+    spelled = RunConfig.from_dict({**raw, "strategy": {**raw["strategy"], "momentum": 0.0, "valid_per_class": 0,
+                                                       "probe": "last", "probe_per_class": 100}})
+    assert plain.config_hash == spelled.config_hash and "momentum" not in plain.strategy.options
+    moved = RunConfig.from_dict({**raw, "strategy": {**raw["strategy"], "momentum": 0.9}})
+    assert moved.config_hash != plain.config_hash
+
+
+def test_the_probe_matches_the_runners_final_accuracy_and_is_logged():
+    from cl.config import RunConfig
+    from cl.runner import execute
+    from cl.tracking import NullRunLog
+
+    class Log(NullRunLog):
+        def __init__(self):
+            self.metrics, self.artifacts = {}, {}
+
+        def log_metrics(self, metrics, step=None):
+            self.metrics.update(metrics)
+
+        def log_artifact(self, path, data):
+            self.artifacts[path] = data
+
+    cfg = RunConfig.from_dict({"scenario": {"name": "split_digits", "n_experiences": 5}, "model": {"name": "mlp"},
+                               "strategy": {"name": "kfpf_ce", "k": 4, "mem_size": 40, "iterations": 5,
+                                            "probe": "all", "probe_per_class": 1000},
+                               "train": {"epochs": 1, "lr": 0.1}})
+    log = Log()
+    result = execute(cfg, log)
+    assert result.ok, result.reason
+    calls = __import__("json").loads(log.artifacts["fpf/calls.json"])
+    assert [c["iteration"] for c in calls["calls"]] == calls["schedule"] and calls["schedule"][-1] == \
+        calls["total_iterations"] == calls["counted_iterations"]
+    assert all("acc_before" in c and "acc_after" in c for c in calls["calls"])
+    # the probe after the last call sees the model the runner evaluates: the same accuracy on the whole test set
+    assert log.metrics["fpf/acc_after"] == pytest.approx(result.metrics["final/avg_acc"])
+    assert log.metrics["fpf/last_call_iteration"] == log.metrics["fpf/total_iterations"]
 
 
 def test_kfpf_kd_stores_the_logits_of_the_step_that_saw_the_sample():
@@ -193,3 +325,59 @@ def test_fpf_plugin_runs_after_each_experience_or_at_the_end(at, calls):
     assert plugin.tuner.calls == calls and plugin.selections == [["head"]] * calls   # an MLP: no BN
     assert plugin.n_exemplars() == 10 and plugin.extra_train_flops() > 0
     assert len(plugin.sensitivity.per_experience) == 3
+
+
+def test_head_only_fine_tuning_on_cached_features_equals_the_full_forward(resnet):
+    import copy
+
+    buffer = ReservoirBuffer(64, seed=0)
+    torch.manual_seed(1)
+    buffer.add(torch.randn(64, 1, 8, 8), torch.randint(0, 10, (64,)))
+    a, b = copy.deepcopy(resnet), copy.deepcopy(resnet)
+    fast = FineTuner(iterations=20, lr=0.1, batch_size=16, momentum=0.9)
+    fast(a, ["head"], buffer, torch.device("cpu"))                       # takes the cached path
+    buffer._generator.manual_seed(0)
+    slow = FineTuner(iterations=20, lr=0.1, batch_size=16, momentum=0.9)
+    for p in b.parameters():
+        p.requires_grad_(p is b.head.weight or p is b.head.bias)
+    b.eval()
+    slow._tune(b, torch.optim.SGD(b.head.parameters(), lr=0.1, momentum=0.9), buffer, torch.device("cpu"), 20, (), None)
+    assert torch.allclose(a.head.weight, b.head.weight, atol=1e-6)
+    assert not torch.equal(a.head.weight, resnet.head.weight)
+    assert fast.flops < slow.flops / 3                                   # the body ran once per sample, not per step
+
+
+def test_momentum_reaches_the_fine_tuning_optimiser():
+    model = nn.Sequential(nn.Linear(4, 3))
+    buffer = ReservoirBuffer(8, seed=0)
+    buffer.add(torch.randn(8, 4), torch.arange(8) % 3)
+    moved = {}
+    for momentum in (0.0, 0.9):
+        m = __import__("copy").deepcopy(model)
+        buffer._generator.manual_seed(0)
+        FineTuner(iterations=3, lr=0.1, batch_size=8, momentum=momentum)(m, ["0"], buffer, torch.device("cpu"))
+        moved[momentum] = (m[0].weight - model[0].weight).abs().sum().item()
+    assert moved[0.9] > 1.5 * moved[0.0]          # full batch, same gradients: momentum accumulates them
+
+
+def test_auto_selection_takes_the_stem_conv_when_it_ranks_high(resnet):
+    names = list(parametric_modules(resnet))
+    stem = select_by_pattern(resnet, ["conv1"])[0]
+    scores = {n: 0.0 for n in names}
+    scores.update({stem: 3.0, "head": 2.0, "feature_extractor.stages.stage_3.4.bn_b": 1.0})
+    chosen = select_by_score(resnet, scores, max_param_fraction=0.02)
+    assert stem in chosen and "head" in chosen
+
+
+@pytest.mark.parametrize("gain, verdict", [(0.30, "yes"), (0.002, "within noise"), (-0.05, "no")])
+def test_ceiling_claim_compares_after_the_call_with_right_before_it(gain, verdict):
+    import pandas as pd
+
+    from cl.reproductions import reproduction_for
+
+    ceiling = reproduction_for("experiments/kfpf_ceiling.yaml")
+    runs = pd.DataFrame([{"scenario_name": "split_mnist", "buffer": 200, "seed": s, "fpf/acc_before": 0.20 + 0.01 * s,
+                          "final/avg_acc": 0.20 + gain + 0.01 * s} for s in range(3)])
+    (claim,) = ceiling.claims(runs)
+    assert claim.verdict == verdict and f"{100 * gain:+.2f} points" in claim.ours
+    assert ceiling.claims(runs.drop(columns=["fpf/acc_before"])) == []       # runs before the probe existed
