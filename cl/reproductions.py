@@ -221,31 +221,71 @@ def _mobiletl_claims(runs: pd.DataFrame) -> list[ClaimResult]:
 
 # --------------------------------------------------------------------------- NMN (fast & slow controllers)
 
+NMN_SYNTH_COS_GATE = 0.2     # sg's synthesizers must point this well (cosine to the true gradient) in every seed
+
+
 def _nmn_describe(config) -> dict:
-    return {"scenario_name": config.scenario.name, "method": config.strategy.name}
+    o = config.transfer.options
+    return {"task": o.get("task", "digits"), "method": o.get("method", "sg"), "ratio": float(o.get("fast_lr_ratio", 1))}
+
+
+def nmn_chosen_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """Per task and method, the runs of the fast/slow lr ratio with the best mean validation score (accuracy after
+    the first presentation; sinusoid: MSE), and what was compared: {(task, method): {metric, scores, chosen}}."""
+    keep, selection = [], {}
+    for (task, method), group in runs.groupby(["task", "method"]):
+        regression = task == "sinusoid"
+        metric = "final/val_mse" if regression else "final/val_acc_after_first"
+        scores = group.groupby("ratio")[metric].mean()
+        chosen = scores.idxmin() if regression else scores.idxmax()
+        selection[(task, method)] = {"metric": metric.removeprefix("final/"), "scores": scores.to_dict(),
+                                     "chosen": float(chosen)}
+        keep.append(group[group["ratio"] == chosen])
+    return (pd.concat(keep) if keep else runs.iloc[:0]), selection
 
 
 def _nmn_claims(runs: pd.DataFrame) -> list[ClaimResult]:
+    chosen, _ = nmn_chosen_runs(runs)
     out = []
-    rare = runs[runs["scenario_name"] == "rare_class_stream"]
-    by = {m: g for m, g in rare.groupby("method")}
-    if "nmn_sg" in by and "nmn_bp" in by:
-        for metric, when in (("final/rare_acc_when_learnt", "right after they are taught"),
-                             ("final/rare_acc", "at the end of the stream")):
-            sg, bp = by["nmn_sg"][metric], by["nmn_bp"][metric]
-            text, gap = difference(sg, bp)
-            out.append(ClaimResult(f"synthetic-gradient controllers learn rare classes better ({when})",
-                                   "controllers on synthetic gradients absorb rare samples that plain "
-                                   "gradient descent learns poorly (no number published)", text, bool(gap > 0),
-                                   within_noise(sg, bp)))
-    for scenario, group in runs.groupby("scenario_name"):
+    for task, group in chosen.groupby("task"):
         by = {m: g for m, g in group.groupby("method")}
-        if "nmn_sg" in by and "nmn_bp" in by:
-            sg, bp = by["nmn_sg"]["final/avg_acc"], by["nmn_bp"]["final/avg_acc"]
-            text, gap = difference(sg, bp)
-            out.append(ClaimResult(f"nmn_sg ≥ nmn_bp on all classes ({scenario})",
-                                   "fast & slow controllers improve the NMN (classification benchmarks)", text,
-                                   bool(gap >= 0), within_noise(sg, bp)))
+        regression = task == "sinusoid"
+        scale = 1.0 if regression else 100.0
+        gate_ok = None
+        if "sg" in by and "final/synth_cos" in by["sg"]:
+            cos = by["sg"]["final/synth_cos"].dropna()
+            gate_ok = bool(len(cos) and cos.min() >= NMN_SYNTH_COS_GATE)
+            out.append(ClaimResult(
+                f"the gate ({task}): sg's synthesizers predict the true future gradient (cosine ≥ "
+                f"{NMN_SYNTH_COS_GATE} in every seed)",
+                "synthetic gradients stand in for the true ones (DNI; the paper reports no cosine)",
+                f"cosine {mean_std(cos, 1.0)}; per seed {', '.join(f'{v:.3f}' for v in cos)}", gate_ok))
+        if regression:
+            metrics = [("final/mse_p10", "MSE at the 10th point", False)]
+        else:
+            metrics = [("final/acc_p2", "accuracy at the 2nd presentation", True),
+                       ("final/rare_acc_second", "rare classes' second showing", True)]
+        for metric, what, higher in metrics:
+            if "sg" in by and "bp" in by and metric in group:
+                sg, bp = by["sg"][metric], by["bp"][metric]
+                text, gap = difference(sg, bp, scale)
+                claim = f"sg beats bp ({task}, {what})"
+                paper = "fast synthetic-gradient controllers adapt faster and absorb rare samples (no number " \
+                        "published at this scale)"
+                if not gate_ok:
+                    out.append(ClaimResult(claim, paper, f"no verdict: the gate failed — {text}", None))
+                else:
+                    out.append(ClaimResult(claim, paper, text, bool(gap > 0 if higher else gap < 0),
+                                           within_noise(sg, bp, scale)))
+            memory = [m for m in ("bptt", "bp", "sg") if m in by and metric in by[m]]
+            if "lstm" in by and memory and metric in by["lstm"]:
+                best = (max if higher else min)(memory, key=lambda m: by[m][metric].mean())
+                text, gap = difference(by[best][metric], by["lstm"][metric], scale)
+                out.append(ClaimResult(
+                    f"the memory learns within an episode: {best} beats the memory-free LSTM ({task}, {what})",
+                    "MANN (Santoro et al. 2016): a memory-augmented network beats an LSTM on episodic few-shot "
+                    "learning (the NMN's premise)", text, bool(gap > 0 if higher else gap < 0),
+                    within_noise(by[best][metric], by["lstm"][metric], scale)))
     return out
 
 
@@ -470,6 +510,16 @@ def _memo_claims(runs: pd.DataFrame) -> list[ClaimResult]:
     return out
 
 
+NMN_NOTES = (
+    "The class-incremental NMN claims (experiments/nmn_mnist.yaml, archived in benchmarks/results/nmn_mnist.jsonl) "
+    "are retired, not replaced: there the output head read the encoder, so the memory could not matter (nmn_sg, "
+    "nmn_bp and naive agree to 0.4 points: 20.4, 20.4, 20.8% on Split MNIST), the synthesizers' cosine to the "
+    "true gradient was 0.007–0.035 in all 9 runs, every memory slot is rewritten within the last experience "
+    "(benchmarks/nmn_ci_probe.py), and the rare-class stream leaves rare classes at 0% for naive and replay too, "
+    "right after they are taught — a protocol in which no method can show the claim.",
+)
+
+
 REPRODUCTIONS: tuple[Reproduction, ...] = (
     Reproduction(
         "MEMO (Zhou et al., ICLR 2023): memory-efficient expandable model", "experiments/memo_fmnist.yaml",
@@ -490,13 +540,17 @@ REPRODUCTIONS: tuple[Reproduction, ...] = (
         "Module choice by pattern (BN + final linear); 3 epochs per task instead of 50; k = 8, 30 FPF iterations.",
         _fpf_describe, _fpf_claims, "benchmarks/fpf.py"),
     Reproduction(
-        "Neural memory networks with fast & slow controllers (Fernando et al., 2020)", "experiments/nmn_mnist.yaml",
-        "classification, regression and meta-learning benchmarks; architecture not published",
-        "Split MNIST, Split Fashion-MNIST and a rare-class MNIST stream (2 classes keep 5% of their images), "
-        "5×2 classes, class-incremental, small CNN encoder, 1,000 images per class, 2 epochs, 3 seeds",
-        "Our design throughout (strategies/nmn.py lists every open choice); class-incremental streams are our "
-        "setting, not the paper's; replay gets the NMN's persistent state in bytes (170 exemplars).",
-        _nmn_describe, _nmn_claims, "benchmarks/nmn.py"),
+        "Neural memory networks with fast & slow controllers (Fernando et al., 2020)", "experiments/nmn_episodic.yaml",
+        "meta-learning classification (MANN's episodic protocol) and regression; architecture not published",
+        "MANN-style episodes: 50 steps of (x_t, y_{t−1}), 5 classes with labels shuffled per episode, memory reset per "
+        "episode, 64 slots; sklearn digits 0–4 for meta-training, 5–9 for meta-test; MAML's sinusoid; sg vs bp "
+        "(truncation 5) vs full backprop vs a memory-free LSTM, 300 updates of 16 episodes, the fast/slow lr ratio "
+        "chosen on validation episodes; 3 seeds",
+        "Our design throughout (strategies/nmn_episodic.py lists every open choice): key/value memory with MANN's "
+        "least-recently-used writes; the rare variant shows two classes once (one would be given away by label "
+        "counting); digits instead of Omniglot.",
+        _nmn_describe, _nmn_claims, "benchmarks/nmn.py",
+        notes=NMN_NOTES),
     Reproduction(
         "MobileTL (Chiang et al., AAAI 2023): memory-lean transfer of inverted-residual networks",
         "experiments/mobiletl_mnist_to_fmnist.yaml",
