@@ -135,16 +135,6 @@ def test_bad_options_name_the_field(options, field):
         RunConfig.from_dict({"transfer": {"name": "nmn_episodic", **options}, "train": {"optimizer": "adam"}})
 
 
-def test_the_experiment_asks_for_adam(shared_store):
-    from cl.runner import run
-
-    cfg = RunConfig.from_dict({"experiment": "nmn-sgd", "transfer": {"name": "nmn_episodic", "updates": 1,
-                               "length": 8, "slots": 8, "truncation": 4, "eval_episodes": 2},
-                               "train": {"optimizer": "sgd"}, "seed": 0})
-    result = run(cfg, tracking_uri=shared_store)
-    assert not result.ok and "train.optimizer" in result.reason
-
-
 def _claim_runs(cos: float, sg_gain: float) -> pd.DataFrame:
     rows = []
     for seed in range(3):
