@@ -318,6 +318,34 @@ def presentation_scores(episodes, losses: torch.Tensor, preds: torch.Tensor, kin
     return out
 
 
+def future_gradient_agreement(trainer: Trainer, episodes, boundary: int, seed: int = 0) -> dict[str, float]:
+    """How much of the future gradient at a boundary the state there determines — the synthesizers' ceiling.
+
+    The same episodes twice: their steps after `boundary` in the original order, then shuffled (the same task, the
+    same state at the boundary, another future). Returns the cosine between the two true future gradients, over all
+    state tensors ("all") and per tensor. If g = μ(state) + noise, E cos(g_A, g_B) ≈ |μ|²/E|g|², and no synthesizer
+    — which sees only the state — can point at g better than about √ of that (its best guess is μ)."""
+    model, (B, T) = trainer.model, episodes.presentation.shape
+    n_out = model.head.out_features
+    u = model.encoder(episodes.x).detach()
+    generator = torch.Generator().manual_seed(seed)
+    shuffled = torch.cat([torch.arange(boundary), boundary + torch.randperm(T - boundary, generator=generator)])
+    futures = []
+    for order in (torch.arange(T), shuffled):
+        y = episodes.y[:, order]
+        _, losses, _, kept = trainer.unroll(model.initial_state(B), u[:, order], trainer.prev_labels(y, n_out), y,
+                                            0, T, {boundary})
+        names = carried(kept[boundary])
+        grads = torch.autograd.grad(losses[:, boundary:].sum(), [kept[boundary][k] for k in names],
+                                    allow_unused=True)
+        futures.append({k: (g if g is not None else torch.zeros_like(kept[boundary][k])).flatten()
+                        for k, g in zip(names, grads)})
+    a, b = futures
+    out = {"all": float(F.cosine_similarity(torch.cat(list(a.values())), torch.cat(list(b.values())), dim=0))}
+    out.update({k: float(F.cosine_similarity(a[k], b[k], dim=0)) for k in a})
+    return out
+
+
 def set_seed(seed: int) -> np.random.Generator:
     torch.manual_seed(seed)
     return np.random.default_rng(seed)

@@ -165,3 +165,16 @@ def test_claims_pass_the_gate_first_and_use_the_ratio_chosen_on_validation(cos, 
     memory = claims["the memory learns within an episode: sg beats the memory-free LSTM accuracy at the 2nd "
                     "presentation)"] if gain > 0 else None
     assert memory is None or memory.holds is True
+
+
+def test_future_gradient_agreement_is_one_for_identical_futures_and_lower_for_shuffled_ones():
+    from strategies.nmn_episodic import future_gradient_agreement
+
+    torch.manual_seed(0)
+    episodes = image_source(length=12).sample(4, np.random.default_rng(4))
+    model = EpisodicNMN(16, 3, 3, hidden=8, slots=12, key_dim=4, value_dim=4, encoder_hidden=8, encoder_dim=8)
+    trainer = Trainer(model, method="bp", kind="classification", lr=1e-3, fast_lr_ratio=1.0, truncation=4)
+    same = future_gradient_agreement(trainer, episodes, boundary=11)            # one step left: nothing to shuffle
+    assert same["all"] == pytest.approx(1.0, abs=1e-5)
+    other = future_gradient_agreement(trainer, episodes, boundary=2)
+    assert other["all"] < 0.999 and set(other) >= {"all", "h", "keys"}
