@@ -2,8 +2,8 @@
 
 Trains the episodic NMN (strategies/nmn_episodic.py; digits episodes as experiments/nmn_episodic.yaml, method
 bp, seed 0) and, before training and after every `--every` updates, takes validation episodes and compares the
-true future gradient at a chunk boundary under two futures of the same episode (the remaining steps in order and
-shuffled: the same task and the same state at the boundary). Their cosine estimates |E[g | state]|² / E|g|²;
+true future gradient at a chunk boundary under two futures of the same episode (as sampled, and with the remaining
+labels reordered and fresh images of their classes: the same task and the same state at the boundary). Their cosine estimates |E[g | state]|² / E|g|²;
 its square root bounds the cosine any synthesizer (which sees only the state) can reach on average. Prints the
 table per boundary and state tensor and a RESULT line; compare with the sg runs' `synth_cos`.
 
@@ -50,7 +50,7 @@ def main() -> None:
     for update in range(args.updates + 1):
         if update % args.every == 0:
             for b in boundaries:
-                rows.append({"update": update, "boundary": b, **future_gradient_agreement(trainer, episodes, b)})
+                rows.append({"update": update, "boundary": b, **future_gradient_agreement(trainer, episodes, b, val)})
         if update < args.updates:
             trainer.train_batch(train.sample(16, rng))
     names = [k for k in rows[0] if k not in ("update", "boundary")]

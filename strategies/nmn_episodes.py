@@ -39,6 +39,7 @@ class Episodes:
     y: torch.Tensor
     presentation: torch.Tensor
     scored: torch.Tensor | None = None
+    classes: torch.Tensor | None = None          # (B, n_way): the class behind each label (image episodes)
 
 
 class ImageEpisodes:
@@ -61,9 +62,10 @@ class ImageEpisodes:
         return pool[torch.from_numpy(rng.choice(len(pool), n, replace=n > len(pool)))]
 
     def sample(self, n: int, rng: np.random.Generator, *, rare: bool = False) -> Episodes:
-        xs, ys, ps, ss = [], [], [], []
+        xs, ys, ps, ss, cs = [], [], [], [], []
         for _ in range(n):
             chosen = rng.choice(self.classes, self.n_way, replace=False)      # label i ↔ class chosen[i]
+            cs.append(torch.from_numpy(np.asarray(chosen, dtype=np.int64)))
             if rare:
                 labels, scored = self._rare_sequence(rng)
             else:
@@ -84,7 +86,19 @@ class ImageEpisodes:
             ps.append(torch.from_numpy(presentation))
             if rare:
                 ss.append(torch.from_numpy(scored))
-        return Episodes(torch.stack(xs), torch.stack(ys), torch.stack(ps), torch.stack(ss) if rare else None)
+        return Episodes(torch.stack(xs), torch.stack(ys), torch.stack(ps), torch.stack(ss) if rare else None,
+                        torch.stack(cs))
+
+    def resample_future(self, episodes: Episodes, boundary: int, rng: np.random.Generator) -> Episodes:
+        """The same episodes up to `boundary`; after it, another future of the same task: the remaining labels in a
+        new order, each shown with a freshly drawn image of its class."""
+        x, y = episodes.x.clone(), episodes.y.clone()
+        for i in range(len(y)):
+            y[i, boundary:] = y[i, boundary:][torch.from_numpy(rng.permutation(len(y[i]) - boundary))]
+            for t in range(boundary, len(y[i])):
+                x[i, t] = self._images(rng, int(episodes.classes[i, y[i, t]]), 1)[0]
+        presentation = torch.stack([torch.from_numpy(_presentations(row.numpy(), self.n_way)) for row in y])
+        return Episodes(x, y, presentation, None, episodes.classes)
 
     def _rare_sequence(self, rng) -> tuple[np.ndarray, np.ndarray]:
         """(labels per step, scored steps): two random labels shown once in each half (first showings in the
@@ -105,6 +119,14 @@ class ImageEpisodes:
         scored = np.zeros(self.length, dtype=bool)
         scored[second] = True
         return labels, scored
+
+
+def _presentations(labels: np.ndarray, n_way: int) -> np.ndarray:
+    seen, out = np.zeros(n_way, dtype=np.int64), np.zeros(len(labels), dtype=np.int64)
+    for t, label in enumerate(labels):
+        seen[label] += 1
+        out[t] = seen[label]
+    return out
 
 
 class SinusoidEpisodes:

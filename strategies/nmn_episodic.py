@@ -318,23 +318,20 @@ def presentation_scores(episodes, losses: torch.Tensor, preds: torch.Tensor, kin
     return out
 
 
-def future_gradient_agreement(trainer: Trainer, episodes, boundary: int, seed: int = 0) -> dict[str, float]:
+def future_gradient_agreement(trainer: Trainer, episodes, boundary: int, source, seed: int = 0) -> dict[str, float]:
     """How much of the future gradient at a boundary the state there determines — the synthesizers' ceiling.
 
-    The same episodes twice: their steps after `boundary` in the original order, then shuffled (the same task, the
-    same state at the boundary, another future). Returns the cosine between the two true future gradients, over all
-    state tensors ("all") and per tensor. If g = μ(state) + noise, E cos(g_A, g_B) ≈ |μ|²/E|g|², and no synthesizer
-    — which sees only the state — can point at g better than about √ of that (its best guess is μ)."""
+    The same episodes twice: as they are, and with another future after `boundary` (`source.resample_future`: the
+    same task, the same state at the boundary, the remaining labels reordered and fresh images). Returns the cosine
+    between the two true future gradients, over all state tensors ("all") and per tensor. If g = μ(state) + noise,
+    E cos(g_A, g_B) ≈ |μ|²/E|g|², and no synthesizer — which sees only the state — can point at g better than about
+    √ of that (its best guess is μ)."""
     model, (B, T) = trainer.model, episodes.presentation.shape
     n_out = model.head.out_features
-    u = model.encoder(episodes.x).detach()
-    generator = torch.Generator().manual_seed(seed)
-    shuffled = torch.cat([torch.arange(boundary), boundary + torch.randperm(T - boundary, generator=generator)])
     futures = []
-    for order in (torch.arange(T), shuffled):
-        y = episodes.y[:, order]
-        _, losses, _, kept = trainer.unroll(model.initial_state(B), u[:, order], trainer.prev_labels(y, n_out), y,
-                                            0, T, {boundary})
+    for ep in (episodes, source.resample_future(episodes, boundary, np.random.default_rng(seed))):
+        _, losses, _, kept = trainer.unroll(model.initial_state(B), model.encoder(ep.x).detach(),
+                                            trainer.prev_labels(ep.y, n_out), ep.y, 0, T, {boundary})
         names = carried(kept[boundary])
         grads = torch.autograd.grad(losses[:, boundary:].sum(), [kept[boundary][k] for k in names],
                                     allow_unused=True)
