@@ -42,13 +42,16 @@ choice; the synthesizers always Adam):
   state (h, c, memory keys and values, read weights): ĝ = S(state), the synthesizers' guess of
   the future chunks' gradient (Jaderberg et al. §3.1, bootstrapped: S is regressed on the true
   gradient at the next chunk's start, which includes that chunk's own ĝ). Synthesizers: an MLP
-  on [h; c] for (∂h, ∂c) and one MLP shared by all slots on [M^key_i; M^value_i; w^r_i; h] for the
-  slot's gradients (*open*); last layers zero-initialised.
+  on [h; c; q] for (∂h, ∂c, ∂q) and one MLP shared by all slots on [M^key_i; M^value_i; w^r_i; h]
+  for each slot's gradients (*open*; cDNI's label conditioning is left out: the future labels
+  are unknown at a boundary); last layers zero-initialised; Adam at ``synth_lr``.
 * ``lstm`` — the memory-free baseline, trained as ``bptt``.
 
 The gate (``probe_cosine``): on fixed validation episodes, at every chunk boundary, the cosine
 between S(state) and the *true* future gradient (full backprop of every later step's loss). A
-comparison of sg with bp means something only when this is clearly above zero.
+comparison of sg with bp means something only when this is clearly above zero. Its ceiling
+(``future_gradient_agreement``, benchmarks/nmn_gradient_ceiling.py): the cosine between the true
+future gradients of two futures of the same state — how much of the target the state determines.
 """
 from __future__ import annotations
 
@@ -59,7 +62,6 @@ from torch.nn import functional as F
 
 METHODS = ("sg", "bp", "bptt", "lstm")
 STATE = ("h", "c", "query", "keys", "values", "read")      # the state that carries gradient between steps
-VECTOR_STATE = ("h", "c", "query")                           # one vector per episode (the rest: per slot)
 
 
 def mlp(sizes) -> nn.Sequential:
