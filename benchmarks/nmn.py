@@ -11,7 +11,8 @@ on validation episodes. Prints, in this order:
 2. the gate: the synthesizers' cosine to the true future gradient (full backprop) per sg run — a
    verdict on sg vs bp is reported only when it is clearly above zero (≥ GATE in every seed);
 3. accuracy by presentation (1st, 2nd, 5th, 10th showing of a class) and the rare variant (two classes
-   shown once, scored on their second showing; label counting alone scores 50%) on the meta-test classes;
+   shown once, scored on their second showing; label counting alone scores 50%, and the memory-free LSTM
+   learns that heuristic) on the meta-test classes;
    sinusoid: MSE at the 1st, 2nd, 5th and 10th point of an episode;
 4. the claims of `cl.reproductions` and a RESULT line with ``synth_cos=``.
 
