@@ -18,6 +18,7 @@ on validation episodes. Prints, in this order:
 
     python benchmarks/nmn.py --quick     # digits + sinusoid, sg/bp/lstm, 1 seed, 40 updates, ratio 1: a smoke run
     python benchmarks/nmn.py             # the grid as published (36 runs)
+    python benchmarks/nmn.py --grid experiments/nmn_episodic_mnist.yaml     # MNIST and Fashion-MNIST (18 runs)
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ QUICK_GRID = {"transfer.method": ["sg", "bp", "lstm"], "transfer.fast_lr_ratio":
 
 
 def grid(args) -> GridSpec:
-    spec = load_grid(ROOT / "experiments" / "nmn_episodic.yaml")
+    spec = load_grid(ROOT / args.grid)
     if not args.quick:
         return spec
     return gridbench.quick_variant(spec, QUICK, grid=QUICK_GRID)
@@ -53,8 +54,11 @@ def column(rows, key, scale=100.0, digits=1) -> str:
 
 
 def main() -> None:
-    args = gridbench.parser(__doc__.splitlines()[0], store="nmn",
-                            quick_help="digits + sinusoid, 1 seed, 40 updates, ratio 1").parse_args()
+    parser = gridbench.parser(__doc__.splitlines()[0], store="nmn",
+                            quick_help="digits + sinusoid, 1 seed, 40 updates, ratio 1")
+    parser.add_argument("--grid", default="experiments/nmn_episodic.yaml",
+                        help="the episodic grid (also experiments/nmn_episodic_mnist.yaml)")
+    args = parser.parse_args()
     spec = grid(args)
     cells = gridbench.run_grid(spec, args)
     runs = cell_runs(spec.experiment_name, cells, REPRODUCTION.describe, tracking_uri=args.tracking_uri)

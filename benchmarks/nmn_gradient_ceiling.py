@@ -3,9 +3,10 @@
 Trains the episodic NMN (strategies/nmn_episodic.py; digits episodes as experiments/nmn_episodic.yaml, method
 bp, seed 0) and, before training and after every `--every` updates, takes validation episodes and compares the
 true future gradient at a chunk boundary under two futures of the same episode (as sampled, and with the remaining
-labels reordered and fresh images of their classes: the same task and the same state at the boundary). Their cosine estimates |E[g | state]|² / E|g|²;
-its square root bounds the cosine any synthesizer (which sees only the state) can reach on average. Prints the
-table per boundary and state tensor and a RESULT line; compare with the sg runs' `synth_cos`.
+labels reordered and fresh images of their classes: the same task and the same state at the boundary). Their
+cosine estimates |E[g | state]|² / E|g|²; its square root bounds the cosine any synthesizer (which sees only
+the state) can reach on average. Prints the table per boundary and state tensor and a RESULT line; compare with
+the sg runs' `synth_cos`.
 
     python benchmarks/nmn_gradient_ceiling.py            # 150 updates, boundaries 5, 25, 45 (a few minutes)
 """

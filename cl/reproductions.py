@@ -529,9 +529,8 @@ NMN_NOTES = (
     "at cosine 0.50 after 150 bp updates and 0.67–0.86 at initialisation (benchmarks/nmn_gradient_ceiling.py, seed "
     "0, 64 validation episodes), so a synthesizer that sees only the state could reach about 0.7. Ours get 150 "
     "updates × 9 boundaries = 1,350 Adam steps on moving, bootstrapped targets and do not learn them; with a 10× "
-    "synthesizer lr (one probe, digits, seed 0) they fit those bootstrapped targets better (cosine 0.40; 0.05–0.26 in the "
-    "grid) "
-    "and the true gradient no better (−0.005): the targets they bootstrap from are themselves off.",
+    "synthesizer lr (one probe, digits, seed 0) they fit those bootstrapped targets better (cosine 0.40; "
+    "0.05–0.26 in the grid) and the true gradient no better (−0.005): the targets they bootstrap from are themselves off.",
     "The memory is what learns within an episode: bp's accuracy climbs from the 2nd to the 10th presentation "
     "(42 → 72%) while the memory-free LSTM's falls (30 → 22%); on the sinusoid bp's MSE after 10 points is a third "
     "of the LSTM's. The rare variant does not separate them: the LSTM scores 54% on a rare class's second showing by "
