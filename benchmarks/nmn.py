@@ -1,23 +1,28 @@
-"""Do synthetic-gradient controllers help a neural memory network on rare classes?
+"""Do fast synthetic-gradient controllers help a neural memory network learn within an episode?
 
-Runs the grid `experiments/nmn_mnist.yaml` — Split MNIST, Split Fashion-MNIST and a rare-class
-MNIST stream (two classes keep 5% of their training images), 5 × 2 classes, class-incremental,
-3 seeds; naive, replay at the NMN's memory in bytes, nmn_bp (controllers by truncated backprop)
-and nmn_sg (controllers fast on synthetic gradients) — through the suite's launcher (finished
-cells are reused on a rerun; store: reports/nmn/mlflow.db). Prints per scenario: final accuracy
-on all classes, forgetting, accuracy on the rare classes at the end and right after they were
-taught, the bytes kept between experiences (exemplars or memory state), wall time, and the
-synthesizers' gradient-prediction quality (mean cosine between S(h) and the true future gradient
-over the slow steps); then the claims of `cl.reproductions` and a RESULT line.
+Runs the grid `experiments/nmn_episodic.yaml` (strategies/nmn_episodic.py) through the suite's launcher
+(finished cells are reused; store: reports/nmn/mlflow.db; measured runs archived in
+benchmarks/results/nmn_episodic.jsonl): MANN-style 5-way episodes on digits (meta-test on held-out
+classes) and MAML's sinusoid, methods sg / bp / lstm, the controllers' lr ratio chosen per method
+on validation episodes. Prints, in this order:
 
-    python benchmarks/nmn.py --quick     # 8×8 digits (and its rare-class stream), MLP, 3 epochs, 1 seed: a smoke run
-    python benchmarks/nmn.py             # the grid as published (36 runs, ≈ 40 min with 2 workers)
+1. the ratio chosen per task and method, by the validation score (accuracy after the first presentation;
+   sinusoid: MSE), with every ratio's score;
+2. the gate: the synthesizers' cosine to the true future gradient (full backprop) per sg run — a
+   verdict on sg vs bp is reported only when it is clearly above zero (≥ GATE in every seed);
+3. accuracy by presentation (1st, 2nd, 5th, 10th showing of a class) and the rare variant (two classes
+   shown once, scored on their second showing; label counting alone scores 50%, and the memory-free LSTM
+   learns that heuristic) on the meta-test classes;
+   sinusoid: MSE at the 1st, 2nd, 5th and 10th point of an episode;
+4. the claims of `cl.reproductions` and a RESULT line with ``synth_cos=``.
+
+    python benchmarks/nmn.py --quick     # digits + sinusoid, sg/bp/lstm, 1 seed, 40 updates, ratio 1: a smoke run
+    python benchmarks/nmn.py             # the grid as published (36 runs)
+    python benchmarks/nmn.py --grid experiments/nmn_episodic_mnist.yaml     # MNIST and Fashion-MNIST (18 runs)
 """
 from __future__ import annotations
 
 import json
-import math
-import os
 import sys
 from pathlib import Path
 
@@ -25,75 +30,92 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import gridbench  # noqa: E402
-from cl.analysis import run_artifact_json  # noqa: E402
 from cl.grid import GridSpec, load_grid  # noqa: E402
-from cl.reproductions import cell_runs, reproduction_for  # noqa: E402
+from cl.reproductions import NMN_SYNTH_COS_GATE as GATE  # noqa: E402
+from cl.reproductions import cell_runs, nmn_chosen_runs, reproduction_for  # noqa: E402
 
-METHODS = ("naive", "replay", "nmn_bp", "nmn_sg")
-REPRODUCTION = reproduction_for("experiments/nmn_mnist.yaml")
+METHODS = ("sg", "bp", "lstm", "bptt")
+REPRODUCTION = reproduction_for("experiments/nmn_episodic.yaml")
+QUICK = {"transfer.updates": 40, "transfer.probe_every": 20, "transfer.eval_episodes": 64}
+QUICK_GRID = {"transfer.method": ["sg", "bp", "lstm"], "transfer.fast_lr_ratio": [1.0]}
 
 
 def grid(args) -> GridSpec:
-    spec = load_grid(ROOT / "experiments" / "nmn_mnist.yaml")
+    spec = load_grid(ROOT / args.grid)
     if not args.quick:
         return spec
-    scenarios = [{"name": "split_digits", "n_experiences": 5},
-                 {"name": "rare_class_stream", "base": "digits", "n_experiences": 5, "rare_fraction": 0.05}]
-    return gridbench.quick_variant(spec, {"model": {"name": "mlp"}, "train.epochs": 3},
-                                   grid={"scenario": scenarios})
+    return gridbench.quick_variant(spec, QUICK, grid=QUICK_GRID)
 
 
-def mean_std(values) -> str:
-    """Percent, mean ± std over seeds."""
-    values = 100 * values.dropna()
-    if values.empty:
+def column(rows, key, scale=100.0, digits=1) -> str:
+    if key not in rows or rows[key].dropna().empty:
         return "—"
-    return f"{values.mean():.2f} ± {values.std():.2f}" if len(values) > 1 else f"{values.mean():.2f}"
+    return gridbench.mean_std(scale * rows[key].dropna(), digits)
 
 
 def main() -> None:
-    args = gridbench.parser(__doc__.splitlines()[0], store="nmn",
-                            quick_help="8×8 digits and its rare-class stream, MLP, 3 epochs, 1 seed").parse_args()
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one download per run below
+    parser = gridbench.parser(__doc__.splitlines()[0], store="nmn",
+                            quick_help="digits + sinusoid, 1 seed, 40 updates, ratio 1")
+    parser.add_argument("--grid", default="experiments/nmn_episodic.yaml",
+                        help="the episodic grid (also experiments/nmn_episodic_mnist.yaml)")
+    args = parser.parse_args()
     spec = grid(args)
     cells = gridbench.run_grid(spec, args)
     runs = cell_runs(spec.experiment_name, cells, REPRODUCTION.describe, tracking_uri=args.tracking_uri)
-    for column in ("final/rare_acc", "final/rare_acc_when_learnt"):   # only rare-class streams have them
-        if column not in runs:
-            runs[column] = float("nan")
-    runs["kept_bytes"] = runs["memory/exemplar_bytes"] + runs["memory/persistent_state_bytes"]
-    runs["cosine"] = [(run_artifact_json(run_id, "nmn/synthesizer.json", tracking_uri=args.tracking_uri) or {})
-                      .get("mean_cosine") if method == "nmn_sg" else None
-                      for run_id, method in zip(runs["run_id"], runs["method"])]
+    if runs.empty:
+        print("no finished runs to report")
+        print(f"RESULT nmn_sg_beats_bp=na synth_cos=nan gate=fail seeds=0 quick={int(args.quick)} {{}}")
+        return
+    chosen, selection = nmn_chosen_runs(runs)
 
+    print("\n1. fast/slow lr ratio chosen on validation episodes (meta-train classes)")
+    for (task, method), scores in selection.items():
+        text = ", ".join(f"×{ratio:g}: {score:.3f}" for ratio, score in sorted(scores["scores"].items()))
+        print(f"  {task:<9}{method:<6} chose ×{scores['chosen']:g}   ({scores['metric']}: {text})")
+
+    print(f"\n2. the gate: cosine of the synthesizers' output to the true future gradient (≥ {GATE} in every seed)")
+    cosines = {}
+    for task, rows in chosen[chosen["method"] == "sg"].groupby("task"):
+        values = rows["final/synth_cos"].dropna().astype(float)
+        cosines[task] = values
+        parts = {k.removeprefix("final/synth_cos_"): rows[k].mean() for k in rows if k.startswith("final/synth_cos_")}
+        verdict = "pass" if len(values) and values.min() >= GATE else "FAIL"
+        print(f"  {task:<9} per seed {[round(v, 3) for v in values]}  mean {values.mean():.3f}  [{verdict}]  "
+              f"by state: " + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()))
+
+    print("\n3. meta-test: accuracy (%) by presentation of a class; rare: two classes shown once, their 2nd showing")
     results: dict[str, float] = {}
-    for scenario in dict.fromkeys(c.config.scenario.name for c in cells):
-        here = runs[runs["scenario_name"] == scenario]
-        print(f"\n{scenario}")
-        print(f"{'method':<8}{'n':>3}{'final acc %':>16}{'forgetting %':>16}{'rare acc %':>16}{'rare, learnt %':>16}"
-              f"{'kept bytes':>12}{'wall s':>8}{'cos(S, g)':>11}")
+    for task, group in chosen.groupby("task"):
+        regression = task == "sinusoid"
+        keys = ([("mse@1", "final/mse_p1"), ("mse@2", "final/mse_p2"), ("mse@5", "final/mse_p5"),
+                 ("mse@10", "final/mse_p10"), ("mse all", "final/mse")] if regression else
+                [("1st", "final/acc_p1"), ("2nd", "final/acc_p2"), ("5th", "final/acc_p5"), ("10th", "final/acc_p10"),
+                 ("rare 2nd", "final/rare_acc_second")])
+        scale = 1.0 if regression else 100.0
+        print(f"  {task}")
+        print(f"  {'method':<7}{'n':>3}" + "".join(f"{name:>16}" for name, _ in keys) + f"{'train s':>9}")
         for method in METHODS:
-            rows = here[here["method"] == method]
+            rows = group[group["method"] == method]
             if rows.empty:
                 continue
-            cosine = rows["cosine"].dropna().astype(float)
-            print(f"{method:<8}{len(rows):>3}{mean_std(rows['final/avg_acc']):>16}{mean_std(rows['final/forgetting']):>16}"
-                  f"{mean_std(rows['final/rare_acc']):>16}{mean_std(rows['final/rare_acc_when_learnt']):>16}"
-                  f"{rows['kept_bytes'].mean():>12,.0f}{rows['final/wall_seconds'].mean():>8.0f}"
-                  f"{(f'{cosine.mean():.3f}' if len(cosine) else '—'):>11}")
-            results[f"{scenario}_{method}_acc"] = 100 * rows["final/avg_acc"].mean()
-            if rows["final/rare_acc"].notna().any():
-                results[f"{scenario}_{method}_rare_acc"] = 100 * rows["final/rare_acc"].mean()
-                results[f"{scenario}_{method}_rare_when_learnt"] = 100 * rows["final/rare_acc_when_learnt"].mean()
-    print("(mean ± std over seeds; kept bytes: exemplars + state kept between minibatches and experiences)")
+            print(f"  {method:<7}{len(rows):>3}" + "".join(f"{column(rows, k, scale, 3 if regression else 1):>16}"
+                                                         for _, k in keys)
+                  + f"{rows['final/train_seconds'].mean():>9.0f}")
+            for name, key in keys:
+                if key in rows:
+                    results[f"{task}_{method}_{key.removeprefix('final/')}"] = float(scale * rows[key].mean())
 
     claims = REPRODUCTION.claims(runs)
     print()
     for claim in claims:
         print(f"[{claim.verdict}] {claim.claim} — {claim.ours}")
-    rare_helps = int(any(c.shown for c in claims if "rare" in c.claim and "right after" in c.claim))
-    print(f"RESULT nmn_sg_helps_rare={rare_helps} seeds={len(spec.seeds)} quick={int(args.quick)} "
-          + json.dumps({k: round(float(v), 2) for k, v in results.items() if not math.isnan(v)}, separators=(",", ":")))
+    all_cos = [v for values in cosines.values() for v in values]
+    synth_cos = sum(all_cos) / len(all_cos) if all_cos else float("nan")
+    gate = "pass" if cosines and all(len(v) and v.min() >= GATE for v in cosines.values()) else "fail"
+    sg_claims = [c for c in claims if c.claim.startswith("sg")]
+    beats = "na" if gate == "fail" or not sg_claims else str(int(any(c.shown for c in sg_claims)))
+    print(f"RESULT nmn_sg_beats_bp={beats} synth_cos={synth_cos:.3f} gate={gate} seeds={len(spec.seeds)} "
+          f"quick={int(args.quick)} " + json.dumps({k: round(v, 3) for k, v in results.items()}, separators=(",", ":")))
 
 
 if __name__ == "__main__":

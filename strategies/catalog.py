@@ -136,10 +136,13 @@ class NMNParams(Params):
     shared_synthesizer: bool = Field(False, description="one synthesizer for both controllers")
 
 
+# Retired as class-incremental methods (kept so experiments/nmn_mnist.yaml still runs): the memory holds only the
+# last task (benchmarks/nmn_ci_probe.py). The NMN is measured on episodes: transfer `nmn_episodic`.
 STRATEGIES.register("nmn_sg", params=NMNParams, target="strategies.nmn:build_nmn_sg",
-                    summary="neural memory network, controllers fast on synthetic gradients (Fernando et al. 2020)")
+                    summary="retired: class-incremental NMN, controllers on synthetic gradients; its memory holds only "
+                            "the last task (use the transfer nmn_episodic)")
 STRATEGIES.register("nmn_bp", params=NMNParams, target="strategies.nmn:build_nmn_bp",
-                    summary="the same neural memory network, controllers by truncated backprop only (baseline)")
+                    summary="retired: the same class-incremental NMN, controllers by truncated backprop only")
 
 STRATEGIES.register("memo", params=MEMOParams, target="strategies.memo:build_memo",
                     summary="MEMO: shared generalized blocks + one specialized block per task (Zhou et al. 2023)",

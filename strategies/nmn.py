@@ -1,4 +1,15 @@
-"""Neural memory networks whose controllers learn fast and slow through synthetic gradients.
+"""Neural memory networks whose controllers learn fast and slow through synthetic gradients — class-incremental.
+
+**Retired** (issue 28): in this class-incremental form the memory holds only the last task, so the
+strategies `nmn_sg` / `nmn_bp` stay registered only so that the published grid experiments/nmn_mnist.yaml
+still runs; their claims are gone from the reproduction report. Measured by benchmarks/nmn_ci_probe.py
+(Split digits, the defaults below): every one of the 128 slots is rewritten within 4 minibatches (each
+minibatch writes 32 samples into 32 least-used slots), 100% of the slots were last written during the
+final experience, and the old tasks end at 0%. Besides, the head reads the encoder directly (below), so
+the memory cannot matter; ``fast_lr_factor`` 0.1 makes the "fast" controllers ten times slower than the
+rest; and the synthesizers' cosine to the true gradient was 0.007–0.035 in all 9 archived runs. The NMN is
+now measured where the paper claims it, on episodes: `strategies.nmn_episodic` (transfer ``nmn_episodic``),
+which reuses nothing of this module's training procedure.
 
 Measured by benchmarks/nmn.py (grid experiments/nmn_mnist.yaml; rare-class accuracy comes from
 the runner's per-class accounting on `rare_class_stream`, see cl.runner).

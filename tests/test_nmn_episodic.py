@@ -1,0 +1,192 @@
+"""The episodic NMN: episodes, the memory holding a whole episode, DNI wiring, the gate, and its claims."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cl.config import RunConfig
+from cl.errors import ConfigError
+from strategies.nmn_episodes import ImageEpisodes, SinusoidEpisodes
+from strategies.nmn_episodic import STATE, EpisodicNMN, Trainer, carried
+
+
+def image_source(n_way=3, length=12, classes=(0, 1, 2, 3)):
+    torch.manual_seed(0)
+    y = torch.arange(len(classes)).repeat_interleave(6)
+    x = torch.rand(len(y), 1, 4, 4) + y.view(-1, 1, 1, 1).float()          # classes far apart
+    return ImageEpisodes(x, torch.tensor(classes)[y], classes, n_way=n_way, length=length)
+
+
+def test_episodes_shuffle_labels_and_count_presentations():
+    source = image_source()
+    episodes = source.sample(20, np.random.default_rng(0))
+    assert episodes.x.shape == (20, 12, 16) and episodes.y.shape == (20, 12)
+    for y, p in zip(episodes.y, episodes.presentation):
+        for label in range(3):
+            where = (y == label).nonzero().flatten()
+            assert p[where].tolist() == list(range(1, len(where) + 1))
+    # the same image class gets different labels in different episodes
+    class_of = episodes.x[:, :, 0].floor().long()                 # the class index is the pixel's integer part
+    labels_of_class0 = {int(y[c == 0][0]) for y, c in zip(episodes.y, class_of) if (c == 0).any()}
+    assert len(labels_of_class0) > 1
+
+
+def test_rare_episodes_show_two_classes_once_in_each_half():
+    episodes = image_source(n_way=3, length=16).sample(10, np.random.default_rng(1), rare=True)
+    for y, p, scored in zip(episodes.y, episodes.presentation, episodes.scored):
+        assert int(scored.sum()) == 2 and (p[scored] == 2).all() and (scored.nonzero().flatten() >= 8).all()
+        for label in y[scored]:
+            shown = (y == label).nonzero().flatten()
+            assert len(shown) == 2 and shown[0] < 8
+
+
+def test_sinusoid_episodes_are_one_function_each():
+    episodes = SinusoidEpisodes(length=10).sample(4, np.random.default_rng(0))
+    assert episodes.x.shape == (4, 10, 1) and episodes.y.abs().max() <= 5
+    assert episodes.presentation[0].tolist() == list(range(1, 11))
+
+
+def test_one_write_per_step_fills_fresh_slots_so_the_memory_holds_the_whole_episode():
+    torch.manual_seed(0)
+    model = EpisodicNMN(16, 3, 3, hidden=8, slots=11, key_dim=4, value_dim=4, encoder_hidden=8, encoder_dim=8)
+    with torch.no_grad():
+        model.write.bias[-1].fill_(-50.0)                        # the gate closed: least-used slot every time
+    state, written = model.initial_state(2), []
+    for t in range(12):
+        before = state.get("values").clone()
+        state, _ = model.step(state, torch.rand(2, 8), torch.zeros(2, 3), first=t == 0)
+        changed = (state["values"] - before).abs().sum(-1) > 1e-6
+        written.append(changed[0].nonzero().flatten().tolist())
+    assert written[0] == [] and all(len(w) == 1 for w in written[1:])
+    assert len({w[0] for w in written[1:]}) == 11                  # 11 writes, 11 different slots: nothing lost
+
+
+def test_the_head_reads_the_controller_state_and_the_memory_only():
+    model = EpisodicNMN(16, 3, 3, hidden=8, slots=4, key_dim=4, value_dim=5, encoder_dim=6)
+    assert model.head.in_features == 8 + 5                      # [h; r], no encoder features
+    assert EpisodicNMN(16, 3, 3, hidden=8, memory=False, encoder_dim=6).head.in_features == 8
+
+
+def test_with_an_oracle_synthesizer_sg_recovers_the_full_backprop_gradient():
+    """DNI's wiring: truncated chunks + the true future gradient at each boundary = backprop through the episode."""
+    torch.manual_seed(0)
+    source = image_source(length=12)
+    episodes = source.sample(4, np.random.default_rng(2))
+    model = EpisodicNMN(16, 3, 3, hidden=8, slots=12, key_dim=4, value_dim=4, encoder_hidden=8, encoder_dim=8)
+
+    def controller_grads(method, oracle=None):
+        trainer = Trainer(model, method=method, kind="classification", lr=1e-3, fast_lr_ratio=1.0, truncation=4)
+        total = {}
+
+        def accumulate(optimizer, parameters):                   # sum the gradients instead of stepping
+            if optimizer is trainer.fast:
+                for i, p in enumerate(model.controller_parameters()):
+                    if p.grad is not None:
+                        total[i] = total.get(i, 0) + p.grad.clone()
+            optimizer.zero_grad(set_to_none=True)
+
+        trainer._clip_step = accumulate
+        if oracle is not None:
+            trainer.synth = oracle
+            trainer._fit_synthesizer = lambda *a: None
+        trainer.train_batch(episodes)
+        return total
+
+    full = controller_grads("bptt")
+    # the oracle: the true future gradient at the boundaries 4 and 8, from one full unroll (per-episode units)
+    probe = Trainer(model, method="bptt", kind="classification", lr=1e-3, fast_lr_ratio=1.0, truncation=4)
+    prev = probe.prev_labels(episodes.y, 3)
+    _, losses, _, kept = probe.unroll(model.initial_state(4), model.encoder(episodes.x).detach(), prev, episodes.y,
+                                      0, 12, boundaries={4, 8})
+    names = {t: carried(kept[t]) for t in kept}
+    grads = torch.autograd.grad(losses.sum(), [kept[t][k] for t in sorted(kept) for k in names[t]])
+    truth, i = [], 0
+    for t in sorted(kept):
+        truth.append({k: grads[i + j] for j, k in enumerate(names[t])})
+        i += len(names[t])
+    calls = iter(truth)
+    oracle = lambda state: next(calls)  # noqa: E731
+    truncated = controller_grads("bp")
+    with_oracle = controller_grads("sg", oracle)
+    assert set(full) == set(with_oracle)
+    assert all(torch.allclose(full[i], with_oracle[i], atol=1e-5) for i in full)
+    assert any(not torch.allclose(full[i], truncated.get(i, torch.zeros_like(full[i])), atol=1e-5) for i in full)
+    assert set(STATE) >= set(names[4])
+
+
+def test_probe_cosine_measures_the_synthesizers_against_the_true_gradient():
+    torch.manual_seed(0)
+    episodes = image_source(length=12).sample(4, np.random.default_rng(3))
+    model = EpisodicNMN(16, 3, 3, hidden=8, slots=12, key_dim=4, value_dim=4, encoder_hidden=8, encoder_dim=8)
+    trainer = Trainer(model, method="sg", kind="classification", lr=1e-3, fast_lr_ratio=1.0, truncation=4)
+    assert trainer.probe_cosine(episodes)["all"] == 0.0                 # zero-initialised synthesizers: silent
+    for _ in range(3):
+        trainer.train_batch(episodes)
+    assert len(trainer.synth_fit) == 3 * 2                               # two boundaries per episode batch
+    cos = trainer.probe_cosine(episodes)
+    assert set(cos) == {"all", *STATE} and all(-1 <= v <= 1 for v in cos.values())
+
+
+@pytest.mark.parametrize("options, field", [({"slots": 10, "length": 20}, "slots"),
+                                            ({"method": "bp", "truncation": 50}, "truncation"),
+                                            ({"meta_test_classes": [0, 1]}, "meta_test_classes")])
+def test_bad_options_name_the_field(options, field):
+    with pytest.raises(ConfigError, match=field):
+        RunConfig.from_dict({"transfer": {"name": "nmn_episodic", **options}, "train": {"optimizer": "adam"}})
+
+
+def _claim_runs(cos: float, sg_gain: float) -> pd.DataFrame:
+    rows = []
+    for seed in range(3):
+        for method in ("sg", "bp", "lstm"):
+            for ratio, val in ((1.0, 0.5), (3.0, 0.6)):
+                acc = 0.5 + (sg_gain if method == "sg" else 0) - (0.3 if method == "lstm" else 0) + 0.01 * seed
+                rows.append({"task": "digits", "method": method, "ratio": ratio, "seed": seed,
+                             "final/val_acc_after_first": val, "final/acc_p2": acc + (ratio == 1.0),
+                             "final/rare_acc_second": acc,
+                             "final/synth_cos": cos if method == "sg" else np.nan})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("cos, gain, verdict", [(0.05, 0.1, "not measured"), (0.5, 0.1, "yes"),
+                                                (0.5, -0.1, "no")])
+def test_claims_pass_the_gate_first_and_use_the_ratio_chosen_on_validation(cos, gain, verdict):
+    from cl.reproductions import nmn_chosen_runs, reproduction_for
+
+    runs = _claim_runs(cos, gain)
+    chosen, selection = nmn_chosen_runs(runs)
+    assert set(chosen["ratio"]) == {3.0} and selection[("digits", "sg")]["chosen"] == 3.0
+    claims = {c.claim.split(" (")[0] + " " + c.claim.split(", ")[-1]: c
+              for c in reproduction_for("experiments/nmn_episodic.yaml").claims(runs)}
+    gate = next(c for k, c in claims.items() if k.startswith("the gate"))
+    assert gate.holds is (cos >= 0.2)
+    sg = claims["sg beats bp accuracy at the 2nd presentation)"]
+    assert sg.verdict == verdict and ("no verdict" in sg.ours) == (verdict == "not measured")
+    memory = claims["the memory learns within an episode: sg beats the memory-free LSTM accuracy at the 2nd "
+                    "presentation)"] if gain > 0 else None
+    assert memory is None or memory.holds is True
+
+
+def test_another_future_keeps_the_past_and_the_task():
+    source = image_source(length=12)
+    episodes = source.sample(3, np.random.default_rng(4))
+    other = source.resample_future(episodes, 5, np.random.default_rng(5))
+    assert torch.equal(other.x[:, :5], episodes.x[:, :5]) and torch.equal(other.y[:, :5], episodes.y[:, :5])
+    assert not torch.equal(other.x[:, 5:], episodes.x[:, 5:])
+    for a, b in zip(episodes.y, other.y):
+        assert sorted(a[5:].tolist()) == sorted(b[5:].tolist())                   # the same labels still to come
+    class_of = other.x[:, :, 0].floor().long()                                    # each image still of its class
+    assert torch.equal(torch.gather(torch.tensor(source.classes)[None].expand(3, -1), 1, class_of),
+                       torch.gather(other.classes, 1, other.y))
+
+
+def test_future_gradient_agreement_compares_two_futures_of_one_state():
+    from strategies.nmn_episodic import future_gradient_agreement
+
+    torch.manual_seed(0)
+    source = image_source(length=12)
+    episodes = source.sample(4, np.random.default_rng(4))
+    model = EpisodicNMN(16, 3, 3, hidden=8, slots=12, key_dim=4, value_dim=4, encoder_hidden=8, encoder_dim=8)
+    trainer = Trainer(model, method="bp", kind="classification", lr=1e-3, fast_lr_ratio=1.0, truncation=4)
+    other = future_gradient_agreement(trainer, episodes, 2, source)
+    assert other["all"] < 0.999 and set(other) >= {"all", "h", "keys"}
