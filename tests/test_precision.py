@@ -24,7 +24,7 @@ def tiny(strategy="naive", plugins=(), **train) -> RunConfig:
     return RunConfig.from_dict({
         "scenario": {"name": "split_digits", "n_experiences": 2},
         "model": {"name": "mlp", "hidden": [64]},
-        "strategy": {"name": strategy},
+        "strategy": strategy if isinstance(strategy, dict) else {"name": strategy},
         "plugins": list(plugins),
         "train": {"epochs": 2, "lr": 0.1, **train},
     })
@@ -133,7 +133,7 @@ def test_bf16_autocasts_forward_in_training_and_evaluation(monkeypatch, one_thre
 # strategies and plugins that run their own forward/backward passes: bf16 must not break them
 OWN_LOOPS = [
     pytest.param("replay", [{"name": "fpf"}], id="replay+fpf"),
-    pytest.param("kfpf_ce", [], id="kfpf_ce"),
+    pytest.param({"name": "kfpf_ce", "k": 3, "iterations": 5}, [], id="kfpf_ce"),   # k ≤ the stream's iterations
     pytest.param("memo", [], id="memo"),
     pytest.param("nmn_sg", [], id="nmn_sg"),
     pytest.param("lwf", [], id="lwf"),
