@@ -127,8 +127,11 @@ def warning_text(checks: Sequence[ExperienceHealth]) -> str | None:
 # --------------------------------------------------------------------------- the Avalanche hook
 
 
-def make_health_plugin(runlog):
+def make_health_plugin(runlog, progress):
     """An Avalanche plugin that checks each trained experience and logs the verdict to `runlog`.
+
+    `progress` is the run's logger plugin (`cl.tracking.make_logger_plugin`), which already counts the
+    experiences trained (`trained`) and the latest epoch's mean loss (`epoch_loss`); it must run first.
 
     Metrics ``health/*`` at step t after experience t's evaluation; the ``health.warning`` tag
     (rewritten as experiences add reasons) and a log warning when something collapsed.
@@ -139,9 +142,7 @@ def make_health_plugin(runlog):
         def __init__(self):
             super().__init__()
             self.checks: list[ExperienceHealth] = []
-            self.trained = 0
             self._labels: dict[int, int] = {}
-            self._epoch_loss = math.nan
             self._preds: dict[int, int] = {}
 
         @property
@@ -149,54 +150,45 @@ def make_health_plugin(runlog):
             return warning_text(self.checks)
 
         def before_training_exp(self, strategy, **kwargs):
-            self._epoch_loss = math.nan
             self._labels = {}
 
         def before_training_epoch(self, strategy, **kwargs):
-            self._loss_sum, self._loss_n = 0.0, 0
             self._epoch_labels: dict[int, int] = {}
 
         def after_training_iteration(self, strategy, **kwargs):
-            self._loss_sum += float(strategy.loss.detach())
-            self._loss_n += 1
             # the labels the loss was computed on: with replay, the memory's classes are in the batch too
             for c, n in zip(*np.unique(strategy.mb_y.detach().cpu().numpy(), return_counts=True)):
                 self._epoch_labels[int(c)] = self._epoch_labels.get(int(c), 0) + int(n)
 
         def after_training_epoch(self, strategy, **kwargs):
-            if self._loss_n:
-                self._epoch_loss = self._loss_sum / self._loss_n
+            if self._epoch_labels:
                 self._labels = self._epoch_labels
 
-        def after_training_exp(self, strategy, **kwargs):
-            self.trained += 1
-
-        # cl.checkpoint.Resumable: a resumed run goes on counting experiences and keeps earlier verdicts
+        # cl.checkpoint.Resumable: a resumed run keeps the earlier experiences' verdicts
         def checkpoint_state(self, ctx) -> dict:
-            return {"trained": self.trained, "checks": [
+            return {"checks": [
                 {"experience": c.experience, "prior_entropy": c.prior_entropy, "train_loss": c.train_loss,
                  "top_class": c.top_class, "top_class_share": c.top_class_share, "reasons": list(c.reasons)}
                 for c in self.checks]}
 
         def restore_checkpoint_state(self, state: dict, ctx) -> None:
-            self.trained = int(state["trained"])
             self.checks = [ExperienceHealth(**{**c, "reasons": tuple(c["reasons"])}) for c in state["checks"]]
 
         def before_eval(self, strategy, **kwargs):
             self._preds = {}
 
         def after_eval_iteration(self, strategy, **kwargs):
-            if strategy.experience.current_experience != self.trained - 1:
+            if strategy.experience.current_experience != progress.trained - 1:
                 return            # only the experience just trained is checked
             pred = strategy.mb_output.detach().argmax(dim=1).cpu().numpy()
             for c, n in zip(*np.unique(pred, return_counts=True)):
                 self._preds[int(c)] = self._preds.get(int(c), 0) + int(n)
 
         def after_eval(self, strategy, **kwargs):
-            t = self.trained - 1
+            t = progress.trained - 1
             if t < 0 or not self._preds or any(c.experience == t for c in self.checks):
                 return
-            check = check_experience(t, train_label_counts=self._labels, train_loss=self._epoch_loss,
+            check = check_experience(t, train_label_counts=self._labels, train_loss=progress.epoch_loss,
                                      prediction_counts=self._preds)
             self.checks.append(check)
             runlog.log_metrics(check.metrics(), step=t)

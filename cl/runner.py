@@ -123,7 +123,7 @@ def _execute(cfg: RunConfig, runlog: RunLog, checkpoints) -> RunResult:
                  *_precision_plugins(cfg, device)])
     # add-ons run before the logger, so their after-experience work counts as training time
     ctx.plugins += [PLUGINS.get(p.name).load()(ctx, _params(PLUGINS, p)) for p in cfg.plugins]
-    health = make_health_plugin(runlog)
+    health = make_health_plugin(runlog, progress=logger)
     ctx.plugins += [logger, health, make_finite_loss_guard()]
     with _quiet_avalanche():
         strategy = STRATEGIES.get(cfg.strategy.name).load()(ctx, strategy_params)

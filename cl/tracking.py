@@ -349,6 +349,7 @@ def make_logger_plugin(runlog: RunLog, *, test_sizes, classes_per_experience, ta
             self.extra: dict[str, AccuracyTally] = {}
             self.trained = 0
             self.epochs = 0
+            self.epoch_loss = math.nan       # mean training loss of the experience's latest epoch
             self.train_seconds = 0.0
             self._t0: float | None = None
             self._class_mask: dict[int, Any] = {}
@@ -369,6 +370,7 @@ def make_logger_plugin(runlog: RunLog, *, test_sizes, classes_per_experience, ta
         def before_training_exp(self, strategy, **kwargs):
             self._close_experience_timer()
             self._t0 = time.perf_counter()
+            self.epoch_loss = math.nan
 
         def before_training_epoch(self, strategy, **kwargs):
             self._loss_sum, self._loss_n = 0.0, 0
@@ -379,7 +381,8 @@ def make_logger_plugin(runlog: RunLog, *, test_sizes, classes_per_experience, ta
 
         def after_training_epoch(self, strategy, **kwargs):
             if self._loss_n:
-                runlog.log_metrics({"train/loss": self._loss_sum / self._loss_n}, step=self.epochs)
+                self.epoch_loss = self._loss_sum / self._loss_n
+                runlog.log_metrics({"train/loss": self.epoch_loss}, step=self.epochs)
             self.epochs += 1
             T, E = len(test_sizes), strategy.train_epochs
             runlog.progress(self.epochs, T * E,

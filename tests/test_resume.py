@@ -6,6 +6,7 @@ checkpoint named by ``CLSUITE_TEST_CRASH_AFTER_CHECKPOINT`` is written (`cl.chec
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -200,17 +201,36 @@ class _Stop(BaseException):
     keeps its checkpoint."""
 
 
-def _stopped_run(monkeypatch, raw: dict, uri: str) -> tuple[str, Path]:
-    from cl.runner import run
-
+@contextlib.contextmanager
+def _stopped_after_experience_2(monkeypatch):
+    """The run inside stops (`_Stop`) right after experience 2's checkpoint is written."""
     def stop(position):
         if position == {"experiences_done": 2}:
             raise _Stop
     original = checkpoint.maybe_crash
     monkeypatch.setattr(checkpoint, "maybe_crash", stop)
     with pytest.raises(_Stop):
-        run(RunConfig.from_dict(raw), tracking_uri=uri)
+        yield
     monkeypatch.setattr(checkpoint, "maybe_crash", original)
+
+
+def _strategy_config(name: str) -> dict:
+    """`name` on the tiny stream: a small buffer, and k-FPF's k calls within its iterations."""
+    from cl.registry import STRATEGIES
+
+    raw = {**cl_config("replay", "unused"), "strategy": {"name": name}}
+    if "mem_size" in STRATEGIES.get(name).params.model_fields:
+        raw["strategy"]["mem_size"] = 40
+    if name.startswith("kfpf"):
+        raw["strategy"].update(k=3, iterations=5)
+    return raw
+
+
+def _stopped_run(monkeypatch, raw: dict, uri: str) -> tuple[str, Path]:
+    from cl.runner import run
+
+    with _stopped_after_experience_2(monkeypatch):
+        run(RunConfig.from_dict(raw), tracking_uri=uri)
     client, runs = runs_of(uri, raw["experiment"])
     assert [r.info.status for r in runs] == ["KILLED"]
     return runs[0].info.run_id, Path(runs[0].data.tags[checkpoint.PATH_TAG])
@@ -344,27 +364,15 @@ RESUMABLE = {"naive", "replay", "ewc", "lwf", "memo", "der", "kfpf_ce", "kfpf_kd
 def test_stopped_and_resumed_in_process_equals_uninterrupted(name, env, monkeypatch):
     """Every strategy with checkpoint hooks: stopped after experience 2, resumed from its checkpoint in a fresh
     strategy, the same accuracy matrix, loss curve and FLOPs, bit for bit."""
-    from cl.registry import STRATEGIES
     from cl.runner import execute
 
-    raw = {**cl_config("replay", "unused"), "strategy": {"name": name}}
-    if "mem_size" in STRATEGIES.get(name).params.model_fields:
-        raw["strategy"]["mem_size"] = 40
-    if name.startswith("kfpf"):
-        raw["strategy"].update(k=3, iterations=5)
+    raw = _strategy_config(name)
     cfg = RunConfig.from_dict(raw)
     first = Recorder()
     first.tags = {}
     first.set_tags = first.tags.update
-
-    def stop(position):
-        if position == {"experiences_done": 2}:
-            raise _Stop
-    original = checkpoint.maybe_crash
-    monkeypatch.setattr(checkpoint, "maybe_crash", stop)
-    with pytest.raises(_Stop):
+    with _stopped_after_experience_2(monkeypatch):
         execute(cfg, first)
-    monkeypatch.setattr(checkpoint, "maybe_crash", original)
     assert "checkpoint.off" not in first.tags
     path = Path(first.tags[checkpoint.PATH_TAG])
     plan = checkpoint.ResumePlan(run_id="-", token=first.tags[checkpoint.TOKEN_TAG], path=str(path),
@@ -384,14 +392,11 @@ def test_stopped_and_resumed_in_process_equals_uninterrupted(name, env, monkeypa
 
 def test_strategies_without_hooks_run_without_checkpoints_and_say_so(env):
     from cl.runner import execute
-    from cl.registry import STRATEGIES
 
     missing = sorted(set(_strategy_names()) - RESUMABLE)
     assert missing, "every strategy is checkpointable: drop this test"
     name = "gdumb" if "gdumb" in missing else missing[0]
-    raw = {**cl_config("replay", "unused"), "strategy": {"name": name}}
-    if "mem_size" in STRATEGIES.get(name).params.model_fields:
-        raw["strategy"]["mem_size"] = 40
+    raw = _strategy_config(name)
     log = Recorder()
     log.tags = {}
     log.set_tags = log.tags.update
@@ -432,7 +437,6 @@ def test_transfer_context_checkpoints_every_n_steps_and_resumes_state_and_rng(en
 
 def test_the_strategies_with_checkpoint_hooks_are_the_ones_tested_above(env, monkeypatch):
     """A strategy that gains hooks must join RESUMABLE (and so the stop/resume equality test)."""
-    from cl.registry import STRATEGIES
     from cl.runner import execute
 
     seen: dict[str, list[str]] = {}
@@ -445,11 +449,6 @@ def test_the_strategies_with_checkpoint_hooks_are_the_ones_tested_above(env, mon
 
     monkeypatch.setattr(checkpoint.ExperienceCheckpoints, "__init__", build_only)
     for current in _strategy_names():
-        raw = {**cl_config("replay", "unused"), "strategy": {"name": current}}
-        if "mem_size" in STRATEGIES.get(current).params.model_fields:
-            raw["strategy"]["mem_size"] = 40
-        if current.startswith("kfpf"):             # k calls must fit the tiny stream's iterations
-            raw["strategy"].update(k=3, iterations=5)
         with pytest.raises(_Stop):
-            execute(RunConfig.from_dict(raw), NullRunLog())
+            execute(RunConfig.from_dict(_strategy_config(current)), NullRunLog())
     assert {name for name, blockers in seen.items() if not blockers} == RESUMABLE, seen

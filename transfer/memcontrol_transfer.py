@@ -212,8 +212,13 @@ def real_kid_floor(fnet, x_test, params, device) -> "D.KID":
     n = min(params.eval_samples, len(x_test) // 2)
     order = torch.from_numpy(np.random.default_rng(KID_SEED).permutation(len(x_test)))
     a, b = (D.features(fnet, x_test[order[i * n:(i + 1) * n]], device) for i in (0, 1))
-    return D.kernel_inception_distance(a, b, subsets=params.kid_subsets, subset_size=params.kid_subset_size,
-                                       seed=KID_SEED)
+    return _kid(a, b, params)
+
+
+def _kid(features, reference, params) -> "D.KID":
+    """KID as every number of a run is computed: the run's subsets and the fixed subset seed."""
+    return D.kernel_inception_distance(features, reference, subsets=params.kid_subsets,
+                                       subset_size=params.kid_subset_size, seed=KID_SEED)
 
 
 def random_mask(n: int, seed) -> tuple[int, ...]:
@@ -302,19 +307,12 @@ def _run(ctx: TransferContext, params) -> dict[str, float]:
         return ddpm.sample(model, labels, steps=params.sample_steps, guidance=params.guidance,
                            generator=torch.Generator().manual_seed(seed), device=ctx.device)
 
-    def fid_of(images):
-        return D.frechet_distance(D.features(fnet, images, ctx.device), real_features)
-
-    def kid_of(images, reference):
-        return D.kernel_inception_distance(D.features(fnet, images, ctx.device), reference,
-                                           subsets=params.kid_subsets, subset_size=params.kid_subset_size,
-                                           seed=KID_SEED)
-
     def search_quality(model):
         images = generate(model, torch.arange(params.search_samples) % n_classes, FID_SEARCH_SEED + ctx.seed)
+        found = D.features(fnet, images, ctx.device)
         if params.search_quality == "kid":
-            return kid_of(images, search_real).mean
-        return D.frechet_distance(D.features(fnet, images, ctx.device), search_real)
+            return _kid(found, search_real, params).mean
+        return D.frechet_distance(found, search_real)
 
     def search_memorization(model):
         if params.search_memorization == "noise":
@@ -393,7 +391,8 @@ def _run(ctx: TransferContext, params) -> dict[str, float]:
                         again, chosen)
 
     images = generate(model, torch.arange(params.eval_samples) % n_classes, FID_EVAL_SEED + ctx.seed)
-    kid = kid_of(images, real_features)
+    image_features = D.features(fnet, images, ctx.device)       # once, for FID and KID
+    kid = _kid(image_features, real_features, params)
     prompt_labels = p_mem.repeat_interleave(params.samples_per_prompt)
     extraction = generate(model, prompt_labels, FID_EVAL_SEED + 1 + ctx.seed)
     rate, ratio = D.nn_memorization(extraction, xu, heldout, threshold=params.nn_threshold)
@@ -401,7 +400,7 @@ def _run(ctx: TransferContext, params) -> dict[str, float]:
     ctx.runlog.log_artifact("memcontrol/samples.png", _samples_png(x_mem[:8], by_prompt, c_mem[:8]))
     return {
         "memorization": final_memorization,
-        "fid": fid_of(images),
+        "fid": D.frechet_distance(image_features, real_features),
         "kid": kid.mean,
         "kid_std": kid.std,
         "kid_floor": real_kid_floor(fnet, xt_test, params, ctx.device).mean,
