@@ -1,6 +1,6 @@
 """Can CMT answer questions about the very documents it was trained on? A capacity check before a long grid.
 
-Trains CMT's memory modules (frozen LM, `transfer.cmt`) on a handful of synthetic-facts documents, writes
+Trains CMT's memory modules (frozen LM, `transfer.cmt.model`) on a handful of synthetic-facts documents, writes
 those same documents into a bank and answers their questions. If this fails, no setting of the streaming
 grid can succeed: the compressor → aggregator → prefix path cannot carry a document into the frozen LM.
 If it succeeds, what is left to learn is generalisation to unseen documents (`benchmarks/cmt.py`).
@@ -24,9 +24,9 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from cl.transfer_run import cache_root  # noqa: E402
-from transfer import cmt_transfer  # noqa: E402
-from transfer.catalog import CMTTransferParams  # noqa: E402
-from transfer.cmt_baselines import evaluate  # noqa: E402
+from transfer.cmt import experiment as cmt_transfer  # noqa: E402
+from transfer.cmt.params import CMTTransferParams  # noqa: E402
+from transfer.cmt.baselines import evaluate  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:

@@ -8,7 +8,7 @@ squeeze-and-excitation, 14×14, batch 8), each trained as the top block:
   mobiletl   internal BNs folded (shift only), 1-bit activation masks
   int8/int4  MobileTL with the convolutions' saved inputs in 8 / 4 bits (S2A-style)
 
-Memory is what autograd saves for backward, measured by `transfer.memory.ActivationMeter`
+Memory is what autograd saves for backward, measured by `transfer.mobiletl.memory.ActivationMeter`
 (each storage once, parameters and buffers excluded), under two rules: "as PyTorch saves it",
 which counts an activation's input (saved by the activation) and its output (saved by the
 next convolution) twice, and the "paper rule" (an activation output counted once, as the
@@ -47,8 +47,8 @@ from benchmarks import gridbench  # noqa: E402
 from cl.cost import count_flops  # noqa: E402
 from cl.grid import GridSpec, load_grid  # noqa: E402
 from cl.reproductions import cell_runs, mean_std, reproduction_for  # noqa: E402
-from transfer.memory import saved_activation_bytes  # noqa: E402
-from transfer.mobiletl import MobileTLConfig, mobiletl  # noqa: E402
+from transfer.mobiletl.memory import saved_activation_bytes  # noqa: E402
+from transfer.mobiletl.model import MobileTLConfig, mobiletl  # noqa: E402
 
 PAPER = {"v2": 46.3, "v3": 53.3}
 GRID = "experiments/mobiletl_mnist_to_fmnist.yaml"

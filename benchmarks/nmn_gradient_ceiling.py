@@ -34,7 +34,7 @@ def main() -> None:
     import torch
 
     from strategies.nmn_episodic import EVAL_SEEDS, EpisodicNMN, Trainer, build_task, future_gradient_agreement
-    from transfer.catalog import NMNEpisodicParams
+    from strategies.catalog import NMNEpisodicParams
 
     torch.set_num_threads(1)
     params = NMNEpisodicParams(method=args.method, updates=args.updates)

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks import gridbench  # noqa: E402
 from cl.grid import GridSpec, load_grid  # noqa: E402
 from cl.reproductions import cell_runs, reproduction_for  # noqa: E402
-from transfer import glue  # noqa: E402
+from transfer.common import glue  # noqa: E402
 
 METHODS = ("scalearn", "scalearn_uniform", "scalearn_pp", "scalearn_uniform_pp", "fusion", "average", "adapter",
            "full")

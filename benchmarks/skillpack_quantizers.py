@@ -7,7 +7,7 @@ output error on held-out inputs
 
 with Δ_k the delta's rank-k truncation the pack quantises (so only quantisation error is
 measured) and H = E[x xᵀ] of the layer's inputs on the skill's *test* prompts, while GPTQ is
-calibrated on its *training* prompts (`transfer.skillpack_transfer.calibration`). The table gives
+calibrated on its *training* prompts (`transfer.skillpack.experiment.calibration`). The table gives
 the median over layers per module kind, rounding (the reference point) vs. GPTQ, their ratio,
 and how much longer GPTQ takes to compress than rounding.
 
@@ -32,10 +32,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from cl.transfer_run import cache_root  # noqa: E402
-from transfer import quantize  # noqa: E402
-from transfer import skillpack as sp  # noqa: E402
-from transfer.skillpack_transfer import BUDGETS, input_batches, load_causal_lm  # noqa: E402
-from transfer.skills import load_skill  # noqa: E402
+from transfer.skillpack import quantize  # noqa: E402
+from transfer.skillpack import pack as sp  # noqa: E402
+from transfer.skillpack.experiment import BUDGETS, input_batches, load_causal_lm  # noqa: E402
+from transfer.skillpack.skills import load_skill  # noqa: E402
 
 
 def cached_delta(model: str, skill: str, seed: int) -> dict[str, torch.Tensor]:

@@ -1,7 +1,7 @@
 """TimeTic vs. the zero-shot score: rank correlation between predicted and true fine-tuned error.
 
-Builds the TimeTic table (`transfer.timetic`) for the forecaster zoo of
-`transfer.timetic_zoo` — 10 small forecasters pretrained here on synthetic families — over 11
+Builds the TimeTic table (`transfer.timetic.estimator`) for the forecaster zoo of
+`transfer.timetic.zoo` — 10 small forecasters pretrained here on synthetic families — over 11
 target datasets (8 statsmodels series + 3 held-out synthetic families) and 3 horizons, then
 runs leave-one-dataset-out: for each dataset, the in-context learner sees every other
 dataset's rows and predicts the held-out dataset's rows. Reported per dataset (mean over
@@ -35,8 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from cl.transfer_run import cache_root
-from transfer.catalog import TIMETIC_MODELS, TimeTicTransferParams
-from transfer.timetic import (
+from transfer.timetic.params import TIMETIC_MODELS, TimeTicTransferParams
+from transfer.timetic.estimator import (
     FEATURE_SETS,
     TimeTicEstimator,
     build_table,
@@ -45,7 +45,7 @@ from transfer.timetic import (
     summarise,
     zero_shot_scores,
 )
-from transfer.timetic_transfer import settings
+from transfer.timetic.experiment import settings
 
 LABELS = {"full": "TimeTic", "no_zero_shot": "TimeTic w/o zero-shot col", "meta": "meta-features only",
           "entropy": "entropy only", "zero_shot": "zero-shot score"}
@@ -61,7 +61,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    # the registered experiment's defaults (transfer.catalog), so the two cannot drift apart
+    # the registered experiment's defaults (transfer.timetic.params), so the two cannot drift apart
     params = TimeTicTransferParams()
     if args.quick:
         params = params.model_copy(update=dict(

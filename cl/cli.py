@@ -432,8 +432,8 @@ def recommend(
     _setup_logging(False)
     with _user_errors():
         from cl.analysis import load_runs
-        from transfer.timetic import TabPFNWeightsMissing
-        from transfer.timetic_recommend import meta_feature_source, recommend as rank
+        from transfer.timetic.estimator import TabPFNWeightsMissing
+        from transfer.timetic.recommend import meta_feature_source, recommend as rank
 
         if learner not in ("auto", "tabpfn", "gp", "hgb"):
             raise ConfigError(f"--learner: {learner!r} is not one of auto, tabpfn, gp, hgb")

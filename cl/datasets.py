@@ -6,7 +6,7 @@ the rules), the layout and licence, and — when it can be downloaded — which 
 their checksums, and how to lay them out.
 
 The image datasets the platform's scenarios read are declared here; the transfer experiments
-declare theirs next to their readers (`transfer.datasets`) and register them with `register`.
+declare theirs next to their readers (`transfer.common.datasets`) and register them with `register`.
 Third-party packages add theirs the same way, from a module under the ``clsuite.registry``
 entry-point group.
 
@@ -49,7 +49,6 @@ log = logging.getLogger(__name__)
 
 MIRROR_ENV = "CLSUITE_DATA_MIRROR"
 USER_AGENT = "clsuite-data-fetch"
-_BUILTIN_MODULES = ("transfer.datasets",)
 
 
 class FetchError(RuntimeError):
@@ -126,11 +125,9 @@ def sources() -> list[DatasetSource]:
     global _builtins_loaded
     if not _builtins_loaded:
         _builtins_loaded = True
-        for module in _BUILTIN_MODULES:
-            importlib.import_module(module)
-        from cl.registry import _load_entry_points
+        from cl.registry import load_plugins   # methods register the datasets they read, as they register entries
 
-        _load_entry_points()
+        load_plugins()
     return list(_SOURCES.values())
 
 

@@ -1,13 +1,15 @@
-"""Name -> builder registries for scenarios, models, strategies, strategy plugins and transfer experiments.
+"""Name -> builder registries: scenarios, models, strategies, strategy plugins, transfer experiments, the paper
+claims the report checks, and extra CLI commands.
 
 An entry pairs a *params* model (pydantic, light) with a *target* builder. Targets may be
 given as ``"package.module:function"`` strings and are imported only when a run is built,
 so validating a grid (``clsuite grid expand``) never imports torch or Avalanche.
 
-Built-in entries live in light catalogue modules (``cl.catalog``, ``strategies.catalog``)
-that are imported the first time a registry is queried. Third-party packages add entries by
-exposing a module under the ``clsuite.registry`` entry-point group; a researcher's own
-module can be listed under ``imports:`` in a config and registers on import::
+The platform's own scenarios and models live in `cl.catalog`. Every method, the suite's own
+included, registers through the ``clsuite.registry`` entry-point group (pyproject.toml): the
+modules it names are imported the first time a registry is queried, so the platform names no
+method. A researcher's own module can be listed under ``imports:`` in a config and registers
+on import::
 
     from cl.registry import STRATEGIES, Params
 
@@ -16,6 +18,8 @@ module can be listed under ``imports:`` in a config and registers on import::
 
     STRATEGIES.register("mine", params=MineParams, target="my_pkg.mine:build",
                         summary="My plugin on top of Naive")
+
+`cl.testing.check_strategy("mine")` then runs the suite's contract checks on it.
 """
 from __future__ import annotations
 
@@ -140,9 +144,8 @@ class Registry:
         try:
             return self._entries[name]
         except KeyError:
-            raise ConfigError(
-                f"unknown {self.kind} {name!r}; registered: {', '.join(self.names())}"
-            ) from None
+            raise ConfigError(f"unknown {self.kind} {name!r}; registered: {', '.join(self.names()) or 'none'}"
+                              + _load_problems()) from None
 
     def names(self) -> list[str]:
         self._ensure_builtins()
@@ -165,18 +168,35 @@ class Registry:
 
 
 _entry_points_loaded = False
+_entry_point_failures: dict[str, str] = {}     # module -> why it did not load
+_entry_points_found = 0
 
 
 def _load_entry_points() -> None:
-    global _entry_points_loaded
+    global _entry_points_loaded, _entry_points_found
     if _entry_points_loaded:
         return
     _entry_points_loaded = True
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        _entry_points_found += 1
         try:
             ep.load()
-        except Exception:  # a broken third-party plugin must not break the suite
+        except Exception as exc:  # one broken plugin must not break the others; `get` reports it
+            _entry_point_failures[ep.value] = f"{type(exc).__name__}: {exc}"
             log.exception("could not load clsuite registry plugin %s", ep.value)
+
+
+def _load_problems() -> str:
+    """Why an entry may be missing, for the unknown-name error."""
+    if not _entry_points_found:
+        return (f". No `{ENTRY_POINT_GROUP}` entry points are installed, so no method is registered: install the "
+                "project (`pip install -e .`) in this environment")
+    return "".join(f". Entry point {module} failed to load ({why})" for module, why in _entry_point_failures.items())
+
+
+def load_plugins() -> None:
+    """Import every module of the `clsuite.registry` entry points (and so register their entries) now."""
+    _load_entry_points()
 
 
 def import_user_modules(modules: Iterable[str]) -> None:
@@ -200,11 +220,16 @@ def import_user_modules(modules: Iterable[str]) -> None:
 
 SCENARIOS = Registry("scenario", builtin_modules=("cl.catalog",))
 MODELS = Registry("model", builtin_modules=("cl.catalog",))
-STRATEGIES = Registry("strategy", builtin_modules=("strategies.catalog",))
+STRATEGIES = Registry("strategy")
 # add-ons for any strategy (e.g. FPF's fine-tuning): build(ctx, params) -> an Avalanche plugin
-PLUGINS = Registry("plugin", builtin_modules=("strategies.catalog",))
+PLUGINS = Registry("plugin")
 # knowledge-transfer experiments: run(ctx: cl.transfer_run.TransferContext, params) -> final metrics
-TRANSFERS = Registry("transfer", builtin_modules=("transfer.catalog",))
+TRANSFERS = Registry("transfer")
+# a paper's claims, checked on archived runs by `cl.reproductions`: target -> a `cl.reproductions.Reproduction`
+REPRODUCTIONS = Registry("reproduction")
+# extra `clsuite` subcommands a method brings: target -> a function typer turns into a command (import it lightly)
+COMMANDS = Registry("command")
 
+# the registries whose entries a config names
 REGISTRIES: dict[str, Registry] = {"scenario": SCENARIOS, "model": MODELS, "strategy": STRATEGIES,
                                    "plugin": PLUGINS, "transfer": TRANSFERS}

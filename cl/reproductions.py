@@ -651,7 +651,7 @@ REPRODUCTIONS: tuple[Reproduction, ...] = (
         "class-conditional DDPM (0.3M parameters) pretrained on MNIST, fine-tuned on Fashion-MNIST with 10 "
         "images (a prompt label each) repeated ×50; 10-bit block mask + lr, 16 NSGA-II trials; 3 seeds",
         "LoRA / bias / norm recipes instead of SV-Diff and DiffFit; FID on a small CNN trained here; held-out "
-        "nearest-neighbour memorisation instead of the tiled extraction attack (transfer/memcontrol_transfer.py).",
+        "nearest-neighbour memorisation instead of the tiled extraction attack (transfer/memcontrol/experiment.py).",
         _memcontrol_describe, _memcontrol_claims, "benchmarks/memcontrol.py"),
     Reproduction(
         "TimeTic (arXiv 2509.23695): transferability estimation by in-context learning over a table",
@@ -661,7 +661,7 @@ REPRODUCTIONS: tuple[Reproduction, ...] = (
         "families) × horizons 4/8/16, leave-one-dataset-out, seed 0",
         "No real TSFMs and no TabPFN weights offline: the learner that ran is named with the numbers (a Gaussian "
         "process unless TabPFN weights are on disk); entropy formula and 18 meta-features are ours "
-        "(transfer/timetic.py).",
+        "(transfer/timetic/estimator.py).",
         _timetic_describe, _timetic_claims, "benchmarks/timetic.py"),
     Reproduction(
         "ScaLearn (Frohmann et al., Findings of ACL 2024): learning to scale source adapters",
@@ -683,7 +683,7 @@ REPRODUCTIONS: tuple[Reproduction, ...] = (
         "3 seeds",
         "SFT on gold answers instead of a source LLM's responses, no DPO; GPTQ calibrated in one pass of the "
         "fine-tuned model, not layer by layer through the quantised one; a logistic-regression router over the base "
-        "model's mean-pooled states (transfer/skillpack_transfer.py).",
+        "model's mean-pooled states (transfer/skillpack/experiment.py).",
         _skillpack_describe, _skillpack_claims, "benchmarks/skillpack.py"),
     Reproduction(
         "CMT (Li et al., AAAI 2025): compressed document memories for a frozen LM",
@@ -694,7 +694,7 @@ REPRODUCTIONS: tuple[Reproduction, ...] = (
         "K = 12, top-k 2, 200 steps at lr 3e-4; 3 seeds",
         "The paper's formulas are not public: the scorer, the self-matching (InfoNCE over the batch) and "
         "memory-aware (reconstruct the document from its memory) terms and the hard top-k are our reading; "
-        "MAC's design fills the rest, with a soft-token compressor instead of T5 (transfer/cmt.py).",
+        "MAC's design fills the rest, with a soft-token compressor instead of T5 (transfer/cmt/model.py).",
         _cmt_describe, _cmt_claims, "benchmarks/cmt.py",
         notes=("At this scale the memory methods answer at closed-book level, even about their own training "
                "documents (benchmarks/cmt.py's train-doc F1): 200 steps do not teach the compressor → prefix path "

@@ -25,7 +25,7 @@ the data position); the global RNGs (Python, NumPy, torch) are saved and restore
 Call `resume` after building everything that consumes the global RNG (models, heads), so a resumed
 run and an uninterrupted one draw the same numbers from there on. Work before training (a cached
 source model, probes) is redone on resume and must not log metrics twice at the same step.
-MobileTL (`transfer.mobiletl_transfer.train_epochs`) is the worked example.
+MobileTL (`transfer.mobiletl.experiment.train_epochs`) is the worked example.
 """
 from __future__ import annotations
 

@@ -10,7 +10,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
-from cl.registry import PLUGINS, STRATEGIES, NoParams, Params, added_option
+from cl.registry import PLUGINS, STRATEGIES, TRANSFERS, NoParams, Params, added_option
 
 
 class MemoryParams(Params):
@@ -168,3 +168,65 @@ for _name, _params, _summary in _BASELINES:
 # Avalanche's iCaRL with exemplar selection that spends its budget exactly (see strategies.icarl)
 STRATEGIES.register("icarl", params=ICaRLParams, target="strategies.icarl:build_icarl",
                     summary="iCaRL: herding exemplars, distillation, nearest-mean classifier")
+
+
+# The neural memory network's episodic benchmark: a whole meta-learning experiment, hence a transfer entry
+class NMNEpisodicParams(Params):
+    """Episodic few-shot tasks for the neural memory network (strategies.nmn_episodic): meta-train on episodes,
+    test on episodes of held-out classes (or fresh sinusoids), the weights frozen within an episode at test."""
+
+    task: Literal["digits", "mnist", "fmnist", "sinusoid"] = Field(
+        "digits", description="5-way image episodes (sklearn digits, MNIST, Fashion-MNIST) or sinusoid regression")
+    method: Literal["sg", "bp", "bptt", "lstm"] = Field(
+        "sg", description="sg: controllers fast on synthetic gradients; bp: truncated backprop; bptt: full backprop "
+                          "through the episode; lstm: no memory (controller only), full backprop")
+    data_root: Optional[str] = Field(None, description="mnist/fmnist: torchvision layout (default $CLSUITE_DATA_ROOT)")
+    n_way: int = Field(5, ge=2, description="classes per episode (labels shuffled per episode)")
+    length: int = Field(50, ge=4, description="steps per episode (one write per step)")
+    meta_test_classes: tuple[int, ...] = Field((5, 6, 7, 8, 9), description="classes held out for meta-test")
+    rotations: int = Field(4, ge=1, le=4, description="meta-train classes at 0°, 90°, ... as classes of their own "
+                                                      "(Santoro et al.'s augmentation; 1 = none)")
+    updates: int = Field(1500, ge=1, description="training updates, each on train.batch_size episodes")
+    truncation: int = Field(10, ge=1, description="sg/bp: steps per chunk (no true gradient crosses a chunk end)")
+    fast_lr_ratio: float = Field(1.0, gt=0, description="controllers' lr = ratio × train.lr (the paper: fast ≥ slow)")
+    synth_lr: float = Field(1e-3, gt=0, description="sg: Adam lr of the synthesizers")
+    hidden: int = Field(64, ge=4, description="controller LSTM units")
+    slots: int = Field(64, ge=1, description="memory slots (must hold a whole episode: ≥ length − 1)")
+    key_dim: int = Field(32, ge=2)
+    value_dim: int = Field(32, ge=2)
+    encoder_hidden: int = Field(128, ge=4)
+    encoder_dim: int = Field(64, ge=4)
+    eval_episodes: int = Field(256, ge=1, description="validation and test episodes (fixed, the same for every run)")
+    probe_every: int = Field(100, ge=1, description="updates between synthesizer-cosine probes (sg)")
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.method != "lstm" and self.slots < self.length - 1:
+            raise ValueError(f"slots={self.slots}: the memory must hold a whole episode (one write per step after "
+                             f"the first): set slots ≥ length − 1 = {self.length - 1}")
+        if self.method in ("sg", "bp") and self.truncation >= self.length:
+            raise ValueError(f"truncation={self.truncation} ≥ length={self.length}: nothing is truncated; use "
+                             "method 'bptt' or a shorter truncation")
+        if self.task != "sinusoid":
+            if len(set(self.meta_test_classes)) < self.n_way or not set(self.meta_test_classes) <= set(range(10)):
+                raise ValueError(f"meta_test_classes={list(self.meta_test_classes)}: need ≥ n_way={self.n_way} "
+                                 "distinct classes in 0..9")
+            if 10 - len(set(self.meta_test_classes)) < self.n_way:
+                raise ValueError(f"meta_test_classes: leaves {10 - len(set(self.meta_test_classes))} meta-train "
+                                 f"classes, fewer than n_way={self.n_way}")
+        return self
+
+    def preflight(self) -> None:
+        if self.task in ("mnist", "fmnist"):
+            from cl.datafiles import check_dataset
+
+            check_dataset(self.task, self.data_root)
+
+
+TRANSFERS.register(
+    "nmn_episodic", params=NMNEpisodicParams, target="strategies.nmn_episodic:run",
+    summary="neural memory network with fast synthetic-gradient controllers (Fernando et al. 2020) on MANN-style "
+            "few-shot episodes and sinusoid regression, vs. truncated backprop and a memory-free LSTM",
+    smoke_options={"task": "digits", "method": "sg", "length": 12, "slots": 12, "truncation": 4, "updates": 3,
+                   "hidden": 16, "key_dim": 8, "value_dim": 8, "encoder_hidden": 16, "encoder_dim": 8,
+                   "eval_episodes": 8, "probe_every": 2})

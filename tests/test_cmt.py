@@ -5,14 +5,14 @@ import json
 import pytest
 import torch
 
-from transfer.cmt_data import (FRIENDS, QUESTION_TEMPLATE, TOWNS, collate, stream_batches, synthetic_facts,
+from transfer.cmt.data import (FRIENDS, QUESTION_TEMPLATE, TOWNS, collate, stream_batches, synthetic_facts,
                                 word_tokenizer)
-from transfer.cmt_metrics import exact_match, f1, normalize_answer, qa_scores
+from transfer.cmt.metrics import exact_match, f1, normalize_answer, qa_scores
 
 pytest.importorskip("transformers")
 from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-from transfer.cmt import (CMT, CMTConfig, MemoryBank, PrefixGenerator, greedy_generate, lm_forward, make_optimizer,  # noqa: E402
+from transfer.cmt.model import (CMT, CMTConfig, MemoryBank, PrefixGenerator, greedy_generate, lm_forward, make_optimizer,  # noqa: E402
                           select_top_k, self_matching_loss, train_steps)
 
 DOCS = synthetic_facts(8, seed=0)

@@ -6,18 +6,18 @@ import torch
 
 from cl.errors import ConfigError
 from tests.conftest import SHARED_DATA
-from transfer.catalog import CMTTransferParams
-from transfer.cmt_data import QUESTION_TEMPLATE, Document, split_documents, squad_stream, synthetic_facts
+from transfer.cmt.params import CMTTransferParams
+from transfer.cmt.data import QUESTION_TEMPLATE, Document, split_documents, squad_stream, synthetic_facts
 
 pytest.importorskip("transformers")
 
 from cl.registry import TRANSFERS  # noqa: E402
 from cl.tracking import NullRunLog  # noqa: E402
 from cl.transfer_run import TransferContext  # noqa: E402
-from transfer import cmt_transfer  # noqa: E402
-from transfer.cmt_baselines import (ClosedBook, CMTMemory, Harness, OnlineFineTuning, RetrievalInContext,  # noqa: E402
+from transfer.cmt import experiment as cmt_transfer  # noqa: E402
+from transfer.cmt.baselines import (ClosedBook, CMTMemory, Harness, OnlineFineTuning, RetrievalInContext,  # noqa: E402
                                     answer_all, evaluate, score)
-from transfer.cmt_transfer import FrozenLMChanged, build_lm, checkpoint_batches, lm_fingerprint  # noqa: E402
+from transfer.cmt.experiment import FrozenLMChanged, build_lm, checkpoint_batches, lm_fingerprint  # noqa: E402
 
 SMOKE = dict(TRANSFERS.get("cmt").smoke_options)
 
@@ -83,7 +83,7 @@ def test_cmt_runs_end_to_end_into_a_real_mlflow_store(shared_store, cache):
     paths = {a.path for a in client.list_artifacts(result.run_id, "cmt")}
     assert {"cmt/predictions.jsonl", "cmt/retention.csv", "cmt/bank"} <= paths
     bank = client.download_artifacts(result.run_id, "cmt/bank")
-    from transfer.cmt import MemoryBank
+    from transfer.cmt.model import MemoryBank
 
     assert len(MemoryBank.load(bank)) == 12
 
@@ -243,7 +243,7 @@ def test_rag_puts_the_retrieved_documents_before_the_unchanged_question_prompt(t
 
 
 def test_chat_prompt_wraps_the_question_and_the_context_in_the_template():
-    from transfer.cmt_data import PromptFormat
+    from transfer.cmt.data import PromptFormat
 
     class Template:
         chat_template = "x"
@@ -262,7 +262,7 @@ def test_chat_prompt_wraps_the_question_and_the_context_in_the_template():
 
 
 def test_demonstrations_are_laid_out_like_the_question_they_precede():
-    from transfer.cmt_data import PromptFormat
+    from transfer.cmt.data import PromptFormat
 
     class Template:
         chat_template = "x"
@@ -283,7 +283,7 @@ def test_demonstrations_are_laid_out_like_the_question_they_precede():
 
 
 def test_every_method_answers_with_the_first_line_of_what_it_generated():
-    from transfer.cmt import answer_text
+    from transfer.cmt.model import answer_text
 
     class Lines:        # what SmolLM2 generated after a few-shot RAG prompt (measured)
         def decode(self, row, skip_special_tokens=True):

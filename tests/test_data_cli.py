@@ -3,7 +3,7 @@
 The server serves small files with the real names and formats (MNIST idx .gz, CIFAR-10's
 python tarball, a GLUE zip, MSR paraphrase files, SST/TREC lines, SQuAD JSON). Their checksums
 are injected where the real code reads them: torchvision's dataset classes for the images,
-`transfer.datasets.DOWNLOADS` for the text sets. After a fetch, the suite's own readers load the
+`transfer.common.datasets.DOWNLOADS` for the text sets. After a fetch, the suite's own readers load the
 result (the split_mnist / split_cifar10 / split_cifar100 scenarios, GLUE's loader, the skills, the SQuAD stream).
 """
 from __future__ import annotations
@@ -163,7 +163,7 @@ RTE_FILES = {"train.tsv": RTE_ROWS, "dev.tsv": RTE_ROWS,
 
 def inject(monkeypatch, name: str, base: str, files: dict[str, bytes]) -> None:
     """Pin the sha256 of the served files in the table the real code reads."""
-    from transfer import datasets
+    from transfer.common import datasets
 
     monkeypatch.setitem(datasets.DOWNLOADS, name, tuple(
         Download(f, (f"{base}/canonical/{f}",), sha256=sha256(d)) for f, d in files.items()))
@@ -243,7 +243,7 @@ def test_fetch_glue_zip_and_mrpc_built_by_glues_recipe(server, tmp_path, monkeyp
     assert result.exit_code == 0, result.output
     assert "glue-rte: fetched" in result.output and "6 train / 6 dev examples" in result.output
 
-    from transfer import glue
+    from transfer.common import glue
 
     assert len(glue.load_split("rte", "dev", str(root))) == 6
     train, dev = glue.load_split("mrpc", "train", str(root)), glue.load_split("mrpc", "dev", str(root))
@@ -277,8 +277,8 @@ def test_fetch_skill_and_qa_text_sets(server, tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "1 paragraphs, 1 questions" in result.output
 
-    from transfer.cmt_data import squad_stream
-    from transfer.skills import load_skill
+    from transfer.cmt.data import squad_stream
+    from transfer.skillpack.skills import load_skill
 
     assert [e.answer for e in load_skill("sentiment", "train", data_root=str(root))] == ["positive", "negative"]
     assert [e.answer for e in load_skill("qtype", "train", data_root=str(root))] == ["description", "number"]

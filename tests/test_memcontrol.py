@@ -1,4 +1,4 @@
-"""MemControl (transfer/memcontrol.py) and its diffusion objectives (transfer/diffusion.py).
+"""MemControl (transfer/memcontrol/search.py) and its diffusion objectives (transfer/memcontrol/diffusion.py).
 
 Real peft, real Optuna (SQLite storage in a temp dir), a real MLflow store; tiny models on digits.
 """
@@ -11,8 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from transfer import diffusion as D
-from transfer.memcontrol import (Block, LoraOptions, MemControlSearch, MlflowTrialRecorder, apply_mask, choose,
+from transfer.memcontrol import diffusion as D
+from transfer.memcontrol.search import (Block, LoraOptions, MemControlSearch, MlflowTrialRecorder, apply_mask, choose,
                                  pareto_indices)
 
 optuna = pytest.importorskip("optuna")
@@ -351,7 +351,7 @@ def test_kid_is_unbiased_near_zero_for_one_distribution_and_grows_with_a_shift()
 
 
 def test_seed_masks_are_the_first_trials_of_a_new_study_only(tmp_path):
-    from transfer.memcontrol import single_block_masks
+    from transfer.memcontrol.search import single_block_masks
 
     assert single_block_masks(3) == [(1, 1, 1), (1, 0, 0), (0, 1, 0), (0, 0, 1)]
     inner = _Regression()

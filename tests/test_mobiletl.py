@@ -4,8 +4,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from transfer.memory import ActivationMeter, saved_activation_bytes
-from transfer.mobiletl import FoldedBatchNorm, MaskedReLU6, SignedHardswish, pack_bits, unpack_bits
+from transfer.mobiletl.memory import ActivationMeter, saved_activation_bytes
+from transfer.mobiletl.model import FoldedBatchNorm, MaskedReLU6, SignedHardswish, pack_bits, unpack_bits
 
 
 @pytest.mark.parametrize("shape", [(1,), (7,), (8,), (2, 3, 5, 5), (4, 17)])
@@ -123,7 +123,7 @@ def small_mobilenets():
 def test_converted_network_computes_the_same_function(arch):
     import copy
 
-    from transfer.mobiletl import MobileTLConfig, mobiletl
+    from transfer.mobiletl.model import MobileTLConfig, mobiletl
 
     model = small_mobilenets()[arch]
     with torch.no_grad():      # non-trivial statistics, so folding is tested for real
@@ -139,7 +139,7 @@ def test_converted_network_computes_the_same_function(arch):
 
 @pytest.mark.parametrize("arch", ["v2", "v3"])
 def test_only_the_top_blocks_and_the_head_receive_gradients(arch):
-    from transfer.mobiletl import FoldedBatchNorm, MobileTLConfig, inverted_residual_blocks, mobiletl
+    from transfer.mobiletl.model import FoldedBatchNorm, MobileTLConfig, inverted_residual_blocks, mobiletl
 
     model = small_mobilenets()[arch]
     blocks = inverted_residual_blocks(model)
@@ -161,7 +161,7 @@ def test_only_the_top_blocks_and_the_head_receive_gradients(arch):
 
 @pytest.mark.parametrize("bits", [8, 4])
 def test_quantized_saved_input_gives_exact_input_grad_and_close_weight_grad(bits):
-    from transfer.mobiletl import QuantizedSaveConv2d, dequantize, quantize
+    from transfer.mobiletl.model import QuantizedSaveConv2d, dequantize, quantize
 
     torch.manual_seed(0)
     x = torch.randn(4, 6, 9, 9)

@@ -11,8 +11,8 @@ pytest.importorskip("peft")
 from peft import LoraConfig, PeftModel, get_peft_model  # noqa: E402
 from transformers import BertConfig, BertForSequenceClassification  # noqa: E402
 
-from transfer import glue  # noqa: E402
-from transfer.scalearn import (AdapterCombination, FusionAttention, ScaLearnConfig, ScaLearnModel,  # noqa: E402
+from transfer.common import glue  # noqa: E402
+from transfer.scalearn.model import (AdapterCombination, FusionAttention, ScaLearnConfig, ScaLearnModel,  # noqa: E402
                                VARIANTS, adapted_layers, count_for_variant, load_adapters)
 
 NAMES = ("src_a", "src_b", "target")
@@ -242,7 +242,7 @@ def test_missing_glue_data_names_the_field_and_the_fix(tmp_path):
 
 
 def test_task_head_is_berts_pooler_and_classifier_as_robertas_head_is_dense_and_projection():
-    from transfer.scalearn_transfer import head_of
+    from transfer.scalearn.experiment import head_of
 
     peft_model = get_peft_model(tiny_base(), lora(0))
     peft_model.requires_grad_(False)
@@ -285,7 +285,7 @@ def test_runs_log_each_stage1_adapters_own_dev_score(method, shared_store, tmp_p
 
 
 def test_majority_class_floor_predicts_the_training_majority_everywhere():
-    from transfer.glue import TextSplit, majority_score
+    from transfer.common.glue import TextSplit, majority_score
 
     train = TextSplit([("a", "b")] * 5, np.array([1, 1, 1, 0, 0]))
     dev = TextSplit([("a", "b")] * 4, np.array([1, 0, 1, 1]))

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from transfer import skillpack as sp
-from transfer.skillpack import CompressionConfig, SkillPack, SkillPackError
+from transfer.skillpack import pack as sp
+from transfer.skillpack.pack import CompressionConfig, SkillPack, SkillPackError
 
 pytest.importorskip("transformers")
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
@@ -185,8 +185,8 @@ def test_router_sends_each_prompt_to_its_skills_pack():
 
 def test_capability_transfer_sft_warms_up_from_zero_then_decays_on_a_cosine(tmp_path, monkeypatch):
     """The reference's SFT schedule: 10% linear warm-up from lr 0, then cosine decay towards 0."""
-    from transfer import skillpack_transfer
-    from transfer.skills import Example
+    from transfer.skillpack import experiment as skillpack_transfer
+    from transfer.skillpack.skills import Example
 
     model, tokenizer = skillpack_transfer.load_causal_lm("tiny-random", tmp_path)
     seen = []
@@ -217,7 +217,7 @@ def layer_inputs(n, dim, seed):
 @pytest.mark.parametrize("bits", [2, 4, 8])
 def test_gptq_with_uncorrelated_inputs_is_round_to_nearest(bits):
     """H = I couples no columns: nothing to compensate, so GPTQ must store what rounding stores."""
-    from transfer.quantize import dequantize_rows, gptq_quantize, quantize_rows
+    from transfer.skillpack.quantize import dequantize_rows, gptq_quantize, quantize_rows
 
     weight = torch.randn(6, 70, generator=torch.Generator().manual_seed(bits))
     for along, rows in (("rows", weight), ("columns", weight.T)):
@@ -248,7 +248,7 @@ def test_gptq_moves_the_layers_outputs_less_than_rounding_at_the_same_bytes(bits
 
 
 def test_calibration_hessians_average_x_xT_over_real_tokens_only():
-    from transfer.quantize import calibration_hessians
+    from transfer.skillpack.quantize import calibration_hessians
 
     class Tiny(nn.Module):
         def __init__(self):

@@ -16,8 +16,9 @@ import yaml
 
 from cl.config import RunConfig
 from cl.errors import ConfigError
-from transfer import glue
-from transfer.catalog import FileSkill, ScaLearnFileTask, ScaLearnTransferParams
+from transfer.common import glue
+from transfer.skillpack.params import FileSkill
+from transfer.scalearn.params import ScaLearnFileTask, ScaLearnTransferParams
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = [("a fine film", "it was good", "pos"), ("a dull film", "it was bad", "neg"),
@@ -189,7 +190,7 @@ def test_the_cli_exits_2_naming_the_file_and_the_column(tmp_path):
 # ---------------------------------------------------------------- skills from own files
 
 def test_a_skill_from_a_file_fills_its_prompt_and_maps_labels_to_answers(tmp_path):
-    from transfer.skills import load_skill
+    from transfer.skillpack.skills import load_skill
 
     path = str(write(tmp_path / "pairs.jsonl"))
     skill = FileSkill(name="mine", path=path, text="sentence", text_pair="second",

@@ -1,4 +1,4 @@
-"""TimeTic (transfer.timetic*) and `clsuite recommend`: the pieces, the leakage guard, TabPFN offline, MLflow."""
+"""TimeTic (transfer.timetic.estimator*) and `clsuite recommend`: the pieces, the leakage guard, TabPFN offline, MLflow."""
 import json
 import socket
 
@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from transfer import timetic as tt
-from transfer import timetic_zoo as zoo
+from transfer.timetic import estimator as tt
+from transfer.timetic import zoo
 
 # ---------------------------------------------------------------- entropy profile
 
@@ -261,7 +261,7 @@ def test_recommend_ranks_strategies_for_a_new_dataset(tmp_path):
     assert mean_row.count("1.00") == 4                      # ours and the baseline both rank perfectly here
 
     from cl.analysis import load_runs
-    from transfer.timetic_recommend import meta_feature_source, recommend
+    from transfer.timetic.recommend import meta_feature_source, recommend
 
     result = recommend(load_runs("history", tracking_uri=uri), "split_b", meta_feature_source(meta, None), learner="gp")
     assert list(result.ranking["observed"].round(1)) == [0.6, 0.3, 0.2]   # split_b's own runs: shown, not learnt from
@@ -273,7 +273,7 @@ def test_recommend_ranks_strategies_for_a_new_dataset(tmp_path):
 
 
 def test_image_meta_features_of_digits():
-    from transfer.timetic_recommend import image_meta_features
+    from transfer.timetic.recommend import image_meta_features
 
     features = image_meta_features("split_digits", samples=400)
     assert features["n_classes"] == 10 and all(np.isfinite(v) for v in features.values())

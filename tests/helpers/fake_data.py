@@ -20,8 +20,8 @@ def _sentence(rng: random.Random, n: int = 6) -> str:
 
 
 def write_glue(root: Path, rows: int = 24, seed: int = 0) -> Path:
-    """``<root>/text/glue/<Task>/{train,dev}.tsv`` for every task of `transfer.glue.TASKS`."""
-    from transfer.glue import TASKS
+    """``<root>/text/glue/<Task>/{train,dev}.tsv`` for every task of `transfer.common.glue.TASKS`."""
+    from transfer.common.glue import TASKS
 
     rng = random.Random(seed)
     base = root / "text" / "glue"
@@ -45,7 +45,7 @@ def write_glue(root: Path, rows: int = 24, seed: int = 0) -> Path:
 
 def write_offline_text(root: Path, rows: int = 24, seed: int = 0) -> Path:
     """Everything under ``<root>/text/`` the transfer experiments read; returns `root` (a data root)."""
-    from transfer.skills import TREC_CLASSES
+    from transfer.skillpack.skills import TREC_CLASSES
 
     write_glue(root, rows, seed)
     rng = random.Random(seed + 1)

@@ -1,10 +1,10 @@
 """The CMT transfer experiment: train memory modules, stream documents, measure what the frozen LM can answer.
 
-Registered as the transfer experiment ``cmt`` (options: `transfer.catalog.CMTTransferParams`;
-the model: `transfer.cmt`; the baselines and the shared harness: `transfer.cmt_baselines`).
+Registered as the transfer experiment ``cmt`` (options: `transfer.cmt.params.CMTTransferParams`;
+the model: `transfer.cmt.model`; the baselines and the shared harness: `transfer.cmt.baselines`).
 One run, whatever the ``method``:
 
-1. **Documents** — synthetic streaming facts (`transfer.cmt_data.synthetic_facts`, generated
+1. **Documents** — synthetic streaming facts (`transfer.cmt.data.synthetic_facts`, generated
    with ``data_seed``) or the offline SQuAD subset (`squad_stream`, shuffled by ``data_seed``),
    split by `split_documents` into ``train_documents`` for training and ``stream_documents``
    for the stream, disjoint (for SQuAD: no article in common).
@@ -57,8 +57,8 @@ import numpy as np
 import torch
 
 from cl.transfer_run import TransferContext, single_thread
-from transfer.cmt import CMT, CMTConfig
-from transfer.cmt_baselines import (
+from transfer.cmt.model import CMT, CMTConfig
+from transfer.cmt.baselines import (
     ClosedBook,
     CMTMemory,
     Harness,
@@ -70,7 +70,7 @@ from transfer.cmt_baselines import (
     evaluate,
     score,
 )
-from transfer.cmt_data import (
+from transfer.cmt.data import (
     QA,
     QUESTION_TEMPLATE,
     Document,
@@ -91,7 +91,7 @@ class FrozenLMChanged(RuntimeError):
 
 def lm_fingerprint(lm: torch.nn.Module) -> str:
     """SHA-256 over every parameter's name, shape, dtype and bytes."""
-    from transfer.skillpack import fingerprint
+    from transfer.skillpack.pack import fingerprint
 
     return fingerprint(lm)
 
@@ -123,7 +123,7 @@ def _corpus(documents: list[Document]) -> list[str]:
 def build_lm(params, documents: list[Document], cache_dir: Path):
     """(frozen LM in eval mode, its tokenizer)."""
     if params.lm == "smollm2":
-        from transfer.skillpack_transfer import load_causal_lm
+        from transfer.skillpack.experiment import load_causal_lm
 
         lm, tokenizer = load_causal_lm("smollm2", cache_dir)
     else:
@@ -146,7 +146,7 @@ def encoder_tokenizer(params, documents: list[Document], lm_tokenizer):
     if params.encoder == "minilm":
         from transformers import AutoTokenizer
 
-        from transfer.scalearn_transfer import bundled_minilm_path
+        from transfer.scalearn.experiment import bundled_minilm_path
 
         return AutoTokenizer.from_pretrained(str(bundled_minilm_path()))
     return lm_tokenizer if params.lm == "tiny" else word_tokenizer(_corpus(documents))
@@ -166,7 +166,7 @@ def build_encoder(params, tokenizer, lm=None):
     if params.encoder == "minilm":
         from transformers import AutoModel
 
-        from transfer.scalearn_transfer import bundled_minilm_path
+        from transfer.scalearn.experiment import bundled_minilm_path
 
         return AutoModel.from_pretrained(str(bundled_minilm_path()))
     from transformers import BertConfig, BertModel

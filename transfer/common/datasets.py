@@ -1,8 +1,8 @@
 """The text datasets the transfer experiments read, where to fetch them, and how they are laid out.
 
 Registered in `cl.datasets` (``clsuite data list`` / ``clsuite data fetch``). Where a dataset must
-lie is the readers' own rule, called here, not restated: `transfer.glue.glue_dir` (GLUE tasks),
-`transfer.skills` (SST sentences, TREC), `transfer.cmt_data.squad_path` (the SQuAD subset). A
+lie is the readers' own rule, called here, not restated: `transfer.common.glue.glue_dir` (GLUE tasks),
+`transfer.skillpack.skills` (SST sentences, TREC), `transfer.cmt.data.squad_path` (the SQuAD subset). A
 fetch writes the standard layout, ``<data root>/text/...``, which every one of them looks at first,
 and then loads the staged copy with the same reader before anything is moved into place.
 
@@ -29,7 +29,8 @@ from pathlib import Path
 
 from cl.datafiles import DataNotFoundError
 from cl.datasets import DatasetSource, Download, FetchError, extract_zip, place, register
-from transfer import glue, skills
+from transfer.common import glue
+from transfer.skillpack import skills
 
 GLUE_BASE = "https://dl.fbaipublicfiles.com/glue/data/"
 SENTEVAL_BASE = "https://dl.fbaipublicfiles.com/senteval/senteval_data/"
@@ -214,7 +215,7 @@ register(DatasetSource(
 
 
 def _squad_locate(root: Path) -> Path:
-    from transfer.cmt_data import squad_path
+    from transfer.cmt.data import squad_path
 
     return squad_path(root).parent
 
@@ -224,7 +225,7 @@ def _squad_build(stage_root: Path, files: dict[str, Path]) -> None:
 
 
 def _squad_verify(stage_root: Path) -> str:
-    from transfer.cmt_data import squad_stream
+    from transfer.cmt.data import squad_stream
 
     documents = squad_stream(data_root=stage_root, seed=None)
     if not documents:

@@ -19,7 +19,7 @@ Compression (paper §3.2, "module-aware adaptive compression")
   Delta-CoMe recipe).
 * **dense** — vectors (norm scales, biases): fp32, they are tiny.
 
-Quantisation (`transfer.quantize`) is asymmetric per group of ``group_size`` values (scale
+Quantisation (`transfer.skillpack.quantize`) is asymmetric per group of ``group_size`` values (scale
 and minimum in fp16), codes chosen by ``quantizer``:
 * ``"rtn"`` — round to nearest: a value's error is at most half a step, (max − min) / (2·(2^b − 1));
 * ``"gptq"`` — GPTQ error compensation with calibration inputs, the reference's quantiser (its
@@ -57,7 +57,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from transfer.quantize import dequantize_rows, gptq_quantize, quantize_rows
+from transfer.skillpack.quantize import dequantize_rows, gptq_quantize, quantize_rows
 
 FORMAT = "clsuite-skillpack"
 VERSION = 1
@@ -216,7 +216,7 @@ def encode(name: str, delta: torch.Tensor, config: CompressionConfig, hessian: t
             found = "none" if hessian is None else tuple(hessian.shape)
             raise SkillPackError(f"{name}: CompressionConfig.quantizer='gptq' needs its inputs' Hessian "
                                  f"({delta.shape[1]} × {delta.shape[1]}, got {found}); pass hessians="
-                                 "transfer.quantize.calibration_hessians(model, batches, deltas)")
+                                 "transfer.skillpack.quantize.calibration_hessians(model, batches, deltas)")
         stored_a, stored_b = _gptq_factors(a, b, hessian.float().cpu(), schedule, config)
     else:
         parts = _parts(schedule)
@@ -302,7 +302,7 @@ class SkillPack:
                  config: CompressionConfig | None = None, metadata: dict | None = None,
                  hessians: Mapping[str, torch.Tensor] | None = None) -> "SkillPack":
         """`base`: the base model (fingerprinted here) or its fingerprint. `hessians`: per weight
-        name, E[x xᵀ] of its layer's inputs (`transfer.quantize.calibration_hessians`) — GPTQ only."""
+        name, E[x xᵀ] of its layer's inputs (`transfer.skillpack.quantize.calibration_hessians`) — GPTQ only."""
         config = config or CompressionConfig()
         skip = re.compile(config.skip_pattern) if config.skip_pattern else None
         hessians = hessians or {}

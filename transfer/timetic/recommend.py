@@ -1,6 +1,6 @@
 """`clsuite recommend`: TimeTic's table built from the suite's own run history.
 
-Beyond the paper (arXiv 2509.23695, see `transfer.timetic`): the same in-context recipe ranks
+Beyond the paper (arXiv 2509.23695, see `transfer.timetic.estimator`): the same in-context recipe ranks
 *strategy configurations* for a dataset that has no runs yet, from the FINISHED runs an
 MLflow experiment already holds.
 
@@ -161,7 +161,7 @@ def _design(runs: pd.DataFrame, config_features: pd.DataFrame, meta: Callable[[s
 
 def recommend(runs: pd.DataFrame, new_dataset: str, meta: Callable[[str], dict], *, learner="auto",
               model_path=None, dataset_key=None, metric=None, random_state: int = 0) -> Recommendation:
-    from transfer.timetic import TimeTicEstimator, _rank_corr
+    from transfer.timetic.estimator import TimeTicEstimator, _rank_corr
 
     runs, config_features, dataset_key, metric = history_table(runs, dataset_key, metric)
     X = _design(runs, config_features, meta)

@@ -21,7 +21,7 @@ What is ours (the paper does not fix it, or we generalise it):
 - `MemControlSearch` is model-agnostic: any torch model (or a factory of fresh copies), a
   list of named `Block`s (dotted module paths), a PEFT recipe per block, a fine-tune callable
   ``finetune(model, lr)`` and two objective callables ``f(model) -> float``. The experiment
-  on a diffusion model lives in `transfer.memcontrol_transfer` and `transfer.diffusion`.
+  on a diffusion model lives in `transfer.memcontrol.experiment` and `transfer.memcontrol.diffusion`.
 - PEFT recipes (the paper's are SV-Diff spectral shifts and DiffFit scales and biases, or
   the raw attention weights): ``lora`` — peft's LoRA on every ``nn.Linear``, ``nn.Conv2d``
   and ``nn.Embedding`` inside the block, injected with ``target_modules`` = their full

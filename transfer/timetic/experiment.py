@@ -1,9 +1,9 @@
 """The TimeTic transfer experiment: rank a forecaster zoo on held-out datasets, logged to MLflow.
 
-Registered as the transfer experiment ``timetic`` (options: `transfer.catalog.TimeTicTransferParams`;
-method and deviations: `transfer.timetic`). One run:
+Registered as the transfer experiment ``timetic`` (options: `transfer.timetic.params.TimeTicTransferParams`;
+method and deviations: `transfer.timetic.estimator`). One run:
 
-1. the zoo (`transfer.timetic_zoo`): every member of ``models`` pretrained on its synthetic
+1. the zoo (`transfer.timetic.zoo`): every member of ``models`` pretrained on its synthetic
    family, cached under ``<cache>/timetic/zoo/``; plus ``checkpoints`` loaded from disk;
 2. the table over ``datasets`` × models × ``horizons`` × ``segments`` — meta-features,
    entropy profiles, zero-shot errors, and the fine-tuned targets (cached under
@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 
 from cl.transfer_run import TransferContext
-from transfer.timetic import (
+from transfer.timetic.estimator import (
     TableSettings,
     TimeTicEstimator,
     build_table,

@@ -8,8 +8,8 @@ Metrics (GLUE's own definitions): CoLA Matthews correlation; MRPC F1 of the posi
 (accuracy reported beside it); STS-B Pearson correlation (Spearman beside it); RTE, SST-2 and
 WNLI accuracy. ``primary`` is the one number per task that enters averages.
 
-A task is a GLUE name or a task read from your own files (`transfer.textfiles.TextFile` with
-``kind`` and ``metric``, see `transfer.catalog.ScaLearnFileTask`): every function here takes either.
+A task is a GLUE name or a task read from your own files (`transfer.common.textfiles.TextFile` with
+``kind`` and ``metric``, see `transfer.scalearn.params.ScaLearnFileTask`): every function here takes either.
 An own-file task is scored by its ``metric`` (accuracy, Matthews correlation, macro F1; Pearson for
 regression).
 """
@@ -55,7 +55,7 @@ TASKS: dict[str, TaskSpec] = {
 }
 
 
-Task = Union[str, Any]          # a GLUE name, or an own-file task (transfer.catalog.ScaLearnFileTask)
+Task = Union[str, Any]          # a GLUE name, or an own-file task (transfer.scalearn.params.ScaLearnFileTask)
 
 
 def task_name(task: Task) -> str:
@@ -67,8 +67,8 @@ def is_file_task(task: Task) -> bool:
 
 
 def load_file_task(task, where: Optional[str] = None):
-    """The checked rows of an own-file task (`transfer.textfiles.Loaded`)."""
-    from transfer import textfiles
+    """The checked rows of an own-file task (`transfer.common.textfiles.Loaded`)."""
+    from transfer.common import textfiles
 
     return textfiles.load(task, regression=task.kind == "regression", where=where)
 

@@ -61,7 +61,7 @@ How it works (who each part comes from)
     document's own tokens with a prefix made directly from that document's K memory vectors —
     memory must be able to reproduce its document.
 * **Answering** (MAC): greedy decoding of ``max_new_tokens`` tokens behind the prefix (our own
-  loop over the cache; MAC calls ``generate``), scored by SQuAD EM/F1 (`transfer.cmt_metrics`).
+  loop over the cache; MAC calls ``generate``), scored by SQuAD EM/F1 (`transfer.cmt.metrics`).
 
 Deviations (ours) — to know before reading results
 -------------------------------------------------
@@ -75,18 +75,18 @@ Deviations (ours) — to know before reading results
 * Scorer form, the self-matching and memory-aware terms' exact form, and the hard top-k are our
   reading of the paper's abstract (it names the techniques; the formulas are not public).
 * EM is SQuAD's official full match by default; MAC's prefix match is available
-  (`transfer.cmt_metrics.exact_match(prefix=True)`).
+  (`transfer.cmt.metrics.exact_match(prefix=True)`).
 
 Around it
 ---------
-* `transfer.cmt_baselines` — the harness every method runs in (same prompt, greedy decoding and
+* `transfer.cmt.baselines` — the harness every method runs in (same prompt, greedy decoding and
   EM/F1) and the baselines: MAC (this model with ``top_k=None, self_match_weight=0,
   memory_aware_weight=0`` — a config, no code of its own), closed-book, retrieval-in-context (RAG)
   and online fine-tuning of a copy of the LM.
-* `transfer.cmt_transfer` — the registered transfer experiment ``cmt`` (options:
-  `transfer.catalog.CMTTransferParams`): train on a split of documents disjoint from the stream,
+* `transfer.cmt.experiment` — the registered transfer experiment ``cmt`` (options:
+  `transfer.cmt.params.CMTTransferParams`): train on a split of documents disjoint from the stream,
   stream, answer at checkpoints, check the frozen LM's hash; `benchmarks/cmt.py` runs its grid.
-* `transfer.cmt_data` — synthetic streaming facts, the offline SQuAD loader, the train/stream split.
+* `transfer.cmt.data` — synthetic streaming facts, the offline SQuAD loader, the train/stream split.
 """
 from __future__ import annotations
 
@@ -102,7 +102,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from transfer.cmt_data import CMTBatch
+from transfer.cmt.data import CMTBatch
 
 log = logging.getLogger(__name__)
 BANK_FORMAT = "clsuite-cmt-memory-bank"
@@ -614,7 +614,7 @@ class CMT(nn.Module):
     def answer_with_sources(self, bank: MemoryBank, batch: CMTBatch, tokenizer, *, max_new_tokens: int = 16,
                             top_k: int | None = -1) -> tuple[list[str], list[int]]:
         """(answers, the best-scoring bank entry of each question) — one pass of the question encoder."""
-        from transfer.cmt_data import lm_special_ids
+        from transfer.cmt.data import lm_special_ids
 
         was_training = self.training
         self.eval()

@@ -1,6 +1,6 @@
 """Text tasks from your own files: CSV, TSV or JSON-lines rows with a named text column and a label column.
 
-Wherever a ScaLearn task (`transfer.tasks`) or a SkillPack skill (`transfer.skills`) takes a built-in
+Wherever a ScaLearn task (`transfer.tasks`) or a SkillPack skill (`transfer.skillpack.skills`) takes a built-in
 name, it also takes a mapping that reads a file::
 
     {name: reviews, path: data/reviews.csv, text: sentence, label: label}            # 20% carved off as dev
@@ -41,6 +41,11 @@ csv.field_size_limit(1 << 24)
 NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_]*$"
 SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl"}
 DEFAULT_DEV_FRACTION = 0.2
+
+
+def named_or_file(value) -> str:
+    """The tag of an option that takes a built-in task's name or a `TextFile` (a pydantic `Discriminator`)."""
+    return "name" if isinstance(value, str) else "file"
 
 
 class TextFile(BaseModel):

@@ -15,8 +15,8 @@ paraphrase MRPC (text/glue/MRPC)                               yes / no
 arithmetic synthetic two-number addition, seeded               the sum, e.g. 82
 ========== =================================================== ===============================
 
-A skill may also come from your own CSV / TSV / JSON-lines file (`transfer.catalog.FileSkill`,
-read by `transfer.textfiles`): each row's text fills the skill's prompt template and its label —
+A skill may also come from your own CSV / TSV / JSON-lines file (`transfer.skillpack.params.FileSkill`,
+read by `transfer.common.textfiles`): each row's text fills the skill's prompt template and its label —
 or the word ``answers`` maps it to — is the answer; the file's dev split is the skill's test split.
 
 Scoring: greedy decoding of a few tokens; an answer is right when the generated text,
@@ -79,7 +79,7 @@ def qtype(split: str, data_root: str | None) -> list[Example]:
 
 
 def paraphrase(split: str, data_root: str | None) -> list[Example]:
-    from transfer import glue
+    from transfer.common import glue
 
     data = glue.load_split("mrpc", {"train": "train", "test": "dev"}[split], data_root)
     return [Example(f"Do these two sentences mean the same thing? Answer yes or no.\nA: {a}\nB: {b}\nAnswer:",
@@ -95,7 +95,7 @@ def arithmetic(split: str, data_root: str | None = None, n: int = 2000) -> list[
 
 
 LOADERS = {"sentiment": sentiment, "qtype": qtype, "paraphrase": paraphrase, "arithmetic": arithmetic}
-Skill = Union[str, Any]         # a built-in name, or an own-file skill (transfer.catalog.FileSkill)
+Skill = Union[str, Any]         # a built-in name, or an own-file skill (transfer.skillpack.params.FileSkill)
 
 
 def skill_name(skill: Skill) -> str:
@@ -105,7 +105,7 @@ def skill_name(skill: Skill) -> str:
 def check_file_skill(skill, where: Optional[str] = None) -> dict[str, str]:
     """Read and check an own-file skill's files; returns label → answer. Refuses (ConfigError) answers that
     are prefixes of one another, and an `answers` map that misses a label of the file or names one it lacks."""
-    from transfer import textfiles
+    from transfer.common import textfiles
 
     where = where or f"skill {skill.name!r}"
     loaded = textfiles.load(skill, where=where)
@@ -130,7 +130,7 @@ def check_file_skill(skill, where: Optional[str] = None) -> dict[str, str]:
 
 def file_skill(skill, split: str) -> list[Example]:
     """The (prompt, answer) pairs of an own-file skill; `split` ``test`` is the file's dev split."""
-    from transfer import textfiles
+    from transfer.common import textfiles
 
     answers = check_file_skill(skill)
     rows = getattr(textfiles.load(skill), {"train": "train", "test": "dev"}[split])

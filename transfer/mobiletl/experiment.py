@@ -1,6 +1,6 @@
 """The MobileTL transfer experiment: pretrain a small MobileNet on a source set, transfer to a target.
 
-Registered as the transfer experiment ``mobiletl`` (options: `transfer.catalog.MobileTLTransferParams`).
+Registered as the transfer experiment ``mobiletl`` (options: `transfer.mobiletl.params.MobileTLTransferParams`).
 One run = one transfer method on one seed:
 
 1. Source model: torchvision's MobileNetV2/V3 (random init, `width_mult`, 3-channel input at
@@ -9,9 +9,9 @@ One run = one transfer method on one seed:
    sizes, schedule, seed), so the methods of a grid share one pretraining per seed.
 2. Transfer to the target set with a new classifier, by `method`:
    ``full`` (every parameter), ``last_layer`` (the classifier only), ``bias_bn`` (biases,
-   batch-norm parameters and the classifier: TinyTL-like), ``mobiletl`` (`transfer.mobiletl`).
+   batch-norm parameters and the classifier: TinyTL-like), ``mobiletl`` (`transfer.mobiletl.model`).
 3. Logged: target test accuracy; activation memory of one training step
-   (`transfer.memory.ActivationMeter`, batch = train.batch_size); trainable parameters;
+   (`transfer.mobiletl.memory.ActivationMeter`, batch = train.batch_size); trainable parameters;
    training FLOPs (one step counted with `FlopCounterMode`, times the number of steps).
 
 Grayscale images are repeated to 3 channels and resized (bilinear) to `image_size`.
@@ -38,8 +38,8 @@ from cl.config import canonical_hash
 from cl.cost import count_flops
 from cl.scenarios import image_tensors
 from cl.transfer_run import TransferContext
-from transfer.memory import saved_activation_bytes
-from transfer.mobiletl import MobileTLConfig, mobiletl
+from transfer.mobiletl.memory import saved_activation_bytes
+from transfer.mobiletl.model import MobileTLConfig, mobiletl
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ mean prediction over its rows. — Ours: exactly this shape (`build_table`, `Tim
 `leave_one_dataset_out`). Our choices: a "sampled window" is a segment of
 ``segment_length`` (96) consecutive values drawn at random from the dataset's *training*
 part; the forecasting task (horizon h) is one more column; the target is log10 of the test
-MSE after fine-tuning (lower is better; see `transfer.timetic_zoo` for the standardised
+MSE after fine-tuning (lower is better; see `transfer.timetic.zoo` for the standardised
 error); we also put the model's zero-shot log10 MSE on the segment in a column (the issue
 lists the zero-shot score in the table builder; the ``no_zero_shot`` variant drops it).
 
@@ -46,7 +46,7 @@ transfer experiment logs it as the MLflow tag and param ``timetic.learner``).
 
 Benchmark (paper: 10 TSFMs, 10 datasets, 3 forecasting tasks; mean rank correlation ≈ 0.6,
 30% better than the zero-shot score). Ours: 10 small forecasters of four architectures
-pretrained here on five synthetic families (`transfer.timetic_zoo.ZOO`), 11 target datasets
+pretrained here on five synthetic families (`transfer.timetic.zoo.ZOO`), 11 target datasets
 (8 statsmodels series + 3 held-out synthetic families), 3 horizons (4, 8, 16) as the 3 tasks;
 leave-one-dataset-out; Spearman and Kendall between predicted and true fine-tuned error
 across the zoo, per (dataset, horizon), averaged over horizons, then datasets.
@@ -316,7 +316,7 @@ def finetune_results(name: str, model, series: np.ndarray, dataset: str, s: Tabl
 
 
 def _split(series, s: TableSettings, horizon: int, rng):
-    from transfer.timetic_zoo import train_test_windows
+    from transfer.timetic.zoo import train_test_windows
 
     return train_test_windows(series, s.context, horizon, test_fraction=s.test_fraction,
                               max_train=s.max_train_windows, max_test=s.max_test_windows, rng=rng)
@@ -328,7 +328,7 @@ def _split(series, s: TableSettings, horizon: int, rng):
 def load_zoo(s: TableSettings) -> dict[str, Any]:
     """name -> pretrained forecaster: the zoo members of ``s.models`` (pretrained or cached), then
     every checkpoint of ``s.checkpoints`` loaded from disk."""
-    from transfer.timetic_zoo import ZOO, load_forecaster, zoo_model
+    from transfer.timetic.zoo import ZOO, load_forecaster, zoo_model
 
     unknown = [m for m in s.models if m not in ZOO]
     if unknown:
@@ -348,7 +348,7 @@ def load_zoo(s: TableSettings) -> dict[str, Any]:
 def build_table(s: TableSettings, zoo: Mapping[str, Any] | None = None) -> pd.DataFrame:
     """One row per (dataset, model, horizon, segment): ``meta/*``, ``ent/*``, ``zero_shot``, ``horizon``,
     and the per-(dataset, model, horizon) targets ``finetuned`` and ``zero_shot_test`` (log10 MSE)."""
-    from transfer.timetic_zoo import MAX_HORIZON
+    from transfer.timetic.zoo import MAX_HORIZON
 
     if max(s.horizons) > MAX_HORIZON or min(s.horizons) < 1:
         raise ValueError(f"horizons: each must be in 1..{MAX_HORIZON}, got {list(s.horizons)}")
@@ -357,7 +357,7 @@ def build_table(s: TableSettings, zoo: Mapping[str, Any] | None = None) -> pd.Da
 
 
 def _build_table(s: TableSettings, zoo: Mapping[str, Any]) -> pd.DataFrame:
-    from transfer.timetic_zoo import load_series, windows
+    from transfer.timetic.zoo import load_series, windows
 
     rows = []
     for dataset in s.datasets:

@@ -1,6 +1,6 @@
 """A small class-conditional DDPM for MemControl's experiments, and the objectives measured on it.
 
-Used by `transfer.memcontrol_transfer` (and `benchmarks/memcontrol.py`) to reproduce at small
+Used by `transfer.memcontrol.experiment` (and `benchmarks/memcontrol.py`) to reproduce at small
 scale the setting of MemControl (Dutt et al., "MemControl: Mitigating Memorization in Diffusion
 Models via Automated Parameter Selection", WACV 2025, arXiv 2405.19458; reference code
 github.com/Raman1121/Diffusion_Memorization_HPO). The paper fine-tunes Stable Diffusion v1.5

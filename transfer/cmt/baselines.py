@@ -1,22 +1,22 @@
 """One harness for CMT and its baselines: train, stream documents, answer, score alike.
 
-Every method below is driven the same way by `transfer.cmt_transfer` (and by tests):
+Every method below is driven the same way by `transfer.cmt.experiment` (and by tests):
 ``fit(training documents)`` once, ``observe(stream batch)`` for each batch of the stream, and
 ``answer(batch)`` for a `CMTBatch` of questions at any point. All of them answer with the same
 prompt (`Harness.prompt`: ``QUESTION_TEMPLATE``, or the LM's chat template around the same
-question; tokenised by `transfer.cmt_data.collate`; RAG adds its documents), the same greedy
-decoding (`transfer.cmt.greedy_generate`, ``max_new_tokens``, cut at the end-of-sequence token),
+question; tokenised by `transfer.cmt.data.collate`; RAG adds its documents), the same greedy
+decoding (`transfer.cmt.model.greedy_generate`, ``max_new_tokens``, cut at the end-of-sequence token),
 the same decoding to text, and are scored by `evaluate` with the same SQuAD EM/F1
-(`transfer.cmt_metrics`). The frozen base LM is shared by all and changed by none.
+(`transfer.cmt.metrics`). The frozen base LM is shared by all and changed by none.
 
-Answers are the first line of what was generated (`transfer.cmt.answer_text`), for every method.
+Answers are the first line of what was generated (`transfer.cmt.model.answer_text`), for every method.
 Closed-book, RAG and online fine-tuning never learn the answer format (CMT and MAC do, from their QA
 loss), so their prompt may carry solved examples from the training split first (``fewshot``;
 `PromptFormat.demonstrations`): without them SmolLM2-135M-Instruct answers in sentences or not at all.
 
 Methods (the issue's baseline list; ours where the papers leave room):
 
-* `CMTMemory` — CMT (`transfer.cmt.CMT`): ``fit`` trains the memory modules on the training
+* `CMTMemory` — CMT (`transfer.cmt.model.CMT`): ``fit`` trains the memory modules on the training
   split (weighted QA / self-matching / memory-aware loss, AdamW, a fixed number of steps over
   shuffled batches of documents), ``observe`` compresses the batch into the append-only bank,
   ``answer`` aggregates the (top-k) bank into a prefix. **MAC-style** is this same class with a
@@ -50,9 +50,9 @@ import torch
 from torch.nn import functional as F
 from transformers import get_linear_schedule_with_warmup
 
-from transfer.cmt import CMT, answer_text, greedy_generate, lm_forward, make_optimizer, train_steps
-from transfer.cmt_data import QA, CMTBatch, Document, PromptFormat, collate, lm_special_ids
-from transfer.cmt_metrics import exact_match, qa_scores
+from transfer.cmt.model import CMT, answer_text, greedy_generate, lm_forward, make_optimizer, train_steps
+from transfer.cmt.data import QA, CMTBatch, Document, PromptFormat, collate, lm_special_ids
+from transfer.cmt.metrics import exact_match, qa_scores
 
 log = logging.getLogger(__name__)
 

@@ -2,19 +2,19 @@
 in which a few images are repeated, by full fine-tuning, PEFT on every block, PEFT on a random
 subset of blocks, or PEFT on the subset MemControl's search chooses.
 
-Registered as ``memcontrol`` (options: `transfer.catalog.MemControlTransferParams`). Method:
-Dutt et al., WACV 2025, arXiv 2405.19458 (see `transfer.memcontrol` for the search and what in it
-is the paper's, `transfer.diffusion` for the model and the objectives). One run = one method on
+Registered as ``memcontrol`` (options: `transfer.memcontrol.params.MemControlTransferParams`). Method:
+Dutt et al., WACV 2025, arXiv 2405.19458 (see `transfer.memcontrol.search` for the search and what in it
+is the paper's, `transfer.memcontrol.diffusion` for the model and the objectives). One run = one method on
 one seed:
 
-1. Source model: `transfer.diffusion.TinyUNet` trained as a class-conditional DDPM on the source
+1. Source model: `transfer.memcontrol.diffusion.TinyUNet` trained as a class-conditional DDPM on the source
    set (default MNIST) for `pretrain_steps`, cached under ``<cache>/memcontrol/ddpm-<key>/``
    (key: everything it depends on, the seed included), so a grid's methods share it.
 2. Target data (default Fashion-MNIST — a domain shift, as SD → chest X-rays in the paper):
    `target_samples_per_class` training images per class; `mem_images` of them (one class after
    another) appear `repeats` times each in the fine-tuning set — the paper's memorisation
    subset (they repeat theirs ×50) — each always with a prompt label of its own
-   (`transfer.diffusion.add_prompt_labels`: why), the others once with their class. The label
+   (`transfer.memcontrol.diffusion.add_prompt_labels`: why), the others once with their class. The label
    table is frozen in every method, as SD's text encoder is in the paper.
 3. A feature network for the FID (`FeatureNet`, a small CNN) trained on the target's training
    split, cached and independent of the run seed, so FIDs compare across runs.
@@ -39,7 +39,7 @@ one seed:
    ``search/*`` metrics of the run (step = trial number) — always, in both cases — with the
    front and every trial in the artifact ``memcontrol/search.json``.
    Also ``kid`` and ``kid_std`` (Kernel Inception Distance on the same features, unbiased at small n,
-   averaged over `kid_subsets` subsets; `transfer.diffusion.kernel_inception_distance`) and
+   averaged over `kid_subsets` subsets; `transfer.memcontrol.diffusion.kernel_inception_distance`) and
    ``kid_floor``, the KID between two disjoint halves of the real test images of the evaluation's size:
    what a perfect generator scores here. Read quality numbers against it, not against zero.
 6. The search's objectives are options: memorisation by the paper's noise magnitude (``noise``) or by
@@ -68,7 +68,7 @@ Deviations from the paper, all for scale or because nothing can be downloaded he
   final model's noise-magnitude memorisation and search FID are recomputed and compared with the
   trial's (`search/stage2_*`; `search/stage2_matches_trial` = 1 when both agree to 1e-6 relative,
   which they do on CPU, where these operations are deterministic);
-- the choice rule on the front is ours (`transfer.memcontrol`).
+- the choice rule on the front is ours (`transfer.memcontrol.search`).
 
 The Optuna study is stored under ``<cache>/memcontrol/studies/<key>.db`` (key: the run's options,
 train settings and seed), so a rerun of an interrupted run resumes its search.
@@ -86,8 +86,8 @@ import torch
 from cl.config import canonical_hash
 from cl.scenarios import image_tensors
 from cl.transfer_run import TransferContext, build_lock, publish_directory, single_thread
-from transfer import diffusion as D
-from transfer.memcontrol import (Block, LoraOptions, MemControlSearch, MlflowTrialRecorder, apply_mask,
+from transfer.memcontrol import diffusion as D
+from transfer.memcontrol.search import (Block, LoraOptions, MemControlSearch, MlflowTrialRecorder, apply_mask,
                                  count_parameters, single_block_masks, trial_init_seed)
 
 log = logging.getLogger(__name__)

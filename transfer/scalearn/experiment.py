@@ -1,8 +1,8 @@
 """The ScaLearn transfer experiment: stage-1 task adapters, then stage-2 transfer to a target task.
 
-Registered as the transfer experiment ``scalearn`` (options: `transfer.catalog.ScaLearnTransferParams`).
+Registered as the transfer experiment ``scalearn`` (options: `transfer.scalearn.params.ScaLearnTransferParams`).
 One run = one method on one target task and one seed. A task is a GLUE name or a task read from
-your own CSV / TSV / JSON-lines file (`transfer.textfiles`; logged as ``data/<name>/...`` params,
+your own CSV / TSV / JSON-lines file (`transfer.common.textfiles`; logged as ``data/<name>/...`` params,
 scored by its ``metric``):
 
 1. **Stage 1** (cached): for every task of ``tasks``, a LoRA adapter (plus its own head,
@@ -11,7 +11,7 @@ scored by its ``metric``):
    and target of a grid shares one adapter per (task, seed).
 2. **Stage 2** on ``target``, by ``method``:
    ``scalearn``, ``scalearn_uniform``, ``scalearn_pp``, ``scalearn_uniform_pp`` — all
-   adapters frozen (sources first, target last), ω and a new head train (`transfer.scalearn`);
+   adapters frozen (sources first, target last), ω and a new head train (`transfer.scalearn.model`);
    ``fusion`` — AdapterFusion-style attention over the same adapters, new head;
    ``average`` — peft ``add_weighted_adapter`` with weights 1/N, frozen, new head;
    ``adapter`` — the target's own stage-1 adapter and head, evaluated as they are;
@@ -32,7 +32,7 @@ dozen steps, a head at 5e-5 or 2e-5 barely moves and would decide the comparison
 Deviations from the paper's protocol, for CPU scale: a 22.7M-parameter encoder
 (all-MiniLM-L6-v2) instead of RoBERTa-base, a subset of each training set, a few epochs
 instead of up to 30 with early stopping, and LoRA adapters instead of bottleneck adapters
-(see `transfer.scalearn`). GLUE dev sets are the test sets, as in the paper.
+(see `transfer.scalearn.model`). GLUE dev sets are the test sets, as in the paper.
 """
 from __future__ import annotations
 
@@ -49,9 +49,9 @@ from transformers import get_linear_schedule_with_warmup
 
 from cl.config import canonical_hash
 from cl.transfer_run import TransferContext, publish_directory
-from transfer import glue
-from transfer.textfiles import describe
-from transfer.scalearn import (AdapterCombination, FusionAttention, ScaLearnConfig, ScaLearnModel, VARIANTS,
+from transfer.common import glue
+from transfer.common.textfiles import describe
+from transfer.scalearn.model import (AdapterCombination, FusionAttention, ScaLearnConfig, ScaLearnModel, VARIANTS,
                                adapted_layers, load_adapters)
 
 log = logging.getLogger(__name__)

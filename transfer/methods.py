@@ -1,0 +1,20 @@
+"""Registers every transfer method: imports each method package's `params` module, which registers its entries.
+
+The `clsuite.registry` entry point (pyproject.toml) names this module, so the platform finds the methods without
+naming them, and a new method is a new folder `transfer/<method>/` with a `params.py`; nothing else changes.
+The text datasets the methods read register here too
+(`transfer.common.datasets`, for ``clsuite data list``). Only light modules are imported here: they are pydantic only, so validating a grid imports no torch.
+"""
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+import transfer
+
+SHARED = {"common"}         # packages of helpers several methods use, not methods
+
+for _package in pkgutil.iter_modules(transfer.__path__):
+    if _package.ispkg and _package.name not in SHARED:
+        importlib.import_module(f"{transfer.__name__}.{_package.name}.params")
+importlib.import_module(f"{transfer.__name__}.common.datasets")
