@@ -22,6 +22,18 @@ from typing import Iterable
 TEXT_SUFFIXES = (".csv", ".json", ".jsonl", ".yaml", ".yml", ".txt")
 MAX_TEXT_BYTES = 256 * 1024
 DROPPED_TAGS = ("mlflow.parentRunId",)
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def archive_dir(root: Path = PROJECT_ROOT) -> Path:
+    """Where the project keeps its archived runs: ``[tool.clsuite] archive`` in its pyproject.toml, relative to it."""
+    import tomllib
+
+    pyproject = root / "pyproject.toml"
+    settings = tomllib.loads(pyproject.read_text(encoding="utf-8")).get("tool", {}).get("clsuite", {})
+    if "archive" not in settings:
+        raise FileNotFoundError(f"{pyproject}: no [tool.clsuite] archive = \"<folder of archived runs>\"")
+    return root / settings["archive"]
 
 
 @dataclass

@@ -1,24 +1,24 @@
-"""`clsuite` command line: run, grid expand|launch, report, ui, list, recommend, data list|fetch, runs.
+"""`clsuite` command line: run, grid expand|launch, report, ui, list, data list|fetch, runs, and the commands
+methods add through `cl.registry.COMMANDS` (e.g. TimeTic's ``recommend``).
 
-Only this module prints. It imports torch, Avalanche and MLflow lazily, inside the commands
+Only the command-line modules print (this one, `cl.console`, and the methods' command functions). It imports torch, Avalanche and MLflow lazily, inside the commands
 that need them, so ``clsuite --help`` and ``clsuite grid expand`` answer instantly.
 Exit codes: 0 success, 1 some runs failed, 2 bad input (the message names the field).
 """
 from __future__ import annotations
 
-import contextlib
-import logging
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from cl.console import TrackingOpt, console, err_console, setup_logging, user_errors
 from cl.errors import ConfigError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -30,30 +30,8 @@ app.add_typer(runs_app, name="runs")
 data_app = typer.Typer(no_args_is_help=True, help="The datasets experiments read: where they must lie; fetch them.")
 app.add_typer(data_app, name="data")
 
-# Off a terminal (CI logs, pipes) rich would wrap tables at 80 columns; use a wide page instead.
-console = Console(width=None if sys.stdout.isatty() else 160)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
-
 ResumeAnyCodeOpt = typer.Option(False, "--resume-any-code", help="resume from checkpoints written by another "
                                 "code version (git SHA); refused by default")
-TrackingOpt = typer.Option(None, "--tracking-uri", help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
-
-
-@contextlib.contextmanager
-def _user_errors() -> Iterator[None]:
-    try:
-        yield
-    except ConfigError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
-        raise typer.Exit(2) from None
-
-
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
-    if not verbose:  # MLflow announces its schema migrations at INFO on every new store
-        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-
 
 # --------------------------------------------------------------------------- run
 
@@ -70,9 +48,9 @@ def run(
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Train one configuration in this process and log it to MLflow."""
-    _setup_logging(verbose)
+    setup_logging(verbose)
     _allow_other_code(resume_any_code)
-    with _user_errors():
+    with user_errors():
         from cl.config import load_run_config
 
         overrides = _parse_sets(set_)
@@ -81,7 +59,7 @@ def run(
         cfg = load_run_config(config, overrides)
     from cl.runner import run as run_one
 
-    with _user_errors(), _progress(console.is_terminal) as progress:
+    with user_errors(), _progress(console.is_terminal) as progress:
         task = progress.add_task(cfg.title, total=None)
         result = run_one(cfg, tracking_uri=tracking_uri, resume=resume,
                          on_progress=lambda d, t, w: progress.update(task, completed=d, total=t, description=w))
@@ -127,7 +105,7 @@ def grid_expand(
     as_json: bool = typer.Option(False, "--json", help="one JSON object per cell"),
 ) -> None:
     """List the cells of a grid (validated) with their config hashes. Imports no torch."""
-    with _user_errors():
+    with user_errors():
         from cl.grid import expand, load_grid
 
         spec = load_grid(grid)
@@ -163,9 +141,9 @@ def grid_launch(
 ) -> None:
     """Run every cell not yet FINISHED (continuing from checkpoints where a dead launch left them), then print
     the results table."""
-    _setup_logging(verbose)
+    setup_logging(verbose)
     _allow_other_code(resume_any_code)
-    with _user_errors():
+    with user_errors():
         if backend not in ("local", "ray"):
             raise ConfigError(f"--backend: {backend!r} is not a backend; use local or ray")
         from cl.devices import CellResources
@@ -263,12 +241,12 @@ def report(
     out: Path = typer.Option(Path("docs/reproductions.md"), help="with --reproductions: the file written"),
 ) -> None:
     """Final metrics per group (mean ± std over seeds) and a comparison plot; or, with
-    --reproductions, docs/reproductions.md from the benchmark runs (default: the runs kept in
-    benchmarks/results/, else those of --tracking-uri)."""
+    --reproductions, docs/reproductions.md from the benchmark runs (default: the archived runs,
+    in the folder pyproject.toml names under tool.clsuite.archive; else those of --tracking-uri)."""
     if reproductions:
         _reproductions(tracking_uri, out)
         return
-    with _user_errors():
+    with user_errors():
         if (grid is None) == (experiment is None):
             raise ConfigError("report: give either a grid YAML, --experiment NAME or --reproductions")
         if grid is not None:
@@ -288,12 +266,15 @@ def report(
 def _reproductions(tracking_uri: Optional[str], out: Path) -> None:
     import tempfile
 
-    from cl.reproductions import RESULTS_DIR, store_from_results, write_report
+    from cl.archive import PROJECT_ROOT, archive_dir
+    from cl.reproductions import store_from_results, write_report
 
     if tracking_uri is None:
+        archive = archive_dir()
         with tempfile.TemporaryDirectory() as tmp:
-            uri = store_from_results(RESULTS_DIR, Path(tmp) / "mlflow.db")
-            write_report(out, tracking_uri=uri, source="the runs kept in `benchmarks/results/`")
+            uri = store_from_results(archive, Path(tmp) / "mlflow.db")
+            write_report(out, tracking_uri=uri,
+                         source=f"the runs kept in `{archive.relative_to(PROJECT_ROOT).as_posix()}/`")
     else:
         write_report(out, tracking_uri=tracking_uri, source=f"the store {tracking_uri}")
     console.print(f"reproduction report: {out}", highlight=False)
@@ -367,7 +348,7 @@ def runs_export(
     """Write an experiment's FINISHED runs (tags, params, metric histories, text artifacts) to a file."""
     from cl.archive import export_runs
 
-    with _user_errors():
+    with user_errors():
         try:
             count = export_runs(experiment, to, tracking_uri=tracking_uri)
         except LookupError as error:
@@ -396,7 +377,7 @@ def list_entries(kind: str = typer.Argument(
 
     kinds = {"strategies": "strategy", "plugins": "plugin", "transfers": "transfer", "scenarios": "scenario",
              "models": "model"}
-    with _user_errors():
+    with user_errors():
         if kind != "all" and kind not in kinds:
             raise ConfigError(f"list: {kind!r} is not one of {', '.join(kinds)}, all")
         for plural, singular in kinds.items():
@@ -408,70 +389,6 @@ def list_entries(kind: str = typer.Argument(
             for entry in REGISTRIES[singular].entries():
                 table.add_row(entry.name, ", ".join(entry.params.model_fields), entry.summary)
             console.print(table)
-
-
-@app.command()
-def recommend(
-    experiment: str = typer.Option(..., "--experiment", "-e", help="MLflow experiment whose runs are the history"),
-    dataset: str = typer.Option(..., "--dataset", "-d", help="the dataset to rank configurations for"),
-    tracking_uri: Optional[str] = TrackingOpt,
-    metric: Optional[str] = typer.Option(None, help="metric to rank by (default final/avg_acc, else final/acc)"),
-    dataset_key: Optional[str] = typer.Option(None, "--dataset-key",
-                                              help="param naming the dataset (default scenario.name, else "
-                                                   "transfer.target)"),
-    meta_features: Optional[Path] = typer.Option(None, "--meta-features",
-                                                 help="JSON {dataset: {feature: value}} for datasets without "
-                                                      "built-in meta-features"),
-    learner: str = typer.Option("auto", help="auto | tabpfn | gp | hgb (auto: TabPFN if its weights are on disk)"),
-    model_path: Optional[str] = typer.Option(None, "--model-path", help="TabPFN regressor weights (.ckpt)"),
-    data_root: Optional[str] = typer.Option(None, "--data-root", help="image data for built-in meta-features"),
-    top: int = typer.Option(10, min=1, help="configurations shown"),
-) -> None:
-    """Rank the configurations in an experiment's history for a new dataset (TimeTic's recipe on
-    MLflow runs), and report how well that ranking worked leave-one-dataset-out."""
-    _setup_logging(False)
-    with _user_errors():
-        from cl.analysis import load_runs
-        from transfer.timetic.estimator import TabPFNWeightsMissing
-        from transfer.timetic.recommend import meta_feature_source, recommend as rank
-
-        if learner not in ("auto", "tabpfn", "gp", "hgb"):
-            raise ConfigError(f"--learner: {learner!r} is not one of auto, tabpfn, gp, hgb")
-        runs = load_runs(experiment, tracking_uri=tracking_uri)
-        try:
-            result = rank(runs, dataset, meta_feature_source(meta_features, data_root), learner=learner,
-                          model_path=model_path, dataset_key=dataset_key, metric=metric)
-        except TabPFNWeightsMissing as error:
-            raise ConfigError(f"--learner tabpfn: {error}") from None
-    table = Table(title=f"{experiment}: configurations ranked for {result.dataset_key}={dataset} "
-                        f"(predicted {result.metric})")
-    for column in ("#", "configuration", "predicted") + (("observed",) if "observed" in result.ranking else ()):
-        table.add_column(column, justify="left" if column == "configuration" else "right")
-    for i, row in enumerate(result.ranking.head(top).itertuples(index=False), 1):
-        cells = [str(i), row.configuration, f"{row.predicted:.4f}"]
-        if "observed" in result.ranking:
-            cells.append("—" if row.observed != row.observed else f"{row.observed:.4f}")
-        table.add_row(*cells)
-    console.print(table)
-    console.print(f"in-context learner: {result.learner}; history: {len(result.datasets)} datasets "
-                  f"({', '.join(result.datasets)})", highlight=False)
-    if result.evaluation.empty:
-        console.print("leave-one-dataset-out: not possible (needs ≥ 2 datasets, each with ≥ 2 configurations)",
-                      highlight=False)
-        return
-    evaluation = Table(title="leave-one-dataset-out: rank correlation with the true metric "
-                             "(baseline: each configuration's mean on the other datasets)")
-    for column in ("held-out dataset", "configs", "Spearman", "Kendall", "baseline Spearman", "baseline Kendall"):
-        evaluation.add_column(column, justify="left" if column == "held-out dataset" else "right")
-    ev = result.evaluation
-    for row in ev.itertuples(index=False):
-        evaluation.add_row(row.dataset, str(row.n_configs), *(f"{v:.2f}" for v in (
-            row.spearman, row.kendall, row.baseline_spearman, row.baseline_kendall)))
-    evaluation.add_row("mean", "", *(f"{ev[c].mean():.2f}" for c in (
-        "spearman", "kendall", "baseline_spearman", "baseline_kendall")))
-    console.print(evaluation)
-    if len(ev) < 3:
-        console.print(f"note: only {len(ev)} held-out dataset(s); these correlations say little", highlight=False)
 
 
 # --------------------------------------------------------------------------- data
@@ -562,6 +479,18 @@ def data_fetch(
     if failed:
         err_console.print(f"not fetched: {', '.join(failed)}", highlight=False)
         raise typer.Exit(2)
+
+
+def _add_method_commands() -> None:
+    """The subcommands methods register (`cl.registry.COMMANDS`): each target is a function typer can wrap, in a
+    module light enough to import for ``clsuite --help``."""
+    from cl.registry import COMMANDS
+
+    for entry in COMMANDS.entries():
+        app.command(entry.name)(entry.load())
+
+
+_add_method_commands()
 
 
 def main() -> None:

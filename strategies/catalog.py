@@ -10,7 +10,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
-from cl.registry import PLUGINS, STRATEGIES, TRANSFERS, NoParams, Params, added_option
+from cl.registry import PLUGINS, REPRODUCTIONS, STRATEGIES, TRANSFERS, NoParams, Params, added_option
 
 
 class MemoryParams(Params):
@@ -230,3 +230,10 @@ TRANSFERS.register(
     smoke_options={"task": "digits", "method": "sg", "length": 12, "slots": 12, "truncation": 4, "updates": 3,
                    "hidden": 16, "key_dim": 8, "value_dim": 8, "encoder_hidden": 16, "encoder_dim": 8,
                    "eval_episodes": 8, "probe_every": 2})
+
+
+# The papers' claims `clsuite report --reproductions` checks on the archived runs (each beside its method)
+REPRODUCTIONS.register("memo", target="strategies.memo_claims:REPRODUCTION", summary="MEMO vs DER and replay")
+REPRODUCTIONS.register("fpf", target="strategies.fpf_claims:PUBLISHED", summary="FPF and k-FPF vs their hosts")
+REPRODUCTIONS.register("kfpf_ceiling", target="strategies.fpf_claims:CEILING", summary="one FPF call's ceiling")
+REPRODUCTIONS.register("nmn", target="strategies.nmn_claims:REPRODUCTION", summary="neural memory network, episodic")

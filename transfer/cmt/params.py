@@ -5,7 +5,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from cl.registry import TRANSFERS, Params
+from cl.registry import REPRODUCTIONS, TRANSFERS, Params
 
 
 CMT_METHODS = ("cmt", "mac", "closed_book", "rag", "online_ft")
@@ -146,3 +146,4 @@ TRANSFERS.register(
                    "stream_documents": 8, "stream_batch_documents": 4, "checkpoint_every": 1, "eval_questions": 8,
                    "num_memory_tokens": 4, "top_k": 2, "ff_hidden": 64, "num_aggregator_blocks": 1, "train_steps": 2,
                    "train_batch_documents": 4, "lr": 1e-3, "max_new_tokens": 3})
+REPRODUCTIONS.register("cmt", target="transfer.cmt.claims:REPRODUCTION", summary="CMT vs MAC and its ablations")

@@ -5,7 +5,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from cl.registry import TRANSFERS, Params, added_option
+from cl.registry import REPRODUCTIONS, TRANSFERS, Params, added_option
 
 
 class MemControlTransferParams(Params):
@@ -100,3 +100,4 @@ TRANSFERS.register(
                    "emb_dim": 16, "timesteps": 100, "pretrain_steps": 20, "classifier_samples_per_class": 20,
                    "classifier_epochs": 1, "sample_steps": 3, "search_samples": 20, "eval_samples": 20,
                    "fid_real": 50, "mem_passes": 1, "samples_per_prompt": 2, "n_trials": 2, "population_size": 2})
+REPRODUCTIONS.register("memcontrol", target="transfer.memcontrol.claims:REPRODUCTION", summary="MemControl's searched mask vs full and PEFT")

@@ -5,7 +5,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from cl.registry import TRANSFERS, Params
+from cl.registry import REPRODUCTIONS, TRANSFERS, Params
 
 
 class MobileTLTransferParams(Params):
@@ -45,3 +45,4 @@ TRANSFERS.register(
     smoke_options={"source": "digits", "target": "digits", "source_samples_per_class": 20,
                    "target_samples_per_class": 10, "test_samples": 100, "width_mult": 0.25, "image_size": 16,
                    "pretrain_epochs": 1, "num_trainable_blocks": 2})
+REPRODUCTIONS.register("mobiletl", target="transfer.mobiletl.claims:REPRODUCTION", summary="MobileTL vs full, last-layer, bias+BN")

@@ -5,7 +5,7 @@ from typing import Annotated, Literal, Optional, Union
 
 from pydantic import Discriminator, Field, Tag, model_validator
 
-from cl.registry import TRANSFERS, Params
+from cl.registry import REPRODUCTIONS, TRANSFERS, Params
 from transfer.common.textfiles import TextFile, named_or_file
 
 
@@ -102,3 +102,4 @@ TRANSFERS.register(
             "adapter / full fine-tuning",
     smoke_options={"model": "tiny-random", "target": "rte", "tasks": ("mrpc", "rte"), "train_samples": 16,
                    "eval_samples": 16, "max_length": 32, "adapter_epochs": 1})
+REPRODUCTIONS.register("scalearn", target="transfer.scalearn.claims:REPRODUCTION", summary="ScaLearn vs its baselines on GLUE")

@@ -5,7 +5,7 @@ from typing import Annotated, Literal, Optional, Union
 
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
-from cl.registry import TRANSFERS, Params
+from cl.registry import REPRODUCTIONS, TRANSFERS, Params
 from transfer.common.textfiles import TextFile, named_or_file
 
 
@@ -123,3 +123,4 @@ TRANSFERS.register(
     smoke_options={"model": "tiny-random", "skills": ("arithmetic", "sentiment"), "method": "pack",
                    "train_samples": 8, "test_samples": 8, "max_length": 64, "max_new_tokens": 2,
                    "group_size": 16})
+REPRODUCTIONS.register("skillpack", target="transfer.skillpack.claims:REPRODUCTION", summary="SkillPacks vs full fine-tuning and LoRA")

@@ -5,7 +5,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from cl.registry import TRANSFERS, Params
+from cl.registry import COMMANDS, REPRODUCTIONS, TRANSFERS, Params
 
 
 TIMETIC_MODELS = ("linear-sines", "mlp_s-arma", "tfm_s-random_walk", "tcn_s-regime", "mlp_l-trend_season",
@@ -73,3 +73,6 @@ TRANSFERS.register(
     smoke_options={"datasets": ("nile", "square_wave", "macro_unemp"), "models": ("linear-sines", "mlp_s-arma",
                    "tcn_s-regime"), "horizons": (4,), "segments": 2, "segment_length": 48, "pretrain_steps": 10,
                    "finetune_steps": 5, "learner": "auto"})
+REPRODUCTIONS.register("timetic", target="transfer.timetic.claims:REPRODUCTION", summary="TimeTic's ranking vs baselines")
+COMMANDS.register("recommend", target="transfer.timetic.command:recommend",
+                  summary="Rank the configurations in an experiment's history for a new dataset (TimeTic's recipe on MLflow runs).")

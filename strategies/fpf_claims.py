@@ -1,0 +1,105 @@
+"""The paper claims of FPF / k-FPF (Zhao et al., ICML 2023) and the k-FPF ceiling that `clsuite report --reproductions` checks on the archived runs.
+
+Registered in the `REPRODUCTIONS` registry; `cl.reproductions` renders them; the benchmark script prints the same
+comparisons at full detail."""
+from __future__ import annotations
+
+import pandas as pd
+
+from cl.reproductions import ClaimResult, Reproduction, difference, within_noise
+
+
+def _fpf_describe(config) -> dict:
+    return {"scenario_name": config.scenario.name, "buffer": config.strategy.options.get("mem_size"),
+            "method": config.strategy.name + "".join(f"+{p.name}" for p in config.plugins)}
+
+
+def _fpf_claims(runs: pd.DataFrame) -> list[ClaimResult]:
+    out = []
+    for (scenario, buffer), group in runs.dropna(subset=["buffer"]).groupby(["scenario_name", "buffer"]):
+        by = {m: g for m, g in group.groupby("method")}
+        for host in ("replay", "dark_er"):
+            if host in by and f"{host}+fpf" in by:
+                fpf, plain = by[f"{host}+fpf"]["final/avg_acc"], by[host]["final/avg_acc"]
+                text, gap = difference(fpf, plain)
+                out.append(ClaimResult(f"FPF improves {host} ({scenario}, buffer {int(buffer)})",
+                                       "improves every method it is added to (Seq-CIFAR-10, Seq-TinyImageNet)",
+                                       text, bool(gap > 0), within_noise(fpf, plain)))
+        kfpf = [m for m in ("kfpf_kd", "kfpf_ce") if m in by]
+        if kfpf and "replay" in by:
+            best = max(kfpf, key=lambda m: by[m]["final/avg_acc"].mean())
+            replay = by["replay"]
+            flops = by[best]["cost/train_flops"].mean() / replay["cost/train_flops"].mean()
+            text, gap = difference(by[best]["final/avg_acc"], replay["final/avg_acc"])
+            reaches = gap >= -100 * replay["final/avg_acc"].std()
+            out.append(ClaimResult(f"k-FPF ({best}) reaches replay at a fraction of its FLOPs "
+                                   f"({scenario}, buffer {int(buffer)})",
+                                   "matches FPF, beats SOTA at much lower cost", f"{text}; {flops:.2f}× FLOPs",
+                                   bool(reaches and flops < 1)))
+    return out
+
+
+def _ceiling_describe(config) -> dict:
+    return {"scenario_name": config.scenario.name, "buffer": config.strategy.options.get("mem_size"),
+            "method": "kfpf_ceiling"}
+
+
+def _ceiling_claims(runs: pd.DataFrame) -> list[ClaimResult]:
+    """One FPF call at the end of plain SGD, chosen on validation, against plain SGD from the same stream."""
+    out = []
+    needed = {"fpf/acc_before", "final/avg_acc"}
+    if not needed <= set(runs.columns):
+        return out
+    for (scenario, buffer), group in runs.dropna(subset=["buffer", "fpf/acc_before"]).groupby(
+            ["scenario_name", "buffer"]):
+        after, before = group["final/avg_acc"], group["fpf/acc_before"]
+        text, gap = difference(after, before)
+        out.append(ClaimResult(
+            f"one FPF call recovers old tasks after replay-free SGD ({scenario}, buffer {int(buffer)})",
+            "k-FPF: SGD without replay plus occasional FPF on the buffer ≈ FPF on replay methods",
+            f"{text} (after vs right before the call, same runs; setting chosen on validation)",
+            bool(gap > 0), within_noise(after, before)))
+    return out
+
+
+PUBLISHED = Reproduction(
+    "FPF / k-FPF (Zhao et al., ICML 2023): forgetting-prioritised fine-tuning", "experiments/fpf_fmnist.yaml",
+    "Seq-CIFAR-10 / Seq-TinyImageNet, ResNet-18, 50 epochs per task, buffers 200/500",
+    "Split Fashion-MNIST and Split MNIST 5×2, ResNet-32 (1 channel), 1,000 images per class, 3 epochs, "
+    "buffers 200/500, 3 seeds",
+    "Module choice by pattern (BN + final linear); 3 epochs per task instead of 50; k = 8 calls of 30 steps "
+    "(240 in all, lr 0.05, no momentum). These k-FPF runs predate the schedule fix of issue #28 (calls every "
+    "⌊T/k⌋ = 118 iterations, the last on iteration 944 of 945).",
+    _fpf_describe, _fpf_claims, "benchmarks/fpf.py",
+    notes=("Mechanism, from the accuracy matrices of the 24 archived k-FPF runs (CE and KD; their final "
+           "evaluation comes one SGD step after the last call): the newest task sits at 93–100% and the four "
+           "older ones at 0–38% (mean 3–14%), next to naive's 0% — 30 steps on [bn, fc] at lr 0.05 do not "
+           "rebalance the head, so k-FPF fails against replay here for want of fine-tuning first. "
+           "experiments/kfpf_ceiling.yaml measures how far one well-chosen FPF call can go.",),
+    position=20)
+
+
+CEILING = Reproduction(
+    "k-FPF's ceiling (Zhao et al., ICML 2023): one FPF call at the end of replay-free SGD",
+    "experiments/kfpf_ceiling.yaml",
+    "k-FPF: SGD without replay, k FPF calls on a reservoir buffer; Seq-CIFAR-10 / Seq-TinyImageNet, ResNet-18",
+    "Split MNIST and Split Fashion-MNIST 5×2, ResNet-32 (1 channel), 900 training images per class "
+    "(+100 for validation), 3 epochs; k = 1 call on the last iteration, its modules ([fc], [bn, fc], "
+    "[bn, fc, stem conv]), lr (0.01/0.05/0.1, momentum 0.9) and steps (300/1,000 for [fc], 300 otherwise) "
+    "chosen on the validation split; buffers 200/500",
+    "An upper bound on what FPF calls can add to replay-free SGD here, not k-FPF itself: every candidate "
+    "starts from the same end-of-stream state and the best on validation is kept; 3 epochs per task.",
+    _ceiling_describe, _ceiling_claims, "benchmarks/fpf.py",
+    notes=("Measured so far: buffer 200, seed 0, both datasets (2 of the grid's 12 cells; the others are queued "
+           "by `python benchmarks/fpf.py --only ceiling`). One FPF call at the end of plain SGD lifts test "
+           "accuracy from 19.8% to 68.8% on Split Fashion-MNIST and from 21.0% to 88.6% on Split MNIST — the "
+           "published replay's 67.98 ± 4.01 and 89.59 ± 2.41 at the same buffer. Mechanism (the probe, same "
+           "runs): the four old tasks go from 0% to 32–79% (FMNIST) and 86–89% (MNIST) while the newest drops "
+           "from 99% to 88% / 92%. Validation chose [bn, fc, stem conv], lr 0.1, 300 steps in both; [fc] alone "
+           "reached 50–61% (FMNIST) and 61–69% (MNIST) validation accuracy, [bn, fc] 62–66% and 76–88%.",
+           "So the ceiling is far above naive: the published k-FPF's 23–31% is its budget (8 × 30 steps at lr "
+           "0.05 without momentum on [bn, fc]), not what FPF can do. Cost: the search (12 candidates) makes a "
+           "cell 2.07e13 FLOPs, 1.27× replay's; the stream plus the chosen call alone is about 1.05e13, 0.65× "
+           "replay's (estimated: the six BN-containing candidates cost the same). One seed each: no verdict "
+           "against replay yet."),
+    position=30)

@@ -1,0 +1,132 @@
+"""The paper claims of the neural memory network (Fernando et al. 2020) that `clsuite report --reproductions` checks on the archived runs.
+
+Registered in the `REPRODUCTIONS` registry; `cl.reproductions` renders them; the benchmark script prints the same
+comparisons at full detail."""
+from __future__ import annotations
+
+import pandas as pd
+
+from cl.reproductions import ClaimResult, Reproduction, difference, mean_std, within_noise
+
+
+NMN_SYNTH_COS_GATE = 0.2     # sg's synthesizers must point this well (cosine to the true gradient) in every seed
+
+
+def _nmn_describe(config) -> dict:
+    o = config.transfer.options
+    return {"task": o.get("task", "digits"), "method": o.get("method", "sg"), "ratio": float(o.get("fast_lr_ratio", 1))}
+
+
+def nmn_chosen_runs(runs: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """Per task and method, the runs of the fast/slow lr ratio with the best mean validation score (accuracy after
+    the first presentation; sinusoid: MSE), and what was compared: {(task, method): {metric, scores, chosen}}."""
+    keep, selection = [], {}
+    for (task, method), group in runs.groupby(["task", "method"]):
+        regression = task == "sinusoid"
+        metric = "final/val_mse" if regression else "final/val_acc_after_first"
+        scores = group.groupby("ratio")[metric].mean()
+        chosen = scores.idxmin() if regression else scores.idxmax()
+        selection[(task, method)] = {"metric": metric.removeprefix("final/"), "scores": scores.to_dict(),
+                                     "chosen": float(chosen)}
+        keep.append(group[group["ratio"] == chosen])
+    return (pd.concat(keep) if keep else runs.iloc[:0]), selection
+
+
+def _nmn_claims(runs: pd.DataFrame) -> list[ClaimResult]:
+    chosen, _ = nmn_chosen_runs(runs)
+    out = []
+    for task, group in chosen.groupby("task"):
+        by = {m: g for m, g in group.groupby("method")}
+        regression = task == "sinusoid"
+        scale = 1.0 if regression else 100.0
+        gate_ok = None
+        if "sg" in by and "final/synth_cos" in by["sg"]:
+            cos = by["sg"]["final/synth_cos"].dropna()
+            gate_ok = bool(len(cos) and cos.min() >= NMN_SYNTH_COS_GATE)
+            out.append(ClaimResult(
+                f"the gate ({task}): sg's synthesizers predict the true future gradient (cosine ≥ "
+                f"{NMN_SYNTH_COS_GATE} in every seed)",
+                "synthetic gradients stand in for the true ones (DNI; the paper reports no cosine)",
+                f"cosine {mean_std(cos, 1.0)}; per seed {', '.join(f'{v:.3f}' for v in cos)}", gate_ok))
+        if regression:
+            metrics = [("final/mse_p10", "MSE at the 10th point", False)]
+        else:
+            metrics = [("final/acc_p2", "accuracy at the 2nd presentation", True),
+                       ("final/rare_acc_second", "rare classes' second showing", True)]
+        for metric, what, higher in metrics:
+            unit = (lambda t: t.replace(" points", " MSE")) if regression else (lambda t: t)  # noqa: E731
+            if "sg" in by and "bp" in by and metric in group:
+                sg, bp = by["sg"][metric], by["bp"][metric]
+                text, gap = difference(sg, bp, scale)
+                claim = f"sg beats bp ({task}, {what})"
+                paper = "fast synthetic-gradient controllers adapt faster and absorb rare samples (no number " \
+                        "published at this scale)"
+                if not gate_ok:
+                    out.append(ClaimResult(claim, paper, f"no verdict: the gate failed — {unit(text)}", None))
+                else:
+                    out.append(ClaimResult(claim, paper, unit(text), bool(gap > 0 if higher else gap < 0),
+                                           within_noise(sg, bp, scale)))
+            memory = [m for m in ("bptt", "bp", "sg") if m in by and metric in by[m]]
+            if not memory:
+                continue
+            best = (max if higher else min)(memory, key=lambda m: by[m][metric].mean())
+            if metric == "final/rare_acc_second":
+                values = by[best][metric]
+                out.append(ClaimResult(
+                    f"a class seen once is recalled at its second showing beyond label counting ({task}, {best})",
+                    "rare samples are absorbed within the episode", f"{mean_std(values)} vs 50.00 by counting "
+                    f"alone (two labels seen once); the memory-free LSTM {mean_std(by['lstm'][metric])}"
+                    if "lstm" in by else f"{mean_std(values)} vs 50.00 by counting alone", bool(values.mean() > 0.5)))
+            elif "lstm" in by and metric in by["lstm"]:
+                text, gap = difference(by[best][metric], by["lstm"][metric], scale)
+                out.append(ClaimResult(
+                    f"the memory learns within an episode: {best} beats the memory-free LSTM ({task}, {what})",
+                    "MANN (Santoro et al. 2016): a memory-augmented network beats an LSTM on episodic few-shot "
+                    "learning (the NMN's premise)", unit(text), bool(gap > 0 if higher else gap < 0),
+                    within_noise(by[best][metric], by["lstm"][metric], scale)))
+    return out
+
+
+NMN_NOTES = (
+    "The gate fails on both tasks, so sg gets no verdict: the synthesizers' cosine to the true future gradient is "
+    "0.00 ± 0.02 (digits) and −0.01 ± 0.04 (sinusoid) over 3 seeds, at either lr ratio. sg's numbers are in the "
+    "table all the same: on digits its controllers never leave chance (the synthetic gradients are noise added to "
+    "every chunk's update); on the sinusoid it learns, less than bp. The target is not unpredictable: the true "
+    "future gradients of two different futures of one state (the remaining labels reordered, fresh images) agree "
+    "at cosine 0.50 after 150 bp updates and 0.67–0.86 at initialisation (benchmarks/nmn_gradient_ceiling.py, seed "
+    "0, 64 validation episodes), so a synthesizer that sees only the state could reach about 0.7. Ours get 150 "
+    "updates × 9 boundaries = 1,350 Adam steps on moving, bootstrapped targets and do not learn them; with a 10× "
+    "synthesizer lr (one probe, digits, seed 0) they fit those bootstrapped targets better (cosine 0.40; "
+    "0.05–0.26 in the grid) and the true gradient no better (−0.005): the targets they bootstrap from are themselves off.",
+    "The memory is what learns within an episode: bp's accuracy climbs from the 2nd to the 10th presentation "
+    "(42 → 72%) while the memory-free LSTM's falls (30 → 22%); on the sinusoid bp's MSE after 10 points is a third "
+    "of the LSTM's. The rare variant does not separate them: the LSTM scores 54% on a rare class's second showing by "
+    "label counting (its 1st-presentation accuracy, 42%, shows the same heuristic: an unseen label is due), above "
+    "bp's 22% recall among ~25 stored distractors; counting alone gives 50% there.",
+    "The same episodes on Fashion-MNIST and MNIST (experiments/nmn_episodic_mnist.yaml, archived; ratio 1, 3 seeds): "
+    "the gate fails again (−0.02 ± 0.03, 0.03 ± 0.02); on Fashion-MNIST bp climbs 35 → 61% from the 2nd to the 10th "
+    "presentation against the LSTM's 29 → 21%; on MNIST 150 updates are too few for bp (32 → 35%, one seed of "
+    "three learns).",
+    "The class-incremental NMN claims (experiments/nmn_mnist.yaml, archived in benchmarks/results/nmn_mnist.jsonl) "
+    "are retired, not carried over: there the output head read the encoder, so the memory could not matter "
+    "(nmn_sg, nmn_bp and naive: 20.4, 20.4, 20.8% on Split MNIST); the synthesizers' cosine was 0.007–0.035 in all "
+    "9 runs; every one of the 128 slots is rewritten within 4 minibatches and all were last written in the final "
+    "experience, old tasks at 0% (benchmarks/nmn_ci_probe.py, Split digits); and the rare-class stream leaves rare "
+    "classes at 0% for naive and replay too, right after they are taught — a protocol in which no method can show "
+    "the claim.",
+)
+
+
+REPRODUCTION = Reproduction(
+    "Neural memory networks with fast & slow controllers (Fernando et al., 2020)", "experiments/nmn_episodic.yaml",
+    "meta-learning classification (MANN's episodic protocol) and regression; architecture not published",
+    "MANN-style episodes: 50 steps of (x_t, y_{t−1}), 5 classes with labels shuffled per episode, memory reset per "
+    "episode, 64 slots; sklearn digits 0–4 at four rotations (20 classes) for meta-training, 5–9 for meta-test; "
+    "MAML's sinusoid, 20 points; sg vs bp (truncation 5) vs a memory-free LSTM, 150 updates of 16 episodes (Adam), "
+    "the fast/slow lr ratio (1 or 3) chosen per method on validation episodes; 3 seeds",
+    "Our design throughout (strategies/nmn_episodic.py lists every open choice): key/value memory with MANN's "
+    "least-recently-used writes; the rare variant shows two classes once (one would be given away by label "
+    "counting); digits instead of Omniglot.",
+    _nmn_describe, _nmn_claims, "benchmarks/nmn.py",
+    notes=NMN_NOTES,
+    position=40)
