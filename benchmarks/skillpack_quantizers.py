@@ -34,7 +34,8 @@ import torch  # noqa: E402
 from cl.transfer_run import cache_root  # noqa: E402
 from transfer.skillpack import quantize  # noqa: E402
 from transfer.skillpack import pack as sp  # noqa: E402
-from transfer.skillpack.experiment import BUDGETS, input_batches, load_causal_lm  # noqa: E402
+from transfer.common.language_models import load_causal_lm  # noqa: E402
+from transfer.skillpack.experiment import BUDGETS, input_batches  # noqa: E402
 from transfer.skillpack.skills import load_skill  # noqa: E402
 
 

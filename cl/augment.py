@@ -18,7 +18,7 @@ parameters drawn per sample (`_crop`, `_flip`, `_brightness`); the presets use t
 list entries `RandomCrop` (constant zero fill, no pad_if_needed), `RandomHorizontalFlip`,
 `RandomVerticalFlip` and `ColorJitter` with brightness only. Any other list entry (or those with
 other arguments) falls back to the v2 transform applied per sample in a loop over the batch:
-correct per-sample randomness, at Python speed. `benchmarks/overhead.py` measures both.
+correct per-sample randomness, at Python speed (the project's overhead benchmark measures both).
 
 Pixel scale: augmentation sees pixels before normalisation, as in torchvision pipelines that
 normalise last (padding is black, brightness clamps at 1): a normalised batch is

@@ -46,9 +46,8 @@ registered with `register_state` for classes we do not own, e.g. Avalanche's rep
 Datasets are saved as references into the scenario's train stream (`CheckpointContext`), not copied.
 
 A strategy whose plugins keep state with no hook is run without checkpoints (logged once, tag
-``checkpoint.off``); it restarts from scratch as before. With hooks today: naive, replay, ewc, lwf
-(`strategies.baselines`), memo, der (`strategies.memo`), kfpf_ce, kfpf_kd and the fpf plugin
-(`strategies.fpf`); without: gdumb, er_ace, dark_er, cumulative, icarl, nmn_*.
+``checkpoint.off``); it restarts from scratch as before. Which registered strategies have hooks today is
+listed in the README (its "Resuming" paragraph).
 
 **Same result after a crash.** A checkpoint is written after experience t is trained *and*
 evaluated; the resumed process builds scenario, model, optimiser and strategy exactly as a fresh

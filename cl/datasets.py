@@ -5,10 +5,9 @@ dataset lies under the data root (the readers' own lookup, `locate`, reused: no 
 the rules), the layout and licence, and — when it can be downloaded — which files to get, with
 their checksums, and how to lay them out.
 
-The image datasets the platform's scenarios read are declared here; the transfer experiments
-declare theirs next to their readers (`transfer.common.datasets`) and register them with `register`.
-Third-party packages add theirs the same way, from a module under the ``clsuite.registry``
-entry-point group.
+The image datasets the platform's scenarios read are declared here; methods declare theirs next
+to their readers and register them with `register`, from a module the ``clsuite.registry``
+entry-point group imports (the suite's own methods do it the same way as third-party packages).
 
 `fetch` is all-or-nothing: the files are downloaded into a temporary folder *next to* the
 target (same file system), checked (checksums, then the reader's own check and a real load),

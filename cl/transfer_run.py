@@ -1,12 +1,13 @@
 """How a transfer experiment runs inside the suite: what it receives, and what the runner logs.
 
-A transfer experiment (MobileTL, ScaLearn, SkillPacks, ...) is not a class-incremental
-stream, so it does not go through Avalanche. It registers in `cl.registry.TRANSFERS` with a
+A transfer experiment is not a class-incremental stream, so it does not go through Avalanche. It registers in `cl.registry.TRANSFERS` with a
 params model and ``run(ctx: TransferContext, params) -> dict[str, float]``: it trains and
 evaluates, logs its own curves through ``ctx.runlog`` and returns its final metrics, which
 the runner logs (prefixed ``final/`` unless they already carry a ``/``). Everything around
 it is the same as for a continual-learning run: config hash, seeds, provenance, MLflow
-status, failure capture, grids.
+status, failure capture, grids. The runner seeds Python's, NumPy's and torch's RNGs with
+``ctx.seed`` right before ``run``, so an experiment does not seed them again; it keeps reusable
+intermediate results (a pretrained source model, …) with `cl.cache.cached`.
 
 Checkpoints (`cl.checkpoint`): an experiment that trains long saves its progress through the
 context and resumes from it, so a run killed part-way continues in the same MLflow run::
@@ -25,12 +26,9 @@ the data position); the global RNGs (Python, NumPy, torch) are saved and restore
 Call `resume` after building everything that consumes the global RNG (models, heads), so a resumed
 run and an uninterrupted one draw the same numbers from there on. Work before training (a cached
 source model, probes) is redone on resume and must not log metrics twice at the same step.
-MobileTL (`transfer.mobiletl.experiment.train_epochs`) is the worked example.
 """
 from __future__ import annotations
 
-import os
-import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +47,8 @@ class TransferContext:
 
     @property
     def cache_dir(self) -> Path:
+        from cl.cache import cache_root
+
         return cache_root()
 
     def resume(self) -> dict | None:
@@ -75,54 +75,6 @@ class TransferContext:
         from cl.checkpoint import capture_rng
 
         self.checkpoints.save({"step": step}, {"state": state(), "rng": capture_rng()})
-
-
-def cache_root() -> Path:
-    """Where an experiment may keep reusable intermediate results (e.g. a pretrained source model).
-
-    ``$CLSUITE_CACHE``, else ``~/.cache/clsuite``. Keys must include everything the cached
-    result depends on (seed and options), so a cache hit is the same computation.
-    """
-    root = Path(os.environ.get("CLSUITE_CACHE", Path.home() / ".cache" / "clsuite"))
-    root.mkdir(parents=True, exist_ok=True)
-    return root
-
-
-@contextmanager
-def publish_directory(path: Path) -> Iterator[Path]:
-    """Write a cache entry into a private folder, then rename it to `path` in one step.
-
-    Parallel workers may build the same entry: each writes its own ``<name>.<pid>.tmp`` and the
-    first rename wins (the others are discarded), so a reader never sees a half-written entry.
-    """
-    partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    try:
-        yield partial
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    try:
-        os.replace(partial, path)
-    except OSError:                      # another worker published first
-        shutil.rmtree(partial, ignore_errors=True)
-
-
-@contextmanager
-def build_lock(path) -> Iterator[None]:
-    """Hold an exclusive lock on ``<path>.lock`` while inside: a parallel worker that needs the same
-    cache entry waits for it instead of building it a second time (`publish_directory` still makes
-    the write atomic)."""
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def final_metric_names(metrics: Mapping[str, float]) -> dict[str, float]:

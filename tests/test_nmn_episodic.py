@@ -151,7 +151,8 @@ def _claim_runs(cos: float, sg_gain: float) -> pd.DataFrame:
 @pytest.mark.parametrize("cos, gain, verdict", [(0.05, 0.1, "not measured"), (0.5, 0.1, "yes"),
                                                 (0.5, -0.1, "no")])
 def test_claims_pass_the_gate_first_and_use_the_ratio_chosen_on_validation(cos, gain, verdict):
-    from cl.reproductions import nmn_chosen_runs, reproduction_for
+    from cl.reproductions import reproduction_for
+    from strategies.nmn_claims import nmn_chosen_runs
 
     runs = _claim_runs(cos, gain)
     chosen, selection = nmn_chosen_runs(runs)

@@ -4,7 +4,7 @@ import pytest
 
 from cl import reproductions
 from cl.grid import expand, load_grid
-from cl.reproductions import REPRODUCTIONS, ROOT, ClaimResult, difference, render, reproduction_for, within_noise
+from cl.reproductions import ROOT, ClaimResult, difference, render, reproduction_for, reproductions as registered, within_noise
 
 
 def fpf_runs(gain: float) -> pd.DataFrame:
@@ -77,23 +77,23 @@ def test_timetic_claim_compares_with_the_zero_shot_score_and_names_the_learner()
 
 
 def test_a_reproduction_is_found_by_its_grid_and_an_unknown_grid_is_named():
-    assert all(reproduction_for(r.grid) is r for r in REPRODUCTIONS)
+    assert all(reproduction_for(r.grid) is r for r in registered())
     with pytest.raises(KeyError, match="experiments/nope.yaml"):
         reproduction_for("experiments/nope.yaml")
 
 
 def test_every_reproduction_names_a_grid_that_expands():
-    for rep in REPRODUCTIONS:
+    for rep in registered():
         cells = expand(load_grid(ROOT / rep.grid))
         columns = rep.describe(cells[0].config)
         assert columns and all(isinstance(k, str) for k in columns)
 
 
 def test_render_marks_unmeasured_and_failed_claims():
-    rep = REPRODUCTIONS[0]
+    rep = registered()[0]
     text = render([(rep, [ClaimResult("a ≥ b", "paper says so", "+1.00 points", True),
                           ClaimResult("b ≥ c", "paper says so", "−2.00 points", False)]),
-                   (REPRODUCTIONS[1], [])], "a test store")
+                   (registered()[1], [])], "a test store")
     assert "| a ≥ b | paper says so | +1.00 points | yes |" in text
     assert "| b ≥ c | paper says so | −2.00 points | **no** |" in text
     assert "Not measured yet" in text and text.count("## ") == 2
@@ -110,7 +110,7 @@ def test_a_claim_is_shown_only_when_it_holds_beyond_noise(holds, noise, verdict)
 def test_report_from_an_empty_results_folder_says_not_measured(tmp_path):
     uri = reproductions.store_from_results(tmp_path, tmp_path / "mlflow.db")
     text = reproductions.write_report(tmp_path / "r.md", tracking_uri=uri, source="nothing")
-    assert text.count("Not measured yet") == len(REPRODUCTIONS)
+    assert text.count("Not measured yet") == len(registered())
     assert (tmp_path / "r.md").read_text().startswith("# What clsuite reproduces")
 
 
@@ -224,3 +224,16 @@ def test_cmt_beating_mac_by_less_than_the_seeds_spread_is_reported_as_within_noi
     assert f"| {claim.claim} | {claim.paper} | {claim.ours} | within noise |" in render([(cmt, [claim])], "a test")
     top_k = next(c for c in cmt.claims(pd.DataFrame(rows)) if "top-k" in c.claim)
     assert top_k.holds is False and top_k.within_noise           # 2 questions of 64 apart: the test set's noise
+
+
+def test_the_report_regenerates_from_the_archived_runs_as_committed(tmp_path):
+    """docs/reproductions.md is what `clsuite report --reproductions` writes from the archive, byte for byte: the
+    claims moving between modules (or any refactoring) must not change a number or a word of it."""
+    from typer.testing import CliRunner
+
+    from cl.cli import app
+
+    out = tmp_path / "reproductions.md"
+    result = CliRunner().invoke(app, ["report", "--reproductions", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.read_text(encoding="utf-8") == (ROOT / "docs" / "reproductions.md").read_text(encoding="utf-8")

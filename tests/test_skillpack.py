@@ -186,9 +186,10 @@ def test_router_sends_each_prompt_to_its_skills_pack():
 def test_capability_transfer_sft_warms_up_from_zero_then_decays_on_a_cosine(tmp_path, monkeypatch):
     """The reference's SFT schedule: 10% linear warm-up from lr 0, then cosine decay towards 0."""
     from transfer.skillpack import experiment as skillpack_transfer
+    from transfer.common.language_models import load_causal_lm
     from transfer.skillpack.skills import Example
 
-    model, tokenizer = skillpack_transfer.load_causal_lm("tiny-random", tmp_path)
+    model, tokenizer = load_causal_lm("tiny-random", tmp_path)
     seen = []
 
     class RecordingAdamW(torch.optim.AdamW):

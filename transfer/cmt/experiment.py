@@ -57,6 +57,7 @@ import numpy as np
 import torch
 
 from cl.transfer_run import TransferContext, single_thread
+from transfer.common.language_models import bundled_minilm_path, fingerprint as lm_fingerprint, load_causal_lm
 from transfer.cmt.model import CMT, CMTConfig
 from transfer.cmt.baselines import (
     ClosedBook,
@@ -89,13 +90,6 @@ class FrozenLMChanged(RuntimeError):
     """The base LM's parameters differ after the run: the one thing CMT promises never happens."""
 
 
-def lm_fingerprint(lm: torch.nn.Module) -> str:
-    """SHA-256 over every parameter's name, shape, dtype and bytes."""
-    from transfer.skillpack.pack import fingerprint
-
-    return fingerprint(lm)
-
-
 # --------------------------------------------------------------------------- data and models
 
 def load_documents(params) -> tuple[list[Document], list[Document]]:
@@ -123,8 +117,6 @@ def _corpus(documents: list[Document]) -> list[str]:
 def build_lm(params, documents: list[Document], cache_dir: Path):
     """(frozen LM in eval mode, its tokenizer)."""
     if params.lm == "smollm2":
-        from transfer.skillpack.experiment import load_causal_lm
-
         lm, tokenizer = load_causal_lm("smollm2", cache_dir)
     else:
         from transformers import LlamaConfig, LlamaForCausalLM
@@ -146,8 +138,6 @@ def encoder_tokenizer(params, documents: list[Document], lm_tokenizer):
     if params.encoder == "minilm":
         from transformers import AutoTokenizer
 
-        from transfer.scalearn.experiment import bundled_minilm_path
-
         return AutoTokenizer.from_pretrained(str(bundled_minilm_path()))
     return lm_tokenizer if params.lm == "tiny" else word_tokenizer(_corpus(documents))
 
@@ -165,8 +155,6 @@ def build_encoder(params, tokenizer, lm=None):
     """
     if params.encoder == "minilm":
         from transformers import AutoModel
-
-        from transfer.scalearn.experiment import bundled_minilm_path
 
         return AutoModel.from_pretrained(str(bundled_minilm_path()))
     from transformers import BertConfig, BertModel
@@ -270,7 +258,6 @@ def run(ctx: TransferContext, params) -> dict[str, float]:
 
 
 def _run(ctx: TransferContext, params) -> dict[str, float]:
-    torch.manual_seed(ctx.seed)
     device = str(getattr(ctx, "device", None) or "cpu")
     train_docs, stream_docs = load_documents(params)
     every_doc = train_docs + stream_docs

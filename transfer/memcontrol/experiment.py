@@ -79,13 +79,15 @@ import copy
 import json
 import logging
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from cl.cache import cached
 from cl.config import canonical_hash
 from cl.scenarios import image_tensors
-from cl.transfer_run import TransferContext, build_lock, publish_directory, single_thread
+from cl.transfer_run import TransferContext, single_thread
 from transfer.memcontrol import diffusion as D
 from transfer.memcontrol.search import (Block, LoraOptions, MemControlSearch, MlflowTrialRecorder, apply_mask,
                                  count_parameters, single_block_masks, trial_init_seed)
@@ -116,32 +118,25 @@ def pretrained_ddpm(ctx: TransferContext, params, ddpm: D.DDPM) -> D.TinyUNet:
     key = {"source": params.source, "source_samples_per_class": params.source_samples_per_class,
            "unet": config.to_dict(), "timesteps": ddpm.T, "steps": params.pretrain_steps, "lr": params.pretrain_lr,
            "batch_size": params.pretrain_batch_size, "p_uncond": params.p_uncond, "seed": ctx.seed}
-    path = ctx.cache_dir / "memcontrol" / f"ddpm-{canonical_hash(key)}"
-    with build_lock(path):
-        return _pretrained_ddpm(ctx, params, ddpm, xs, ys, config, key, path)
-
-
-def _pretrained_ddpm(ctx, params, ddpm, xs, ys, config, key, path) -> D.TinyUNet:
     model = D.TinyUNet(config).to(ctx.device)
-    if (path / "model.pt").is_file():
-        model.load_state_dict(torch.load(path / "model.pt", map_location=ctx.device))
-        log.info("pretrained DDPM from cache %s", path)
-        return model
-    torch.manual_seed(ctx.seed)
-    model = D.TinyUNet(config).to(ctx.device)
-    every = max(1, params.pretrain_steps // 20)
 
-    def on_step(step, loss):
-        if step % every == 0:
-            ctx.runlog.log_metrics({"pretrain/loss": loss}, step=step)
-            ctx.runlog.progress(step, params.pretrain_steps, "pretraining the DDPM")
+    def pretrain(folder: Path) -> None:
+        torch.manual_seed(ctx.seed)
+        trained = D.TinyUNet(config).to(ctx.device)
+        every = max(1, params.pretrain_steps // 20)
 
-    D.train_steps(model, ddpm, D.to_model_range(xs), ys, steps=params.pretrain_steps, lr=params.pretrain_lr,
-                  batch_size=params.pretrain_batch_size, p_uncond=params.p_uncond,
-                  generator=torch.Generator().manual_seed(ctx.seed), device=ctx.device, on_step=on_step)
-    with publish_directory(path) as partial:
-        torch.save(model.state_dict(), partial / "model.pt")
-        (partial / "config.json").write_text(json.dumps(key, indent=1))
+        def on_step(step, loss):
+            if step % every == 0:
+                ctx.runlog.log_metrics({"pretrain/loss": loss}, step=step)
+                ctx.runlog.progress(step, params.pretrain_steps, "pretraining the DDPM")
+
+        D.train_steps(trained, ddpm, D.to_model_range(xs), ys, steps=params.pretrain_steps, lr=params.pretrain_lr,
+                      batch_size=params.pretrain_batch_size, p_uncond=params.p_uncond,
+                      generator=torch.Generator().manual_seed(ctx.seed), device=ctx.device, on_step=on_step)
+        torch.save(trained.state_dict(), folder / "model.pt")
+
+    path = cached("memcontrol", key, pretrain, name="ddpm", complete="model.pt", root=ctx.cache_dir)
+    model.load_state_dict(torch.load(path / "model.pt", map_location=ctx.device))
     return model
 
 
@@ -149,21 +144,19 @@ def feature_net(ctx: TransferContext, params, x_train, y_train, x_test, y_test) 
     """The FID feature extractor for the target (cached; seed 0 whatever the run's seed) and its test accuracy."""
     key = {"target": params.target, "samples_per_class": params.classifier_samples_per_class,
            "epochs": params.classifier_epochs, "image_size": x_train.shape[-1], "seed": 0}
-    path = ctx.cache_dir / "memcontrol" / f"features-{canonical_hash(key)}"
     net = D.FeatureNet(x_train.shape[-1], n_classes=int(y_train.max()) + 1).to(ctx.device)
-    with build_lock(path):
-        if (path / "model.pt").is_file():
-            net.load_state_dict(torch.load(path / "model.pt", map_location=ctx.device))
-            net.eval()
-        else:
-            from cl.scenarios import _per_class_subset
 
-            xc, yc = _per_class_subset(x_train, y_train, params.classifier_samples_per_class)
-            net = D.train_classifier(xc, yc, image_size=x_train.shape[-1], epochs=params.classifier_epochs,
-                                     seed=0, device=ctx.device)
-            with publish_directory(path) as partial:
-                torch.save(net.state_dict(), partial / "model.pt")
-                (partial / "config.json").write_text(json.dumps(key, indent=1))
+    def train(folder: Path) -> None:
+        from cl.scenarios import _per_class_subset
+
+        xc, yc = _per_class_subset(x_train, y_train, params.classifier_samples_per_class)
+        trained = D.train_classifier(xc, yc, image_size=x_train.shape[-1], epochs=params.classifier_epochs, seed=0,
+                                     device=ctx.device)
+        torch.save(trained.state_dict(), folder / "model.pt")
+
+    path = cached("memcontrol", key, train, name="features", complete="model.pt", root=ctx.cache_dir)
+    net.load_state_dict(torch.load(path / "model.pt", map_location=ctx.device))
+    net.eval()
     return net, D.classifier_accuracy(net, x_test, y_test, ctx.device)
 
 
@@ -259,7 +252,6 @@ def _run(ctx: TransferContext, params) -> dict[str, float]:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)     # trials are logged here, not on stderr
-    torch.manual_seed(ctx.seed)
     ddpm = D.DDPM(timesteps=params.timesteps)
     base = pretrained_ddpm(ctx, params, ddpm)
 

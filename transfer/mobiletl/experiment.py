@@ -26,15 +26,14 @@ the dropout masks and the new head's initialisation of the transfer that followe
 """
 from __future__ import annotations
 
-import json
 import logging
-import os
+from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from cl.config import canonical_hash
+from cl.cache import cached
 from cl.cost import count_flops
 from cl.scenarios import image_tensors
 from cl.transfer_run import TransferContext
@@ -115,24 +114,20 @@ def source_model(ctx: TransferContext, params, x, y) -> nn.Module:
                   "pretrain_epochs": params.pretrain_epochs, "lr": ctx.train.lr, "momentum": ctx.train.momentum,
                   "weight_decay": ctx.train.weight_decay, "batch_size": ctx.train.batch_size, "seed": ctx.seed,
                   "n_classes": int(y.max()) + 1}
-    path = ctx.cache_dir / "mobiletl" / f"{canonical_hash(key_fields)}.pt"
     model = build_network(params.arch, params.width_mult, key_fields["n_classes"]).to(ctx.device)
-    if path.is_file():
-        model.load_state_dict(torch.load(path, map_location=ctx.device))
-        log.info("source model from cache %s", path)
-        return model
-    generator = torch.Generator().manual_seed(ctx.seed)
-    # pretraining draws dropout masks from the global RNG: fork it, so a run that pretrains and one that
-    # finds the model in the cache continue with the same random numbers (same result either way)
-    with torch.random.fork_rng(devices=[] if ctx.device.type != "cuda" else None):
-        train_epochs(model, x, y, epochs=params.pretrain_epochs, train=ctx.train, device=ctx.device,
-                     generator=generator,
-                     on_epoch=lambda e, loss: ctx.runlog.log_metrics({"source/train_loss": loss}, step=e))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.tmp")    # parallel workers may pretrain the same model
-    torch.save(model.state_dict(), partial)
-    os.replace(partial, path)
-    path.with_suffix(".json").write_text(json.dumps(key_fields, indent=1))
+
+    def pretrain(folder: Path) -> None:
+        generator = torch.Generator().manual_seed(ctx.seed)
+        # pretraining draws dropout masks from the global RNG: fork it, so a run that pretrains and one that
+        # finds the model in the cache continue with the same random numbers (same result either way)
+        with torch.random.fork_rng(devices=[] if ctx.device.type != "cuda" else None):
+            train_epochs(model, x, y, epochs=params.pretrain_epochs, train=ctx.train, device=ctx.device,
+                         generator=generator,
+                         on_epoch=lambda e, loss: ctx.runlog.log_metrics({"source/train_loss": loss}, step=e))
+        torch.save(model.state_dict(), folder / "model.pt")
+
+    path = cached("mobiletl", key_fields, pretrain, name="source", complete="model.pt", root=ctx.cache_dir)
+    model.load_state_dict(torch.load(path / "model.pt", map_location=ctx.device))
     return model
 
 
@@ -159,7 +154,6 @@ def prepare_for_transfer(model: nn.Module, params, n_classes: int) -> nn.Module:
 
 
 def run(ctx: TransferContext, params) -> dict[str, float]:
-    torch.manual_seed(ctx.seed)
     xs, ys, _, _ = image_tensors(params.source, data_root=params.data_root,
                                  train_samples_per_class=params.source_samples_per_class)
     xt, yt, xt_test, yt_test = image_tensors(params.target, data_root=params.data_root,

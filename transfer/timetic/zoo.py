@@ -55,7 +55,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from cl.config import canonical_hash
-from cl.transfer_run import publish_directory
+from cl.cache import cached
 
 log = logging.getLogger(__name__)
 
@@ -432,12 +432,11 @@ def zoo_model(spec: ZooSpec, *, cache_dir: Path, context: int, steps: int, batch
     """The pretrained zoo member, from ``<cache_dir>/timetic/zoo/<key>/`` when it was trained before."""
     key = {"spec": asdict(spec), "context": context, "steps": steps, "batch": batch, "lr": lr, "seed": seed,
            "version": 1}
-    folder = cache_dir / "timetic" / "zoo" / f"{spec.name}-{canonical_hash(key)}"
-    if (folder / "model.pt").is_file():
-        return load_forecaster(folder, context)[0]
-    model = pretrain(spec, context=context, steps=steps, batch=batch, lr=lr, seed=seed)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with publish_directory(folder) as partial:
-        save_forecaster(model, spec, context, partial, pretraining=key)
-    log.info("pretrained %s on %s (%d steps) -> %s", spec.name, spec.family, steps, folder)
-    return model
+
+    def pretrain_member(folder: Path) -> None:
+        model = pretrain(spec, context=context, steps=steps, batch=batch, lr=lr, seed=seed)
+        save_forecaster(model, spec, context, folder, pretraining=key)
+        log.info("pretrained %s on %s (%d steps)", spec.name, spec.family, steps)
+
+    folder = cached("timetic/zoo", key, pretrain_member, name=spec.name, complete="model.pt", root=cache_dir)
+    return load_forecaster(folder, context)[0]
