@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from cl.transfer_run import cache_root  # noqa: E402
+from cl.cache import cache_root  # noqa: E402
 from transfer.cmt import experiment as cmt_transfer  # noqa: E402
 from transfer.cmt.params import CMTTransferParams  # noqa: E402
 from transfer.cmt.baselines import evaluate  # noqa: E402

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from cl.transfer_run import cache_root  # noqa: E402
+from cl.cache import cache_root  # noqa: E402
 from transfer.skillpack import quantize  # noqa: E402
 from transfer.skillpack import pack as sp  # noqa: E402
 from transfer.common.language_models import load_causal_lm  # noqa: E402

@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cl.transfer_run import cache_root
+from cl.cache import cache_root
 from transfer.timetic.params import TIMETIC_MODELS, TimeTicTransferParams
 from transfer.timetic.estimator import (
     FEATURE_SETS,

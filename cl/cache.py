@@ -22,8 +22,10 @@ def cached(kind: str, key: Mapping[str, Any], build: Callable[[Path], None], *, 
     from cl.config import canonical_hash
 
     digest = canonical_hash(dict(key))
-    path = (root or cache_root()) / kind / (f"{name}-{digest}" if name else digest)
-    with build_lock(path):
+    root = root or cache_root()
+    entry = f"{name}-{digest}" if name else digest
+    path = root / kind / entry
+    with build_lock(root / ".locks" / kind / entry):      # locks apart, so a kind's folder lists only entries
         whole = (path / complete).is_file() if complete else path.is_dir()
         if not whole:
             shutil.rmtree(path, ignore_errors=True)      # a folder without its `complete` file: an older, broken entry

@@ -98,7 +98,7 @@ class CheckpointRefused(Exception):
 
 def checkpoint_path(config_hash: str, token: str) -> Path:
     """Where the checkpoint of run `token` of cell `config_hash` lives (under the suite's cache)."""
-    from cl.transfer_run import cache_root
+    from cl.cache import cache_root
 
     return cache_root() / "checkpoints" / config_hash / f"{token}.ckpt"
 

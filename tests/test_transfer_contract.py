@@ -97,7 +97,7 @@ def test_continual_learning_hashes_do_not_move():
 
 
 def test_publish_directory_is_all_or_nothing(tmp_path):
-    from cl.transfer_run import publish_directory
+    from cl.cache import publish_directory
 
     target = tmp_path / "entry"
     with pytest.raises(RuntimeError):
@@ -118,7 +118,7 @@ def test_build_lock_makes_a_second_builder_wait_for_the_first(tmp_path):
     import threading
     import time
 
-    from cl.transfer_run import build_lock
+    from cl.cache import build_lock
     from tests.helpers.waiting import wait_until
 
     events = []
