@@ -16,7 +16,8 @@ from typing import Any, Mapping
 
 from cl.archive import export_runs, import_runs
 from cl.config import set_dotted
-from cl.grid import Cell, GridSpec, expand, launch
+from cl.grid import Cell, GridSpec, expand
+from cl.launch import launch
 from cl.reproductions import RESULTS_DIR
 
 ROOT = Path(__file__).resolve().parents[1]

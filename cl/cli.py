@@ -79,7 +79,7 @@ def run(
 
 def _allow_other_code(allow: bool) -> None:
     if allow:   # read by cl.checkpoint, in this process and the workers it starts
-        from cl.checkpoint import ANY_CODE_ENV
+        from cl.checkpoint_file import ANY_CODE_ENV
 
         os.environ[ANY_CODE_ENV] = "1"
 
@@ -147,7 +147,8 @@ def grid_launch(
         if backend not in ("local", "ray"):
             raise ConfigError(f"--backend: {backend!r} is not a backend; use local or ray")
         from cl.devices import CellResources
-        from cl.grid import expand, launch, load_grid
+        from cl.grid import expand, load_grid
+        from cl.launch import launch
 
         resources = CellResources(gpus=gpus_per_cell, cpus=cpus_per_cell)
         spec = load_grid(grid)

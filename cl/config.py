@@ -282,14 +282,16 @@ def resolve_component(kind: str, raw: Any, *, where: str | None = None) -> Compo
     return ComponentConfig(name=name, options=dump_options(params))
 
 
-def format_validation_error(exc: ValidationError, *, prefix: str = "", allowed: str = "") -> list[str]:
-    """One line per error: ``dotted.path: message (got value)``; unknown keys list the known ones."""
+def format_validation_error(exc: ValidationError, *, prefix: str = "", allowed: str = "",
+                            models: tuple[type[BaseModel], ...] = ()) -> list[str]:
+    """One line per error: ``dotted.path: message (got value)``; an unknown key lists the known ones of the model
+    that owns it (this module's config models, plus `models` — e.g. a grid spec — looked up by the error's title)."""
     lines = []
     for err in exc.errors():
         loc = tuple(err["loc"])
         path = ".".join(str(p) for p in ((prefix,) if prefix else ()) + loc)
         if err["type"] == "extra_forbidden":
-            known = allowed or _known_fields(exc.title, loc[:-1])
+            known = allowed or _known_fields(exc.title, loc[:-1], models)
             msg = "unknown field" + (f"; {known}" if known else "")
         else:
             msg = err["msg"]
@@ -299,11 +301,9 @@ def format_validation_error(exc: ValidationError, *, prefix: str = "", allowed: 
     return lines
 
 
-def _known_fields(model_name: str, loc: tuple) -> str:
-    """'allowed: a, b' for the model that owns the field at `loc` (our config models only)."""
-    from cl.grid import GridSpec
-
-    models = {m.__name__: m for m in (RunConfig, TrainConfig, GridSpec)}
+def _known_fields(model_name: str, loc: tuple, extra: tuple[type[BaseModel], ...] = ()) -> str:
+    """'allowed: a, b' for the model that owns the field at `loc`."""
+    models = {m.__name__: m for m in (RunConfig, TrainConfig, *extra)}
     model = models.get(model_name)
     for part in loc:
         field = model.model_fields.get(str(part)) if model else None

@@ -130,7 +130,7 @@ def warning_text(checks: Sequence[ExperienceHealth]) -> str | None:
 def make_health_plugin(runlog, progress):
     """An Avalanche plugin that checks each trained experience and logs the verdict to `runlog`.
 
-    `progress` is the run's logger plugin (`cl.tracking.make_logger_plugin`), which already counts the
+    `progress` is the run's logger plugin (`cl.run_logger.make_logger_plugin`), which already counts the
     experiences trained (`trained`) and the latest epoch's mean loss (`epoch_loss`); it must run first.
 
     Metrics ``health/*`` at step t after experience t's evaluation; the ``health.warning`` tag

@@ -83,7 +83,7 @@ def _execute(cfg: RunConfig, runlog: RunLog, checkpoints) -> RunResult:
     from cl.health import make_health_plugin
     from cl.models import count_parameters
     from cl.schedule import ExperienceSchedule
-    from cl.tracking import make_finite_loss_guard, make_logger_plugin
+    from cl.run_logger import make_finite_loss_guard, make_logger_plugin
     from strategies.base import (StrategyContext, aligned_mem_size, count_exemplars, persistent_state_bytes,
                                  plugin_artifacts, plugin_metrics)
 
@@ -215,10 +215,11 @@ def run(
     """Open an MLflow run for `cfg`, execute it in this process, and close it with its status.
 
     With `resume`, a run of the same config left unfinished by a dead process continues from its
-    checkpoint in the same MLflow run (`cl.tracking.find_resume_plan`); without one, a new run starts.
+    checkpoint in the same MLflow run (`cl.resume.find_resume_plan`); without one, a new run starts.
     Raises `ConfigError` (nothing logged) when a preflight check fails, e.g. data missing.
     """
-    from cl.tracking import MlflowRunLog, client_for, experiment_id, find_resume_plan, reopen_run, resolve_tracking_uri
+    from cl.tracking import MlflowRunLog, client_for, experiment_id, resolve_tracking_uri
+    from cl.resume import find_resume_plan, reopen_run
 
     cfg.preflight()  # bad input is an error before anything is logged
     client = client_for(resolve_tracking_uri(tracking_uri))
@@ -243,7 +244,8 @@ def run(
 def open_run(client, cfg: RunConfig, *, parent_run_id: str | None = None,
              tags: Mapping[str, str] | None = None, run_name: str | None = None) -> str:
     """Create the MLflow run of `cfg` (RUNNING) with its hashes, params and resolved config."""
-    from cl.tracking import RUN_NAME_TAG, MlflowRunLog, experiment_id, runner_tags
+    from cl.tracking import RUN_NAME_TAG, MlflowRunLog, experiment_id
+    from cl.resume import runner_tags
 
     if cfg.is_transfer:
         what = {"transfer": cfg.transfer.name, "strategy": cfg.transfer.name}
@@ -278,7 +280,7 @@ def build_scenario(component):
 
 
 def _log_provenance(runlog: RunLog, seeds: Mapping[str, int]) -> None:
-    from cl.tracking import provenance, provenance_tags, to_json_bytes
+    from cl.provenance import provenance, provenance_tags, to_json_bytes
 
     prov = provenance(seeds)
     runlog.log_artifact("provenance.json", to_json_bytes(prov))

@@ -54,10 +54,11 @@ class TransferContext:
     def resume(self) -> dict | None:
         """The state the run's last checkpoint saved, global RNGs restored; None when starting fresh.
 
-        Raises `cl.checkpoint.CheckpointRefused` if the launcher chose to resume but the file cannot
+        Raises `cl.checkpoint_file.CheckpointRefused` if the launcher chose to resume but the file cannot
         be used (the run then fails with that reason; ``--retry-failed`` starts it from scratch).
         """
-        from cl.checkpoint import note_resumed, restore_rng
+        from cl.checkpoint import note_resumed
+        from cl.checkpoint_file import restore_rng
 
         loaded = self.checkpoints.load() if self.checkpoints is not None else None
         if loaded is None:
@@ -72,7 +73,7 @@ class TransferContext:
         done) when `step` is a multiple of `every`. `state` is only called when saving."""
         if self.checkpoints is None or not self.checkpoints.enabled or step % every:
             return
-        from cl.checkpoint import capture_rng
+        from cl.checkpoint_file import capture_rng
 
         self.checkpoints.save({"step": step}, {"state": state(), "rng": capture_rng()})
 

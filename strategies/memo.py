@@ -239,7 +239,7 @@ class MEMOPlugin(SupervisedPlugin):
     """The training recipe around an `ExpandableNet`: aux loss, WA, herding memory, fresh optimiser.
 
     Also a second classifier: nearest-mean-of-exemplars (NME), scored by the suite's logger
-    beside the head (`cl.tracking.SecondPredictor`), as PyCIL reports both.
+    beside the head (`cl.run_logger.SecondPredictor`), as PyCIL reports both.
     """
 
     prediction_name = "nme"

@@ -7,7 +7,8 @@ from typer.testing import CliRunner
 from cl import analysis
 from cl.archive import export_runs, import_runs
 from cl.cli import app
-from cl.grid import GridSpec, expand, launch
+from cl.grid import GridSpec, expand
+from cl.launch import launch
 
 SPEC = {
     "name": "carried",

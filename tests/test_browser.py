@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from cl.grid import GridSpec, expand, launch
+from cl.grid import GridSpec, expand
+from cl.launch import launch
 from cl.tracking import client_for, grid_url
 from tests.helpers.waiting import BROWSER_MS, SERVER_START_S, http_ok, wait_until
 

@@ -3,7 +3,8 @@ import numpy as np
 from mlflow import MlflowClient
 
 from cl.config import RunConfig
-from cl.grid import GridSpec, expand, launch
+from cl.grid import GridSpec, expand
+from cl.launch import launch
 from cl.runner import run
 
 BASE = {

@@ -87,7 +87,8 @@ def test_collapsed_run_is_flagged_in_store_summary_and_report(fresh_store, tmp_p
 
     from cl.analysis import load_runs, summarize, summary_table
     from cl.cli import app
-    from cl.grid import GridSpec, expand, launch
+    from cl.grid import GridSpec, expand
+    from cl.launch import launch
 
     spec = GridSpec.model_validate(COLLAPSING_GRID)
     summary = launch(spec, expand(spec), tracking_uri=fresh_store)

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from cl import analysis
-from cl.grid import GridSpec, expand, launch
+from cl.grid import GridSpec, expand
+from cl.launch import launch
 
 jupytext = pytest.importorskip("jupytext")
 nbclient = pytest.importorskip("nbclient")

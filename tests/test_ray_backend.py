@@ -2,7 +2,8 @@
 import pytest
 from mlflow import MlflowClient
 
-from cl.grid import GridSpec, expand, launch
+from cl.grid import GridSpec, expand
+from cl.launch import launch
 
 ray = pytest.importorskip("ray")
 

@@ -16,7 +16,8 @@ from mlflow import MlflowClient
 
 from cl.devices import CellResources
 from cl.errors import ConfigError
-from cl.grid import GridSpec, expand, launch
+from cl.grid import GridSpec, expand
+from cl.launch import launch
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -2,7 +2,7 @@
 and ends exactly where an uninterrupted run ends; bad checkpoints are refused and the run starts over.
 
 The crash is real: `clsuite run` / `clsuite grid launch` in a subprocess, killed by SIGKILL right after the
-checkpoint named by ``CLSUITE_TEST_CRASH_AFTER_CHECKPOINT`` is written (`cl.checkpoint.maybe_crash`).
+checkpoint named by ``CLSUITE_TEST_CRASH_AFTER_CHECKPOINT`` is written (`cl.checkpoint_file.maybe_crash`).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import yaml
 
-from cl import checkpoint
+from cl import checkpoint, checkpoint_file
 from cl.config import RunConfig
 from cl.tracking import NullRunLog
 
@@ -59,15 +59,15 @@ def env(tmp_path, monkeypatch):
     monkeypatch.setenv("CLSUITE_CACHE", str(tmp_path / "cache"))
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "OMP_NUM_THREADS": "1", "CLSUITE_CACHE": str(tmp_path / "cache")}
-    env.pop(checkpoint.CRASH_ENV, None)
-    env.pop(checkpoint.ANY_CODE_ENV, None)
+    env.pop(checkpoint_file.CRASH_ENV, None)
+    env.pop(checkpoint_file.ANY_CODE_ENV, None)
     return env
 
 
 def clsuite(args: list[str], env: dict, crash_at: str | None = None) -> subprocess.CompletedProcess:
     run_env = dict(env)
     if crash_at:
-        run_env[checkpoint.CRASH_ENV] = crash_at
+        run_env[checkpoint_file.CRASH_ENV] = crash_at
     return subprocess.run([sys.executable, "-m", "cl.cli", *args], cwd=ROOT, env=run_env, capture_output=True,
                           text=True, timeout=DEADLINE_S)
 
@@ -111,8 +111,8 @@ def assert_one_resumed_run(uri: str, experiment: str, resumed_from: str):
     assert len(runs) == 1, [(r.info.run_id, r.info.status) for r in runs]
     run = runs[0]
     assert run.info.status == "FINISHED"
-    assert run.data.tags[checkpoint.RESUMED_TAG] == resumed_from
-    assert not Path(run.data.tags[checkpoint.PATH_TAG]).exists(), "a finished run keeps no checkpoint"
+    assert run.data.tags[checkpoint_file.RESUMED_TAG] == resumed_from
+    assert not Path(run.data.tags[checkpoint_file.PATH_TAG]).exists(), "a finished run keeps no checkpoint"
     return client, run
 
 
@@ -121,7 +121,7 @@ def crash(args: list[str], env: dict, crash_at: str, uri: str, experiment: str) 
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     client, runs = runs_of(uri, experiment)
     assert [r.info.status for r in runs] == ["RUNNING"]
-    assert Path(runs[0].data.tags[checkpoint.PATH_TAG]).is_file()
+    assert Path(runs[0].data.tags[checkpoint_file.PATH_TAG]).is_file()
     return runs[0].info.run_id
 
 
@@ -233,7 +233,7 @@ def _stopped_run(monkeypatch, raw: dict, uri: str) -> tuple[str, Path]:
         run(RunConfig.from_dict(raw), tracking_uri=uri)
     client, runs = runs_of(uri, raw["experiment"])
     assert [r.info.status for r in runs] == ["KILLED"]
-    return runs[0].info.run_id, Path(runs[0].data.tags[checkpoint.PATH_TAG])
+    return runs[0].info.run_id, Path(runs[0].data.tags[checkpoint_file.PATH_TAG])
 
 
 def _resume(raw: dict, uri: str):
@@ -261,7 +261,7 @@ def _refused(raw, uri, run_id, caplog, expected: str):
     old = client.get_run(run_id)
     assert old.info.status == "KILLED" and expected in old.data.tags["checkpoint.refused"]
     new = client.get_run(result.run_id)
-    assert checkpoint.RESUMED_TAG not in new.data.tags
+    assert checkpoint_file.RESUMED_TAG not in new.data.tags
     assert result.accuracy_matrix == uninterrupted(raw)[0].accuracy_matrix   # from scratch, nothing mixed in
 
 
@@ -284,26 +284,26 @@ def test_a_truncated_checkpoint_is_refused(env, fresh_store, monkeypatch, caplog
 def test_another_format_version_is_refused(env, fresh_store, monkeypatch, caplog):
     raw = cl_config("replay", "resume-version")
     run_id, path = _stopped_run(monkeypatch, raw, fresh_store)
-    monkeypatch.setattr(checkpoint, "FORMAT_VERSION", checkpoint.FORMAT_VERSION + 1)
+    monkeypatch.setattr(checkpoint_file, "FORMAT_VERSION", checkpoint_file.FORMAT_VERSION + 1)
     _refused(raw, fresh_store, run_id, caplog, "checkpoint format 1")
 
 
 def test_another_code_version_is_refused_unless_allowed(env, fresh_store, monkeypatch, caplog):
-    real = checkpoint.code_identity
+    real = checkpoint_file.code_identity
 
     def other_code():
         return {"code": "0" * 40, "git_dirty": False}
 
     raw = cl_config("replay", "resume-code-refused")
     run_id, path = _stopped_run(monkeypatch, raw, fresh_store)
-    monkeypatch.setattr(checkpoint, "code_identity", other_code)
+    monkeypatch.setattr(checkpoint_file, "code_identity", other_code)
     _refused(raw, fresh_store, run_id, caplog, "written by code")
 
-    monkeypatch.setattr(checkpoint, "code_identity", real)
+    monkeypatch.setattr(checkpoint_file, "code_identity", real)
     raw = cl_config("replay", "resume-code")
     run_id, path = _stopped_run(monkeypatch, raw, fresh_store)
-    monkeypatch.setattr(checkpoint, "code_identity", other_code)
-    monkeypatch.setenv(checkpoint.ANY_CODE_ENV, "1")
+    monkeypatch.setattr(checkpoint_file, "code_identity", other_code)
+    monkeypatch.setenv(checkpoint_file.ANY_CODE_ENV, "1")
     result = _resume(raw, fresh_store)
     assert result.ok and result.run_id == run_id
     client, _ = runs_of(fresh_store, raw["experiment"])
@@ -315,21 +315,21 @@ def test_a_fresh_run_never_takes_another_runs_checkpoint(env, fresh_store, monke
     nor overwritten."""
     raw = cl_config("replay", "resume-token")
     run_id, path = _stopped_run(monkeypatch, raw, fresh_store)
-    header = checkpoint.inspect(path, config_hash=RunConfig.from_dict(raw).config_hash, token=None)
-    with pytest.raises(checkpoint.CheckpointRefused, match="another run"):
-        checkpoint.inspect(path, config_hash=header["config_hash"], token="someone-else")
+    header = checkpoint_file.inspect(path, config_hash=RunConfig.from_dict(raw).config_hash, token=None)
+    with pytest.raises(checkpoint_file.CheckpointRefused, match="another run"):
+        checkpoint_file.inspect(path, config_hash=header["config_hash"], token="someone-else")
     result = _resume(raw, f"sqlite:///{path.parent / 'other.db'}")
-    assert result.ok and checkpoint.RESUMED_TAG not in runs_of(
+    assert result.ok and checkpoint_file.RESUMED_TAG not in runs_of(
         f"sqlite:///{path.parent / 'other.db'}", raw["experiment"])[0].get_run(result.run_id).data.tags
-    assert checkpoint.inspect(path, config_hash=header["config_hash"], token=header["token"])
+    assert checkpoint_file.inspect(path, config_hash=header["config_hash"], token=header["token"])
 
 
 def test_checkpoints_hold_only_tensors_and_plain_data(tmp_path):
     import torch
 
-    checkpoint.check_plain({"a": [1, 2.0, None, "x", {"t": torch.zeros(2)}]})
+    checkpoint_file.check_plain({"a": [1, 2.0, None, "x", {"t": torch.zeros(2)}]})
     with pytest.raises(TypeError, match=r"checkpoint\.a\[0\]: a object"):
-        checkpoint.check_plain({"a": [object()]})
+        checkpoint_file.check_plain({"a": [object()]})
     path = tmp_path / "c.ckpt"
     checkpoint.write(path, {"x": torch.arange(3)}, {"config_hash": "h", "token": "t", "position": {"step": 1}})
     header, payload = checkpoint.read(path, config_hash="h", token="t")
@@ -342,9 +342,9 @@ def test_rng_states_round_trip():
 
     import torch
 
-    state = checkpoint.capture_rng()
+    state = checkpoint_file.capture_rng()
     a = (random.random(), np.random.rand(), torch.rand(1).item())
-    checkpoint.restore_rng(state)
+    checkpoint_file.restore_rng(state)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == a
 
 
@@ -374,8 +374,8 @@ def test_stopped_and_resumed_in_process_equals_uninterrupted(name, env, monkeypa
     with _stopped_after_experience_2(monkeypatch):
         execute(cfg, first)
     assert "checkpoint.off" not in first.tags
-    path = Path(first.tags[checkpoint.PATH_TAG])
-    plan = checkpoint.ResumePlan(run_id="-", token=first.tags[checkpoint.TOKEN_TAG], path=str(path),
+    path = Path(first.tags[checkpoint_file.PATH_TAG])
+    plan = checkpoint.ResumePlan(run_id="-", token=first.tags[checkpoint_file.TOKEN_TAG], path=str(path),
                                  position={"experiences_done": 2})
     second = Recorder()
     from cl.transfer_run import single_thread
@@ -402,7 +402,7 @@ def test_strategies_without_hooks_run_without_checkpoints_and_say_so(env):
     log.set_tags = log.tags.update
     assert execute(RunConfig.from_dict(raw), log).ok
     assert "no checkpoint hook" in log.tags["checkpoint.off"]
-    assert checkpoint.PATH_TAG not in log.tags, "nothing was written"
+    assert checkpoint_file.PATH_TAG not in log.tags, "nothing was written"
 
 
 def test_transfer_context_checkpoints_every_n_steps_and_resumes_state_and_rng(env):
@@ -432,7 +432,7 @@ def test_transfer_context_checkpoints_every_n_steps_and_resumes_state_and_rng(en
     state = again.resume()
     assert state["step"] == 4 and state["w"].tolist() == [4.0, 4.0]
     assert torch.equal(torch.rand(3), expected)
-    assert log.tags[checkpoint.RESUMED_TAG] == "step=4"
+    assert log.tags[checkpoint_file.RESUMED_TAG] == "step=4"
 
 
 def test_the_strategies_with_checkpoint_hooks_are_the_ones_tested_above(env, monkeypatch):
