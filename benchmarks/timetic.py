@@ -36,15 +36,8 @@ sys.path.insert(0, str(ROOT))
 
 from cl.cache import cache_root
 from transfer.timetic.params import TIMETIC_MODELS, TimeTicTransferParams
-from transfer.timetic.estimator import (
-    FEATURE_SETS,
-    TimeTicEstimator,
-    build_table,
-    leave_one_dataset_out,
-    rank_scores,
-    summarise,
-    zero_shot_scores,
-)
+from transfer.timetic.estimator import TimeTicEstimator, leave_one_dataset_out, rank_scores, summarise, zero_shot_scores
+from transfer.timetic.table import FEATURE_SETS, build_table
 from transfer.timetic.experiment import settings
 
 LABELS = {"full": "TimeTic", "no_zero_shot": "TimeTic w/o zero-shot col", "meta": "meta-features only",

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from transfer.skillpack import pack as sp
+from transfer.skillpack import routing
 from transfer.skillpack.pack import CompressionConfig, SkillPack, SkillPackError
 
 pytest.importorskip("transformers")
@@ -169,7 +170,7 @@ def test_router_sends_each_prompt_to_its_skills_pack():
     def embed(prompts):   # a stand-in encoder: digits vs. letters
         return np.array([[sum(c.isdigit() for c in p), sum(c.isalpha() for c in p)] for p in prompts], float)
 
-    router = sp.SkillRouter(embed).fit(["12+7=", "3+4=", "great film", "awful plot"],
+    router = routing.SkillRouter(embed).fit(["12+7=", "3+4=", "great film", "awful plot"],
                                        ["arithmetic", "arithmetic", "sentiment", "sentiment"])
     seen = []
 
@@ -177,7 +178,7 @@ def test_router_sends_each_prompt_to_its_skills_pack():
         seen.append((float(base.model.norm.weight.detach().sum()), prompts))
         return [p.upper() for p in prompts]
 
-    out = sp.routed(base, packs, router, ["5+5=", "nice acting", "9+1="], run)
+    out = routing.routed(base, packs, router, ["5+5=", "nice acting", "9+1="], run)
     assert out == ["5+5=", "NICE ACTING", "9+1="]
     assert sorted(p for _, group in seen for p in group) == ["5+5=", "9+1=", "nice acting"]
     assert len({total for total, _ in seen}) == 2               # a different pack was active per group

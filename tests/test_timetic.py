@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from transfer.timetic import estimator as tt
+from transfer.timetic import features
 from transfer.timetic import zoo
 
 # ---------------------------------------------------------------- entropy profile
@@ -16,24 +17,24 @@ from transfer.timetic import zoo
 def test_entropy_of_rank_one_is_zero_and_of_isotropic_is_one():
     rng = np.random.default_rng(0)
     rank_one = np.outer(rng.standard_normal(20), rng.standard_normal(8))
-    assert tt.matrix_entropy(rank_one) == pytest.approx(0.0, abs=1e-9)
+    assert features.matrix_entropy(rank_one) == pytest.approx(0.0, abs=1e-9)
     orthonormal = np.linalg.qr(rng.standard_normal((32, 16)))[0].T          # 16 orthonormal rows in R^32
-    assert tt.matrix_entropy(orthonormal) == pytest.approx(1.0, abs=1e-9)
-    assert tt.matrix_entropy(rng.standard_normal((16, 4096))) > 0.97        # isotropic Gaussian cloud
+    assert features.matrix_entropy(orthonormal) == pytest.approx(1.0, abs=1e-9)
+    assert features.matrix_entropy(rng.standard_normal((16, 4096))) > 0.97        # isotropic Gaussian cloud
     two = np.repeat(np.eye(2, 5), 8, axis=0)                                # 16 rows on two orthogonal directions
-    assert tt.matrix_entropy(two) == pytest.approx(np.log(2) / np.log(16), abs=1e-9)
+    assert features.matrix_entropy(two) == pytest.approx(np.log(2) / np.log(16), abs=1e-9)
     with pytest.raises(ValueError, match="2-D"):
-        tt.matrix_entropy(np.zeros(5))
+        features.matrix_entropy(np.zeros(5))
 
 
 def test_resampling_keeps_endpoints_and_is_linear_in_depth():
     for values in ([0.3, 0.9, 0.1], [0.5, 0.2, 0.7, 0.6, 0.95], list(np.linspace(0.1, 0.8, 11))):
-        out = tt.resample_profile(values, 8)
+        out = features.resample_profile(values, 8)
         assert out.shape == (8,) and out[0] == values[0] and out[-1] == values[-1]
-    assert np.allclose(tt.resample_profile([0.0, 1.0], 5), [0, 0.25, 0.5, 0.75, 1.0])
-    assert np.allclose(tt.resample_profile([0.4], 4), 0.4)
+    assert np.allclose(features.resample_profile([0.0, 1.0], 5), [0, 0.25, 0.5, 0.75, 1.0])
+    assert np.allclose(features.resample_profile([0.4], 4), 0.4)
     with pytest.raises(ValueError, match="length"):
-        tt.resample_profile([0.1, 0.2], 1)
+        features.resample_profile([0.1, 0.2], 1)
 
 
 def test_entropy_profile_spans_input_to_output_of_every_architecture():
@@ -41,10 +42,10 @@ def test_entropy_profile_spans_input_to_output_of_every_architecture():
     for name in ("linear-sines", "mlp_s-arma", "tfm_s-random_walk", "tcn_s-regime"):
         torch.manual_seed(0)
         model = zoo.ZOO[name].build(32).eval()
-        profile = tt.entropy_profile(model, x, 8)
+        profile = features.entropy_profile(model, x, 8)
         states = model.hidden_states(torch.tensor(x, dtype=torch.float32))
-        assert profile[0] == pytest.approx(tt.matrix_entropy(x))
-        assert profile[-1] == pytest.approx(tt.matrix_entropy(states[-1].detach().double().numpy()))
+        assert profile[0] == pytest.approx(features.matrix_entropy(x))
+        assert profile[-1] == pytest.approx(features.matrix_entropy(states[-1].detach().double().numpy()))
         assert np.all((profile >= 0) & (profile <= 1))
 
 
@@ -53,11 +54,11 @@ def test_entropy_profile_spans_input_to_output_of_every_architecture():
 
 def test_meta_features_see_period_trend_and_noise():
     t = np.arange(240)
-    seasonal = tt.meta_features(np.sin(2 * np.pi * t / 12) + 0.05 * np.random.default_rng(0).standard_normal(240),
+    seasonal = features.meta_features(np.sin(2 * np.pi * t / 12) + 0.05 * np.random.default_rng(0).standard_normal(240),
                                 240)
-    noise = tt.meta_features(np.random.default_rng(1).standard_normal(240), 240)
-    trend = tt.meta_features(0.05 * t + 0.1 * np.random.default_rng(2).standard_normal(240), 240)
-    assert set(seasonal) == set(tt.META_FEATURES) and all(np.isfinite(v) for v in seasonal.values())
+    noise = features.meta_features(np.random.default_rng(1).standard_normal(240), 240)
+    trend = features.meta_features(0.05 * t + 0.1 * np.random.default_rng(2).standard_normal(240), 240)
+    assert set(seasonal) == set(features.META_FEATURES) and all(np.isfinite(v) for v in seasonal.values())
     assert seasonal["log_period"] == pytest.approx(np.log(13)) and seasonal["seasonal_strength"] > 0.9
     assert noise["spectral_entropy"] > 0.85 > seasonal["spectral_entropy"] and abs(noise["acf1"]) < 0.2
     assert trend["trend_strength"] > 0.9 > noise["trend_strength"]

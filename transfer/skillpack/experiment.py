@@ -44,6 +44,7 @@ from cl.transfer_run import TransferContext
 from transfer.common.language_models import fingerprint, load_causal_lm
 from transfer.skillpack import quantize
 from transfer.skillpack import pack as sp
+from transfer.skillpack import routing
 from transfer.skillpack.skills import Example, exact_first_word, load_skill
 from transfer.common.textfiles import describe
 
@@ -264,18 +265,18 @@ def run(ctx: TransferContext, params) -> dict[str, float]:
 
 def _routed_accuracy(model, tokenizer, packs, router, examples: list[Example], max_new_tokens: int) -> float:
     """Accuracy on `examples` when the router picks the pack applied to each prompt."""
-    answers = sp.routed(model, packs, router, [e.prompt for e in examples],
+    answers = routing.routed(model, packs, router, [e.prompt for e in examples],
                         lambda p: generate(model, tokenizer, p, max_new_tokens=max_new_tokens), check=False)
     return float(np.mean([exact_first_word(a, e.answer) for a, e in zip(answers, examples)]))
 
 
-def _router(params, model, tokenizer, seed: int) -> sp.SkillRouter:
+def _router(params, model, tokenizer, seed: int) -> routing.SkillRouter:
     prompts, labels = [], []
     for s in params.skill_names():
         for e in examples(params, s, "train", n=params.router_examples, seed=seed + 7):
             prompts.append(e.prompt)
             labels.append(s)
-    return sp.SkillRouter(sp.mean_pooled_embedder(model, tokenizer)).fit(prompts, labels)
+    return routing.SkillRouter(routing.mean_pooled_embedder(model, tokenizer)).fit(prompts, labels)
 
 
 def _lora(ctx, params, model, tokenizer, skill: str, score) -> dict[str, float]:

@@ -23,15 +23,8 @@ from __future__ import annotations
 import logging
 
 from cl.transfer_run import TransferContext
-from transfer.timetic.estimator import (
-    TableSettings,
-    TimeTicEstimator,
-    build_table,
-    leave_one_dataset_out,
-    rank_scores,
-    summarise,
-    zero_shot_scores,
-)
+from transfer.timetic.estimator import TimeTicEstimator, leave_one_dataset_out, rank_scores, summarise, zero_shot_scores
+from transfer.timetic.table import TableSettings, build_table
 
 log = logging.getLogger(__name__)
 
