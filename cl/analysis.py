@@ -27,9 +27,9 @@ def load_runs(
     statuses: Sequence[str] = ("FINISHED",),
 ) -> pd.DataFrame:
     """One row per config hash (latest run) with tags, params (``param.<key>``) and metrics."""
-    from cl.tracking import client_for, resolve_tracking_uri, search_all_runs
+    from cl.tracking import search_all_runs, store_client
 
-    client = client_for(resolve_tracking_uri(tracking_uri))
+    client = store_client(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         return _empty_frame()
@@ -189,9 +189,9 @@ def load_histories(runs: pd.DataFrame, metrics: Sequence[str] = ("acc/avg_seen",
     the step is the experience just trained (``acc/avg_seen`` at step t is the accuracy over
     the experiences seen so far).
     """
-    from cl.tracking import client_for, resolve_tracking_uri
+    from cl.tracking import store_client
 
-    client = client_for(resolve_tracking_uri(tracking_uri))
+    client = store_client(tracking_uri)
     rows = []
     for _, run in runs.iterrows():
         for metric in metrics:
@@ -213,9 +213,9 @@ def accuracy_matrix(run_id: str, *, tracking_uri: str | None = None) -> np.ndarr
     """R[t, j] of one run, from its ``accuracy_matrix.csv`` artifact (NaN where not evaluated)."""
     import tempfile
 
-    from cl.tracking import client_for, resolve_tracking_uri
+    from cl.tracking import store_client
 
-    client = client_for(resolve_tracking_uri(tracking_uri))
+    client = store_client(tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
         path = client.download_artifacts(run_id, "accuracy_matrix.csv", tmp)
         table = pd.read_csv(path, index_col="after_exp")
@@ -238,9 +238,9 @@ def run_artifact_json(run_id: str, path: str, *, tracking_uri: str | None = None
     import json
     import tempfile
 
-    from cl.tracking import client_for, resolve_tracking_uri
+    from cl.tracking import store_client
 
-    client = client_for(resolve_tracking_uri(tracking_uri))
+    client = store_client(tracking_uri)
     with tempfile.TemporaryDirectory() as tmp:
         try:
             local = client.download_artifacts(run_id, path, tmp)

@@ -45,9 +45,9 @@ class ImportSummary:
 def export_runs(experiment: str, path: str | Path, *, tracking_uri: str | None = None,
                 statuses: Iterable[str] = ("FINISHED",)) -> int:
     """Write the experiment's runs with one of `statuses` to `path` (JSON lines); returns how many."""
-    from cl.tracking import client_for, resolve_tracking_uri, search_all_runs
+    from cl.tracking import resolve_tracking_uri, search_all_runs, store_client
 
-    client = client_for(resolve_tracking_uri(tracking_uri))
+    client = store_client(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise LookupError(f"experiment {experiment!r} not found in {resolve_tracking_uri(tracking_uri)}")
@@ -89,9 +89,9 @@ def import_runs(path: str | Path, *, tracking_uri: str | None = None, experiment
     """Recreate the runs of an `export_runs` file in a store (into `experiment`, else each run's own)."""
     from mlflow.entities import Metric, Param
 
-    from cl.tracking import client_for, experiment_id, resolve_tracking_uri, search_all_runs
+    from cl.tracking import experiment_id, search_all_runs, store_client
 
-    client = client_for(resolve_tracking_uri(tracking_uri))
+    client = store_client(tracking_uri)
     summary = ImportSummary()
     known: dict[str, tuple[set, set]] = {}
     with open(path, encoding="utf-8") as handle:

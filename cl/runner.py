@@ -218,11 +218,11 @@ def run(
     checkpoint in the same MLflow run (`cl.resume.find_resume_plan`); without one, a new run starts.
     Raises `ConfigError` (nothing logged) when a preflight check fails, e.g. data missing.
     """
-    from cl.tracking import MlflowRunLog, client_for, experiment_id, resolve_tracking_uri
+    from cl.tracking import MlflowRunLog, experiment_id, store_client
     from cl.resume import find_resume_plan, reopen_run
 
     cfg.preflight()  # bad input is an error before anything is logged
-    client = client_for(resolve_tracking_uri(tracking_uri))
+    client = store_client(tracking_uri)
     plan = None
     if resume:
         plan = find_resume_plan(client, experiment_id(client, cfg.experiment), cfg.config_hash, include_failed=True)

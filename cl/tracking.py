@@ -59,6 +59,11 @@ def client_for(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+def store_client(tracking_uri: str | None = None):
+    """The MLflow client of the store `tracking_uri` names (None: $MLFLOW_TRACKING_URI, else ./mlflow.db)."""
+    return client_for(resolve_tracking_uri(tracking_uri))
+
+
 def experiment_id(client, name: str) -> str:
     """The id of experiment `name`, creating it if needed (restoring it if deleted)."""
     exp = client.get_experiment_by_name(name)

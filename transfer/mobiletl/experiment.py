@@ -36,6 +36,7 @@ from torch.nn import functional as F
 from cl.cache import cached
 from cl.cost import count_flops
 from cl.scenarios import image_tensors
+from cl.training import run_epochs
 from cl.transfer_run import TransferContext
 from transfer.mobiletl.memory import saved_activation_bytes
 from transfer.mobiletl.model import MobileTLConfig, mobiletl
@@ -78,25 +79,20 @@ def train_epochs(model, x, y, *, epochs, train, device, generator, on_epoch=None
         optimizer.load_state_dict(state["optimizer"])
         generator.set_state(state["generator"])
         start, steps = int(state["epoch"]), int(state["steps"])
-    for epoch in range(start, epochs):
-        model.train()
-        order = torch.randperm(len(y), generator=generator)
-        total = 0.0
-        for start in range(0, len(y), train.batch_size):
-            batch = order[start:start + train.batch_size]
-            loss = F.cross_entropy(model(x[batch].to(device)), y[batch].to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += float(loss.detach()) * len(batch)
-            steps += 1
+
+    def batch_loss(batch):
+        return F.cross_entropy(model(x[batch].to(device)), y[batch].to(device))
+
+    def after_epoch(epoch: int, mean_loss: float, steps: int) -> None:
         if on_epoch is not None:
-            on_epoch(epoch, total / len(y))
+            on_epoch(epoch, mean_loss)
         if ctx is not None:
             ctx.checkpoint(epoch + 1, lambda: {"epoch": epoch + 1, "steps": steps, "model": model.state_dict(),
                                                "optimizer": optimizer.state_dict(),
                                                "generator": generator.get_state()}, every=checkpoint_every)
-    return steps
+
+    return run_epochs(model, len(y), batch_loss, optimizer, epochs=epochs, batch_size=train.batch_size,
+                      generator=generator, first_epoch=start, steps_done=steps, after_epoch=after_epoch)
 
 
 @torch.no_grad()

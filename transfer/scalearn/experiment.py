@@ -48,6 +48,7 @@ from torch.nn import functional as F
 from transformers import get_linear_schedule_with_warmup
 
 from cl.cache import cached
+from cl.training import run_epochs
 from cl.transfer_run import TransferContext
 from transfer.common import glue
 from transfer.common.language_models import bundled_minilm_path
@@ -167,26 +168,15 @@ def train(model: nn.Module, data: Encoded, *, task: glue.Task, epochs: int, lr: 
     schedule = get_linear_schedule_with_warmup(optimizer, num_warmup_steps=0, num_training_steps=total)
     regression = glue.task_spec(task).is_regression
     generator = torch.Generator().manual_seed(seed)
-    step = 0
-    for epoch in range(epochs):
-        model.train()
-        order = torch.randperm(len(data), generator=generator).tolist()
-        running = 0.0
-        for start in range(0, len(order), batch_size):
-            index = order[start:start + batch_size]
-            logits = model(**data.batch(index, pad_id, device)).logits
-            loss = task_loss(logits, torch.as_tensor(data.labels[index], device=device), regression)
-            if extra_loss is not None:
-                loss = loss + extra_loss()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            running += float(loss.detach()) * len(index)
-            step += 1
-        if on_epoch is not None:
-            on_epoch(epoch, running / len(data))
-    return step
+
+    def batch_loss(index):
+        logits = model(**data.batch(index, pad_id, device)).logits
+        loss = task_loss(logits, torch.as_tensor(data.labels[index], device=device), regression)
+        return loss + extra_loss() if extra_loss is not None else loss
+
+    return run_epochs(model, len(data), batch_loss, optimizer, epochs=epochs, batch_size=batch_size,
+                      generator=generator, after_step=schedule.step,
+                      after_epoch=None if on_epoch is None else lambda epoch, loss, _: on_epoch(epoch, loss))
 
 
 @torch.no_grad()
