@@ -40,7 +40,7 @@ def grid(args) -> GridSpec:
         return spec
     cases = [c for c in spec.cases if c.get("transfer.skill", QUICK_SKILLS[0]) in QUICK_SKILLS]
     return gridbench.quick_variant(
-        spec, {"transfer.model": "tiny-random", "transfer.skillpack.skills": QUICK_SKILLS, "transfer.train_samples": 16,
+        spec, {"transfer.model": "tiny-random", "transfer.skills": QUICK_SKILLS, "transfer.train_samples": 16,
                "transfer.test_samples": 16, "transfer.group_size": 16, "train.epochs": 1}, cases=cases)
 
 

@@ -1,6 +1,6 @@
 """Text tasks from your own files: CSV, TSV or JSON-lines rows with a named text column and a label column.
 
-Wherever a ScaLearn task (`transfer.tasks`) or a SkillPack skill (`transfer.skillpack.skills`) takes a built-in
+Wherever a ScaLearn task (`transfer.tasks`) or a SkillPack skill (`transfer.skills`) takes a built-in
 name, it also takes a mapping that reads a file::
 
     {name: reviews, path: data/reviews.csv, text: sentence, label: label}            # 20% carved off as dev

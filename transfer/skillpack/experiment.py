@@ -8,7 +8,7 @@ Registered as the transfer experiment ``skillpack`` (options: `transfer.skillpac
   is cached as safetensors under ``<cache>/skillpack/smollm2-135m-instruct``. ``tiny-random``
   is a 2-layer random Llama with the bundled MiniLM tokenizer (tests); any other value is a
   local path or hub id.
-* **Capability transfer**: each skill (`transfer.skillpack.skills`: a built-in one, or one from your own
+* **Capability transfer**: each skill (`transfer.skills`: a built-in one, or one from your own
   CSV / TSV / JSON-lines file) is learnt by full supervised
   fine-tuning on its (prompt, answer) pairs, loss on the answer tokens only; AdamW with
   ``train.lr``, cosine decay after 10% warm-up (the reference's schedule), ``train.epochs``.

@@ -113,7 +113,7 @@ class SkillPackTransferParams(Params):
             _text_root(self.data_root)
         for i, skill in enumerate(self.skills):
             if not isinstance(skill, str):
-                check_file_skill(skill, where=f"transfer.skillpack.skills.{i}")
+                check_file_skill(skill, where=f"transfer.skills.{i}")
 
 
 TRANSFERS.register(

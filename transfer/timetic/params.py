@@ -62,7 +62,7 @@ class TimeTicTransferParams(Params):
             except ImportError:
                 from cl.errors import ConfigError
 
-                raise ConfigError(f"transfer.common.datasets: {real} come with statsmodels; "
+                raise ConfigError(f"transfer.datasets: {real} come with statsmodels; "
                                   "pip install 'clsuite[timetic]'") from None
 
 
