@@ -209,8 +209,7 @@ class RunConfig(BaseModel):
         """Cheap checks that need the machine, not just the config (e.g. data on disk)."""
         components = [(kind, getattr(self, kind)) for kind in (*COMPONENTS, "transfer") if getattr(self, kind)]
         for kind, component in [*components, *(("plugin", p) for p in self.plugins)]:
-            params = REGISTRIES[kind].get(component.name).params.model_validate(component.options)
-            check = getattr(params, "preflight", None)
+            check = getattr(component_params(kind, component), "preflight", None)
             if check is not None:
                 check()
 
@@ -279,7 +278,25 @@ def resolve_component(kind: str, raw: Any, *, where: str | None = None) -> Compo
         raise ConfigError(
             format_validation_error(exc, prefix=where, allowed=f"{kind} {name!r} accepts: {allowed}")
         ) from None
-    return ComponentConfig(name=name, options=dump_options(params))
+    component = ComponentConfig(name=name, options=dump_options(params))
+    _VALIDATED[_params_key(kind, component)] = params
+    return component
+
+
+_VALIDATED: dict[tuple[str, str, str], Any] = {}       # (kind, name, options) -> the entry's Params
+
+
+def _params_key(kind: str, component: ComponentConfig) -> tuple[str, str, str]:
+    return kind, component.name, json.dumps(component.options, sort_keys=True, default=str)
+
+
+def component_params(kind: str, component: ComponentConfig) -> Any:
+    """The component's options as its registry entry's `Params`: validated once on the way from YAML to the
+    builder (`resolve_component` keeps what it validated; preflight and the runner reuse it)."""
+    key = _params_key(kind, component)
+    if key not in _VALIDATED:
+        _VALIDATED[key] = REGISTRIES[kind].get(component.name).params.model_validate(component.options)
+    return _VALIDATED[key]
 
 
 def format_validation_error(exc: ValidationError, *, prefix: str = "", allowed: str = "",

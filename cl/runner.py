@@ -360,7 +360,9 @@ def class_matrix_csv(class_R: np.ndarray, test_counts: np.ndarray) -> bytes:
 
 
 def _params(registry, component) -> Any:
-    return registry.get(component.name).params.model_validate(component.options)
+    from cl.config import component_params
+
+    return component_params(registry.kind, component)
 
 
 def _silent_evaluator():
