@@ -72,7 +72,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from cl.cost import count_flops
-from strategies.base import StrategyContext, storage_policy
+from cl.strategy_api import StrategyContext, storage_policy
 
 # --------------------------------------------------------------------------- module selection
 

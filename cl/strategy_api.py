@@ -1,8 +1,11 @@
-"""What every strategy builder receives, and how a built strategy's memory is counted.
+"""The strategy API: what every strategy builder receives, and how a built strategy's memory is counted.
 
+Platform code (the runner uses it; strategy modules and third-party builders import it).
 Builders are ``build(ctx: StrategyContext, params) -> SupervisedTemplate``. The runner owns
 the model, optimiser, evaluator and the suite's own plugins (logging, NaN guard); a builder
-only chooses the Avalanche template and its algorithm-specific plugins.
+only chooses the Avalanche template and its algorithm-specific plugins. A strategy or plugin
+of its own reports what it keeps through the protocols below (`StoresExemplars`,
+`KeepsState`, ...); Avalanche's built-in strategies are read through their attributes.
 
 Memory accounting follows MEMO (Zhou et al., ICLR 2023, Sec. 3): exemplars are what a
 strategy *stores* between experiences. Strategies that keep extra tensors across
@@ -98,14 +101,8 @@ def storage_policy(strategy: Any) -> Any:
 
 def count_exemplars(strategy: Any) -> int:
     """Raw samples the strategy holds after training (buffers, iCaRL's memory, Cumulative's data)."""
-    total = 0
-    for obj in _parts(strategy):
-        if isinstance(obj, StoresExemplars):
-            total += int(obj.n_exemplars())
-        elif getattr(obj, "storage_policy", None) is not None:  # Replay, ER-ACE, Dark-ER, GDumb
-            total += len(obj.storage_policy.buffer)
-        elif isinstance(getattr(obj, "x_memory", None), list):  # iCaRL
-            total += sum(len(x) for x in obj.x_memory)
+    total = _sum_over_parts(strategy, lambda obj: obj.n_exemplars() if isinstance(obj, StoresExemplars)
+                            else _avalanche_exemplars(obj))
     # Cumulative keeps every sample seen so far: honest accounting counts all of them.
     if type(strategy).__name__ == "Cumulative" and getattr(strategy, "dataset", None) is not None:
         total += len(strategy.dataset)
@@ -114,17 +111,30 @@ def count_exemplars(strategy: Any) -> int:
 
 def persistent_state_bytes(strategy: Any) -> int:
     """Float32 bytes of tensors a strategy keeps across experiences besides its model."""
-    total = 0
-    for obj in _parts(strategy):
-        if isinstance(obj, KeepsState):
-            total += int(obj.persistent_state_bytes())
-            continue
-        for attr in ("saved_params", "importances"):  # EWC
-            total += _tensor_bytes(getattr(obj, attr, None))
-        lwf = getattr(obj, "lwf", None)  # LwFPlugin wraps the regulariser
-        total += _tensor_bytes(getattr(lwf, "prev_model", None))
-        total += _tensor_bytes(getattr(obj, "old_model", None))  # iCaRL
-    return total
+    return _sum_over_parts(strategy, lambda obj: obj.persistent_state_bytes() if isinstance(obj, KeepsState)
+                           else _avalanche_state_bytes(obj))
+
+
+def _sum_over_parts(strategy: Any, measure) -> int:
+    """Σ `measure(part)` over the strategy and its plugins (each part reports its own, or is read)."""
+    return sum(int(measure(obj)) for obj in _parts(strategy))
+
+
+def _avalanche_exemplars(obj: Any) -> int:
+    """Samples held by an Avalanche strategy or plugin that does not report them itself."""
+    if getattr(obj, "storage_policy", None) is not None:  # Replay, ER-ACE, Dark-ER, GDumb
+        return len(obj.storage_policy.buffer)
+    if isinstance(getattr(obj, "x_memory", None), list):  # iCaRL
+        return sum(len(x) for x in obj.x_memory)
+    return 0
+
+
+def _avalanche_state_bytes(obj: Any) -> int:
+    """Bytes of the tensors Avalanche's EWC, LwF and iCaRL keep across experiences."""
+    total = sum(_tensor_bytes(getattr(obj, attr, None)) for attr in ("saved_params", "importances"))  # EWC
+    lwf = getattr(obj, "lwf", None)  # LwFPlugin wraps the regulariser
+    total += _tensor_bytes(getattr(lwf, "prev_model", None))
+    return total + _tensor_bytes(getattr(obj, "old_model", None))  # iCaRL
 
 
 def _parts(strategy: Any) -> list[Any]:
