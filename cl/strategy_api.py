@@ -46,7 +46,7 @@ class StrategyContext:
 
 @runtime_checkable
 class StoresExemplars(Protocol):
-    """Implemented by the suite's own strategies/plugins that keep a buffer."""
+    """Implemented by strategies and plugins that keep a buffer of their own."""
 
     def n_exemplars(self) -> int: ...
 
@@ -60,14 +60,14 @@ class KeepsState(Protocol):
 
 @runtime_checkable
 class ProducesArtifacts(Protocol):
-    """Implemented by plugins with files worth keeping (e.g. FPF's sensitivity scores)."""
+    """Implemented by plugins with files worth keeping (e.g. a score per module)."""
 
     def artifacts(self) -> dict[str, bytes]: ...
 
 
 @runtime_checkable
 class ProducesMetrics(Protocol):
-    """Implemented by plugins that measure something of their own (e.g. k-FPF's accuracy around each call)."""
+    """Implemented by plugins that measure something of their own (e.g. accuracy around a step of theirs)."""
 
     def run_metrics(self) -> list[tuple[int, dict[str, float]]]: ...
 
