@@ -10,12 +10,13 @@ class FailParams(Params):
     at_experience: int = 1
 
 
-STRATEGIES.register("explode", params=FailParams, target="tests.helpers.failing_strategies:build_explode",
-                    summary="raises RuntimeError at the start of experience `at_experience`")
-STRATEGIES.register("nan_loss", params=FailParams, target="tests.helpers.failing_strategies:build_nan_loss",
-                    summary="its loss turns NaN at experience `at_experience`")
-STRATEGIES.register("hoarder", params=NoParams, target="tests.helpers.failing_strategies:build_hoarder",
-                    summary="reports 7 stored samples yet takes no mem_size: fails the strategy contract")
+for _name, _params, _summary in [
+    ("explode", FailParams, "raises RuntimeError at the start of experience `at_experience`"),
+    ("nan_loss", FailParams, "its loss turns NaN at experience `at_experience`"),
+    ("hoarder", NoParams, "reports 7 stored samples yet takes no mem_size: fails the strategy contract"),
+]:
+    STRATEGIES.register(_name, params=_params, target=f"tests.helpers.failing_strategies:build_{_name}",
+                        summary=_summary)
 
 
 def _naive_with(ctx, plugin):
