@@ -101,8 +101,7 @@ def storage_policy(strategy: Any) -> Any:
 
 def count_exemplars(strategy: Any) -> int:
     """Raw samples the strategy holds after training (buffers, iCaRL's memory, Cumulative's data)."""
-    total = _sum_over_parts(strategy, lambda obj: obj.n_exemplars() if isinstance(obj, StoresExemplars)
-                            else _avalanche_exemplars(obj))
+    total = sum(_exemplars_of(obj) for obj in _parts(strategy))
     # Cumulative keeps every sample seen so far: honest accounting counts all of them.
     if type(strategy).__name__ == "Cumulative" and getattr(strategy, "dataset", None) is not None:
         total += len(strategy.dataset)
@@ -111,17 +110,13 @@ def count_exemplars(strategy: Any) -> int:
 
 def persistent_state_bytes(strategy: Any) -> int:
     """Float32 bytes of tensors a strategy keeps across experiences besides its model."""
-    return _sum_over_parts(strategy, lambda obj: obj.persistent_state_bytes() if isinstance(obj, KeepsState)
-                           else _avalanche_state_bytes(obj))
+    return sum(_state_bytes_of(obj) for obj in _parts(strategy))
 
 
-def _sum_over_parts(strategy: Any, measure) -> int:
-    """Σ `measure(part)` over the strategy and its plugins (each part reports its own, or is read)."""
-    return sum(int(measure(obj)) for obj in _parts(strategy))
-
-
-def _avalanche_exemplars(obj: Any) -> int:
-    """Samples held by an Avalanche strategy or plugin that does not report them itself."""
+def _exemplars_of(obj: Any) -> int:
+    """Samples one part (the strategy or a plugin) holds: its own report, else Avalanche's buffers read."""
+    if isinstance(obj, StoresExemplars):
+        return int(obj.n_exemplars())
     if getattr(obj, "storage_policy", None) is not None:  # Replay, ER-ACE, Dark-ER, GDumb
         return len(obj.storage_policy.buffer)
     if isinstance(getattr(obj, "x_memory", None), list):  # iCaRL
@@ -129,8 +124,10 @@ def _avalanche_exemplars(obj: Any) -> int:
     return 0
 
 
-def _avalanche_state_bytes(obj: Any) -> int:
-    """Bytes of the tensors Avalanche's EWC, LwF and iCaRL keep across experiences."""
+def _state_bytes_of(obj: Any) -> int:
+    """Bytes one part keeps across experiences: its own report, else what Avalanche's EWC, LwF, iCaRL keep."""
+    if isinstance(obj, KeepsState):
+        return int(obj.persistent_state_bytes())
     total = sum(_tensor_bytes(getattr(obj, attr, None)) for attr in ("saved_params", "importances"))  # EWC
     lwf = getattr(obj, "lwf", None)  # LwFPlugin wraps the regulariser
     total += _tensor_bytes(getattr(lwf, "prev_model", None))
