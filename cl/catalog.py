@@ -222,11 +222,10 @@ class ResNet18Params(Params):
     width: int = Field(64, ge=1, description="channels of the first stage (64 = mammoth's; 20 = reduced)")
 
 
-MODELS.register("mlp", params=MLPParams, target="cl.models:build_mlp",
-                summary="multi-layer perceptron on flattened input")
-MODELS.register("cnn", params=CNNParams, target="cl.models:build_cnn",
-                summary="small conv net")
-MODELS.register("resnet32", params=NoParams, target="cl.models:build_resnet32",
-                summary="CIFAR-style ResNet-32 as PyCIL builds it (463,504 params)")
-MODELS.register("resnet18", params=ResNet18Params, target="cl.models:build_resnet18",
-                summary="ResNet-18 for small images as mammoth builds it (3×3 stem, no max-pool)")
+for _name, _params, _summary in [
+    ("mlp", MLPParams, "multi-layer perceptron on flattened input"),
+    ("cnn", CNNParams, "small conv net"),
+    ("resnet32", NoParams, "CIFAR-style ResNet-32 as PyCIL builds it (463,504 params)"),
+    ("resnet18", ResNet18Params, "ResNet-18 for small images as mammoth builds it (3×3 stem, no max-pool)"),
+]:
+    MODELS.register(_name, params=_params, target=f"cl.models:build_{_name}", summary=_summary)

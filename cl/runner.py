@@ -82,9 +82,9 @@ def _execute(cfg: RunConfig, runlog: RunLog, checkpoints) -> RunResult:
     from cl.cost import FlopMeter
     from cl.health import make_health_plugin
     from cl.models import count_parameters
-    from cl.schedule import ExperienceSchedule
     from cl.run_logger import make_finite_loss_guard, make_logger_plugin
-    from strategies.base import (StrategyContext, aligned_mem_size, count_exemplars, persistent_state_bytes,
+    from cl.schedule import ExperienceSchedule
+    from cl.strategy_api import (StrategyContext, aligned_mem_size, count_exemplars, persistent_state_bytes,
                                  plugin_artifacts, plugin_metrics)
 
     import_user_modules(cfg.imports)

@@ -19,7 +19,7 @@ from avalanche.training import (
 )
 from avalanche.training.storage_policy import ExperienceBalancedBuffer, ReservoirSamplingBuffer
 
-from strategies.base import StrategyContext
+from cl.strategy_api import StrategyContext
 
 
 def _common(ctx: StrategyContext) -> dict:

@@ -25,7 +25,7 @@ from avalanche.training import ICaRL
 from avalanche.training.supervised.icarl import _ICaRLPlugin
 from torch.utils.data import DataLoader
 
-from strategies.base import StrategyContext
+from cl.strategy_api import StrategyContext
 from strategies.herding import herding_order
 
 

@@ -52,7 +52,7 @@ from avalanche.training.templates import SupervisedTemplate
 from torch import nn
 from torch.nn import functional as F
 
-from strategies.base import StrategyContext
+from cl.strategy_api import StrategyContext
 from strategies.herding import EPSILON, herding_order
 
 

@@ -81,7 +81,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from strategies.base import StrategyContext
+from cl.strategy_api import StrategyContext
 
 
 # --------------------------------------------------------------------------- memory operations

@@ -7,18 +7,11 @@ import torch
 from torch import nn
 
 from cl.models import build_mlp, build_resnet32
-from strategies.fpf import (
-    FineTuner,
-    KFPFPlugin,
-    ReservoirBuffer,
-    SensitivityTracker,
-    parametric_modules,
-    select_by_pattern,
-    select_by_score,
-    split_validation,
-    stream_iterations,
-    trigger_steps,
-)
+from strategies.fpf import KFPFPlugin
+from strategies.fpf_buffers import ReservoirBuffer
+from strategies.fpf_selection import SensitivityTracker, parametric_modules, select_by_pattern, select_by_score
+from strategies.fpf_tuning import FineTuner
+from strategies.kfpf import split_validation, stream_iterations, trigger_steps
 
 
 @pytest.fixture(scope="module")
@@ -213,7 +206,7 @@ def test_tuned_call_keeps_the_best_candidate_on_validation_and_never_trains_on_i
     assert sorted(candidates) == sorted(["fc/lr0.01/it5", "fc/lr0.01/it20", "fc/lr0.2/it5", "fc/lr0.2/it20",
                                          "auto/lr0.1/it5"])
     assert tuned["val_acc"] == max(candidates.values()) and candidates[tuned["label"]] == tuned["val_acc"]
-    from strategies.fpf import accuracy
+    from strategies.fpf_tuning import accuracy
     assert accuracy(strategy.model, valid, torch.cat(plugin.valid_y), "cpu") == pytest.approx(tuned["val_acc"])
     metrics = {k: v for step, values in plugin.run_metrics() if step == plugin.total_iterations
                for k, v in values.items()}

@@ -8,7 +8,7 @@ from cl.config import TrainConfig
 from cl.models import build_mlp
 from cl.runner import _silent_evaluator
 from cl.scenarios import split_digits
-from strategies.base import StrategyContext, count_exemplars
+from cl.strategy_api import StrategyContext, count_exemplars
 from strategies.catalog import ICaRLParams
 from strategies.herding import herding_order
 from strategies.icarl import BudgetedICaRLPlugin, build_icarl

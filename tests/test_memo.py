@@ -215,7 +215,7 @@ def test_frozen_shared_blocks_when_train_shared_is_off():
 
 def test_final_backbone_counts_follow_the_stream():
     from cl.scenarios import split_digits
-    from strategies.base import final_backbone_parameters
+    from cl.strategy_api import final_backbone_parameters
 
     scenario = split_digits(n_experiences=5)
 

@@ -1,81 +1,42 @@
 """The contract every registered transfer experiment passes, and how transfer configs validate.
 
-Each experiment runs with its registry entry's smoke options (seconds, offline data) through
-the real runner into a real MLflow store: FINISHED, finite final metrics, provenance, the
-logged config round-trips to the same hash. An experiment whose smoke options read data files
-reads ../shared/data where it is there, else small generated files in the same layout
-(`tests.helpers.fake_data`): every entry runs on any clone.
+The check itself is public, `cl.testing.check_transfer`: each experiment runs with its registry entry's
+smoke options (seconds, offline data) through the real runner into a real MLflow store: FINISHED, finite
+final metrics, provenance, the logged config round-trips to the same hash. An experiment whose smoke
+options read data files reads ../shared/data where it is there, else small generated files in the same
+layout (`tests.helpers.fake_data`): every entry runs on any clone.
 """
-import numpy as np
 import pytest
-import yaml
 
 from cl.config import RunConfig
-from cl.datafiles import DataNotFoundError
 from cl.errors import ConfigError
 from cl.registry import TRANSFERS
-from cl.runner import run
+from cl.testing import check_transfer, reads_data_files, transfer_data_missing
 from tests.conftest import IN_CI, SHARED_DATA
 
 CONTRACT = [e.name for e in TRANSFERS.entries() if not str(e.target).startswith("tests.")]
-
-
-def data_missing(name: str, data_root) -> str | None:
-    """Why the entry's smoke options cannot run on `data_root` (its preflight's message), or None."""
-    entry = TRANSFERS.get(name)
-    options = dict(entry.smoke_options)
-    if "data_root" not in entry.params.model_fields:
-        return None
-    try:
-        entry.params.model_validate({**options, "data_root": str(data_root)}).preflight()
-    except DataNotFoundError as error:
-        return str(error)
-    return None
-
-
-def reads_files(name: str) -> bool:
-    return data_missing(name, "/nonexistent/clsuite-data-root") is not None
-
-
-CASES = [pytest.param(n, marks=pytest.mark.shared_data(fallback=True)) if reads_files(n) else n for n in CONTRACT]
+CASES = [pytest.param(n, marks=pytest.mark.shared_data(fallback=True)) if reads_data_files(n) else n for n in CONTRACT]
 
 
 def test_transfer_experiments_are_registered():
     assert {"mobiletl", "scalearn", "skillpack"} <= set(CONTRACT)
-    assert {"scalearn", "skillpack"} <= {n for n in CONTRACT if reads_files(n)}
+    assert {"scalearn", "skillpack"} <= {n for n in CONTRACT if reads_data_files(n)}
 
 
 @pytest.mark.parametrize("name", CASES)
-def test_transfer_contract(name, shared_store, tmp_path, monkeypatch):
-    from mlflow import MlflowClient
-
-    monkeypatch.setenv("CLSUITE_CACHE", str(tmp_path / "cache"))
-    if reads_files(name):               # the offline folder, else generated files in its layout
+def test_transfer_contract(name, shared_store, tmp_path):
+    root = None
+    if reads_data_files(name):          # the offline folder, else generated files in its layout
         root = SHARED_DATA
-        if (why := data_missing(name, root)) is not None:
+        if (why := transfer_data_missing(name, root)) is not None:
             if IN_CI:
                 pytest.fail(f"CI has ../shared/data, yet: {why}")
             from tests.helpers.fake_data import write_offline_text
 
             root = write_offline_text(tmp_path / "data")
-            assert data_missing(name, root) is None, \
+            assert transfer_data_missing(name, root) is None, \
                 f"{name}: tests/helpers/fake_data.py does not yet write what its smoke options read"
-        monkeypatch.setenv("CLSUITE_DATA_ROOT", str(root))
-    entry = TRANSFERS.get(name)
-    cfg = RunConfig.from_dict({"experiment": f"transfer-{name}",
-                               "transfer": {"name": name, **dict(entry.smoke_options)},
-                               "train": {"epochs": 1, "batch_size": 16, "lr": 0.05}, "seed": 0})
-    result = run(cfg, tracking_uri=shared_store)
-    assert result.ok, result.reason
-    client = MlflowClient(shared_store)
-    logged = client.get_run(result.run_id)
-    assert logged.info.status == "FINISHED"
-    assert logged.data.tags["transfer"] == name and logged.data.tags["config_hash"] == cfg.config_hash
-    finals = {k: v for k, v in logged.data.metrics.items() if k.startswith("final/")}
-    assert finals and all(np.isfinite(v) for v in finals.values())
-    assert {"config.yaml", "provenance.json"} <= {a.path for a in client.list_artifacts(result.run_id)}
-    again = RunConfig.from_dict(yaml.safe_load(open(client.download_artifacts(result.run_id, "config.yaml")).read()))
-    assert again == cfg and again.config_hash == cfg.config_hash
+    check_transfer(name, tracking_uri=shared_store, data_root=root, cache_dir=tmp_path / "cache")
 
 
 def test_transfer_configs_reject_continual_learning_keys():

@@ -1,8 +1,11 @@
-"""What every strategy builder receives, and how a built strategy's memory is counted.
+"""The strategy API: what every strategy builder receives, and how a built strategy's memory is counted.
 
+Platform code (the runner uses it; strategy modules and third-party builders import it).
 Builders are ``build(ctx: StrategyContext, params) -> SupervisedTemplate``. The runner owns
 the model, optimiser, evaluator and the suite's own plugins (logging, NaN guard); a builder
-only chooses the Avalanche template and its algorithm-specific plugins.
+only chooses the Avalanche template and its algorithm-specific plugins. A strategy or plugin
+of its own reports what it keeps through the protocols below (`StoresExemplars`,
+`KeepsState`, ...); Avalanche's built-in strategies are read through their attributes.
 
 Memory accounting follows MEMO (Zhou et al., ICLR 2023, Sec. 3): exemplars are what a
 strategy *stores* between experiences. Strategies that keep extra tensors across
@@ -43,7 +46,7 @@ class StrategyContext:
 
 @runtime_checkable
 class StoresExemplars(Protocol):
-    """Implemented by the suite's own strategies/plugins that keep a buffer."""
+    """Implemented by strategies and plugins that keep a buffer of their own."""
 
     def n_exemplars(self) -> int: ...
 
@@ -57,14 +60,14 @@ class KeepsState(Protocol):
 
 @runtime_checkable
 class ProducesArtifacts(Protocol):
-    """Implemented by plugins with files worth keeping (e.g. FPF's sensitivity scores)."""
+    """Implemented by plugins with files worth keeping (e.g. a score per module)."""
 
     def artifacts(self) -> dict[str, bytes]: ...
 
 
 @runtime_checkable
 class ProducesMetrics(Protocol):
-    """Implemented by plugins that measure something of their own (e.g. k-FPF's accuracy around each call)."""
+    """Implemented by plugins that measure something of their own (e.g. accuracy around a step of theirs)."""
 
     def run_metrics(self) -> list[tuple[int, dict[str, float]]]: ...
 
@@ -98,14 +101,7 @@ def storage_policy(strategy: Any) -> Any:
 
 def count_exemplars(strategy: Any) -> int:
     """Raw samples the strategy holds after training (buffers, iCaRL's memory, Cumulative's data)."""
-    total = 0
-    for obj in _parts(strategy):
-        if isinstance(obj, StoresExemplars):
-            total += int(obj.n_exemplars())
-        elif getattr(obj, "storage_policy", None) is not None:  # Replay, ER-ACE, Dark-ER, GDumb
-            total += len(obj.storage_policy.buffer)
-        elif isinstance(getattr(obj, "x_memory", None), list):  # iCaRL
-            total += sum(len(x) for x in obj.x_memory)
+    total = sum(_exemplars_of(obj) for obj in _parts(strategy))
     # Cumulative keeps every sample seen so far: honest accounting counts all of them.
     if type(strategy).__name__ == "Cumulative" and getattr(strategy, "dataset", None) is not None:
         total += len(strategy.dataset)
@@ -114,17 +110,28 @@ def count_exemplars(strategy: Any) -> int:
 
 def persistent_state_bytes(strategy: Any) -> int:
     """Float32 bytes of tensors a strategy keeps across experiences besides its model."""
-    total = 0
-    for obj in _parts(strategy):
-        if isinstance(obj, KeepsState):
-            total += int(obj.persistent_state_bytes())
-            continue
-        for attr in ("saved_params", "importances"):  # EWC
-            total += _tensor_bytes(getattr(obj, attr, None))
-        lwf = getattr(obj, "lwf", None)  # LwFPlugin wraps the regulariser
-        total += _tensor_bytes(getattr(lwf, "prev_model", None))
-        total += _tensor_bytes(getattr(obj, "old_model", None))  # iCaRL
-    return total
+    return sum(_state_bytes_of(obj) for obj in _parts(strategy))
+
+
+def _exemplars_of(obj: Any) -> int:
+    """Samples one part (the strategy or a plugin) holds: its own report, else Avalanche's buffers read."""
+    if isinstance(obj, StoresExemplars):
+        return int(obj.n_exemplars())
+    if getattr(obj, "storage_policy", None) is not None:  # Replay, ER-ACE, Dark-ER, GDumb
+        return len(obj.storage_policy.buffer)
+    if isinstance(getattr(obj, "x_memory", None), list):  # iCaRL
+        return sum(len(x) for x in obj.x_memory)
+    return 0
+
+
+def _state_bytes_of(obj: Any) -> int:
+    """Bytes one part keeps across experiences: its own report, else what Avalanche's EWC, LwF, iCaRL keep."""
+    if isinstance(obj, KeepsState):
+        return int(obj.persistent_state_bytes())
+    total = sum(_tensor_bytes(getattr(obj, attr, None)) for attr in ("saved_params", "importances"))  # EWC
+    lwf = getattr(obj, "lwf", None)  # LwFPlugin wraps the regulariser
+    total += _tensor_bytes(getattr(lwf, "prev_model", None))
+    return total + _tensor_bytes(getattr(obj, "old_model", None))  # iCaRL
 
 
 def _parts(strategy: Any) -> list[Any]:
