@@ -5,17 +5,19 @@ Builders are ``build(ctx: StrategyContext, params) -> SupervisedTemplate``. The 
 the model, optimiser, evaluator and the suite's own plugins (logging, NaN guard); a builder
 only chooses the Avalanche template and its algorithm-specific plugins. A strategy or plugin
 of its own reports what it keeps through the protocols below (`StoresExemplars`,
-`KeepsState`, ...); Avalanche's built-in strategies are read through their attributes.
+`KeepsState`, ...); for classes we do not own (Avalanche's strategies and plugins) the strategy
+module that uses them registers readers with `register_accounting`. Avalanche's exemplar buffers
+(`storage_policy`) are read directly: they are the template's own API.
 
 Memory accounting follows MEMO (Zhou et al., ICLR 2023, Sec. 3): exemplars are what a
 strategy *stores* between experiences. Strategies that keep extra tensors across
-experiences (EWC's importances, LwF's and iCaRL's previous model) report them separately as
+experiences (a regulariser's importances, a distilled previous model) report them separately as
 *persistent state*, which MEMO's budget does not count but a reader should see.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Callable, Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -100,12 +102,8 @@ def storage_policy(strategy: Any) -> Any:
 
 
 def count_exemplars(strategy: Any) -> int:
-    """Raw samples the strategy holds after training (buffers, iCaRL's memory, Cumulative's data)."""
-    total = sum(_exemplars_of(obj) for obj in _parts(strategy))
-    # Cumulative keeps every sample seen so far: honest accounting counts all of them.
-    if type(strategy).__name__ == "Cumulative" and getattr(strategy, "dataset", None) is not None:
-        total += len(strategy.dataset)
-    return total
+    """Raw samples the strategy holds after training (its buffers, or whatever its readers count)."""
+    return sum(_exemplars_of(obj) for obj in _parts(strategy))
 
 
 def persistent_state_bytes(strategy: Any) -> int:
@@ -113,32 +111,50 @@ def persistent_state_bytes(strategy: Any) -> int:
     return sum(_state_bytes_of(obj) for obj in _parts(strategy))
 
 
+_READERS: dict[type, tuple[Callable[[Any], int] | None, Callable[[Any], int] | None]] = {}
+
+
+def register_accounting(cls: type, *, exemplars: Callable[[Any], int] | None = None,
+                        state_bytes: Callable[[Any], int] | None = None) -> None:
+    """How to count what instances of `cls` (a strategy or plugin class we do not own) keep: `exemplars(obj)`
+    samples, `state_bytes(obj)` bytes of persistent state. The strategy module that uses the class registers it."""
+    _READERS[cls] = (exemplars, state_bytes)
+
+
+def _reader(obj: Any, which: int) -> Callable[[Any], int] | None:
+    for klass in type(obj).__mro__:
+        reader = _READERS.get(klass, (None, None))[which]
+        if reader is not None:
+            return reader
+    return None
+
+
 def _exemplars_of(obj: Any) -> int:
-    """Samples one part (the strategy or a plugin) holds: its own report, else Avalanche's buffers read."""
+    """Samples one part (the strategy or a plugin) holds: its own report, its registered reader, its buffer."""
     if isinstance(obj, StoresExemplars):
         return int(obj.n_exemplars())
-    if getattr(obj, "storage_policy", None) is not None:  # Replay, ER-ACE, Dark-ER, GDumb
+    reader = _reader(obj, 0)
+    if reader is not None:
+        return int(reader(obj))
+    if getattr(obj, "storage_policy", None) is not None:     # an Avalanche exemplar buffer
         return len(obj.storage_policy.buffer)
-    if isinstance(getattr(obj, "x_memory", None), list):  # iCaRL
-        return sum(len(x) for x in obj.x_memory)
     return 0
 
 
 def _state_bytes_of(obj: Any) -> int:
-    """Bytes one part keeps across experiences: its own report, else what Avalanche's EWC, LwF, iCaRL keep."""
+    """Bytes one part keeps across experiences: its own report, else its registered reader's."""
     if isinstance(obj, KeepsState):
         return int(obj.persistent_state_bytes())
-    total = sum(_tensor_bytes(getattr(obj, attr, None)) for attr in ("saved_params", "importances"))  # EWC
-    lwf = getattr(obj, "lwf", None)  # LwFPlugin wraps the regulariser
-    total += _tensor_bytes(getattr(lwf, "prev_model", None))
-    return total + _tensor_bytes(getattr(obj, "old_model", None))  # iCaRL
+    reader = _reader(obj, 1)
+    return int(reader(obj)) if reader is not None else 0
 
 
 def _parts(strategy: Any) -> list[Any]:
     return [strategy, *getattr(strategy, "plugins", [])]
 
 
-def _tensor_bytes(obj: Any) -> int:
+def tensor_bytes(obj: Any) -> int:
+    """Float32 bytes of a module's parameters, a tensor, a dict of them or Avalanche's `ParamData`."""
     if obj is None:
         return 0
     if isinstance(obj, nn.Module):
@@ -146,7 +162,7 @@ def _tensor_bytes(obj: Any) -> int:
     if isinstance(obj, torch.Tensor):
         return obj.numel() * 4
     if isinstance(obj, dict):
-        return sum(_tensor_bytes(v) for v in obj.values())
+        return sum(tensor_bytes(v) for v in obj.values())
     data = getattr(obj, "data", None)  # avalanche ParamData
     return data.numel() * 4 if isinstance(data, torch.Tensor) else 0
 

@@ -148,4 +148,18 @@ def _register_checkpoints() -> None:
     register_state(LwFPlugin, _save_lwf, _load_lwf)
 
 
+def _register_accounting() -> None:
+    """What Avalanche's baselines keep besides their buffers (memory accounting, `cl.strategy_api`): EWC its saved
+    parameters and importances, LwF its previous model; Cumulative keeps every sample seen so far, all counted."""
+    from avalanche.training.plugins import EWCPlugin, LwFPlugin
+
+    from cl.strategy_api import register_accounting, tensor_bytes
+
+    register_accounting(EWCPlugin, state_bytes=lambda p: tensor_bytes(p.saved_params) + tensor_bytes(p.importances))
+    register_accounting(LwFPlugin, state_bytes=lambda p: tensor_bytes(getattr(p.lwf, "prev_model", None)))
+    register_accounting(Cumulative, exemplars=lambda s: len(s.dataset) if getattr(s, "dataset", None) is not None
+                        else 0)
+
+
 _register_checkpoints()
+_register_accounting()

@@ -78,3 +78,16 @@ def build_icarl(ctx: StrategyContext, params) -> ICaRL:
         BudgetedICaRLPlugin(params.mem_size, None, params.fixed_memory) if type(p) is _ICaRLPlugin else p
         for p in strategy.plugins]
     return strategy
+
+
+def _register_accounting() -> None:
+    """iCaRL's exemplars are its per-class memory (`x_memory`); its distillation keeps the previous model."""
+    from avalanche.training.losses import ICaRLLossPlugin
+
+    from cl.strategy_api import register_accounting, tensor_bytes
+
+    register_accounting(_ICaRLPlugin, exemplars=lambda p: sum(len(x) for x in p.x_memory))
+    register_accounting(ICaRLLossPlugin, state_bytes=lambda p: tensor_bytes(p.old_model))
+
+
+_register_accounting()
