@@ -1,7 +1,6 @@
-"""The paper claims of FPF / k-FPF (Zhao et al., ICML 2023) and the k-FPF ceiling that `clsuite report --reproductions` checks on the archived runs.
-
-Registered in the `REPRODUCTIONS` registry; `cl.reproductions` renders them; the benchmark script prints the same
-comparisons at full detail."""
+"""FPF's and k-FPF's (Zhao et al., ICML 2023), and the k-FPF ceiling's paper claims next to our measurements: what
+`clsuite report --reproductions` renders from the archived runs (registered in `cl.registry.REPRODUCTIONS`; the
+benchmark script prints the same comparisons at full detail)."""
 from __future__ import annotations
 
 import pandas as pd

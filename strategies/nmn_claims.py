@@ -1,7 +1,6 @@
-"""The paper claims of the neural memory network (Fernando et al. 2020) that `clsuite report --reproductions` checks on the archived runs.
-
-Registered in the `REPRODUCTIONS` registry; `cl.reproductions` renders them; the benchmark script prints the same
-comparisons at full detail."""
+"""The neural memory network's (Fernando et al. 2020) paper claims next to our measurements: what `clsuite report
+--reproductions` renders from the archived runs (registered in `cl.registry.REPRODUCTIONS`; the benchmark script
+prints the same comparisons at full detail)."""
 from __future__ import annotations
 
 import pandas as pd

@@ -1,7 +1,6 @@
-"""The paper claims of GraftLLM SkillPacks that `clsuite report --reproductions` checks on the archived runs.
-
-Registered in the `REPRODUCTIONS` registry; `cl.reproductions` renders them; the benchmark script prints the same
-comparisons at full detail."""
+"""SkillPacks' (GraftLLM, Du et al.) paper claims next to our measurements: what `clsuite report --reproductions`
+renders from the archived runs (registered in `cl.registry.REPRODUCTIONS`; the benchmark script prints the same
+comparisons at full detail)."""
 from __future__ import annotations
 
 import pandas as pd
