@@ -181,3 +181,110 @@ def test_quantized_saved_input_gives_exact_input_grad_and_close_weight_grad(bits
     assert torch.allclose(b.grad, a.grad, atol=1e-5)
     error = (conv.weight.grad - reference_w).norm() / reference_w.norm()
     assert error < (0.01 if bits == 8 else 0.2)     # 16 levels over a Gaussian range: noise ≈ 0.15 σ
+
+
+# --------------------------------------------------------------------------- issue 29: switches, plain top-k, AdaBN
+
+SWITCHES = {  # (fold_internal_bn, activation_mask) → what each top block must contain
+    "mobiletl": (True, "signed"),
+    "no_fold": (False, "signed"),
+    "exact_act": (True, "none"),
+    "plain": (False, "none"),
+}
+
+
+@pytest.mark.parametrize("arch", ["v2", "v3"])
+@pytest.mark.parametrize("switch", sorted(SWITCHES))
+def test_each_ingredient_is_a_switch(arch, switch):
+    from transfer.mobiletl.model import FoldedBatchNorm, MobileTLConfig, inverted_residual_blocks, mobiletl
+
+    fold, mask = SWITCHES[switch]
+    model = small_mobilenets()[arch]
+    blocks = inverted_residual_blocks(model)
+    mobiletl(model, MobileTLConfig(num_trainable_blocks=2, fold_internal_bn=fold, activation_mask=mask))
+    for _, block in blocks[-2:]:
+        kinds = [type(m) for m in block.modules()]
+        assert (FoldedBatchNorm in kinds) == fold
+        assert any(k in (MaskedReLU6, SignedHardswish) for k in kinds) == (mask == "signed")
+        assert not any(k in (nn.ReLU6, nn.Hardswish) for k in kinds if k) or mask == "none" or arch == "v3"
+    for _, block in blocks[:-2]:      # the blocks below are never converted
+        assert not any(isinstance(m, (FoldedBatchNorm, MaskedReLU6, SignedHardswish)) for m in block.modules())
+
+
+@pytest.mark.parametrize("arch", ["v2", "v3"])
+def test_plain_topk_trains_exactly_the_top_blocks_and_the_head(arch):
+    from transfer.mobiletl.experiment import prepare_for_transfer
+    from transfer.mobiletl.model import inverted_residual_blocks
+    from transfer.mobiletl.params import MobileTLTransferParams
+
+    model = small_mobilenets()[arch]
+    blocks = inverted_residual_blocks(model)
+    params = MobileTLTransferParams(method="plain_topk", num_trainable_blocks=3)
+    net = prepare_for_transfer(model, params, n_classes=4).train()
+    top = {id(p) for _, b in blocks[-3:] for p in b.parameters()}
+    below = {id(p) for _, b in blocks[:-3] for p in b.parameters()}
+    assert top and below
+    net(torch.randn(4, 3, 32, 32)).sum().backward()
+    trained = {id(p) for p in net.parameters() if p.grad is not None}
+    assert top <= trained and not (below & trained)
+    assert all(p.requires_grad == (id(p) not in below and id(p) not in _stem_ids(model, blocks[-3][1]))
+               for p in net.parameters())
+    for _, block in blocks[-3:]:        # ordinary BN everywhere, exact activations, all BN parameters train
+        norms = [m for m in block.modules() if isinstance(m, nn.BatchNorm2d)]
+        assert norms and all(m.weight.requires_grad and m.training for m in norms)
+        assert not any(isinstance(m, (MaskedReLU6, SignedHardswish)) for m in block.modules())
+
+
+def _stem_ids(model, first_trainable):
+    ids = set()
+    for module in model.modules():
+        if module is first_trainable:
+            break
+        if not list(module.children()):
+            ids |= {id(p) for p in module.parameters()}
+    return ids
+
+
+def test_plain_topk_refuses_mobiletl_only_options():
+    from pydantic import ValidationError
+
+    from transfer.mobiletl.params import MobileTLTransferParams
+
+    with pytest.raises(ValidationError, match="fold_bn"):
+        MobileTLTransferParams(method="plain_topk", fold_bn=True)
+    with pytest.raises(ValidationError, match="quantize_saved_activations"):
+        MobileTLTransferParams(method="plain_topk", quantize_saved_activations="int4")
+    with pytest.raises(ValidationError, match="bn_reestimate"):
+        MobileTLTransferParams(method="full", bn_reestimate=True)
+    with pytest.raises(ValidationError, match="val_fraction"):
+        MobileTLTransferParams(lr_candidates=[0.01, 0.1])
+    MobileTLTransferParams(method="plain_topk", bn_reestimate=True, val_fraction=0.1, lr_candidates=[0.01])
+
+
+def test_bn_reestimation_moves_running_stats_only():
+    from transfer.mobiletl.model import reestimate_bn
+
+    model = small_mobilenets()["v2"].eval()
+    x = torch.randn(24, 3, 32, 32) * 3 + 1
+    weights = {k: v.clone() for k, v in model.named_parameters()}
+    stats = {k: v.clone() for k, v in model.named_buffers() if "running" in k}
+    assert reestimate_bn(model, x, batch_size=8) == sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert not model.training and all(not m.training for m in model.modules())
+    assert all(torch.equal(v, weights[k]) and v.grad is None for k, v in model.named_parameters())
+    moved = [k for k, v in model.named_buffers() if "running" in k and not torch.allclose(v, stats[k])]
+    assert len(moved) == len(stats)
+    first = model.features[0][1]           # the stem's BN sees x itself: its mean is x's per-channel batch mean
+    conv_out = model.features[0][0](x)
+    assert torch.allclose(first.running_mean, conv_out.mean(dim=(0, 2, 3)), atol=1e-4)
+    momenta = {m.momentum for m in model.modules() if isinstance(m, nn.BatchNorm2d)}
+    assert momenta == {0.1}
+
+
+def test_validation_split_is_disjoint_seeded_and_sized():
+    from transfer.mobiletl.experiment import validation_split
+
+    train, val = validation_split(100, 0.2, seed=3)
+    assert len(val) == 20 and len(train) == 80 and not set(train.tolist()) & set(val.tolist())
+    assert torch.equal(validation_split(100, 0.2, seed=3)[1], val)
+    assert not torch.equal(validation_split(100, 0.2, seed=4)[1], val)
+    assert len(validation_split(100, 0.0, seed=3)[1]) == 0

@@ -26,6 +26,7 @@ the dropout masks and the new head's initialisation of the transfer that followe
 """
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 
@@ -39,7 +40,7 @@ from cl.scenarios import image_tensors
 from cl.training import run_epochs
 from cl.transfer_run import TransferContext
 from transfer.mobiletl.memory import saved_activation_bytes
-from transfer.mobiletl.model import MobileTLConfig, mobiletl
+from transfer.mobiletl.model import MobileTLConfig, mobiletl, reestimate_bn
 
 log = logging.getLogger(__name__)
 
@@ -64,16 +65,20 @@ def classifier_layer(model: nn.Module) -> tuple[nn.Module, str, nn.Linear]:
 
 
 def train_epochs(model, x, y, *, epochs, train, device, generator, on_epoch=None, ctx: TransferContext | None = None,
-                 checkpoint_every: int = 1) -> int:
-    """Plain SGD over (x, y); returns the number of optimiser steps.
+                 checkpoint_every: int = 1, lr: float | None = None, resumed: dict | None = None,
+                 step_offset: int = 0, extra_state=None) -> int:
+    """Plain SGD over (x, y) at `lr` (default `train.lr`); returns the number of optimiser steps.
 
     With `ctx`, the run checkpoints every `checkpoint_every` epochs (model, optimiser, the batch-order
-    generator, epochs and steps done) and a relaunched run resumes from its last checkpoint.
+    generator, epochs and steps done, plus ``extra_state()`` if given) as position `step_offset` + epochs done;
+    `resumed` (what `ctx.resume()` returned) continues from such a checkpoint. Without `resumed`, the run
+    resumes by itself from its last checkpoint.
     """
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
+    optimizer = torch.optim.SGD(params, lr=train.lr if lr is None else lr, momentum=train.momentum,
+                                weight_decay=train.weight_decay)
     steps, start = 0, 0
-    state = ctx.resume() if ctx is not None else None
+    state = resumed if resumed is not None else (ctx.resume() if ctx is not None and extra_state is None else None)
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -87,9 +92,11 @@ def train_epochs(model, x, y, *, epochs, train, device, generator, on_epoch=None
         if on_epoch is not None:
             on_epoch(epoch, mean_loss)
         if ctx is not None:
-            ctx.checkpoint(epoch + 1, lambda: {"epoch": epoch + 1, "steps": steps, "model": model.state_dict(),
-                                               "optimizer": optimizer.state_dict(),
-                                               "generator": generator.get_state()}, every=checkpoint_every)
+            ctx.checkpoint(step_offset + epoch + 1,
+                           lambda: {"epoch": epoch + 1, "steps": steps, "model": model.state_dict(),
+                                    "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
+                                    **(extra_state() if extra_state is not None else {})},
+                           every=checkpoint_every)
 
     return run_epochs(model, len(y), batch_loss, optimizer, epochs=epochs, batch_size=train.batch_size,
                       generator=generator, first_epoch=start, steps_done=steps, after_epoch=after_epoch)
@@ -127,16 +134,28 @@ def source_model(ctx: TransferContext, params, x, y) -> nn.Module:
     return model
 
 
-def prepare_for_transfer(model: nn.Module, params, n_classes: int) -> nn.Module:
-    """New classifier for the target classes, then the method's choice of what trains."""
+def prepare_for_transfer(model: nn.Module, params, n_classes: int, bn_data: torch.Tensor | None = None,
+                         device=None) -> nn.Module:
+    """New classifier for the target classes, then the method's choice of what trains.
+
+    With `bn_data` (the target's training images) and `params.bn_reestimate`, every BN's running statistics are
+    re-estimated on it first (`reestimate_bn`): the frozen blocks then normalise with target statistics, and the
+    top blocks' internal BNs are folded (mobiletl) from target statistics.
+    """
     parent, attr, old = classifier_layer(model)
     setattr(parent, attr, nn.Linear(old.in_features, n_classes).to(old.weight.device))
     head = getattr(parent, attr)
     if params.method == "full":
         return model
-    if params.method == "mobiletl":
+    if params.method in ("mobiletl", "plain_topk"):
+        if params.bn_reestimate:
+            if bn_data is None:
+                raise ValueError("bn_reestimate: no target images given to re-estimate BN statistics on")
+            reestimate_bn(model, bn_data, device=device)
+        plain = params.method == "plain_topk"
         return mobiletl(model, MobileTLConfig(num_trainable_blocks=params.num_trainable_blocks,
-                                              activation_mask=params.activation_mask,
+                                              activation_mask="none" if plain else params.activation_mask,
+                                              fold_internal_bn=False if plain else params.fold_bn,
                                               quantize_saved_activations=params.quantize_saved_activations))
     model.requires_grad_(False)
     head.requires_grad_(True)
@@ -149,45 +168,99 @@ def prepare_for_transfer(model: nn.Module, params, n_classes: int) -> nn.Module:
     return model
 
 
+def validation_split(n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train indices, validation indices): a seeded random `fraction` of the target's training data held out."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 2))
+    n_val = max(1, round(fraction * n)) if fraction > 0 else 0
+    return order[n_val:].sort().values, order[:n_val].sort().values
+
+
 def run(ctx: TransferContext, params) -> dict[str, float]:
-    xs, ys, _, _ = image_tensors(params.source, data_root=params.data_root,
-                                 train_samples_per_class=params.source_samples_per_class)
+    xs, ys, xs_test, ys_test = image_tensors(params.source, data_root=params.data_root,
+                                             train_samples_per_class=params.source_samples_per_class)
     xt, yt, xt_test, yt_test = image_tensors(params.target, data_root=params.data_root,
                                              train_samples_per_class=params.target_samples_per_class)
     if params.test_samples is not None:
         xt_test, yt_test = xt_test[: params.test_samples], yt_test[: params.test_samples]
     size = params.image_size
     xs, xt, xt_test = _prepare(xs, size), _prepare(xt, size), _prepare(xt_test, size)
+    xs_test, ys_test = _prepare(xs_test[:2000], size), ys_test[:2000]
 
-    model = source_model(ctx, params, xs, ys)
-    source_acc = accuracy(model, xs[:2000], ys[:2000], ctx.device)
+    source = source_model(ctx, params, xs, ys)
+    source_acc = accuracy(source, xs[:2000], ys[:2000], ctx.device)
+    source_test_acc = accuracy(source, xs_test, ys_test, ctx.device)
+    source_state = {k: v.clone() for k, v in source.state_dict().items()}
     n_classes = int(yt.max()) + 1
-    model = prepare_for_transfer(model, params, n_classes).to(ctx.device)
+    train_idx, val_idx = validation_split(len(yt), params.val_fraction, ctx.seed)
+    x_train, y_train, x_val, y_val = xt[train_idx], yt[train_idx], xt[val_idx], yt[val_idx]
+
+    def fresh_model() -> nn.Module:
+        source.load_state_dict(source_state)
+        model = copy.deepcopy(source)
+        return prepare_for_transfer(model, params, n_classes, bn_data=x_train, device=ctx.device).to(ctx.device)
+
+    model = fresh_model()
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
     # cost of one training step, measured once before training (the step is then undone by reloading)
-    probe = xt[: ctx.train.batch_size].to(ctx.device)
+    probe = x_train[: ctx.train.batch_size].to(ctx.device)
     state = {k: v.clone() for k, v in model.state_dict().items()}   # the probes move BN statistics
     model.train()
     memory = saved_activation_bytes(model, probe).total_bytes
-    _, step_flops = count_flops(lambda: F.cross_entropy(model(probe), yt[: len(probe)].to(ctx.device)).backward())
+    _, step_flops = count_flops(lambda: F.cross_entropy(model(probe), y_train[: len(probe)].to(ctx.device)).backward())
     model.load_state_dict(state)
     model.zero_grad(set_to_none=True)
     samples_per_step = len(probe)
 
-    generator = torch.Generator().manual_seed(ctx.seed + 1)
-    steps = train_epochs(model, xt, yt, epochs=ctx.train.epochs, train=ctx.train, device=ctx.device,
-                         generator=generator, ctx=ctx,
-                         on_epoch=lambda e, loss: (ctx.runlog.log_metrics({"train/loss": loss}, step=e),
-                                                   ctx.runlog.progress(e + 1, ctx.train.epochs, f"epoch {e + 1}")))
-    n_train = len(yt)
-    total_flops = step_flops / samples_per_step * n_train * ctx.train.epochs
-    return {
+    candidates = params.lr_candidates or [ctx.train.lr]
+    epochs = ctx.train.epochs
+    resumed = ctx.resume()
+    sweep = resumed.get("sweep", {"done": [], "best": None}) if resumed is not None else {"done": [], "best": None}
+    steps = 0
+    for index, lr in enumerate(candidates):
+        if index < len(sweep["done"]):
+            continue
+        if index > 0:
+            # later candidates draw their new head from a seeded fork of the RNG: a run resumed in the middle of
+            # the sweep then builds the same model without moving the global RNG the checkpoint restored
+            with torch.random.fork_rng(devices=[] if ctx.device.type != "cuda" else None):
+                torch.manual_seed(ctx.seed * 1000 + index)
+                model = fresh_model()
+        generator = torch.Generator().manual_seed(ctx.seed + 1)
+        label = f"lr{lr:g}/" if len(candidates) > 1 else ""
+        steps = train_epochs(
+            model, x_train, y_train, epochs=epochs, train=ctx.train, device=ctx.device, generator=generator,
+            ctx=ctx, lr=lr, resumed=resumed if resumed is not None and resumed.get("candidate", 0) == index else None,
+            step_offset=index * epochs, extra_state=lambda: {"candidate": index, "sweep": sweep},
+            on_epoch=lambda e, loss: (ctx.runlog.log_metrics({f"{label}train/loss": loss}, step=e),
+                                      ctx.runlog.progress(index * epochs + e + 1, len(candidates) * epochs,
+                                                          f"lr {lr:g} epoch {e + 1}")))
+        resumed = None
+        val_acc = accuracy(model, x_val, y_val, ctx.device) if len(y_val) else float("nan")
+        if len(candidates) > 1:
+            ctx.runlog.log_metrics({f"val/acc_lr{lr:g}": val_acc}, step=0)
+            log.info("lr %g: validation accuracy %.4f", lr, val_acc)
+        if sweep["best"] is None or val_acc > sweep["done"][sweep["best"]][1]:
+            sweep["best"] = index
+            best_state = {"model": {k: v.clone() for k, v in model.state_dict().items()}, "steps": steps}
+            sweep["best_state"] = best_state
+        sweep["done"].append((lr, val_acc))
+    chosen_lr, val_acc = sweep["done"][sweep["best"]]
+    model.load_state_dict(sweep["best_state"]["model"])
+    steps = sweep["best_state"]["steps"]
+
+    total_flops = step_flops / samples_per_step * len(y_train) * epochs
+    metrics = {
         "acc": accuracy(model, xt_test, yt_test, ctx.device),
         "source_acc": source_acc,
+        "source/test_acc": source_test_acc,
         "memory/activation_bytes": memory,
         "memory/trainable_params": trainable,
         "cost/flops_per_step": step_flops,
         "cost/train_flops": total_flops,
         "train_steps": steps,
+        "lr": chosen_lr,
     }
+    if len(y_val):
+        metrics["val/acc"] = val_acc
+    return metrics

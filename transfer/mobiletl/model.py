@@ -279,3 +279,36 @@ def _convert_block(block: nn.Module, config: MobileTLConfig, bits: int | None) -
                 setattr(parent, name, SignedHardswish())
             elif bits is not None and isinstance(child, nn.Conv2d):
                 setattr(parent, name, QuantizedSaveConv2d(child, bits))
+
+
+# --------------------------------------------------------------------------- BN re-estimation
+
+
+@torch.no_grad()
+def reestimate_bn(model: nn.Module, x: torch.Tensor, *, batch_size: int = 256, device=None) -> int:
+    """Replace every `nn.BatchNorm2d`'s running statistics by their average over `x` (the target's training
+    images), as AdaBN does (Li et al., 2016); returns the number of BN layers re-estimated.
+
+    Forward passes only, under `no_grad` (no gradient, nothing saved for backward); every other module stays in
+    eval mode (no dropout), and no weight or bias changes. The statistics are the exact per-batch averages
+    (momentum None), so the order of the batches does not matter beyond the batch-variance estimate.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    if not norms:
+        return 0
+    was_training = model.training
+    model.eval()
+    momenta = [bn.momentum for bn in norms]
+    for bn in norms:
+        bn.reset_running_stats()
+        bn.momentum = None
+        bn.train()
+    try:
+        for start in range(0, len(x), batch_size):
+            batch = x[start:start + batch_size]
+            model(batch.to(device) if device is not None else batch)
+    finally:
+        for bn, momentum in zip(norms, momenta):
+            bn.momentum = momentum
+        model.train(was_training)
+    return len(norms)

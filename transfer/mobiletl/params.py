@@ -5,7 +5,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from cl.registry import REPRODUCTIONS, TRANSFERS, Params
+from cl.registry import REPRODUCTIONS, TRANSFERS, Params, added_option
 
 
 class MobileTLTransferParams(Params):
@@ -21,15 +21,44 @@ class MobileTLTransferParams(Params):
     width_mult: float = Field(0.35, gt=0, le=1.5)
     image_size: int = Field(32, ge=16, description="inputs are resized to image_size²; grayscale → 3 channels")
     pretrain_epochs: int = Field(3, ge=1)
-    method: Literal["full", "last_layer", "bias_bn", "mobiletl"] = "mobiletl"
-    num_trainable_blocks: int = Field(5, ge=1, description="mobiletl: top inverted-residual blocks that train")
-    activation_mask: Literal["signed", "none"] = "signed"
+    method: Literal["full", "last_layer", "bias_bn", "mobiletl", "plain_topk"] = Field(
+        "mobiletl", description="plain_topk: the same top blocks as mobiletl train, exact activations, ordinary BN")
+    num_trainable_blocks: int = Field(5, ge=1, description="mobiletl / plain_topk: top inverted-residual blocks that train")
+    activation_mask: Literal["signed", "none"] = Field(
+        "signed", description="mobiletl: 1-bit activation masks (plain_topk: always exact)")
     quantize_saved_activations: Literal["none", "int8", "int4"] = "none"
+    # options added after the first grids (left out of the config hash while at their default)
+    fold_bn: bool = added_option(True, description="mobiletl: the top blocks' internal BNs train only their shift "
+                                                   "(folded); false = ordinary trainable BN")
+    bn_reestimate: bool = added_option(False, description="mobiletl / plain_topk: before transfer, re-estimate the "
+                                                          "BN running statistics on target training data (no grad)")
+    val_fraction: float = added_option(0.0, ge=0.0, lt=1.0, description="share of the target training data held "
+                                                                         "out as validation (never the test set)")
+    lr_candidates: Optional[list[float]] = added_option(None, description="transfer lrs tried, each scored on the "
+                                                                          "validation split; the best one's model is "
+                                                                          "kept (needs val_fraction > 0)")
 
     @model_validator(mode="after")
     def _mobiletl_options_need_mobiletl(self):
+        explicit = self.model_fields_set
         if self.method != "mobiletl" and self.quantize_saved_activations != "none":
             raise ValueError("quantize_saved_activations applies to method 'mobiletl' only")
+        if self.method == "plain_topk":
+            # activation_mask is always in a resolved config (at its default 'signed'), so only fold_bn can be
+            # told apart as set by hand; plain_topk's activations are exact whatever activation_mask says
+            if "fold_bn" in explicit and self.fold_bn:
+                raise ValueError("fold_bn: method 'plain_topk' trains ordinary BN; for folded BN use method 'mobiletl'")
+        elif self.method != "mobiletl":
+            for name in ("fold_bn", "activation_mask"):
+                if name in explicit and getattr(self, name) != type(self).model_fields[name].default:
+                    raise ValueError(f"{name} applies to method 'mobiletl' only")
+        if self.bn_reestimate and self.method not in ("mobiletl", "plain_topk"):
+            raise ValueError("bn_reestimate applies to methods 'mobiletl' and 'plain_topk' only")
+        if self.lr_candidates is not None:
+            if not self.lr_candidates or any(lr <= 0 for lr in self.lr_candidates):
+                raise ValueError("lr_candidates: give one or more positive learning rates")
+            if self.val_fraction <= 0:
+                raise ValueError("lr_candidates needs val_fraction > 0 (the lr is chosen on validation, never test)")
         return self
 
     def preflight(self) -> None:
