@@ -51,10 +51,11 @@ from transfer.mobiletl.memory import saved_activation_bytes  # noqa: E402
 from transfer.mobiletl.model import MobileTLConfig, mobiletl  # noqa: E402
 
 PAPER = {"v2": 46.3, "v3": 53.3}
-GRID = "experiments/mobiletl_mnist_to_fmnist.yaml"
-REPRODUCTION = reproduction_for(GRID)
-METHODS = ("full", "last_layer", "bias_bn", "mobiletl_top2", "mobiletl_top5", "mobiletl_top5_int4",
-           "v3_full", "v3_mobiletl_top5", "v3_mobiletl_top5_exact_act")
+GRID = "experiments/mobiletl_mnist_to_fmnist.yaml"     # archived: 32 px, 5 epochs, one lr (issue 6)
+GRID_V2 = "experiments/mobiletl_v2.yaml"                 # issue 29: 64 px, 20 epochs, lr on validation, baselines
+REPRODUCTION = reproduction_for(GRID)                    # its describe/claims read either grid's runs
+METHODS = ("full", "last_layer", "bias_bn", "plain_top5", "plain_top5_bnre", "mobiletl_top2", "mobiletl_top5",
+           "mobiletl_top5_bnre", "mobiletl_top5_int4", "v3_full", "v3_mobiletl_top5", "v3_mobiletl_top5_exact_act")
 QUICK = {"transfer.source_samples_per_class": 100, "transfer.target_samples_per_class": 100,
          "transfer.test_samples": 1000, "transfer.pretrain_epochs": 1, "train.epochs": 1}
 VARIANTS = {"vanilla": None, "mobiletl": "none", "int8": "int8", "int4": "int4"}
@@ -103,8 +104,8 @@ def block_table() -> dict[str, float]:
     return results
 
 
-def transfer_grid(quick: bool) -> GridSpec:
-    spec = load_grid(ROOT / GRID)
+def transfer_grid(quick: bool, grid: str = GRID_V2) -> GridSpec:
+    spec = load_grid(ROOT / grid)
     if not quick:
         return spec
     return gridbench.quick_variant(spec, QUICK)
@@ -112,7 +113,7 @@ def transfer_grid(quick: bool) -> GridSpec:
 
 def transfer_table(args) -> dict[str, float]:
     """Part 2: run the transfer grid (only the cells not measured yet); print and return its table."""
-    spec = transfer_grid(args.quick)
+    spec = transfer_grid(args.quick, args.grid)
     cells = gridbench.run_grid(spec, args)
     runs = cell_runs(spec.experiment_name, cells, REPRODUCTION.describe, tracking_uri=args.tracking_uri)
     if runs.empty:
@@ -141,9 +142,15 @@ def transfer_table(args) -> dict[str, float]:
         summary[f"{method}_acc"] = round(100 * rows["final/acc"].mean(), 2)
         summary[f"{method}_memory_ratio"] = round(memory_ratio, 3)
         summary[f"{method}_flops_ratio"] = round(flops_ratio, 3)
+        if "final/lr" in rows and rows["final/lr"].notna().any():
+            summary[f"{method}_lr"] = float(rows["final/lr"].median())
+    plain = runs[runs["method"].str.match(r"^plain_top\d+$")]
+    summary["plain_topk_acc"] = round(100 * plain["final/acc"].mean(), 2) if len(plain) else None
+    source_col = "source/test_acc" if "source/test_acc" in runs else "final/source_acc"
     print("(activation memory: what autograd saves for one training step, batch = train.batch_size; FLOPs: one "
-          "counted step × steps; vs full: the same architecture's full fine-tuning; source accuracy on MNIST: "
-          + "; ".join(f"{arch} {mean_std(group.drop_duplicates('seed')['final/source_acc'])}"
+          "counted step × steps; vs full: the same architecture's full fine-tuning; source accuracy on its "
+          + ("test" if source_col == "source/test_acc" else "training") + " images: "
+          + "; ".join(f"{arch} {mean_std(group.drop_duplicates('seed')[source_col])}"
                       for arch, group in runs.groupby("arch")) + ")")
     claims = REPRODUCTION.claims(runs)
     for claim in claims:
@@ -158,11 +165,14 @@ def main() -> None:
     parser = gridbench.parser(__doc__.splitlines()[0], store="mobiletl",
                               quick_help="transfer grid on 1 seed, 100 images per class, 1 epoch")
     parser.add_argument("--blocks-only", action="store_true", help="part 1 only (the per-block memory table)")
+    parser.add_argument("--grid", default=GRID_V2, choices=[GRID_V2, GRID],
+                        help="the transfer grid (default: issue 29's mobiletl_v2; the archived 32-px grid: " + GRID + ")")
     args = parser.parse_args()
     results = block_table()
     transfer = {} if args.blocks_only else transfer_table(args)
     print("RESULT " + " ".join(f"{k}={v:.1f}" for k, v in results.items())
-          + f" paper_v2={PAPER['v2']} paper_v3={PAPER['v3']} quick={int(args.quick)} "
+          + f" paper_v2={PAPER['v2']} paper_v3={PAPER['v3']} quick={int(args.quick)}"
+          + ("" if args.blocks_only else f" plain_topk_acc={transfer.get('plain_topk_acc')}") + " "
           + json.dumps(transfer, separators=(",", ":")))
 
 

@@ -9,8 +9,19 @@ One run = one transfer method on one seed:
    sizes, schedule, seed), so the methods of a grid share one pretraining per seed.
 2. Transfer to the target set with a new classifier, by `method`:
    ``full`` (every parameter), ``last_layer`` (the classifier only), ``bias_bn`` (biases,
-   batch-norm parameters and the classifier: TinyTL-like), ``mobiletl`` (`transfer.mobiletl.model`).
-3. Logged: target test accuracy; activation memory of one training step
+   batch-norm parameters and the classifier: TinyTL-like), ``mobiletl`` (`transfer.mobiletl.model`;
+   `fold_bn`, `activation_mask`, `quantize_saved_activations` switch its ingredients one by one), and
+   ``plain_topk`` (the same `num_trainable_blocks` top blocks and head train, exact activations, ordinary
+   BN: what freezing the lower blocks costs, without MobileTL's approximations — the paper has no such
+   baseline). With `bn_reestimate` (mobiletl / plain_topk) every BN's running statistics are first
+   re-estimated on the target's training images (AdaBN-style, `reestimate_bn`: forward only, no gradient),
+   so the frozen blocks normalise with target statistics and MobileTL folds target statistics.
+   With `val_fraction` a seeded random share of the target's training images is held out; with
+   `lr_candidates` each lr trains a fresh copy on the rest and the one with the best validation accuracy
+   is kept and tested (the test set chooses nothing); `lr` and `val/acc` are logged (per candidate
+   `val/acc_lr<lr>`). Cost metrics count the kept model's training, not the sweep (× len(lr_candidates)).
+3. Logged: target test accuracy; the source model's accuracy on its training (`source_acc`) and its test
+   images (`source/test_acc`, first 2,000); activation memory of one training step
    (`transfer.mobiletl.memory.ActivationMeter`, batch = train.batch_size); trainable parameters;
    training FLOPs (one step counted with `FlopCounterMode`, times the number of steps).
 
