@@ -29,6 +29,12 @@ convolutions of the trainable blocks save their input quantised (asymmetric minâ
 channel, 4-bit values packed two per byte) and dequantise it in backward for the weight
 gradient; the input gradient needs only the weights, so it is exact.
 
+Switches (issue 29): `fold_internal_bn` and `activation_mask` turn MobileTL's two ingredients off one at a time;
+with both off (and no quantisation) the conversion is "plain top-k": the same top blocks train with exact
+activations and ordinary BN, which separates the cost of freezing the lower blocks from the cost of the
+approximations. `reestimate_bn` (AdaBN-style, Li et al. 2016; not in the paper) replaces BN running statistics
+by target-data averages without gradients, for the variant where frozen blocks normalise with target statistics.
+
 Deviations: the squeeze-and-excitation layers of MobileNetV3 keep their own activations
 (they act on 1Ã—1 pooled maps, a negligible share of the memory).
 """
