@@ -18,9 +18,11 @@ backward, `torch.utils.flop_counter`) relative to vanilla: within a block they d
 (folding removes no convolution); MobileTL's FLOP savings come from not back-propagating
 through the frozen blocks below, which the whole-network transfer measures.
 
-Part 2, the transfer table: the grid `experiments/mobiletl_mnist_to_fmnist.yaml` (a MobileNetV2,
-width 0.35, 32×32, pretrained on MNIST, transferred to Fashion-MNIST by full fine-tuning, last
-layer, bias+BN, MobileTL top-2 / top-5, MobileTL top-5 + int4; 3 seeds) through the suite's
+Part 2, the transfer table: by default the grid `experiments/mobiletl_v2.yaml` (issue 29: MobileNetV2,
+width 0.35, 64×64, MNIST → Fashion-MNIST, 20 epochs, each method's lr chosen on a validation split; full,
+last layer, bias+BN, plain top-5, MobileTL top-5, both ± BN re-estimation; 3 seeds), or with `--grid` the
+archived `experiments/mobiletl_mnist_to_fmnist.yaml` (32×32, 5 epochs, one lr: full fine-tuning, last
+layer, bias+BN, MobileTL top-2 / top-5, MobileTL top-5 + int4, MobileNetV3 cells; 3 seeds) through the suite's
 launcher (finished cells reused; measured runs kept in benchmarks/results/), printed per method:
 target accuracy, activation memory of one training step, trainable parameters and training FLOPs,
 each mean ± std over seeds and relative to full fine-tuning. The verdicts are the reproduction
@@ -28,7 +30,11 @@ report's (`cl.reproductions`).
 
     python benchmarks/mobiletl.py --blocks-only   # part 1 only: seconds
     python benchmarks/mobiletl.py --quick         # part 2 on 1 seed, 100 images per class, 1 epoch: minutes
-    python benchmarks/mobiletl.py                 # both parts as published (18 transfer runs, ≈ 1 h on 2 cores)
+    python benchmarks/mobiletl.py                 # both parts, the v2 grid (21 runs of 3 lr candidates each:
+                                                  # 10-50 min a cell, ≈ 4.5 h a seed on one busy core, estimated
+                                                  # from benchmarks/mobiletl_probe.py's timings)
+    python benchmarks/mobiletl.py --grid experiments/mobiletl_mnist_to_fmnist.yaml   # the archived grid
+The final RESULT line carries `plain_topk_acc=` (plain top-k's mean target accuracy).
 """
 from __future__ import annotations
 
