@@ -14,19 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
-
-from cl.transfer_run import cache_root  # noqa: E402
-from transfer import cmt_transfer  # noqa: E402
-from transfer.catalog import CMTTransferParams  # noqa: E402
-from transfer.cmt_baselines import evaluate  # noqa: E402
+from cl.transfer_run import cache_root
+from transfer import cmt_transfer
+from transfer.catalog import CMTTransferParams
+from transfer.cmt_baselines import evaluate
 
 
 def parse_args() -> argparse.Namespace:

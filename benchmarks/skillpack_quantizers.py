@@ -21,21 +21,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from cl.transfer_run import cache_root  # noqa: E402
-from transfer import quantize  # noqa: E402
-from transfer import skillpack as sp  # noqa: E402
-from transfer.skillpack_transfer import BUDGETS, input_batches, load_causal_lm  # noqa: E402
-from transfer.skills import load_skill  # noqa: E402
+from benchmarks.paths import SHARED_DATA
+from cl.transfer_run import cache_root
+from transfer import quantize
+from transfer import skillpack as sp
+from transfer.skillpack_transfer import BUDGETS, input_batches, load_causal_lm
+from transfer.skills import load_skill
 
 
 def cached_delta(model: str, skill: str, seed: int) -> dict[str, torch.Tensor]:
@@ -82,7 +78,7 @@ def main() -> None:
     parser.add_argument("--budgets", nargs="+", default=["2", "8-4-2"], choices=sorted(BUDGETS))
     parser.add_argument("--calibration", type=int, default=64, help="training prompts that calibrate GPTQ")
     parser.add_argument("--held-out", type=int, default=64, help="test prompts the error is measured on")
-    parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument("--data-root", default=str(SHARED_DATA))
     args = parser.parse_args()
     model_name = "tiny-random" if args.quick else "smollm2"
     model, tokenizer = load_causal_lm(model_name, cache_root())

@@ -27,24 +27,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import time
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from cl.transfer_run import cache_root
+from transfer import timetic
 from transfer.catalog import TIMETIC_MODELS, TimeTicTransferParams
-from transfer.timetic import (
-    FEATURE_SETS,
-    TimeTicEstimator,
-    build_table,
-    leave_one_dataset_out,
-    rank_scores,
-    summarise,
-    zero_shot_scores,
-)
 from transfer.timetic_transfer import settings
 
 LABELS = {"full": "TimeTic", "no_zero_shot": "TimeTic w/o zero-shot col", "meta": "meta-features only",
@@ -69,17 +56,17 @@ def main() -> None:
             horizons=(4, 16), segments=4, pretrain_steps=100, finetune_steps=30))
     s = settings(params, args.seed, cache_root())
     started = time.perf_counter()
-    table = build_table(s)
+    table = timetic.build_table(s)
     built = time.perf_counter() - started
 
     per_dataset, learners = {}, set()
-    for features in FEATURE_SETS:
-        estimator = TimeTicEstimator(args.learner, model_path=args.model_path, fallback=args.fallback,
-                                     max_context=params.max_context, random_state=args.seed)
-        scores, used = leave_one_dataset_out(table, features, estimator)
+    for features in timetic.FEATURE_SETS:
+        estimator = timetic.TimeTicEstimator(args.learner, model_path=args.model_path, fallback=args.fallback,
+                                             max_context=params.max_context, random_state=args.seed)
+        scores, used = timetic.leave_one_dataset_out(table, features, estimator)
         learners.update(used)
-        per_dataset[features] = summarise(rank_scores(scores))
-    per_dataset["zero_shot"] = summarise(rank_scores(zero_shot_scores(table)))
+        per_dataset[features] = timetic.summarise(timetic.rank_scores(scores))
+    per_dataset["zero_shot"] = timetic.summarise(timetic.rank_scores(timetic.zero_shot_scores(table)))
     learner = ",".join(sorted(learners))
 
     datasets = list(per_dataset["full"].index)
