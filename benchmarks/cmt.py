@@ -23,16 +23,10 @@ report's, "within noise" when the gap is under twice its standard error — and 
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks import gridbench  # noqa: E402
-from cl.analysis import load_histories  # noqa: E402
-from cl.grid import GridSpec, load_grid  # noqa: E402
-from cl.reproductions import cell_runs, reproduction_for  # noqa: E402
+from benchmarks import gridbench
+from cl.analysis import load_histories
+from cl.reproductions import reproduction_for
 
 REPRODUCTION = reproduction_for("experiments/cmt_synthetic.yaml")
 ORDER = ("CMT", "CMT w/o self-matching", "CMT w/o memory-aware", "CMT w/o top-k", "MAC", "closed-book", "RAG",
@@ -45,32 +39,12 @@ QUICK = {"transfer.lm": "tiny", "transfer.encoder": "tiny", "transfer.train_docu
          "transfer.prompt": "plain", "transfer.max_new_tokens": 4}
 
 
-def grid(args) -> GridSpec:
-    spec = load_grid(Path(args.grid))
-    if not args.quick:
-        return spec
-    return gridbench.quick_variant(spec, QUICK)
-
-
 def _mean(values) -> float:
     values = [float(v) for v in values]
     return sum(values) / len(values) if values else float("nan")
 
 
-def main() -> None:
-    parser = gridbench.parser(__doc__.splitlines()[0], store="cmt",
-                              quick_help="tiny random LM and encoder, 64 training / 24 streamed documents, 30 "
-                                         "steps, 1 seed: exercises every cell in minutes (answers ≈ 0)")
-    parser.add_argument("--grid", default=str(ROOT / "experiments" / "cmt_synthetic.yaml"),
-                        help="a CMT grid file (default: experiments/cmt_synthetic.yaml)")
-    args = parser.parse_args()
-    spec = grid(args)
-    cells = gridbench.run_grid(spec, args)
-    runs = cell_runs(spec.experiment_name, cells, REPRODUCTION.describe, tracking_uri=args.tracking_uri)
-    if runs.empty:
-        print("no finished runs to report")
-        print(f"RESULT cmt_beats_mac=0 seeds=0 quick={int(args.quick)} {{}}")
-        return
+def report(runs, spec, cells, args) -> None:
     methods = [m for m in ORDER if m in set(runs["method"])]
 
     columns = [("EM", "final/em", 1), ("F1", "final/f1", 1), ("prefix EM", "final/em_prefix", 1),
@@ -82,8 +56,7 @@ def main() -> None:
     summary: dict[str, dict[str, float]] = {}
     for method in methods:
         rows = runs[runs["method"] == method]
-        cells_ = [gridbench.mean_std(rows[key].dropna(), digits) if key in rows and rows[key].notna().any() else "—"
-                  for _, key, digits in columns]
+        cells_ = [gridbench.mean_std(rows[key], digits) if key in rows else "—" for _, key, digits in columns]
         minutes = _mean((rows["final/train_seconds"] + rows["final/stream_seconds"] + rows["final/eval_seconds"]) / 60)
         print(f"{method:<24}" + "".join(f"{c:>15}" for c in cells_) + f"{len(rows):>6}{minutes:>9.1f}")
         summary[method] = {"em": _mean(rows["final/em"]), "f1": _mean(rows["final/f1"]),
@@ -134,4 +107,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    gridbench.main(__doc__, store="cmt", grid="experiments/cmt_synthetic.yaml",
+                   grid_help="a CMT grid file (default: experiments/cmt_synthetic.yaml)",
+                   quick=lambda spec: gridbench.quick_variant(spec, QUICK),
+                   quick_help="tiny random LM and encoder, 64 training / 24 streamed documents, 30 steps, 1 seed: "
+                              "exercises every cell in minutes (answers ≈ 0)",
+                   describe=REPRODUCTION.describe, report=report, no_runs="cmt_beats_mac=0")
