@@ -538,6 +538,9 @@ class CMT(nn.Module):
     def train(self, mode: bool = True):
         super().train(mode)
         self.lm.eval()               # the frozen LM never drops out
+        for compressor in (self.compressor, self.question_encoder):
+            if not any(p.requires_grad for p in compressor.encoder.parameters()):
+                compressor.encoder.eval()      # a frozen pretrained encoder runs as pretrained (no dropout)
         return self
 
     def trainable_parameters(self) -> list[nn.Parameter]:
