@@ -35,7 +35,7 @@ def test_cmt_training_killed_at_step_4_resumes_into_the_same_run_with_the_same_l
 
     reference, recorder = uninterrupted(raw)
     assert history(client, run_id, "train/total") == sorted(recorder.metrics["train/total"])
-    assert [s for s, _ in history(client, run_id, "probe/right_bank_f1")] == [3, 6, 7]
+    assert [s for s, _ in history(client, run_id, "probe/right_bank_f1")] == [0, 3, 6, 7]
     assert history(client, run_id, "probe/true_memory_loss") == sorted(recorder.metrics["probe/true_memory_loss"])
     metrics = client.get_run(run_id).data.metrics
     for key in ("final/train_loss", "final/f1", "final/probe_right_bank_loss"):

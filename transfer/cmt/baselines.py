@@ -17,7 +17,9 @@ loss), so their prompt may carry solved examples from the training split first (
 Methods (the issue's baseline list; ours where the papers leave room):
 
 * `CMTMemory` — CMT (`transfer.cmt.model.CMT`): ``fit`` trains the memory modules on the training
-  split (weighted QA / self-matching / memory-aware loss, AdamW, a fixed number of steps over
+  split (or on fresh documents every step, optionally after a curriculum: ``curriculum_steps`` steps with the
+  QA prefix made from each question's own document's memory — 1-fact documents for the first half, full ones
+  for the second — then the normal objective over the batch as the bank) (weighted QA / self-matching / memory-aware loss, AdamW, a fixed number of steps over
   shuffled batches of documents), ``observe`` compresses the batch into the append-only bank,
   ``answer`` aggregates the (top-k) bank into a prefix. **MAC-style** is this same class with a
   `CMTConfig` of ``top_k=None, self_match_weight=0, memory_aware_weight=0`` (full-bank
@@ -165,7 +167,8 @@ class CMTMemory(StreamingMethod):
 
     def __init__(self, model: CMT, harness: Harness, *, steps: int, batch_documents: int, lr: float,
                  seed: int = 0, max_grad_norm: float | None = 1.0, warmup_steps: int = 0,
-                 encoder_lr: float | None = None, fresh: Callable[[int], list[Document]] | None = None):
+                 encoder_lr: float | None = None, fresh: Callable[..., list[Document]] | None = None,
+                 curriculum_steps: int = 0):
         if steps < 0 or batch_documents < 1:
             raise ValueError(f"CMTMemory: steps must be >= 0 and batch_documents >= 1, got {steps}, "
                              f"{batch_documents}")
@@ -173,6 +176,7 @@ class CMTMemory(StreamingMethod):
         self.steps, self.batch_documents, self.lr, self.seed = steps, batch_documents, lr, seed
         self.max_grad_norm, self.warmup_steps, self.encoder_lr = max_grad_norm, warmup_steps, encoder_lr
         self.fresh = fresh          # step -> that step's documents (issue #30), instead of epochs over a pool
+        self.curriculum_steps = curriculum_steps
         self.notes: dict = {}       # plain data a caller keeps with the training state (checkpointed, restored)
         self.bank = model.new_bank()
 
@@ -180,17 +184,19 @@ class CMTMemory(StreamingMethod):
         """step -> the step's documents: fresh ones, or the pool's shuffled epochs (fixed by the seed, so the data
         position of a resumed run is its step alone)."""
         if self.fresh is not None:
-            return self.fresh
+            if not self.curriculum_steps:
+                return self.fresh
+            return lambda step: self.fresh(step, 1 if step < self.curriculum_steps // 2 else None)
         if len(documents) < 2 and self.model.config.self_match_weight:
             raise ValueError("CMTMemory.fit: self-matching needs at least 2 training documents per batch")
         order = list(_epoch_batches(len(documents), self.batch_documents, self.steps, self.seed))
         return lambda step: [documents[i] for i in order[step]]
 
-    def fit(self, documents, on_step=None, *, ctx=None, checkpoint_every: int = 50):
+    def fit(self, documents, on_step=None, *, ctx=None, checkpoint_every: int = 50, on_start=None):
         """Train ``steps`` steps; with ``ctx`` (a `cl.transfer_run.TransferContext`) resume from the run's last
         checkpoint and save one every ``checkpoint_every`` steps (trainable modules, optimiser, schedule, the
         step — which fixes the data position — and the loss history). ``on_step(step, terms)`` runs before the
-        step's checkpoint."""
+        step's checkpoint; ``on_start()`` before the first step of a fresh (not resumed) training."""
         if self.steps == 0:
             return []
         batch_at = self.training_batches(documents)
@@ -210,9 +216,12 @@ class CMTMemory(StreamingMethod):
             start, history = int(state["step"]), [dict(h) for h in state["history"]]
             self.notes = state["notes"]
             log.info("CMT training resumed at step %d of %d", start, self.steps)
+        elif on_start is not None:
+            on_start()
         for step in range(start, self.steps):
             batch = self.harness.batch(batch_at(step)).to(self.harness.device)
-            terms = train_steps(self.model, [batch], optimizer, max_grad_norm=self.max_grad_norm)[0]
+            terms = train_steps(self.model, [batch], optimizer, max_grad_norm=self.max_grad_norm,
+                                true_memory=step < self.curriculum_steps)[0]
             if schedule is not None:
                 schedule.step()
             if not np.isfinite(terms["total"]):

@@ -170,11 +170,14 @@ class FreshDocuments:
         self.seed, self.batch_documents = seed, batch_documents
         self.facts_per_document, self.answers = facts_per_document, answers
 
-    def __call__(self, step: int) -> list[Document]:
+    def __call__(self, step: int, facts_per_document: int | None = None) -> list[Document]:
+        """Step ``step``'s documents (``facts_per_document``: this call's, e.g. a curriculum's 1-fact stage)."""
+        facts = facts_per_document or self.facts_per_document
+        _check_synthetic(self.answers, facts)
         rng = np.random.default_rng([self.seed, 30_001, step])
         used = set(self.reserved)
-        docs = [_synthetic_document(rng, used, f"fresh-{self.seed}-{step}-{j}", self.facts_per_document,
-                                    self.answers) for j in range(self.batch_documents)]
+        docs = [_synthetic_document(rng, used, f"fresh-{self.seed}-{step}-{j}", facts, self.answers)
+                for j in range(self.batch_documents)]
         clash = capitalised_words(docs) & self.reserved - set(TOWNS) - set(FRIENDS) - {"In", "The"}
         if clash:
             raise RuntimeError(f"FreshDocuments: step {step} reused reserved names {sorted(clash)[:3]}")

@@ -266,7 +266,7 @@ def build_method(params, lm, harness: Harness, seed: int, fresh: FreshDocuments 
     model = CMT(lm, encoder, cmt_config(params))      # mac: the catalog has already set MAC's three options
     method = CMTMemory(model, harness, steps=params.train_steps, batch_documents=params.train_batch_documents,
                        lr=params.lr, seed=seed, warmup_steps=params.warmup_steps, encoder_lr=params.encoder_lr,
-                       fresh=fresh)
+                       fresh=fresh, curriculum_steps=params.curriculum_steps)
     method.name = params.method
     return method
 
@@ -345,7 +345,8 @@ def _run(ctx: TransferContext, params) -> dict[str, float]:
         return result
 
     if isinstance(method, CMTMemory):
-        history = method.fit(train_docs, on_step=on_step, ctx=ctx, checkpoint_every=params.train_checkpoint_every)
+        history = method.fit(train_docs, on_step=on_step, ctx=ctx, checkpoint_every=params.train_checkpoint_every,
+                             on_start=(lambda: run_probes(0)) if probe_set is not None and params.probe_every else None)
     else:
         history = method.fit(train_docs, on_step=on_step)
     train_seconds = time.perf_counter() - started

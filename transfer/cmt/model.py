@@ -583,14 +583,22 @@ class CMT(nn.Module):
         return out
 
     # -- training
-    def losses(self, batch: CMTBatch) -> dict[str, torch.Tensor]:
-        """The weighted loss terms on one batch (its documents are the bank) and their sum ``total``."""
+    def losses(self, batch: CMTBatch, *, true_memory: bool = False) -> dict[str, torch.Tensor]:
+        """The weighted loss terms on one batch (its documents are the bank) and their sum ``total``.
+
+        ``true_memory``: the QA term's prefix comes from each question's own document's memory, no retrieval (the
+        curriculum's first stages, issue #30); self-matching still ranks the batch's documents."""
         cfg = self.config
         memory, keys = self.compress(batch.doc_enc_ids, batch.doc_enc_mask)         # (B, K, D), (B, E)
         terms: dict[str, torch.Tensor] = {}
         if cfg.qa_weight or cfg.self_match_weight:
             condition, query_keys = self.condition(batch.q_enc_ids, batch.q_enc_mask)   # (Q, K, D), (Q, E)
-            if cfg.qa_weight:
+            if cfg.qa_weight and true_memory:
+                scores = self.scorer(query_keys, keys)
+                out = lm_forward(self.lm, self.prefix(self.attend(condition, memory[batch.doc_index])),
+                                 batch.qa_lm_ids, batch.qa_lm_mask, batch.qa_lm_labels)
+                terms["qa"] = out.loss
+            elif cfg.qa_weight:
                 aggregated, scores, _ = self.aggregate(condition, query_keys, memory, keys)
                 out = lm_forward(self.lm, self.prefix(aggregated), batch.qa_lm_ids, batch.qa_lm_mask,
                                     batch.qa_lm_labels)
@@ -654,12 +662,12 @@ def answer_text(tokenizer, row: Sequence[int]) -> str:
 
 
 def train_steps(model: CMT, batches: Iterable[CMTBatch], optimizer: torch.optim.Optimizer, *,
-                max_grad_norm: float | None = 1.0) -> list[dict[str, float]]:
+                max_grad_norm: float | None = 1.0, true_memory: bool = False) -> list[dict[str, float]]:
     """One optimiser step per batch on the weighted loss; returns each step's terms as floats."""
     model.train()
     history = []
     for batch in batches:
-        terms = model.losses(batch)
+        terms = model.losses(batch, true_memory=true_memory)
         optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
         if max_grad_norm is not None:

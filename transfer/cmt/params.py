@@ -90,6 +90,11 @@ class CMTTransferParams(Params):
     probe_every: int = added_option(
         0, ge=0, description="cmt/mac: run the reading probes every N training steps (logged as probe/* at the "
                              "step), and always at the end; 0 = at the end only")
+    curriculum_steps: int = added_option(
+        0, ge=0, description="cmt/mac with train_data 'fresh': the first N steps answer from each question's own "
+                             "document's memory fed directly (no retrieval) — 1-fact documents for the first N/2, "
+                             "facts_per_document for the rest — then top-k over the batch's documents as the bank; "
+                             "0 = off")
     train_checkpoint_every: int = added_option(
         50, ge=1, description="cmt/mac: save the trainable modules, optimiser, schedule and data position every N "
                               "training steps, so a stopped run resumes there")
@@ -130,6 +135,11 @@ class CMTTransferParams(Params):
         if self.train_data == "fresh" and self.dataset != "synthetic":
             raise ValueError("train_data 'fresh' generates synthetic documents: use dataset 'synthetic' or "
                              "train_data 'pool'")
+        if self.curriculum_steps and self.train_data != "fresh":
+            raise ValueError("curriculum_steps needs train_data 'fresh' (its first stage generates 1-fact documents)")
+        if self.curriculum_steps and self.curriculum_steps >= self.train_steps:
+            raise ValueError(f"curriculum_steps={self.curriculum_steps} must be below train_steps={self.train_steps} "
+                             "(the curriculum ends with the normal objective)")
         if self.encoder_lr is not None and not self.train_encoder:
             raise ValueError("encoder_lr is set but train_encoder is false (the encoders are frozen): drop one")
         if self.freeze_question_encoder and self.share_encoder:
