@@ -12,7 +12,18 @@ One run, whatever the ``method``:
    so every run shares one base LM, over a word-level vocabulary of the run's texts; or
    ``smollm2``) and the encoder (``tiny`` random BERT, or all-MiniLM-L6-v2). The LM's parameters
    are hashed (SHA-256 over names, shapes, dtypes and bytes) before anything else happens.
-3. **Training** (cmt, mac; online_ft's optional QA warm-up) on the training split only.
+3. **Training** (cmt, mac; online_ft's optional QA warm-up) on the training split only — or, with
+   ``train_data: fresh``, on new synthetic documents every step (`transfer.cmt.data.FreshDocuments`: none
+   shares an invented name with the stream's or the probes' documents), optionally after a curriculum
+   (``curriculum_steps``). cmt/mac training checkpoints every ``train_checkpoint_every`` steps through
+   the run's context (trainable modules, optimiser, schedule, step = data position, loss history,
+   probe rows) and a relaunched run resumes there, in the same MLflow run.
+   **Reading probes** (`transfer.cmt.probes`, cmt/mac): ``2 × probe_documents`` further held-out
+   documents; their questions answered with the right bank, a bank of other documents, an empty bank
+   and the true document's memory, each scored by QA loss and F1 — logged as ``probe/<condition>_<loss|em|f1>``
+   before training and every ``probe_every`` steps (step = training steps done) and after training;
+   the table is the artifact ``cmt/probes.csv`` (``cmt/probes.txt``: the final one) and the final values
+   are ``probe_<condition>_<loss|em|f1>``.
 4. **Streaming** — the stream's documents arrive in batches of ``stream_batch_documents``; after
    the first batch, every ``checkpoint_every``-th and the last, two question sets are answered:
    the questions of *every document seen so far* (retention over the stream) and those of the
