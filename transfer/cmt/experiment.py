@@ -366,7 +366,8 @@ def _run(ctx: TransferContext, params) -> dict[str, float]:
         ctx.runlog.log_artifact("cmt/probes.csv", reading.table(method.notes["probes"]).encode())
         ctx.runlog.log_artifact("cmt/probes.txt", (reading.format_table(final_probe) + "\n").encode())
     seen_in_training = train_docs if fresh is None else \
-        [d for step in range(-(-len(stream_docs) // params.train_batch_documents)) for d in fresh(step)]
+        [d for step in range(-(-len(stream_docs) // params.train_batch_documents))
+         for d in method.training_batches(train_docs)(step)]        # the first steps' documents, as trained on
     documents.update({d.doc_id: d for d in seen_in_training})
     probe = training_documents_probe(method, harness, seen_in_training, len(stream_docs), params, documents)
     ctx.runlog.progress(1, total, "streaming")

@@ -74,6 +74,9 @@ Deviations (ours) — to know before reading results
   the bank size no longer matters for memory (MAC needs chunks for full aggregation of big banks).
 * Scorer form, the self-matching and memory-aware terms' exact form, and the hard top-k are our
   reading of the paper's abstract (it names the techniques; the formulas are not public).
+* Frozen encoders (``train_encoder=False``, ``freeze_question_encoder``) run in eval mode while the rest trains
+  (as pretrained, no dropout). ``losses(true_memory=True)`` — the curriculum's first stages (issue #30, ours) —
+  makes the QA prefix from each question's own document's memory, without retrieval.
 * EM is SQuAD's official full match by default; MAC's prefix match is available
   (`transfer.cmt.metrics.exact_match(prefix=True)`).
 
