@@ -101,3 +101,15 @@ def test_the_new_options_at_their_defaults_leave_the_resolved_config_unchanged()
                  "curriculum_steps", "train_checkpoint_every"):
         assert name not in dumped
     assert dump_options(CMTTransferParams(train_data="fresh"))["train_data"] == "fresh"
+
+
+def test_a_training_checkpoint_keeps_the_trainable_parameters_and_not_the_frozen_encoders():
+    model = tiny_cmt(dataclasses.replace(SMALL, train_encoder=False))
+    kept = model.checkpoint_state_dict()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable <= set(kept)
+    assert not any(k.startswith(("lm.", "compressor.encoder.", "question_encoder.encoder.")) for k in kept)
+    fresh = tiny_cmt(dataclasses.replace(SMALL, train_encoder=False), seed=1)
+    fresh.load_state_dict(kept, strict=False)
+    assert same(snapshot(model), snapshot(fresh)) is False        # seed 1's encoders differ: only they are not kept
+    assert all(torch.equal(fresh.state_dict()[k], v) for k, v in kept.items())

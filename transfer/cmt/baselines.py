@@ -209,7 +209,11 @@ class CMTMemory(StreamingMethod):
         start = 0
         state = ctx.resume() if ctx is not None else None
         if state is not None:
-            self.model.load_state_dict(state["model"], strict=False)
+            missing = self.model.load_state_dict(state["model"], strict=False).missing_keys
+            lost = [k for k in missing if not k.startswith("lm.") and k in dict(self.model.named_parameters())
+                    and self.model.get_parameter(k).requires_grad]
+            if lost:
+                raise RuntimeError(f"CMT checkpoint lacks trainable parameters {lost[:3]}: written by other options?")
             optimizer.load_state_dict(state["optimizer"])
             if schedule is not None:
                 schedule.load_state_dict(state["schedule"])
@@ -233,7 +237,7 @@ class CMTMemory(StreamingMethod):
                 on_step(step, terms)
             if ctx is not None:
                 ctx.checkpoint(step + 1, lambda: {
-                    "step": step + 1, "model": self.model.trainable_state_dict(),
+                    "step": step + 1, "model": self.model.checkpoint_state_dict(),
                     "optimizer": optimizer.state_dict(),
                     "schedule": schedule.state_dict() if schedule is not None else None,
                     "history": history, "notes": self.notes}, every=checkpoint_every)
