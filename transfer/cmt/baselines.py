@@ -17,10 +17,11 @@ loss), so their prompt may carry solved examples from the training split first (
 Methods (the issue's baseline list; ours where the papers leave room):
 
 * `CMTMemory` — CMT (`transfer.cmt.model.CMT`): ``fit`` trains the memory modules on the training
-  split (or on fresh documents every step, optionally after a curriculum: ``curriculum_steps`` steps with the
-  QA prefix made from each question's own document's memory — 1-fact documents for the first half, full ones
-  for the second — then the normal objective over the batch as the bank) (weighted QA / self-matching / memory-aware loss, AdamW, a fixed number of steps over
-  shuffled batches of documents), ``observe`` compresses the batch into the append-only bank,
+  split (weighted QA / self-matching / memory-aware loss, AdamW, a fixed number of steps over
+  shuffled batches of documents; or on fresh documents every step, optionally after a curriculum:
+  ``curriculum_steps`` steps with the QA prefix made from each question's own document's memory —
+  1-fact documents for the first half, full ones for the second — then the normal objective with the
+  batch as the bank; resumable from the run's checkpoints), ``observe`` compresses the batch into the append-only bank,
   ``answer`` aggregates the (top-k) bank into a prefix. **MAC-style** is this same class with a
   `CMTConfig` of ``top_k=None, self_match_weight=0, memory_aware_weight=0`` (full-bank
   aggregation, QA loss only), as in MAC; there is no separate code for it.

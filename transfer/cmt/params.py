@@ -76,8 +76,9 @@ class CMTTransferParams(Params):
     train_data: Literal["pool", "fresh"] = added_option(
         "pool", description="cmt/mac: 'pool' trains on shuffled epochs of the train_documents split; 'fresh' "
                             "draws new synthetic documents for every step (train_batch_documents of them, disjoint "
-                            "from the stream's and probes' by construction), so a memory cannot memorise and must "
-                            "read (synthetic only; the pool still supplies fewshot demonstrations)")
+                            "from the stream's and probes' by construction; drawn with the run's seed), so a memory "
+                            "cannot memorise and must read (synthetic only; the pool still supplies fewshot "
+                            "demonstrations)")
     encoder_lr: Optional[float] = added_option(
         None, gt=0, description="cmt/mac: learning rate of the pretrained encoder(s) (MAC: 1e-5); None = lr. The new "
                                 "modules (soft tokens, pooling, MLPs, scorer, aggregator, prefix) keep lr")
