@@ -79,6 +79,8 @@ def test_fresh_training_with_a_curriculum_logs_probe_curves_and_a_table(tmp_path
     table = log.artifacts["cmt/probes.csv"].decode().splitlines()
     assert table[0].startswith("step,right_bank_loss") and [r.split(",")[0] for r in table[1:]] == ["0", "2", "4"]
     assert {f"probe_{c}_f1" for c in CONDITIONS} <= set(metrics)
+    answers = log.artifacts["cmt/probe_predictions.jsonl"].decode().splitlines()
+    assert len(answers) == 4 * 2 * 3                    # conditions × probe documents × questions
 
 
 @pytest.mark.parametrize("options, field", [

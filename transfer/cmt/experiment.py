@@ -22,8 +22,8 @@ One run, whatever the ``method``:
    documents; their questions answered with the right bank, a bank of other documents, an empty bank
    and the true document's memory, each scored by QA loss and F1 — logged as ``probe/<condition>_<loss|em|f1>``
    before training and every ``probe_every`` steps (step = training steps done) and after training;
-   the table is the artifact ``cmt/probes.csv`` (``cmt/probes.txt``: the final one) and the final values
-   are ``probe_<condition>_<loss|em|f1>``.
+   the table is the artifact ``cmt/probes.csv`` (``cmt/probes.txt``: the final one; the final answers:
+   ``cmt/probe_predictions.jsonl``) and the final values are ``probe_<condition>_<loss|em|f1>``.
 4. **Streaming** — the stream's documents arrive in batches of ``stream_batch_documents``; after
    the first batch, every ``checkpoint_every``-th and the last, two question sets are answered:
    the questions of *every document seen so far* (retention over the stream) and those of the
@@ -348,8 +348,8 @@ def _run(ctx: TransferContext, params) -> dict[str, float]:
                 and step + 1 < params.train_steps:
             run_probes(step + 1)
 
-    def run_probes(step: int) -> dict:
-        result = reading.reading_probe(method.model, harness, probe_set)
+    def run_probes(step: int, predictions: list | None = None) -> dict:
+        result = reading.reading_probe(method.model, harness, probe_set, predictions=predictions)
         ctx.runlog.log_metrics(reading.as_metrics(result), step=step)
         log.info("cmt %s: reading probes after %d steps:\n%s", params.method, step, reading.format_table(result))
         method.notes.setdefault("probes", []).append([step, result])     # checkpointed with the training state
@@ -361,8 +361,11 @@ def _run(ctx: TransferContext, params) -> dict[str, float]:
     else:
         history = method.fit(train_docs, on_step=on_step)
     train_seconds = time.perf_counter() - started
-    final_probe = run_probes(params.train_steps) if probe_set is not None else None
+    probe_answers: list[dict] = []
+    final_probe = run_probes(params.train_steps, probe_answers) if probe_set is not None else None
     if final_probe is not None:
+        ctx.runlog.log_artifact("cmt/probe_predictions.jsonl",
+                                "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in probe_answers).encode())
         ctx.runlog.log_artifact("cmt/probes.csv", reading.table(method.notes["probes"]).encode())
         ctx.runlog.log_artifact("cmt/probes.txt", (reading.format_table(final_probe) + "\n").encode())
     seen_in_training = train_docs if fresh is None else \

@@ -59,9 +59,11 @@ def _memories(model: CMT, harness: Harness, documents: Sequence[Document]) -> tu
 
 
 @torch.no_grad()
-def reading_probe(model: CMT, harness: Harness, probe: ProbeSet) -> dict[str, dict[str, float]]:
+def reading_probe(model: CMT, harness: Harness, probe: ProbeSet, *, predictions: list[dict] | None = None
+                  ) -> dict[str, dict[str, float]]:
     """{condition: {"loss", "em", "f1"}} over ``probe.questions`` (EM/F1 in percent). Leaves the model's mode as
-    it found it; changes no parameter and draws no random number."""
+    it found it; changes no parameter and draws no random number. ``predictions``: a list that receives one record
+    per question and condition (condition, doc_id, question, gold, prediction)."""
     was_training = model.training
     model.eval()
     try:
@@ -87,6 +89,9 @@ def reading_probe(model: CMT, harness: Harness, probe: ProbeSet) -> dict[str, di
                 rows = greedy_generate(model.lm, prefix, batch.prompt_lm_ids, batch.prompt_lm_mask,
                                        max_new_tokens=harness.max_new_tokens, eos_token_id=eos)
                 texts = [answer_text(harness.lm_tokenizer, row) for row in rows]
+                if predictions is not None:
+                    predictions += [{"condition": name, "doc_id": qa.doc_id, "question": qa.question,
+                                     "gold": qa.answer, "prediction": t} for qa, t in zip(qas, texts)]
                 sums[name]["loss"] += loss * len(qas)
                 sums[name]["em"] += 100.0 * sum(exact_match(t, qa.accepted) for t, qa in zip(texts, qas))
                 sums[name]["f1"] += 100.0 * sum(f1(t, qa.accepted) for t, qa in zip(texts, qas))
