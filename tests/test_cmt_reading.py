@@ -64,11 +64,15 @@ def test_probes_read_the_true_memory_when_the_bank_holds_only_it_and_change_noth
     model.train()
     probe = ProbeSet.split(DOCS[:2], 1)                           # a right bank of the question's document alone
     result = reading_probe(model, harness, probe)
-    assert set(result) == set(CONDITIONS) and model.training and same(before, snapshot(model))
+    assert set(result) == {*CONDITIONS, "memory_doc_loss"} and model.training and same(before, snapshot(model))
+    assert set(result["memory_doc_loss"]) == {"own", "other", "none"}
+    assert result["memory_doc_loss"]["own"] == result["memory_doc_loss"]["other"]     # one document: "another" is it
+    two = reading_probe(model, harness, ProbeSet.split(DOCS[:4], 2))["memory_doc_loss"]
+    assert two["own"] != two["other"]
     assert result["right_bank"] == result["true_memory"]
     assert result["other_bank"]["loss"] != result["right_bank"]["loss"]
     assert result["empty_bank"]["loss"] != result["right_bank"]["loss"]
-    assert all(0 <= v["f1"] <= 100 and v["loss"] > 0 for v in result.values())
+    assert all(0 <= result[c]["f1"] <= 100 and result[c]["loss"] > 0 for c in CONDITIONS)
 
 
 def test_fresh_training_with_a_curriculum_logs_probe_curves_and_a_table(tmp_path):

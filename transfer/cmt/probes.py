@@ -12,6 +12,12 @@ training) and by greedy answers' SQuAD EM/F1:
 * ``true_memory`` — the question's own document's K memory vectors fed to the aggregator directly, no
   retrieval and no distractor.
 
+And one step before answering — does a memory hold its document at all? ``memory_doc_loss``: the LM loss of
+each held-out document's own tokens behind a prefix made directly from its memory (``own``, the memory-aware
+term's path), from another held-out document's memory (``other``), and with no prefix (``none``). own ≪ other
+means the memories are document-specific; if then the QA conditions stay equal, the aggregator/QA path does not
+use what the memory holds.
+
 Reading works when right ≫ other ≈ empty and true ≥ right. right ≈ other ≈ empty means the answer comes
 from the question path alone (memorised entity → answer, or the answer format's prior); true ≫ right means
 reading works but retrieval fails; true ≈ empty means the memory carries nothing the prefix can use.
@@ -96,9 +102,23 @@ def reading_probe(model: CMT, harness: Harness, probe: ProbeSet, *, predictions:
                 sums[name]["em"] += 100.0 * sum(exact_match(t, qa.accepted) for t, qa in zip(texts, qas))
                 sums[name]["f1"] += 100.0 * sum(f1(t, qa.accepted) for t, qa in zip(texts, qas))
             count += len(qas)
+        sums["memory_doc_loss"] = _reconstruction(model, harness, probe.documents)
     finally:
         model.train(was_training)
-    return {name: {k: v / count for k, v in values.items()} for name, values in sums.items()}
+    return {name: {k: v / (count if name in CONDITIONS else 1) for k, v in values.items()}
+            for name, values in sums.items()}
+
+
+@torch.no_grad()
+def _reconstruction(model: CMT, harness: Harness, documents: Sequence[Document]) -> dict[str, float]:
+    """Mean LM loss of the documents' tokens behind their own memory, another document's (the next one's, cyclic)
+    and no prefix."""
+    batch = harness.batch(documents).to(harness.device)
+    memory, _ = model.compress(batch.doc_enc_ids, batch.doc_enc_mask)
+    args = (batch.doc_lm_ids, batch.doc_lm_mask, batch.doc_lm_labels)
+    return {"own": float(lm_forward(model.lm, model.prefix(memory), *args).loss),
+            "other": float(lm_forward(model.lm, model.prefix(memory.roll(1, dims=0)), *args).loss),
+            "none": float(lm_forward(model.lm, None, *args).loss)}
 
 
 def as_metrics(result: dict[str, dict[str, float]], prefix: str = "probe/") -> dict[str, float]:
@@ -109,7 +129,7 @@ def as_metrics(result: dict[str, dict[str, float]], prefix: str = "probe/") -> d
 def table(rows: Sequence[tuple[int, dict[str, dict[str, float]]]]) -> str:
     """CSV: one row per probed training step, columns ``<condition>_<loss|em|f1>``."""
     out = io.StringIO()
-    fields = ["step"] + [f"{c}_{k}" for c in CONDITIONS for k in ("loss", "em", "f1")]
+    fields = ["step"] + list(dict.fromkeys(k.removeprefix("probe/") for _, r in rows for k in as_metrics(r)))
     writer = csv.DictWriter(out, fieldnames=fields)
     writer.writeheader()
     for step, result in rows:
@@ -120,5 +140,9 @@ def table(rows: Sequence[tuple[int, dict[str, dict[str, float]]]]) -> str:
 def format_table(result: dict[str, dict[str, float]]) -> str:
     """The final probe as an aligned text table (for logs and benchmarks)."""
     lines = [f"{'condition':<12}{'QA loss':>9}{'EM':>7}{'F1':>7}"]
-    lines += [f"{name:<12}{v['loss']:>9.3f}{v['em']:>7.1f}{v['f1']:>7.1f}" for name, v in result.items()]
+    lines += [f"{name:<12}{result[name]['loss']:>9.3f}{result[name]['em']:>7.1f}{result[name]['f1']:>7.1f}"
+              for name in CONDITIONS]
+    if "memory_doc_loss" in result:
+        lines.append("document LM loss behind its own memory / another's / none: "
+                     + " / ".join(f"{result['memory_doc_loss'][k]:.3f}" for k in ("own", "other", "none")))
     return "\n".join(lines)
