@@ -44,7 +44,8 @@ def main() -> None:
     if args.checkpoint:
         path = Path(args.checkpoint)
     else:
-        found = sorted((cache_root() / "checkpoints" / cell.config_hash).glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+        found = sorted((cache_root() / "checkpoints" / cell.config_hash).glob("*.ckpt"),
+                       key=lambda p: p.stat().st_mtime)
         if not found:
             sys.exit(f"no checkpoint of cell {cell.config_hash} under {cache_root() / 'checkpoints'}")
         path = found[-1]

@@ -133,7 +133,8 @@ def table(rows: Sequence[tuple[int, dict[str, dict[str, float]]]]) -> str:
     writer = csv.DictWriter(out, fieldnames=fields)
     writer.writeheader()
     for step, result in rows:
-        writer.writerow({"step": step, **{k.removeprefix("probe/"): round(v, 4) for k, v in as_metrics(result).items()}})
+        values = {k.removeprefix("probe/"): round(v, 4) for k, v in as_metrics(result).items()}
+        writer.writerow({"step": step, **values})
     return out.getvalue()
 
 
