@@ -11,6 +11,8 @@ answers questions at checkpoints. Prints, per method and ablation (mean ± std o
 * the first batch's F1 right after it arrived and at the end (retention over the stream);
 * bytes stored per document (CMT/MAC: K·D fp32 memory vectors; RAG: raw text + one embedding) and
   trainable parameters;
+* the reading probes (`transfer.cmt.probes`): QA loss and F1 on held-out documents with the right bank, a bank of
+  other documents, an empty bank and the true document's memory fed directly;
 * the retention curves: F1 on all documents seen so far, and on the first batch, after each
   checkpointed stream batch.
 
@@ -36,7 +38,8 @@ QUICK = {"transfer.lm": "tiny", "transfer.encoder": "tiny", "transfer.train_docu
          "transfer.stream_documents": 24, "transfer.stream_batch_documents": 8, "transfer.checkpoint_every": 2,
          "transfer.eval_questions": 24, "transfer.num_memory_tokens": 4, "transfer.ff_hidden": 64,
          "transfer.num_aggregator_blocks": 1, "transfer.train_steps": 30, "transfer.lr": 1.0e-3,
-         "transfer.prompt": "plain", "transfer.max_new_tokens": 4}
+         "transfer.prompt": "plain", "transfer.max_new_tokens": 4, "transfer.probe_documents": 8,
+         "transfer.probe_every": 10}
 
 
 def _mean(values) -> float:
@@ -83,6 +86,23 @@ def report(runs, spec, cells, args) -> None:
                 means = here[here["method"] == method].groupby("step")["value"].mean()
                 print(f"{method:<24}" + "".join(f"{means.get(s, float('nan')):>8.1f}" for s in steps))
 
+    # reading probes (issue #30): held-out documents answered with the right bank, other documents only, an empty
+    # bank, and the true document's memory fed directly
+    conditions = ("right_bank", "other_bank", "empty_bank", "true_memory")
+    probe_keys = [f"final/probe_{c}_{m}" for c in conditions for m in ("loss", "f1")]
+    probed = [m for m in methods if all(k in runs for k in probe_keys)
+              and runs[runs["method"] == m][probe_keys].notna().all(axis=None)]
+    if probed:
+        print("\nreading probes on held-out documents after training — QA loss / F1 (reading works when right ≫ "
+              "other ≈ empty and true ≥ right):")
+        print(f"{'method':<24}" + "".join(f"{c:>20}" for c in conditions))
+        for method in probed:
+            rows = runs[runs["method"] == method]
+            print(f"{method:<24}" + "".join(
+                f"{_mean(rows[f'final/probe_{c}_loss']):>11.3f} / {_mean(rows[f'final/probe_{c}_f1']):>5.1f}"
+                for c in conditions))
+            summary[method].update({f"probe_{c}_f1": _mean(rows[f"final/probe_{c}_f1"]) for c in conditions})
+
     # the verdicts are the reproduction report's (cl.reproductions), so the two never disagree
     claims = REPRODUCTION.claims(runs)
     print()
@@ -101,9 +121,12 @@ def report(runs, spec, cells, args) -> None:
              "CMT w/o top-k": "cmt_no_topk", "MAC": "mac", "closed-book": "closed_book", "RAG": "rag",
              "online fine-tuning": "online_ft"}
     result = {f"{short.get(m, m)}_{k}": round(v, 2) for m, d in summary.items() for k, v in d.items()
-              if k in ("em", "f1") or (k == "bytes_per_doc" and m in ("CMT", "RAG"))}
+              if k in ("em", "f1") or (k == "bytes_per_doc" and m in ("CMT", "RAG"))
+              or (k.startswith("probe_") and m in ("CMT", "MAC"))}
+    probe = {f"probe_{c}_f1": round(summary.get("CMT", {}).get(f"probe_{c}_f1", float("nan")), 2)
+             for c in ("right_bank", "empty_bank")}
     print(f"RESULT cmt_beats_mac={beats} seeds={seeds} quick={int(args.quick)} "
-          + json.dumps(result, separators=(",", ":")))
+          + " ".join(f"{k}={v}" for k, v in probe.items()) + " " + json.dumps(result, separators=(",", ":")))
 
 
 if __name__ == "__main__":
@@ -112,4 +135,5 @@ if __name__ == "__main__":
                    quick=lambda spec: gridbench.quick_variant(spec, QUICK),
                    quick_help="tiny random LM and encoder, 64 training / 24 streamed documents, 30 steps, 1 seed: "
                               "exercises every cell in minutes (answers ≈ 0)",
-                   describe=REPRODUCTION.describe, report=report, no_runs="cmt_beats_mac=0")
+                   describe=REPRODUCTION.describe, report=report,
+                   no_runs="cmt_beats_mac=0 probe_right_bank_f1=nan probe_empty_bank_f1=nan")

@@ -162,7 +162,7 @@ def test_the_run_raises_when_the_frozen_lm_changes(tmp_path, cache, monkeypatch)
             with torch.no_grad():
                 self.lm.get_input_embeddings().weight[0, 0] += 1e-3
 
-    monkeypatch.setattr(cmt_transfer, "build_method", lambda params, lm, harness, seed: Tampering(lm, harness))
+    monkeypatch.setattr(cmt_transfer, "build_method", lambda params, lm, harness, seed, fresh=None: Tampering(lm, harness))
     with pytest.raises(FrozenLMChanged, match="frozen LM's parameters changed"):
         run_direct(tmp_path, method="closed_book")
 

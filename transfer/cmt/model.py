@@ -74,6 +74,9 @@ Deviations (ours) — to know before reading results
   the bank size no longer matters for memory (MAC needs chunks for full aggregation of big banks).
 * Scorer form, the self-matching and memory-aware terms' exact form, and the hard top-k are our
   reading of the paper's abstract (it names the techniques; the formulas are not public).
+* Frozen encoders (``train_encoder=False``, ``freeze_question_encoder``) run in eval mode while the rest trains
+  (as pretrained, no dropout). ``losses(true_memory=True)`` — the curriculum's first stages (issue #30, ours) —
+  makes the QA prefix from each question's own document's memory, without retrieval.
 * EM is SQuAD's official full match by default; MAC's prefix match is available
   (`transfer.cmt.metrics.exact_match(prefix=True)`).
 
@@ -128,6 +131,7 @@ class CMTConfig:
     memory_aware_weight: float = 1.0  # memory-aware reconstruction weight (0 switches it off)
     share_encoder: bool = False       # question encoder shares the document encoder's weights
     train_encoder: bool = True        # fine-tune the encoder(s) (MAC trains its T5)
+    freeze_question_encoder: bool = False   # keep the question encoder's pretrained weights (issue #30)
     dropout: float = 0.0
 
     def __post_init__(self):
@@ -511,10 +515,14 @@ class CMT(nn.Module):
         self.lm.eval()
         if question_encoder is None:
             question_encoder = encoder if config.share_encoder else copy.deepcopy(encoder)
-        if not config.train_encoder:
-            for module in (encoder, question_encoder):
-                for p in module.parameters():
-                    p.requires_grad_(False)
+        if config.freeze_question_encoder and question_encoder is encoder:
+            raise ValueError("CMTConfig.freeze_question_encoder with a shared encoder would freeze the document "
+                             "encoder too; use train_encoder=False, or share_encoder=False")
+        frozen = (encoder, question_encoder) if not config.train_encoder else \
+            (question_encoder,) if config.freeze_question_encoder else ()
+        for module in frozen:
+            for p in module.parameters():
+                p.requires_grad_(False)
         shape = dict(num_tokens=config.num_memory_tokens, dim=dim, num_heads=config.num_heads,
                      ff_hidden=config.ff_hidden, dropout=config.dropout)
         self.compressor = Compressor(encoder, **shape)
@@ -533,6 +541,9 @@ class CMT(nn.Module):
     def train(self, mode: bool = True):
         super().train(mode)
         self.lm.eval()               # the frozen LM never drops out
+        for compressor in (self.compressor, self.question_encoder):
+            if not any(p.requires_grad for p in compressor.encoder.parameters()):
+                compressor.encoder.eval()      # a frozen pretrained encoder runs as pretrained (no dropout)
         return self
 
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -542,6 +553,13 @@ class CMT(nn.Module):
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Everything but the frozen LM (what a CMT checkpoint needs to store)."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("lm.")}
+
+    def checkpoint_state_dict(self) -> dict[str, torch.Tensor]:
+        """What a training checkpoint must keep: the trainable parameters and the buffers, not the frozen LM nor
+        frozen encoder weights (rebuilt identically from the pretrained files; ~180 MB for two MiniLM copies).
+        Load with ``load_state_dict(..., strict=False)``."""
+        frozen = {name for name, p in self.named_parameters() if not p.requires_grad}
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("lm.") and k not in frozen}
 
     def new_bank(self) -> MemoryBank:
         return MemoryBank(self.config.num_memory_tokens, self.memory_dim, self.key_dim)
@@ -563,20 +581,34 @@ class CMT(nn.Module):
         k = self.config.top_k if top_k == -1 else top_k
         scores = self.scorer(query_keys, keys)
         context, index = select_top_k(scores, memory, k)
+        return self.attend(condition, context), scores, index
+
+    def attend(self, condition: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        """The aggregator blocks: ``condition`` (Q, K, D) attends to ``context`` (Q, M, D). ``None`` is an empty
+        bank: nothing to attend to, so each block's attention adds 0 and only its feed-forward acts (the
+        reading probes' "empty bank")."""
         out = condition
         for block in self.aggregator:
-            out = block(out, context)
-        return out, scores, index
+            out = block.ff(out) if context is None else block(out, context)
+        return out
 
     # -- training
-    def losses(self, batch: CMTBatch) -> dict[str, torch.Tensor]:
-        """The weighted loss terms on one batch (its documents are the bank) and their sum ``total``."""
+    def losses(self, batch: CMTBatch, *, true_memory: bool = False) -> dict[str, torch.Tensor]:
+        """The weighted loss terms on one batch (its documents are the bank) and their sum ``total``.
+
+        ``true_memory``: the QA term's prefix comes from each question's own document's memory, no retrieval (the
+        curriculum's first stages, issue #30); self-matching still ranks the batch's documents."""
         cfg = self.config
         memory, keys = self.compress(batch.doc_enc_ids, batch.doc_enc_mask)         # (B, K, D), (B, E)
         terms: dict[str, torch.Tensor] = {}
         if cfg.qa_weight or cfg.self_match_weight:
             condition, query_keys = self.condition(batch.q_enc_ids, batch.q_enc_mask)   # (Q, K, D), (Q, E)
-            if cfg.qa_weight:
+            if cfg.qa_weight and true_memory:
+                scores = self.scorer(query_keys, keys)
+                out = lm_forward(self.lm, self.prefix(self.attend(condition, memory[batch.doc_index])),
+                                 batch.qa_lm_ids, batch.qa_lm_mask, batch.qa_lm_labels)
+                terms["qa"] = out.loss
+            elif cfg.qa_weight:
                 aggregated, scores, _ = self.aggregate(condition, query_keys, memory, keys)
                 out = lm_forward(self.lm, self.prefix(aggregated), batch.qa_lm_ids, batch.qa_lm_mask,
                                     batch.qa_lm_labels)
@@ -640,12 +672,12 @@ def answer_text(tokenizer, row: Sequence[int]) -> str:
 
 
 def train_steps(model: CMT, batches: Iterable[CMTBatch], optimizer: torch.optim.Optimizer, *,
-                max_grad_norm: float | None = 1.0) -> list[dict[str, float]]:
+                max_grad_norm: float | None = 1.0, true_memory: bool = False) -> list[dict[str, float]]:
     """One optimiser step per batch on the weighted loss; returns each step's terms as floats."""
     model.train()
     history = []
     for batch in batches:
-        terms = model.losses(batch)
+        terms = model.losses(batch, true_memory=true_memory)
         optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
         if max_grad_norm is not None:
@@ -655,8 +687,21 @@ def train_steps(model: CMT, batches: Iterable[CMTBatch], optimizer: torch.optim.
     return history
 
 
-def make_optimizer(model: CMT, lr: float = 1e-4, weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters only (the frozen LM is never given to the optimiser)."""
-    if lr <= 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
-    return torch.optim.AdamW(model.trainable_parameters(), lr=lr, weight_decay=weight_decay)
+def make_optimizer(model: CMT, lr: float = 1e-4, weight_decay: float = 0.0, *, encoder_lr: float | None = None
+                   ) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters only (the frozen LM is never given to the optimiser).
+
+    ``encoder_lr``: the pretrained encoder(s) in a group of their own at that rate (MAC: 1e-5 for its T5; issue #30:
+    one lr of 3e-4 for everything wore MiniLM's retrieval from 100% top-1 down to a few %); the new modules keep
+    ``lr``. Groups: [new modules] or [new modules, encoders]."""
+    for name, value in (("lr", lr), ("encoder_lr", encoder_lr)):
+        if value is not None and value <= 0:
+            raise ValueError(f"{name} must be > 0, got {value}")
+    trainable = model.trainable_parameters()
+    if encoder_lr is None:
+        return torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
+    encoder_ids = {id(p) for c in (model.compressor, model.question_encoder) for p in c.encoder.parameters()}
+    new = [p for p in trainable if id(p) not in encoder_ids]
+    encoders = [p for p in trainable if id(p) in encoder_ids]
+    groups = [{"params": new, "lr": lr}] + ([{"params": encoders, "lr": encoder_lr}] if encoders else [])
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
