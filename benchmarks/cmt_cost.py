@@ -41,7 +41,7 @@ def main() -> None:
 
     import torch
 
-    from cl.transfer_run import cache_root
+    from cl.cache import cache_root
     from transfer.cmt.baselines import CMTMemory
     from transfer.cmt.data import FreshDocuments, synthetic_facts
     from transfer.cmt.experiment import build_encoder, build_harness, build_lm, cmt_config

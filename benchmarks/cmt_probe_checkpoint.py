@@ -34,7 +34,7 @@ def main() -> None:
     from cl import checkpoint as ckpt
     from cl.grid import expand, load_grid
     from cl.registry import TRANSFERS
-    from cl.transfer_run import cache_root
+    from cl.cache import cache_root
     from transfer.cmt import probes as reading
     from transfer.cmt.experiment import (build_harness, build_lm, build_method, demonstrations, fresh_documents,
                                          load_splits)

@@ -5,11 +5,11 @@ Every method below is driven the same way by `transfer.cmt.experiment` (and by t
 ``answer(batch)`` for a `CMTBatch` of questions at any point. All of them answer with the same
 prompt (`Harness.prompt`: ``QUESTION_TEMPLATE``, or the LM's chat template around the same
 question; tokenised by `transfer.cmt.data.collate`; RAG adds its documents), the same greedy
-decoding (`transfer.cmt.model.greedy_generate`, ``max_new_tokens``, cut at the end-of-sequence token),
+decoding (`transfer.cmt.frozen_lm.greedy_generate`, ``max_new_tokens``, cut at the end-of-sequence token),
 the same decoding to text, and are scored by `evaluate` with the same SQuAD EM/F1
 (`transfer.cmt.metrics`). The frozen base LM is shared by all and changed by none.
 
-Answers are the first line of what was generated (`transfer.cmt.model.answer_text`), for every method.
+Answers are the first line of what was generated (`transfer.cmt.frozen_lm.answer_text`), for every method.
 Closed-book, RAG and online fine-tuning never learn the answer format (CMT and MAC do, from their QA
 loss), so their prompt may carry solved examples from the training split first (``fewshot``;
 `PromptFormat.demonstrations`): without them SmolLM2-135M-Instruct answers in sentences or not at all.
@@ -53,7 +53,8 @@ import torch
 from torch.nn import functional as F
 from transformers import get_linear_schedule_with_warmup
 
-from transfer.cmt.model import CMT, answer_text, greedy_generate, lm_forward, make_optimizer, train_steps
+from transfer.cmt.model import CMT, make_optimizer, train_steps
+from transfer.cmt.frozen_lm import answer_text, greedy_generate, lm_forward
 from transfer.cmt.data import QA, CMTBatch, Document, PromptFormat, collate, lm_special_ids
 from transfer.cmt.metrics import exact_match, qa_scores
 

@@ -90,30 +90,28 @@ Around it
   `transfer.cmt.params.CMTTransferParams`): train on a split of documents disjoint from the stream,
   stream, answer at checkpoints, check the frozen LM's hash; `benchmarks/cmt.py` runs its grid.
 * `transfer.cmt.data` — synthetic streaming facts, the offline SQuAD loader, the train/stream split.
+
+Where the parts live: the trainable blocks in `transfer.cmt.layers`, the bank in `transfer.cmt.memory_bank`,
+the frozen LM's prefixed forward and decoding in `transfer.cmt.frozen_lm`; this module assembles them (`CMT`),
+with the losses and the training step.
 """
 from __future__ import annotations
 
 import copy
-import inspect
-import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from transfer.cmt.data import CMTBatch
+from transfer.cmt.frozen_lm import answer_text, greedy_generate, lm_forward
+from transfer.cmt.layers import Compressor, CrossAttentionBlock, PrefixGenerator, Scorer, encoder_width
+from transfer.cmt.memory_bank import MemoryBank
 
 log = logging.getLogger(__name__)
-BANK_FORMAT = "clsuite-cmt-memory-bank"
-BANK_VERSION = 2          # 2: a retrieval key per entry
-BANK_TENSORS = "memory.safetensors"
-BANK_MANIFEST = "manifest.json"
-
-
 # --------------------------------------------------------------------------- configuration
 
 @dataclass(frozen=True)
@@ -151,321 +149,6 @@ class CMTConfig:
                              "switch at least one loss term on")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"CMTConfig.dropout must be in [0, 1), got {self.dropout}")
-
-
-# --------------------------------------------------------------------------- building blocks
-
-class MLP(nn.Module):
-    """MAC's per-token MLP: LayerNorm → Linear → tanh → Linear, plus a linear (or identity) skip."""
-
-    def __init__(self, dim_in: int, dim_out: int):
-        super().__init__()
-        self.skip = nn.Identity() if dim_in == dim_out else nn.Linear(dim_in, dim_out)
-        self.net = nn.Sequential(nn.LayerNorm(dim_in), nn.Linear(dim_in, dim_out), nn.Tanh(),
-                                 nn.Linear(dim_out, dim_out))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.skip(x) + self.net(x)
-
-
-class FeedForward(nn.Module):
-    """Pre-norm residual feed-forward: x + W2 GELU(W1 LN(x))."""
-
-    def __init__(self, dim: int, hidden: int, dropout: float = 0.0):
-        super().__init__()
-        self.net = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout),
-                                 nn.Linear(hidden, dim), nn.Dropout(dropout))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.net(x)
-
-
-class CrossAttentionBlock(nn.Module):
-    """Pre-norm cross-attention (queries ``x`` over ``context``) + feed-forward, both residual."""
-
-    def __init__(self, dim: int, num_heads: int, ff_hidden: int, dropout: float = 0.0):
-        super().__init__()
-        self.norm_q = nn.LayerNorm(dim)
-        self.norm_kv = nn.LayerNorm(dim)
-        self.attention = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
-        self.ff = FeedForward(dim, ff_hidden, dropout)
-
-    def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None):
-        """``context_mask``: (B, M) with 1 for real tokens (as a Hugging Face attention mask)."""
-        kv = self.norm_kv(context)
-        padding = None if context_mask is None else context_mask == 0
-        attended, _ = self.attention(self.norm_q(x), kv, kv, key_padding_mask=padding, need_weights=False)
-        return self.ff(x + attended)
-
-
-class Compressor(nn.Module):
-    """Encoder + K learnable soft tokens pooled by cross-attention → K vectors of width ``dim``, and a
-    retrieval key: the encoder's states mean-pooled over real tokens (its own sentence embedding).
-
-    Used twice: for documents (the memory vectors) and for questions (the aggregator's condition).
-    """
-
-    def __init__(self, encoder: nn.Module, *, num_tokens: int, dim: int, num_heads: int, ff_hidden: int,
-                 dropout: float = 0.0):
-        super().__init__()
-        enc_dim = _encoder_width(encoder)
-        if enc_dim % num_heads:
-            raise ValueError(f"CMTConfig.num_heads={num_heads} must divide the encoder's hidden size {enc_dim}")
-        self.encoder = encoder
-        self.soft_tokens = nn.Parameter(torch.randn(num_tokens, enc_dim) * 0.02)
-        self.pool = CrossAttentionBlock(enc_dim, num_heads, ff_hidden, dropout)
-        self.mlps = nn.ModuleList(MLP(enc_dim, dim) for _ in range(num_tokens))   # MAC: one per token
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(vectors (B, K, dim), keys (B, encoder width))."""
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        queries = self.soft_tokens.unsqueeze(0).expand(hidden.shape[0], -1, -1)
-        pooled = self.pool(queries, hidden, attention_mask)
-        vectors = torch.stack([mlp(pooled[:, i]) for i, mlp in enumerate(self.mlps)], dim=1)
-        real = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        keys = (hidden * real).sum(1) / real.sum(1).clamp(min=1)
-        return vectors, keys
-
-
-def _encoder_width(encoder: nn.Module) -> int:
-    config = getattr(encoder, "config", None)
-    width = getattr(config, "hidden_size", None) or getattr(config, "d_model", None)
-    if not width:
-        raise TypeError(f"{type(encoder).__name__}: the memory encoder must be a Hugging Face encoder whose "
-                        "config has hidden_size (e.g. BertModel / all-MiniLM-L6-v2)")
-    return int(width)
-
-
-class Scorer(nn.Module):
-    """score(question, entry) = cos(Wq·question key, Wm·entry key) / temperature.
-
-    Wq and Wm start as the identity, so an untrained scorer ranks by the encoder's own sentence
-    similarity (for MiniLM, a trained retriever); self-matching then adapts both.
-    """
-
-    def __init__(self, key_dim: int, temperature: float):
-        super().__init__()
-        self.question = nn.Linear(key_dim, key_dim)
-        self.memory = nn.Linear(key_dim, key_dim)
-        for layer in (self.question, self.memory):
-            nn.init.eye_(layer.weight)
-            nn.init.zeros_(layer.bias)
-        self.temperature = temperature
-
-    def forward(self, query_keys: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        """query_keys (Q, E), keys (N, E) → scores (Q, N)."""
-        q = F.normalize(self.question(query_keys), dim=-1)
-        m = F.normalize(self.memory(keys), dim=-1)
-        return q @ m.T / self.temperature
-
-
-class PrefixGenerator(nn.Module):
-    """K aggregated vectors → per-layer prefix (key, value), each (B, kv_heads, P, head_dim)."""
-
-    def __init__(self, *, dim: int, num_tokens: int, num_layers: int, prefix_length: int, kv_heads: int,
-                 head_dim: int, ff_hidden: int, dropout: float = 0.0):
-        super().__init__()
-        self.num_layers, self.prefix_length = num_layers, prefix_length
-        self.kv_heads, self.head_dim = kv_heads, head_dim
-        slots = 2 * num_layers * prefix_length
-        # MAC's spreading: token i fills ⌈S/K⌉ (first S mod K tokens) or ⌊S/K⌋ consecutive slots
-        counts = torch.full((num_tokens,), slots // num_tokens, dtype=torch.long)
-        counts[: slots % num_tokens] += 1
-        self.register_buffer("slot_source", torch.repeat_interleave(torch.arange(num_tokens), counts),
-                             persistent=False)
-        self.slot_embedding = nn.Parameter(torch.zeros(slots, dim))
-        self.ff = FeedForward(dim, ff_hidden, dropout)
-        self.out = nn.Linear(dim, kv_heads * head_dim)
-        nn.init.normal_(self.out.weight, std=0.02)
-        nn.init.zeros_(self.out.bias)
-
-    def forward(self, aggregated: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        b = aggregated.shape[0]
-        slots = self.out(self.ff(aggregated[:, self.slot_source] + self.slot_embedding))    # (B, S, kvh·hd)
-        kv = slots.view(b, self.prefix_length, 2 * self.num_layers, self.kv_heads, self.head_dim)
-        kv = kv.permute(2, 0, 3, 1, 4)                                    # (2L, B, kvh, P, hd)
-        return [(kv[2 * layer], kv[2 * layer + 1]) for layer in range(self.num_layers)]
-
-
-# --------------------------------------------------------------------------- frozen LM with a prefix
-
-def _cache_keyword(lm: nn.Module) -> str:
-    params = inspect.signature(lm.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def _prefix_cache(lm: nn.Module, prefix: Sequence[tuple[torch.Tensor, torch.Tensor]] | None):
-    from transformers import DynamicCache
-
-    if prefix is None:
-        return DynamicCache(config=lm.config)
-    return DynamicCache([(k, v) for k, v in prefix], config=lm.config)
-
-
-def _keeps_logits(lm: nn.Module) -> bool:
-    return "logits_to_keep" in inspect.signature(lm.forward).parameters
-
-
-def lm_forward(lm: nn.Module, prefix: Sequence[tuple[torch.Tensor, torch.Tensor]] | None,
-               input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None):
-    """Run the frozen causal LM behind per-layer prefix key/values (or none).
-
-    Rows are left padded; positions count real tokens and start after the prefix (the causal mask
-    is built from the cache length, so explicit positions do not shift it).
-    """
-    p = 0 if prefix is None else prefix[0][0].shape[2]
-    mask = torch.cat([attention_mask.new_ones(attention_mask.shape[0], p), attention_mask], dim=1)
-    positions = p + (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    return lm(input_ids=input_ids, attention_mask=mask, position_ids=positions, labels=labels,
-              use_cache=True, **{_cache_keyword(lm): _prefix_cache(lm, prefix)})
-
-
-@torch.no_grad()
-def greedy_generate(lm: nn.Module, prefix, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
-                    max_new_tokens: int, eos_token_id: int) -> list[list[int]]:
-    """Greedy decoding behind a prefix; each row's new tokens, cut before its first end-of-sequence."""
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    p = 0 if prefix is None else prefix[0][0].shape[2]
-    cache = _prefix_cache(lm, prefix)
-    mask = torch.cat([attention_mask.new_ones(attention_mask.shape[0], p), attention_mask], dim=1)
-    positions = p + (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    keyword = _cache_keyword(lm)
-    last_only = {"logits_to_keep": 1} if _keeps_logits(lm) else {}
-    logits = lm(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                **{keyword: cache}, **last_only).logits[:, -1]
-    rows: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
-    done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-    positions = positions[:, -1:]
-    for step in range(max_new_tokens):
-        token = logits.argmax(-1)
-        done_before = done.clone()
-        done |= token == eos_token_id
-        for i in range(len(rows)):
-            if not done[i]:
-                rows[i].append(int(token[i]))
-        if bool(done.all()) or step == max_new_tokens - 1:
-            break
-        token = torch.where(done_before, torch.full_like(token, eos_token_id), token)
-        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-        positions = positions + 1
-        logits = lm(input_ids=token[:, None], attention_mask=mask, position_ids=positions, use_cache=True,
-                    **{keyword: cache}).logits[:, -1]
-    return rows
-
-
-# --------------------------------------------------------------------------- memory bank
-
-class MemoryBank:
-    """Append-only store of K memory vectors and one retrieval key per document, with the documents' ids.
-
-    Entries are detached copies (no autograd history, no gradient ever reaches them); there is no
-    API to change or remove one. ``save``/``load`` write ``memory.safetensors`` + ``manifest.json``.
-    """
-
-    def __init__(self, num_tokens: int, dim: int, key_dim: int, *, dtype: torch.dtype = torch.float32):
-        if num_tokens < 1 or dim < 1 or key_dim < 1:
-            raise ValueError(f"MemoryBank: num_tokens, dim and key_dim must be >= 1, got {num_tokens}, {dim}, "
-                             f"{key_dim}")
-        self.num_tokens, self.dim, self.key_dim, self.dtype = int(num_tokens), int(dim), int(key_dim), dtype
-        self._chunks: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self._joined: tuple[torch.Tensor, torch.Tensor] | None = (torch.empty(0, num_tokens, dim, dtype=dtype),
-                                                                  torch.empty(0, key_dim, dtype=dtype))
-        self._doc_ids: list[str] = []
-        self._known: set[str] = set()
-
-    def __len__(self) -> int:
-        return len(self._doc_ids)
-
-    @property
-    def doc_ids(self) -> tuple[str, ...]:
-        return tuple(self._doc_ids)
-
-    def _entries(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._joined is None:
-            self._joined = tuple(torch.cat(parts) for parts in zip(*self._chunks))
-            self._chunks = [self._joined]
-        return self._joined
-
-    @property
-    def memory(self) -> torch.Tensor:
-        """All entries' memory vectors, (N, K, D), in arrival order (a shared tensor: do not modify it)."""
-        return self._entries()[0]
-
-    @property
-    def keys(self) -> torch.Tensor:
-        """All entries' retrieval keys, (N, E), in arrival order (shared: do not modify)."""
-        return self._entries()[1]
-
-    @property
-    def bytes_per_document(self) -> int:
-        return (self.num_tokens * self.dim + self.key_dim) * torch.tensor([], dtype=self.dtype).element_size()
-
-    @property
-    def nbytes(self) -> int:
-        return len(self) * self.bytes_per_document
-
-    def append(self, doc_ids: Sequence[str], memory: torch.Tensor, keys: torch.Tensor) -> None:
-        """Add one entry per document id; ``memory`` is (len(doc_ids), K, D), ``keys`` (len(doc_ids), E)."""
-        doc_ids = [str(d) for d in doc_ids]
-        if memory.dim() != 3 or memory.shape[1:] != (self.num_tokens, self.dim):
-            raise ValueError(f"MemoryBank.append: memory must be (N, {self.num_tokens}, {self.dim}), "
-                             f"got {tuple(memory.shape)}")
-        if keys.shape != (memory.shape[0], self.key_dim):
-            raise ValueError(f"MemoryBank.append: keys must be ({memory.shape[0]}, {self.key_dim}), "
-                             f"got {tuple(keys.shape)}")
-        if memory.shape[0] != len(doc_ids):
-            raise ValueError(f"MemoryBank.append: {memory.shape[0]} memories but {len(doc_ids)} doc_ids")
-        repeated = [d for d in doc_ids if d in self._known] or \
-            [d for i, d in enumerate(doc_ids) if d in doc_ids[:i]]
-        if repeated:
-            raise ValueError(f"MemoryBank.append: document id(s) {repeated[:3]} already stored; the bank is "
-                             "append-only and ids must be unique")
-        with torch.no_grad():
-            self._chunks.append(tuple(t.detach().to(device="cpu", dtype=self.dtype).clone() for t in (memory, keys)))
-        self._joined = None
-        self._doc_ids.extend(doc_ids)
-        self._known.update(doc_ids)
-
-    def save(self, directory: str | Path) -> Path:
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        save_file({"memory": self.memory.contiguous(), "keys": self.keys.contiguous()}, str(directory / BANK_TENSORS),
-                  metadata={"format": BANK_FORMAT, "version": str(BANK_VERSION)})
-        manifest = {"format": BANK_FORMAT, "version": BANK_VERSION, "num_tokens": self.num_tokens,
-                    "dim": self.dim, "key_dim": self.key_dim, "dtype": str(self.dtype).removeprefix("torch."),
-                    "size": len(self), "doc_ids": self._doc_ids}
-        (directory / BANK_MANIFEST).write_text(json.dumps(manifest, indent=1))
-        return directory
-
-    @classmethod
-    def load(cls, directory: str | Path) -> MemoryBank:
-        from safetensors.torch import load_file
-
-        directory = Path(directory)
-        manifest_path = directory / BANK_MANIFEST
-        if not manifest_path.is_file():
-            raise FileNotFoundError(f"{manifest_path}: no memory-bank manifest; save a bank with MemoryBank.save")
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("format") != BANK_FORMAT or manifest.get("version") != BANK_VERSION:
-            raise ValueError(f"{manifest_path}: format {manifest.get('format')!r} v{manifest.get('version')} "
-                             f"is not {BANK_FORMAT!r} v{BANK_VERSION}")
-        dtype = getattr(torch, manifest["dtype"])
-        bank = cls(manifest["num_tokens"], manifest["dim"], manifest["key_dim"], dtype=dtype)
-        tensors = load_file(str(directory / BANK_TENSORS))
-        memory, keys = tensors["memory"], tensors["keys"]
-        if memory.shape != (manifest["size"], manifest["num_tokens"], manifest["dim"]) or memory.dtype != dtype \
-                or keys.shape != (manifest["size"], manifest["key_dim"]) or keys.dtype != dtype:
-            raise ValueError(f"{directory / BANK_TENSORS}: tensors {tuple(memory.shape)}, {tuple(keys.shape)} "
-                             f"{memory.dtype} do not match the manifest ({manifest['size']}, "
-                             f"{manifest['num_tokens']}, {manifest['dim']}) + keys {manifest['key_dim']} {dtype}")
-        if len(manifest["doc_ids"]) != manifest["size"]:
-            raise ValueError(f"{manifest_path}: {len(manifest['doc_ids'])} doc_ids for size {manifest['size']}")
-        if manifest["size"]:
-            bank.append(manifest["doc_ids"], memory, keys)
-        return bank
 
 
 # --------------------------------------------------------------------------- losses (pure functions)
@@ -527,7 +210,7 @@ class CMT(nn.Module):
                      ff_hidden=config.ff_hidden, dropout=config.dropout)
         self.compressor = Compressor(encoder, **shape)
         self.question_encoder = Compressor(question_encoder, **shape)
-        self.key_dim = _encoder_width(encoder)
+        self.key_dim = encoder_width(encoder)
         self.scorer = Scorer(self.key_dim, config.temperature)
         self.aggregator = nn.ModuleList(CrossAttentionBlock(dim, config.num_heads, config.ff_hidden, config.dropout)
                                         for _ in range(config.num_aggregator_blocks))
@@ -661,14 +344,6 @@ class CMT(nn.Module):
         finally:
             self.train(was_training)
         return [answer_text(tokenizer, row) for row in rows], scores.argmax(1).tolist()
-
-
-def answer_text(tokenizer, row: Sequence[int]) -> str:
-    """A generated row → the answer: its text up to the first line break (answers are short phrases; an LM
-    that goes on — a few-shot prompt invites a next "Question:" — is cut there), stripped. Every method decodes
-    through this, so none is scored on more or less of what it generated."""
-    text = tokenizer.decode(list(row), skip_special_tokens=True).strip()
-    return text.split("\n", 1)[0].strip()
 
 
 def train_steps(model: CMT, batches: Iterable[CMTBatch], optimizer: torch.optim.Optimizer, *,

@@ -34,7 +34,8 @@ import torch
 from transfer.cmt.baselines import Harness
 from transfer.cmt.data import QA, Document, lm_special_ids
 from transfer.cmt.metrics import exact_match, f1
-from transfer.cmt.model import CMT, answer_text, greedy_generate, lm_forward
+from transfer.cmt.model import CMT
+from transfer.cmt.frozen_lm import answer_text, greedy_generate, lm_forward
 
 CONDITIONS = ("right_bank", "other_bank", "empty_bank", "true_memory")
 
