@@ -20,13 +20,10 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from benchmarks.paths import ROOT, SHARED_DATA
 
 
 def memo_cell(quick: bool):
@@ -48,7 +45,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="8×8 digits, 1 epoch per task (smoke run)")
     args = parser.parse_args()
-    os.environ.setdefault("CLSUITE_DATA_ROOT", str(ROOT.parent / "shared" / "data"))
+    os.environ.setdefault("CLSUITE_DATA_ROOT", str(SHARED_DATA))
     os.environ["CLSUITE_CACHE"] = tempfile.mkdtemp(prefix="checkpoint-cost-")
 
     from cl import checkpoint

@@ -11,6 +11,8 @@ answers questions at checkpoints. Prints, per method and ablation (mean ± std o
 * the first batch's F1 right after it arrived and at the end (retention over the stream);
 * bytes stored per document (CMT/MAC: K·D fp32 memory vectors; RAG: raw text + one embedding) and
   trainable parameters;
+* the reading probes (`transfer.cmt.probes`): QA loss and F1 on held-out documents with the right bank, a bank of
+  other documents, an empty bank and the true document's memory fed directly;
 * the retention curves: F1 on all documents seen so far, and on the first batch, after each
   checkpointed stream batch.
 
@@ -23,16 +25,10 @@ report's, "within noise" when the gap is under twice its standard error — and 
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks import gridbench  # noqa: E402
-from cl.analysis import load_histories  # noqa: E402
-from cl.grid import GridSpec, load_grid  # noqa: E402
-from cl.reproductions import cell_runs, reproduction_for  # noqa: E402
+from benchmarks import gridbench
+from cl.analysis import load_histories
+from cl.reproductions import reproduction_for
 
 REPRODUCTION = reproduction_for("experiments/cmt_synthetic.yaml")
 ORDER = ("CMT", "CMT w/o self-matching", "CMT w/o memory-aware", "CMT w/o top-k", "MAC", "closed-book", "RAG",
@@ -42,14 +38,8 @@ QUICK = {"transfer.lm": "tiny", "transfer.encoder": "tiny", "transfer.train_docu
          "transfer.stream_documents": 24, "transfer.stream_batch_documents": 8, "transfer.checkpoint_every": 2,
          "transfer.eval_questions": 24, "transfer.num_memory_tokens": 4, "transfer.ff_hidden": 64,
          "transfer.num_aggregator_blocks": 1, "transfer.train_steps": 30, "transfer.lr": 1.0e-3,
-         "transfer.prompt": "plain", "transfer.max_new_tokens": 4}
-
-
-def grid(args) -> GridSpec:
-    spec = load_grid(Path(args.grid))
-    if not args.quick:
-        return spec
-    return gridbench.quick_variant(spec, QUICK)
+         "transfer.prompt": "plain", "transfer.max_new_tokens": 4, "transfer.probe_documents": 8,
+         "transfer.probe_every": 10}
 
 
 def _mean(values) -> float:
@@ -57,20 +47,7 @@ def _mean(values) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
-def main() -> None:
-    parser = gridbench.parser(__doc__.splitlines()[0], store="cmt",
-                              quick_help="tiny random LM and encoder, 64 training / 24 streamed documents, 30 "
-                                         "steps, 1 seed: exercises every cell in minutes (answers ≈ 0)")
-    parser.add_argument("--grid", default=str(ROOT / "experiments" / "cmt_synthetic.yaml"),
-                        help="a CMT grid file (default: experiments/cmt_synthetic.yaml)")
-    args = parser.parse_args()
-    spec = grid(args)
-    cells = gridbench.run_grid(spec, args)
-    runs = cell_runs(spec.experiment_name, cells, REPRODUCTION.describe, tracking_uri=args.tracking_uri)
-    if runs.empty:
-        print("no finished runs to report")
-        print(f"RESULT cmt_beats_mac=0 seeds=0 quick={int(args.quick)} {{}}")
-        return
+def report(runs, spec, cells, args) -> None:
     methods = [m for m in ORDER if m in set(runs["method"])]
 
     columns = [("EM", "final/em", 1), ("F1", "final/f1", 1), ("prefix EM", "final/em_prefix", 1),
@@ -82,8 +59,7 @@ def main() -> None:
     summary: dict[str, dict[str, float]] = {}
     for method in methods:
         rows = runs[runs["method"] == method]
-        cells_ = [gridbench.mean_std(rows[key].dropna(), digits) if key in rows and rows[key].notna().any() else "—"
-                  for _, key, digits in columns]
+        cells_ = [gridbench.mean_std(rows[key], digits) if key in rows else "—" for _, key, digits in columns]
         minutes = _mean((rows["final/train_seconds"] + rows["final/stream_seconds"] + rows["final/eval_seconds"]) / 60)
         print(f"{method:<24}" + "".join(f"{c:>15}" for c in cells_) + f"{len(rows):>6}{minutes:>9.1f}")
         summary[method] = {"em": _mean(rows["final/em"]), "f1": _mean(rows["final/f1"]),
@@ -110,6 +86,23 @@ def main() -> None:
                 means = here[here["method"] == method].groupby("step")["value"].mean()
                 print(f"{method:<24}" + "".join(f"{means.get(s, float('nan')):>8.1f}" for s in steps))
 
+    # reading probes (issue #30): held-out documents answered with the right bank, other documents only, an empty
+    # bank, and the true document's memory fed directly
+    conditions = ("right_bank", "other_bank", "empty_bank", "true_memory")
+    probe_keys = [f"final/probe_{c}_{m}" for c in conditions for m in ("loss", "f1")]
+    probed = [m for m in methods if all(k in runs for k in probe_keys)
+              and runs[runs["method"] == m][probe_keys].notna().all(axis=None)]
+    if probed:
+        print("\nreading probes on held-out documents after training — QA loss / F1 (reading works when right ≫ "
+              "other ≈ empty and true ≥ right):")
+        print(f"{'method':<24}" + "".join(f"{c:>20}" for c in conditions))
+        for method in probed:
+            rows = runs[runs["method"] == method]
+            print(f"{method:<24}" + "".join(
+                f"{_mean(rows[f'final/probe_{c}_loss']):>11.3f} / {_mean(rows[f'final/probe_{c}_f1']):>5.1f}"
+                for c in conditions))
+            summary[method].update({f"probe_{c}_f1": _mean(rows[f"final/probe_{c}_f1"]) for c in conditions})
+
     # the verdicts are the reproduction report's (cl.reproductions), so the two never disagree
     claims = REPRODUCTION.claims(runs)
     print()
@@ -128,10 +121,19 @@ def main() -> None:
              "CMT w/o top-k": "cmt_no_topk", "MAC": "mac", "closed-book": "closed_book", "RAG": "rag",
              "online fine-tuning": "online_ft"}
     result = {f"{short.get(m, m)}_{k}": round(v, 2) for m, d in summary.items() for k, v in d.items()
-              if k in ("em", "f1") or (k == "bytes_per_doc" and m in ("CMT", "RAG"))}
+              if k in ("em", "f1") or (k == "bytes_per_doc" and m in ("CMT", "RAG"))
+              or (k.startswith("probe_") and m in ("CMT", "MAC"))}
+    probe = {f"probe_{c}_f1": round(summary.get("CMT", {}).get(f"probe_{c}_f1", float("nan")), 2)
+             for c in ("right_bank", "empty_bank")}
     print(f"RESULT cmt_beats_mac={beats} seeds={seeds} quick={int(args.quick)} "
-          + json.dumps(result, separators=(",", ":")))
+          + " ".join(f"{k}={v}" for k, v in probe.items()) + " " + json.dumps(result, separators=(",", ":")))
 
 
 if __name__ == "__main__":
-    main()
+    gridbench.main(__doc__, store="cmt", grid="experiments/cmt_synthetic.yaml",
+                   grid_help="a CMT grid file (default: experiments/cmt_synthetic.yaml)",
+                   quick=lambda spec: gridbench.quick_variant(spec, QUICK),
+                   quick_help="tiny random LM and encoder, 64 training / 24 streamed documents, 30 steps, 1 seed: "
+                              "exercises every cell in minutes (answers ≈ 0)",
+                   describe=REPRODUCTION.describe, report=report,
+                   no_runs="cmt_beats_mac=0 probe_right_bank_f1=nan probe_empty_bank_f1=nan")

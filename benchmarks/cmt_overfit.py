@@ -14,19 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
 
-from cl.cache import cache_root  # noqa: E402
-from transfer.cmt import experiment as cmt_transfer  # noqa: E402
-from transfer.cmt.params import CMTTransferParams  # noqa: E402
-from transfer.cmt.baselines import evaluate  # noqa: E402
+from cl.cache import cache_root
+from transfer.cmt import experiment as cmt_transfer
+from transfer.cmt.baselines import evaluate
+from transfer.cmt.params import CMTTransferParams
 
 
 def parse_args() -> argparse.Namespace:

@@ -20,17 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from benchmarks import gridbench  # noqa: E402
-from cl.grid import GridSpec, load_grid  # noqa: E402
-from cl.reproductions import cell_runs, reproduction_for  # noqa: E402
+from benchmarks import gridbench
+from benchmarks.paths import ROOT
+from cl.grid import GridSpec, load_grid
+from cl.reproductions import reproduction_for
 
 METHODS = ("naive", "replay", "dark_er", "replay+fpf", "dark_er+fpf", "kfpf_ce", "kfpf_kd")
 REPRODUCTION = reproduction_for("experiments/fpf_fmnist.yaml")
@@ -70,8 +66,7 @@ def chosen_settings(runs) -> list[str]:
 
 def published(args) -> dict[str, float]:
     spec = grid("published", args.quick)
-    cells = gridbench.run_grid(spec, args)
-    runs = cell_runs(spec.experiment_name, cells, REPRODUCTION.describe, tracking_uri=args.tracking_uri)
+    _, runs = gridbench.finished_runs(spec, args, REPRODUCTION.describe)
     results: dict[str, float] = {}
     if runs.empty:
         print("published grid: no finished runs")
@@ -90,8 +85,8 @@ def published(args) -> dict[str, float]:
                 if rows.empty:
                     continue
                 flops = rows["cost/train_flops"].mean() / replay_flops
-                print(f"{method:<13}{len(rows):>3}{f'{rows.acc.mean():.2f} ± {rows.acc.std():.2f}':>16}"
-                      f"{f'{rows.fgt.mean():.2f} ± {rows.fgt.std():.2f}':>16}{flops:>16.3f}"
+                print(f"{method:<13}{len(rows):>3}{gridbench.mean_std(rows.acc, 2):>16}"
+                      f"{gridbench.mean_std(rows.fgt, 2):>16}{flops:>16.3f}"
                       f"{rows['final/train_seconds'].mean():>9.1f}")
                 key = f"{scenario}_{int(buffer)}_{method.replace('+', '_')}"
                 results[key + "_acc"] = rows["acc"].mean()
@@ -113,8 +108,7 @@ def published(args) -> dict[str, float]:
 
 def ceiling(args, reference: dict[str, float]) -> dict[str, float]:
     spec = grid("ceiling", args.quick)
-    cells = gridbench.run_grid(spec, args, order=seed_major)
-    runs = cell_runs(spec.experiment_name, cells, CEILING.describe, tracking_uri=args.tracking_uri)
+    _, runs = gridbench.finished_runs(spec, args, CEILING.describe, order=seed_major)
     results: dict[str, float] = {}
     if runs.empty:
         print("ceiling grid: no finished runs")
@@ -154,11 +148,10 @@ def ceiling(args, reference: dict[str, float]) -> dict[str, float]:
 
 def sweep(args, reference: dict[str, float]) -> dict[str, float]:
     spec = grid("sweep", args.quick)
-    cells = gridbench.run_grid(spec, args, order=seed_major)
-    runs = cell_runs(spec.experiment_name, cells, lambda c: {"scenario_name": c.scenario.name,
+    _, runs = gridbench.finished_runs(spec, args, lambda c: {"scenario_name": c.scenario.name,
                                                              "k": c.strategy.options["k"],
                                                              "iterations": c.strategy.options["iterations"]},
-                     tracking_uri=args.tracking_uri)
+                                      order=seed_major)
     results: dict[str, float] = {}
     if runs.empty:
         print("\nsweep grid: no finished runs (experiments/kfpf_sweep.yaml)")

@@ -1,7 +1,9 @@
-"""What the grid benchmarks share: their command line, and launching a grid into their own store.
+"""What the grid benchmarks share: their command line, launching a grid into their own store, reading its runs
+back, and their table cells.
 
 A grid benchmark runs an experiment grid through the suite's own launcher, so a rerun reuses
-every finished cell, then reads the runs back and prints its table.
+every finished cell, then reads the runs back and prints its table and a ``RESULT`` line; `main` is that
+sequence, each script passes what is its own (the grid, its --quick variant, the table).
 
 Measured runs are kept in version control as ``benchmarks/results/<experiment>.jsonl``
 (`cl.archive`): they are imported into the store before launching — so only the cells not
@@ -10,25 +12,27 @@ yet measured run, on any machine — and the file is rewritten with every finish
 from __future__ import annotations
 
 import argparse
+import math
 import os
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
+import pandas as pd
+
+from benchmarks.paths import RESULTS, ROOT, SHARED_DATA
 from cl.archive import export_runs, import_runs
 from cl.config import set_dotted
-from cl.grid import Cell, GridSpec, expand
+from cl.grid import Cell, GridSpec, expand, load_grid
 from cl.launch import launch
-from cl.reproductions import RESULTS_DIR
-
-ROOT = Path(__file__).resolve().parents[1]
+from cl.reproductions import cell_runs
 
 
 def parser(description: str, *, store: str, quick_help: str) -> argparse.ArgumentParser:
     """--quick, --data-root, --workers, --tracking-uri (default: reports/<store>/mlflow.db), --no-run."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--quick", action="store_true", help=quick_help)
-    parser.add_argument("--data-root",
-                        default=os.environ.get("CLSUITE_DATA_ROOT", str(ROOT.parent / "shared" / "data")))
+    parser.add_argument("--data-root", default=os.environ.get("CLSUITE_DATA_ROOT", str(SHARED_DATA)))
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--tracking-uri", default=f"sqlite:///{ROOT / 'reports' / store / 'mlflow.db'}")
     parser.add_argument("--results", action=argparse.BooleanOptionalAction, default=True,
@@ -52,20 +56,23 @@ def quick_variant(spec: GridSpec, overrides: Mapping[str, Any], *, seeds: int | 
     return spec.model_copy(update=update)
 
 
-def mean_std(values, digits: int = 3) -> str:
-    """A table cell: mean ± sample std of `values` (the mean alone for one value; — for none)."""
-    values = [float(v) for v in values]
+def mean_std(values, digits: int = 3, *, scale: float = 1.0, n: bool = False) -> str:
+    """A table cell: mean ± sample std of `values` × `scale` with `digits` decimals (the mean alone for one value;
+    — for none); NaN values (runs that did not log the metric) are left out. `n`: followed by ``(n = <count>)``."""
+    values = [scale * float(v) for v in values]
+    values = [v for v in values if not math.isnan(v)]
     if not values:
         return "—"
     mean = sum(values) / len(values)
-    if len(values) == 1:
-        return f"{mean:.{digits}f}"
-    std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    text = f"{mean:.{digits}f}"
+    if len(values) > 1:
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+        text += f" ± {std:.{digits}f}"
+    return text + (f" (n = {len(values)})" if n else "")
 
 
 def results_file(spec: GridSpec) -> Path:
-    return RESULTS_DIR / f"{spec.experiment_name}.jsonl"
+    return RESULTS / f"{spec.experiment_name}.jsonl"
 
 
 def run_grid(spec: GridSpec, args: argparse.Namespace, *, order=None) -> list[Cell]:
@@ -99,3 +106,39 @@ def run_grid(spec: GridSpec, args: argparse.Namespace, *, order=None) -> list[Ce
     for label, seed, reason in failed:
         print(f"  FAILED {label} seed {seed}: {reason}")
     return cells
+
+
+def finished_runs(spec: GridSpec, args: argparse.Namespace, describe: Callable[[Any], Mapping[str, Any]], *,
+                  order=None) -> tuple[list[Cell], pd.DataFrame]:
+    """`run_grid`, then the FINISHED runs of its cells with `describe(config)`'s columns added (`cell_runs`)."""
+    cells = run_grid(spec, args, order=order)
+    return cells, cell_runs(spec.experiment_name, cells, describe, tracking_uri=args.tracking_uri)
+
+
+Report = Callable[[pd.DataFrame, GridSpec, Sequence[Cell], argparse.Namespace], None]
+
+
+def main(doc: str, *, store: str, quick_help: str, grid: str, quick: Callable[[GridSpec], GridSpec],
+         describe: Callable[[Any], Mapping[str, Any]], report: Report, no_runs: str,
+         grid_help: str | None = None, argv: Sequence[str] | None = None) -> None:
+    """A grid benchmark's command line, from its flags to its RESULT line.
+
+    `doc`: the script's docstring (its first line describes the command); `store`: the default store,
+    reports/<store>/mlflow.db; `grid`: the grid file (relative to the checkout's root), or with `grid_help`
+    the default of a ``--grid`` option; `quick(spec)`: the --quick variant (`quick_variant`). Launches the cells
+    not finished yet and reads back the runs, `describe(config)` adding its columns, then
+    `report(runs, spec, cells, args)` prints the tables and the RESULT line. With no finished run it says so and
+    prints ``RESULT <no_runs> seeds=0 quick=<0|1> {}``."""
+    parser_ = parser(doc.splitlines()[0], store=store, quick_help=quick_help)
+    if grid_help is not None:
+        parser_.add_argument("--grid", default=grid, help=grid_help)
+    args = parser_.parse_args(argv)
+    spec = load_grid(ROOT / (args.grid if grid_help is not None else grid))
+    if args.quick:
+        spec = quick(spec)
+    cells, runs = finished_runs(spec, args, describe)
+    if runs.empty:
+        print("no finished runs to report")
+        print(f"RESULT {no_runs} seeds=0 quick={int(args.quick)} {{}}")
+        return
+    report(runs, spec, cells, args)

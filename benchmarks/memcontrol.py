@@ -19,15 +19,9 @@ RESULT line.
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks import gridbench  # noqa: E402
-from cl.grid import GridSpec, load_grid  # noqa: E402
-from cl.reproductions import cell_runs, reproduction_for  # noqa: E402
+from benchmarks import gridbench
+from cl.reproductions import reproduction_for
 
 METHODS = ("none", "full", "peft_all", "random", "memcontrol")
 REPRODUCTION = reproduction_for("experiments/memcontrol_mnist.yaml")
@@ -39,25 +33,7 @@ QUICK = {"transfer.source_samples_per_class": 200, "transfer.target_samples_per_
          "transfer.population_size": 2, "train.epochs": 3}
 
 
-def grid(args) -> GridSpec:
-    spec = load_grid(ROOT / "experiments" / "memcontrol_mnist.yaml")
-    if not args.quick:
-        return spec
-    return gridbench.quick_variant(spec, QUICK)
-
-
-def main() -> None:
-    args = gridbench.parser(__doc__.splitlines()[0], store="memcontrol",
-                            quick_help="1 seed; 200 pretraining steps, 20 images per class, 5 memorised ×30, "
-                                       "3 trials, 3 epochs, 100 evaluation samples").parse_args()
-    spec = grid(args)
-    cells = gridbench.run_grid(spec, args)
-    runs = cell_runs(spec.experiment_name, cells, REPRODUCTION.describe, tracking_uri=args.tracking_uri)
-    if runs.empty:
-        print("no finished runs to report")
-        print(f"RESULT memcontrol_less_mem_at_comparable_fid=0 stage2_matches_trial=0 seeds=0 quick={int(args.quick)} {{}}")
-        return
-
+def report(runs, spec, cells, args) -> None:
     columns = [("held-out mem %", "final/heldout_mem_rate", 100), ("NN ratio", "final/heldout_nn_ratio", 1),
                ("FID", "final/fid", 1), ("KID ×1e3", "final/kid", 1e3), ("noise mem", "final/memorization", 1),
                ("% params", "final/trainable_pct", 1), ("run s", "final/wall_seconds", 1)]
@@ -67,16 +43,15 @@ def main() -> None:
         rows = runs[runs["method"] == method]
         if rows.empty:
             continue
-        cells_ = [gridbench.mean_std((rows[key] * scale).dropna()) if key in rows else "—"
-                  for _, key, scale in columns]
+        cells_ = [gridbench.mean_std(rows[key], scale=scale) if key in rows else "—" for _, key, scale in columns]
         print(f"{method:<12}" + "".join(f"{c:>20}" for c in cells_) + f"{len(rows):>6}")
         summary[method] = {"heldout_mem_pct": float(100 * rows["final/heldout_mem_rate"].mean()),
                            "fid": float(rows["final/fid"].mean()),
                            "noise_mem": float(rows["final/memorization"].mean()),
                            "params_pct": float(rows["final/trainable_pct"].mean()), "runs": int(len(rows))}
     if "final/kid_floor" in runs and runs["final/kid_floor"].notna().any():
-        floor = runs["final/kid_floor"].dropna() * 1e3
-        print(f"KID floor (real vs real, evaluation size) ×1e3: {gridbench.mean_std(floor)}; a KID is "
+        floor = gridbench.mean_std(runs["final/kid_floor"], scale=1e3)
+        print(f"KID floor (real vs real, evaluation size) ×1e3: {floor}; a KID is "
               "distinguishable from a perfect generator's only above it")
     mc = runs[runs["method"] == "memcontrol"]
     if "memcontrol" in summary and "param.memcontrol.mask_blocks" in mc:
@@ -114,4 +89,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    gridbench.main(__doc__, store="memcontrol", grid="experiments/memcontrol_mnist.yaml",
+                   quick=lambda spec: gridbench.quick_variant(spec, QUICK),
+                   quick_help="1 seed; 200 pretraining steps, 20 images per class, 5 memorised ×30, 3 trials, "
+                              "3 epochs, 100 evaluation samples", describe=REPRODUCTION.describe, report=report,
+                   no_runs="memcontrol_less_mem_at_comparable_fid=0 stage2_matches_trial=0")

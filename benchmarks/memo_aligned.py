@@ -17,27 +17,17 @@ Replay keeps 7,431 of 50,000 images, 15%).
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks import gridbench  # noqa: E402
-from cl.analysis import load_runs  # noqa: E402
-from cl.grid import Cell, GridSpec, load_grid  # noqa: E402
+from benchmarks import gridbench
+from cl.grid import Cell
 
 ORDER = ("memo", "der", "icarl", "replay")     # the paper's ranking at equal memory
 
 
-def grid(args) -> GridSpec:
-    spec = load_grid(ROOT / "experiments" / "memo_fmnist.yaml")
-    if args.quick:   # the same grid on scikit-learn's 8×8 digits: a smoke run, not a measurement
-        # lr 0.01: ResNet-32 on 8×8 inputs diverges at the grid's 0.05
-        return gridbench.quick_variant(spec, {"scenario": {"name": "split_digits", "n_experiences": 5},
-                                              "train.epochs": 2, "train.lr": 0.01, "train.milestones": []},
-                                       seeds=None)
-    return spec
+def quick(spec):
+    """The same grid on scikit-learn's 8×8 digits: a smoke run, not a measurement (lr 0.01: ResNet-32 on 8×8
+    inputs diverges at the grid's 0.05)."""
+    return gridbench.quick_variant(spec, {"scenario": {"name": "split_digits", "n_experiences": 5},
+                                          "train.epochs": 2, "train.lr": 0.01, "train.milestones": []}, seeds=None)
 
 
 def training_set_size(cell: Cell) -> int:
@@ -54,14 +44,7 @@ def cifar_split_counts() -> tuple[int, int]:
     return count_parameters(shared), count_parameters(specialized)
 
 
-def main() -> None:
-    args = gridbench.parser(__doc__.splitlines()[0], store="memo_aligned",
-                            quick_help="8×8 digits instead of Fashion-MNIST, 2 epochs per task").parse_args()
-    spec = grid(args)
-    cells = gridbench.run_grid(spec, args)
-
-    runs = load_runs(spec.experiment_name, tracking_uri=args.tracking_uri,
-                     config_hashes=[c.config_hash for c in cells])
+def report(runs, spec, cells, args) -> None:
     n_train = training_set_size(cells[0])    # every cell has the same scenario
     print(f"\n{'method':<9}{'n':>3}{'avg inc acc %':>17}{'last acc %':>15}{'NME last %':>15}"
           f"{'params':>11}{'exemplars':>11}{'% data':>8}{'MB':>8}")
@@ -70,11 +53,11 @@ def main() -> None:
         inc, last = 100 * group["final/avg_inc_acc"], 100 * group["final/avg_acc"]
         means[method] = (inc.mean(), last.mean())
         nme = 100 * group["final/nme_avg_acc"] if "final/nme_avg_acc" in group else None
-        nme_text = "—" if nme is None or nme.isna().all() else f"{nme.mean():.2f} ± {nme.std():.2f}"
+        nme_text = "—" if nme is None else gridbench.mean_std(nme, 2)
         params = int(group["memory/model_bytes"].iloc[0] // 4)
         exemplars = int(group["memory/n_exemplars"].median())
-        print(f"{method:<9}{len(group):>3}{f'{inc.mean():.2f} ± {inc.std():.2f}':>17}"
-              f"{f'{last.mean():.2f} ± {last.std():.2f}':>15}{nme_text:>15}"
+        print(f"{method:<9}{len(group):>3}{gridbench.mean_std(inc, 2):>17}{gridbench.mean_std(last, 2):>15}"
+              f"{nme_text:>15}"
               f"{params:>11,}{exemplars:>11,}{100 * exemplars / n_train:>8.1f}{group['final/memory_mb'].mean():>8.2f}")
     ranked = [m for m in ORDER if m in means]
     holds = all(means[a][0] >= means[b][0] for a, b in zip(ranked, ranked[1:]))
@@ -87,4 +70,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    gridbench.main(__doc__, store="memo_aligned", grid="experiments/memo_fmnist.yaml", quick=quick,
+                   quick_help="8×8 digits instead of Fashion-MNIST, 2 epochs per task", describe=lambda config: {},
+                   report=report, no_runs="ordering_holds=0")

@@ -40,21 +40,17 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
-from pathlib import Path
 
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks import gridbench  # noqa: E402
-from cl.cost import count_flops  # noqa: E402
-from cl.grid import GridSpec, load_grid  # noqa: E402
-from cl.reproductions import cell_runs, mean_std, reproduction_for  # noqa: E402
-from transfer.mobiletl.memory import saved_activation_bytes  # noqa: E402
-from transfer.mobiletl.model import MobileTLConfig, mobiletl  # noqa: E402
+from benchmarks import gridbench
+from benchmarks.paths import ROOT
+from cl.cost import count_flops
+from cl.grid import GridSpec, load_grid
+from cl.reproductions import reproduction_for
+from transfer.mobiletl.memory import saved_activation_bytes
+from transfer.mobiletl.model import MobileTLConfig, mobiletl
 
 PAPER = {"v2": 46.3, "v3": 53.3}
 GRID = "experiments/mobiletl_mnist_to_fmnist.yaml"     # archived: 32 px, 5 epochs, one lr (issue 6)
@@ -117,11 +113,15 @@ def transfer_grid(quick: bool, grid: str = GRID_V2) -> GridSpec:
     return gridbench.quick_variant(spec, QUICK)
 
 
+def percent(values) -> str:
+    """An accuracy cell: mean ± std over seeds in %, with the number of runs."""
+    return gridbench.mean_std(values, 2, scale=100, n=True)
+
+
 def transfer_table(args) -> dict[str, float]:
     """Part 2: run the transfer grid (only the cells not measured yet); print and return its table."""
     spec = transfer_grid(args.quick, args.grid)
-    cells = gridbench.run_grid(spec, args)
-    runs = cell_runs(spec.experiment_name, cells, REPRODUCTION.describe, tracking_uri=args.tracking_uri)
+    _, runs = gridbench.finished_runs(spec, args, REPRODUCTION.describe)
     if runs.empty:
         print("no finished transfer runs to report")
         return {}
@@ -143,7 +143,7 @@ def transfer_table(args) -> dict[str, float]:
         reference = full_of(method)
         memory_ratio = memory / reference["memory/activation_bytes"] if reference else float("nan")
         flops_ratio = flops / reference["cost/train_flops"] if reference else float("nan")
-        print(f"{method:<20}{mean_std(rows['final/acc']):>24}{memory / 2**20:>16.2f}{memory_ratio:>9.2f}"
+        print(f"{method:<20}{percent(rows['final/acc']):>24}{memory / 2**20:>16.2f}{memory_ratio:>9.2f}"
               f"{rows['memory/trainable_params'].mean():>18,.0f}{flops / 1e9:>14.1f}{flops_ratio:>9.2f}")
         summary[f"{method}_acc"] = round(100 * rows["final/acc"].mean(), 2)
         summary[f"{method}_memory_ratio"] = round(memory_ratio, 3)
@@ -156,7 +156,7 @@ def transfer_table(args) -> dict[str, float]:
     print("(activation memory: what autograd saves for one training step, batch = train.batch_size; FLOPs: one "
           "counted step × steps; vs full: the same architecture's full fine-tuning; source accuracy on its "
           + ("test" if source_col == "source/test_acc" else "training") + " images: "
-          + "; ".join(f"{arch} {mean_std(group.drop_duplicates('seed')[source_col])}"
+          + "; ".join(f"{arch} {percent(group.drop_duplicates('seed')[source_col])}"
                       for arch, group in runs.groupby("arch")) + ")")
     claims = REPRODUCTION.claims(runs)
     for claim in claims:

@@ -23,16 +23,10 @@ on validation episodes. Prints, in this order:
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks import gridbench  # noqa: E402
-from cl.grid import GridSpec, load_grid  # noqa: E402
-from cl.reproductions import NMN_SYNTH_COS_GATE as GATE  # noqa: E402
-from cl.reproductions import cell_runs, nmn_chosen_runs, reproduction_for  # noqa: E402
+from benchmarks import gridbench
+from cl.reproductions import reproduction_for
+from strategies.nmn_claims import NMN_SYNTH_COS_GATE as GATE, nmn_chosen_runs
 
 METHODS = ("sg", "bp", "lstm", "bptt")
 REPRODUCTION = reproduction_for("experiments/nmn_episodic.yaml")
@@ -40,32 +34,11 @@ QUICK = {"transfer.updates": 40, "transfer.probe_every": 20, "transfer.eval_epis
 QUICK_GRID = {"transfer.method": ["sg", "bp", "lstm"], "transfer.fast_lr_ratio": [1.0]}
 
 
-def grid(args) -> GridSpec:
-    spec = load_grid(ROOT / args.grid)
-    if not args.quick:
-        return spec
-    return gridbench.quick_variant(spec, QUICK, grid=QUICK_GRID)
-
-
 def column(rows, key, scale=100.0, digits=1) -> str:
-    if key not in rows or rows[key].dropna().empty:
-        return "—"
-    return gridbench.mean_std(scale * rows[key].dropna(), digits)
+    return gridbench.mean_std(rows[key], digits, scale=scale) if key in rows else "—"
 
 
-def main() -> None:
-    parser = gridbench.parser(__doc__.splitlines()[0], store="nmn",
-                            quick_help="digits + sinusoid, 1 seed, 40 updates, ratio 1")
-    parser.add_argument("--grid", default="experiments/nmn_episodic.yaml",
-                        help="the episodic grid (also experiments/nmn_episodic_mnist.yaml)")
-    args = parser.parse_args()
-    spec = grid(args)
-    cells = gridbench.run_grid(spec, args)
-    runs = cell_runs(spec.experiment_name, cells, REPRODUCTION.describe, tracking_uri=args.tracking_uri)
-    if runs.empty:
-        print("no finished runs to report")
-        print(f"RESULT nmn_sg_beats_bp=na synth_cos=nan gate=fail seeds=0 quick={int(args.quick)} {{}}")
-        return
+def report(runs, spec, cells, args) -> None:
     chosen, selection = nmn_chosen_runs(runs)
 
     print("\n1. fast/slow lr ratio chosen on validation episodes (meta-train classes)")
@@ -119,4 +92,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    gridbench.main(__doc__, store="nmn", grid="experiments/nmn_episodic.yaml",
+                   grid_help="the episodic grid (also experiments/nmn_episodic_mnist.yaml)",
+                   quick=lambda spec: gridbench.quick_variant(spec, QUICK, grid=QUICK_GRID),
+                   quick_help="digits + sinusoid, 1 seed, 40 updates, ratio 1", describe=REPRODUCTION.describe,
+                   report=report, no_runs="nmn_sg_beats_bp=na synth_cos=nan gate=fail")

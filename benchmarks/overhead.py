@@ -39,28 +39,24 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 import warnings
-from pathlib import Path
 
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from cl.config import RunConfig  # noqa: E402
-from cl.models import build_cnn  # noqa: E402
-from cl.runner import make_optimizer, run, seed_everything  # noqa: E402
-from cl.scenarios import split_fmnist  # noqa: E402
+from benchmarks.paths import SHARED_DATA
+from cl.config import RunConfig
+from cl.models import build_cnn
+from cl.runner import make_optimizer, run, seed_everything
+from cl.scenarios import split_fmnist
 
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="subsample to finish in ≤3 min")
-    parser.add_argument("--data-root", default=os.environ.get("CLSUITE_DATA_ROOT", str(ROOT.parent / "shared" / "data")))
+    parser.add_argument("--data-root", default=os.environ.get("CLSUITE_DATA_ROOT", str(SHARED_DATA)))
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--samples-per-class", type=int, default=None,

@@ -19,17 +19,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from cl.config import set_dotted  # noqa: E402
-from cl.grid import expand, load_grid  # noqa: E402
-from cl.runner import execute  # noqa: E402
-from cl.tracking import NullRunLog  # noqa: E402
+from benchmarks.gridbench import mean_std
+from benchmarks.paths import RESULTS, ROOT
+from cl.config import set_dotted
+from cl.grid import expand, load_grid
+from cl.runner import execute
+from cl.tracking import NullRunLog
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -37,7 +35,7 @@ PRECISIONS = ("fp32", "bf16")
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--grid", default=str(ROOT / "experiments" / "quickstart.yaml"))
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "precision" / "cpu.jsonl"))
+    parser.add_argument("--out", default=str(RESULTS / "precision" / "cpu.jsonl"))
     parser.add_argument("--fresh", action="store_true", help="ignore results already in --out")
     return parser.parse_args()
 
@@ -97,8 +95,7 @@ def table(rows: list[dict]) -> tuple[str, str]:
         within += ok
         r = [by[(s, k, "bf16")]["train_seconds"] / by[(s, k, "fp32")]["train_seconds"] for k in seeds]
         ratios.extend(r)
-        fmt = lambda v: f"{statistics.mean(v):5.1f} ± {statistics.stdev(v) if len(v) > 1 else 0:4.1f}"  # noqa: E731
-        lines.append(f"{s:<10} {fmt(acc['fp32']):<17} {fmt(acc['bf16']):<17} "
+        lines.append(f"{s:<10} {mean_std(acc['fp32'], 1):<17} {mean_std(acc['bf16'], 1):<17} "
                      f"{', '.join(f'{x:+.1f}' for x in d):<25} {'yes' if ok else 'NO':<14} "
                      f"{statistics.median(r):.2f}")
     result = (f"RESULT precision (CPU, quickstart grid, {len(seeds)} seeds): bf16 within noise of fp32 for "

@@ -17,16 +17,10 @@ and a RESULT line.
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks import gridbench  # noqa: E402
-from cl.grid import GridSpec, load_grid  # noqa: E402
-from cl.reproductions import cell_runs, reproduction_for  # noqa: E402
-from transfer.common import glue  # noqa: E402
+from benchmarks import gridbench
+from cl.reproductions import reproduction_for
+from transfer.common import glue
 
 METHODS = ("scalearn", "scalearn_uniform", "scalearn_pp", "scalearn_uniform_pp", "fusion", "average", "adapter",
            "full")
@@ -34,21 +28,13 @@ REPRODUCTION = reproduction_for("experiments/scalearn_glue.yaml")
 METRIC = {"rte": "acc", "mrpc": "F1", "stsb": "Pearson", "sst2": "acc", "cola": "MCC", "wnli": "acc"}
 
 
-def grid(args) -> GridSpec:
-    spec = load_grid(ROOT / "experiments" / "scalearn_glue.yaml")
-    if not args.quick:
-        return spec
+def quick(spec):
     return gridbench.quick_variant(
         spec, {"transfer.train_samples": 200, "transfer.eval_samples": 200, "transfer.adapter_epochs": 1,
                "train.epochs": 1}, grid=dict(spec.grid, **{"transfer.target": ["mrpc", "stsb"]}))
 
 
-def main() -> None:
-    args = gridbench.parser(__doc__.splitlines()[0], store="scalearn",
-                            quick_help="MRPC and STS-B targets, 200 examples, 1 epoch, 1 seed").parse_args()
-    spec = grid(args)
-    cells = gridbench.run_grid(spec, args)
-    runs = cell_runs(spec.experiment_name, cells, REPRODUCTION.describe, tracking_uri=args.tracking_uri)
+def report(runs, spec, cells, args) -> None:
     runs["score"] = 100 * runs["final/score"]
 
     targets = [t for t in spec.grid["transfer.target"] if t in set(runs["target"])]
@@ -66,7 +52,7 @@ def main() -> None:
         for target in targets:
             here = rows[rows["target"] == target]["score"]
             per_target.append(here.mean())
-            cells_.append(f"{here.mean():.2f} ± {here.std():.2f}" if len(here) > 1 else f"{here.mean():.2f}")
+            cells_.append(gridbench.mean_std(here, 2))
             results[f"{target}_{method}"] = here.mean()
         means[method] = sum(per_target) / len(per_target)
         params[method] = rows["memory/transfer_params"].mean()
@@ -93,5 +79,8 @@ def main() -> None:
           + json.dumps({**{f"avg_{k}": round(v, 2) for k, v in means.items()},
                         **{k: round(v, 2) for k, v in results.items()}}, separators=(",", ":")))
 
+
 if __name__ == "__main__":
-    main()
+    gridbench.main(__doc__, store="scalearn", grid="experiments/scalearn_glue.yaml", quick=quick,
+                   quick_help="MRPC and STS-B targets, 200 examples, 1 epoch, 1 seed", describe=REPRODUCTION.describe,
+                   report=report, no_runs="scalearn_matches_fusion=0")

@@ -20,24 +20,15 @@ The RESULT line gives the highest compression ratio whose mean retained accuracy
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from benchmarks import gridbench  # noqa: E402
-from cl.grid import GridSpec, load_grid  # noqa: E402
-from cl.reproductions import cell_runs, reproduction_for  # noqa: E402
+from benchmarks import gridbench
+from cl.reproductions import reproduction_for
 
 QUICK_SKILLS = ["sentiment", "arithmetic"]
 REPRODUCTION = reproduction_for("experiments/skillpack_smollm2.yaml")
 
 
-def grid(args) -> GridSpec:
-    spec = load_grid(ROOT / "experiments" / "skillpack_smollm2.yaml")
-    if not args.quick:
-        return spec
+def quick(spec):
     cases = [c for c in spec.cases if c.get("transfer.skill", QUICK_SKILLS[0]) in QUICK_SKILLS]
     return gridbench.quick_variant(
         spec, {"transfer.model": "tiny-random", "transfer.skills": QUICK_SKILLS, "transfer.train_samples": 16,
@@ -53,11 +44,9 @@ def continual_skills(cells) -> list[str]:
     return list(options[0].get("skills", default)) if options else list(default)
 
 
-def cell(values, scale=100.0) -> str:
-    values = scale * values.dropna()
-    if values.empty:
-        return "—"
-    return f"{values.mean():.1f}" + (f" ± {values.std():.1f}" if len(values) > 1 else "")
+def cell(values) -> str:
+    """A table cell: mean ± std over seeds, in %."""
+    return gridbench.mean_std(values, 1, scale=100)
 
 
 def print_continual(continual, skills, tracking_uri) -> None:
@@ -82,16 +71,7 @@ def print_continual(continual, skills, tracking_uri) -> None:
           f"{cell(continual['final/old_skill_forgetting_merged'])}")
 
 
-def main() -> None:
-    args = gridbench.parser(__doc__.splitlines()[0], store="skillpack",
-                            quick_help="tiny random Llama, 2 skills, 16 examples, 1 seed").parse_args()
-    spec = grid(args)
-    cells = gridbench.run_grid(spec, args)
-    runs = cell_runs(spec.experiment_name, cells, REPRODUCTION.describe, tracking_uri=args.tracking_uri)
-    if runs.empty:
-        print("no finished runs")
-        return
-
+def report(runs, spec, cells, args) -> None:
     packs = runs[runs["method"] == "pack"]
     print(f"\n1. per skill (accuracy %, mean ± std over seeds)\n{'skill':<12}{'pack':<22}{'base':>6}"
           f"{'fine-tune':>12}{'pack acc':>12}{'retained %':>12}{'pack KiB':>10}{'bits/param':>11}{'ratio':>8}")
@@ -133,4 +113,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    gridbench.main(__doc__, store="skillpack", grid="experiments/skillpack_smollm2.yaml", quick=quick,
+                   quick_help="tiny random Llama, 2 skills, 16 examples, 1 seed", describe=REPRODUCTION.describe,
+                   report=report, no_runs="compression_ratio_at_95pct_retained=0.0")

@@ -21,22 +21,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from cl.cache import cache_root  # noqa: E402
-from transfer.skillpack import quantize  # noqa: E402
-from transfer.skillpack import pack as sp  # noqa: E402
-from transfer.common.language_models import load_causal_lm  # noqa: E402
-from transfer.skillpack.experiment import BUDGETS, input_batches  # noqa: E402
-from transfer.skillpack.skills import load_skill  # noqa: E402
+from benchmarks.paths import SHARED_DATA
+from cl.cache import cache_root
+from transfer.common.language_models import load_causal_lm
+from transfer.skillpack import pack as sp
+from transfer.skillpack import quantize
+from transfer.skillpack.experiment import BUDGETS, input_batches
+from transfer.skillpack.skills import load_skill
 
 
 def cached_delta(model: str, skill: str, seed: int) -> dict[str, torch.Tensor]:
@@ -83,7 +79,7 @@ def main() -> None:
     parser.add_argument("--budgets", nargs="+", default=["2", "8-4-2"], choices=sorted(BUDGETS))
     parser.add_argument("--calibration", type=int, default=64, help="training prompts that calibrate GPTQ")
     parser.add_argument("--held-out", type=int, default=64, help="test prompts the error is measured on")
-    parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument("--data-root", default=str(SHARED_DATA))
     args = parser.parse_args()
     model_name = "tiny-random" if args.quick else "smollm2"
     model, tokenizer = load_causal_lm(model_name, cache_root())

@@ -1,7 +1,7 @@
 """TimeTic vs. the zero-shot score: rank correlation between predicted and true fine-tuned error.
 
-Builds the TimeTic table (`transfer.timetic.estimator`) for the forecaster zoo of
-`transfer.timetic.zoo` — 10 small forecasters pretrained here on synthetic families — over 11
+Builds the TimeTic table (`transfer.estimator`) for the forecaster zoo of
+`transfer.zoo` — 10 small forecasters pretrained here on synthetic families — over 11
 target datasets (8 statsmodels series + 3 held-out synthetic families) and 3 horizons, then
 runs leave-one-dataset-out: for each dataset, the in-context learner sees every other
 dataset's rows and predicts the held-out dataset's rows. Reported per dataset (mean over
@@ -13,8 +13,8 @@ zero-shot baseline (a model's zero-shot test error is its score). The learner th
 the numbers is printed (TabPFN only when its weights are on disk; else the fallback).
 Pretrained models and fine-tuning results are cached under $CLSUITE_CACHE (~/.cache/clsuite).
 
-    python benchmarks/timetic.py --quick     # 5 datasets, 5 models, 2 horizons, short training
-    python benchmarks/timetic.py             # the full zoo, datasets and horizons
+    python benchmarks/py --quick     # 5 datasets, 5 models, 2 horizons, short training
+    python benchmarks/py             # the full zoo, datasets and horizons
 
 Measured (full run, seed 0, learner gp — the fallback; no TabPFN weights on this machine; 8 min on 2
 busy cores): mean Spearman / Kendall — TimeTic 0.398 / 0.309, without the zero-shot column 0.446 / 0.336,
@@ -27,18 +27,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 import time
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 from cl.cache import cache_root
-from transfer.timetic.params import TIMETIC_MODELS, TimeTicTransferParams
-from transfer.timetic.estimator import TimeTicEstimator, leave_one_dataset_out, rank_scores, summarise, zero_shot_scores
-from transfer.timetic.table import FEATURE_SETS, build_table
-from transfer.timetic.experiment import settings
+from transfer.estimator import TimeTicEstimator, leave_one_dataset_out, rank_scores, summarise, zero_shot_scores
+from transfer.experiment import settings
+from transfer.params import TIMETIC_MODELS, TimeTicTransferParams
+from transfer.table import FEATURE_SETS, build_table
 
 LABELS = {"full": "TimeTic", "no_zero_shot": "TimeTic w/o zero-shot col", "meta": "meta-features only",
           "entropy": "entropy only", "zero_shot": "zero-shot score"}
@@ -54,7 +49,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    # the registered experiment's defaults (transfer.timetic.params), so the two cannot drift apart
+    # the registered experiment's defaults (transfer.params), so the two cannot drift apart
     params = TimeTicTransferParams()
     if args.quick:
         params = params.model_copy(update=dict(
@@ -68,7 +63,7 @@ def main() -> None:
     per_dataset, learners = {}, set()
     for features in FEATURE_SETS:
         estimator = TimeTicEstimator(args.learner, model_path=args.model_path, fallback=args.fallback,
-                                     max_context=params.max_context, random_state=args.seed)
+                                             max_context=params.max_context, random_state=args.seed)
         scores, used = leave_one_dataset_out(table, features, estimator)
         learners.update(used)
         per_dataset[features] = summarise(rank_scores(scores))

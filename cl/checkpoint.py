@@ -70,8 +70,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, runtime_checkable
 
+from cl import checkpoint_file
 from cl.checkpoint_file import (PATH_TAG, RESUMED_TAG, TOKEN_TAG, CheckpointRefused, capture_rng,
-                                 checkpoint_path, code_identity, maybe_crash, read, restore_rng, write)
+                                 checkpoint_path, maybe_crash, read, restore_rng, write)
 
 log = logging.getLogger(__name__)
 
@@ -403,7 +404,7 @@ def note_resumed(runlog, header: Mapping[str, Any]) -> None:
     """Tag a resumed run with where it resumed (and the code that wrote the checkpoint if it differs)."""
     position = ",".join(f"{k}={v}" for k, v in header["position"].items())
     tags = {RESUMED_TAG: position}
-    if header.get("code") != code_identity()["code"]:
+    if header.get("code") != checkpoint_file.code_identity()["code"]:
         tags["resumed_code"] = str(header.get("code"))
     runlog.set_tags(tags)
     log.info("resumed from checkpoint (%s) written %s", position, header.get("written_utc"))

@@ -12,8 +12,11 @@ from transfer.cmt.metrics import exact_match, f1, normalize_answer, qa_scores
 pytest.importorskip("transformers")
 from transformers import BertConfig, BertModel, LlamaConfig, LlamaForCausalLM  # noqa: E402
 
-from transfer.cmt.model import (CMT, CMTConfig, MemoryBank, PrefixGenerator, greedy_generate, lm_forward, make_optimizer,  # noqa: E402
-                          select_top_k, self_matching_loss, train_steps)
+from transfer.cmt.frozen_lm import greedy_generate, lm_forward  # noqa: E402
+from transfer.cmt.layers import PrefixGenerator  # noqa: E402
+from transfer.cmt.memory_bank import MemoryBank  # noqa: E402
+from transfer.cmt.model import (CMT, CMTConfig, make_optimizer, select_top_k, self_matching_loss,  # noqa: E402
+                                train_steps)
 
 DOCS = synthetic_facts(8, seed=0)
 TOKENIZER = word_tokenizer([d.text for d in DOCS] + [QUESTION_TEMPLATE.format(question=qa.question) + " " + qa.answer

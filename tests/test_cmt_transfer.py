@@ -83,7 +83,7 @@ def test_cmt_runs_end_to_end_into_a_real_mlflow_store(shared_store, cache):
     paths = {a.path for a in client.list_artifacts(result.run_id, "cmt")}
     assert {"cmt/predictions.jsonl", "cmt/retention.csv", "cmt/bank"} <= paths
     bank = client.download_artifacts(result.run_id, "cmt/bank")
-    from transfer.cmt.model import MemoryBank
+    from transfer.cmt.memory_bank import MemoryBank
 
     assert len(MemoryBank.load(bank)) == 12
 
@@ -162,7 +162,7 @@ def test_the_run_raises_when_the_frozen_lm_changes(tmp_path, cache, monkeypatch)
             with torch.no_grad():
                 self.lm.get_input_embeddings().weight[0, 0] += 1e-3
 
-    monkeypatch.setattr(cmt_transfer, "build_method", lambda params, lm, harness, seed: Tampering(lm, harness))
+    monkeypatch.setattr(cmt_transfer, "build_method", lambda params, lm, harness, seed, fresh=None: Tampering(lm, harness))
     with pytest.raises(FrozenLMChanged, match="frozen LM's parameters changed"):
         run_direct(tmp_path, method="closed_book")
 
@@ -283,7 +283,7 @@ def test_demonstrations_are_laid_out_like_the_question_they_precede():
 
 
 def test_every_method_answers_with_the_first_line_of_what_it_generated():
-    from transfer.cmt.model import answer_text
+    from transfer.cmt.frozen_lm import answer_text
 
     class Lines:        # what SmolLM2 generated after a few-shot RAG prompt (measured)
         def decode(self, row, skip_special_tokens=True):

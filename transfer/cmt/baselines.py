@@ -5,11 +5,11 @@ Every method below is driven the same way by `transfer.cmt.experiment` (and by t
 ``answer(batch)`` for a `CMTBatch` of questions at any point. All of them answer with the same
 prompt (`Harness.prompt`: ``QUESTION_TEMPLATE``, or the LM's chat template around the same
 question; tokenised by `transfer.cmt.data.collate`; RAG adds its documents), the same greedy
-decoding (`transfer.cmt.model.greedy_generate`, ``max_new_tokens``, cut at the end-of-sequence token),
+decoding (`transfer.cmt.frozen_lm.greedy_generate`, ``max_new_tokens``, cut at the end-of-sequence token),
 the same decoding to text, and are scored by `evaluate` with the same SQuAD EM/F1
 (`transfer.cmt.metrics`). The frozen base LM is shared by all and changed by none.
 
-Answers are the first line of what was generated (`transfer.cmt.model.answer_text`), for every method.
+Answers are the first line of what was generated (`transfer.cmt.frozen_lm.answer_text`), for every method.
 Closed-book, RAG and online fine-tuning never learn the answer format (CMT and MAC do, from their QA
 loss), so their prompt may carry solved examples from the training split first (``fewshot``;
 `PromptFormat.demonstrations`): without them SmolLM2-135M-Instruct answers in sentences or not at all.
@@ -18,7 +18,10 @@ Methods (the issue's baseline list; ours where the papers leave room):
 
 * `CMTMemory` — CMT (`transfer.cmt.model.CMT`): ``fit`` trains the memory modules on the training
   split (weighted QA / self-matching / memory-aware loss, AdamW, a fixed number of steps over
-  shuffled batches of documents), ``observe`` compresses the batch into the append-only bank,
+  shuffled batches of documents; or on fresh documents every step, optionally after a curriculum:
+  ``curriculum_steps`` steps with the QA prefix made from each question's own document's memory —
+  1-fact documents for the first half, full ones for the second — then the normal objective with the
+  batch as the bank; resumable from the run's checkpoints), ``observe`` compresses the batch into the append-only bank,
   ``answer`` aggregates the (top-k) bank into a prefix. **MAC-style** is this same class with a
   `CMTConfig` of ``top_k=None, self_match_weight=0, memory_aware_weight=0`` (full-bank
   aggregation, QA loss only), as in MAC; there is no separate code for it.
@@ -50,7 +53,8 @@ import torch
 from torch.nn import functional as F
 from transformers import get_linear_schedule_with_warmup
 
-from transfer.cmt.model import CMT, answer_text, greedy_generate, lm_forward, make_optimizer, train_steps
+from transfer.cmt.model import CMT, make_optimizer, train_steps
+from transfer.cmt.frozen_lm import answer_text, greedy_generate, lm_forward
 from transfer.cmt.data import QA, CMTBatch, Document, PromptFormat, collate, lm_special_ids
 from transfer.cmt.metrics import exact_match, qa_scores
 
@@ -164,29 +168,66 @@ class CMTMemory(StreamingMethod):
     name = "cmt"
 
     def __init__(self, model: CMT, harness: Harness, *, steps: int, batch_documents: int, lr: float,
-                 seed: int = 0, max_grad_norm: float | None = 1.0, warmup_steps: int = 0):
+                 seed: int = 0, max_grad_norm: float | None = 1.0, warmup_steps: int = 0,
+                 encoder_lr: float | None = None, fresh: Callable[..., list[Document]] | None = None,
+                 curriculum_steps: int = 0):
         if steps < 0 or batch_documents < 1:
             raise ValueError(f"CMTMemory: steps must be >= 0 and batch_documents >= 1, got {steps}, "
                              f"{batch_documents}")
         self.model, self.harness = model.to(harness.device), harness
         self.steps, self.batch_documents, self.lr, self.seed = steps, batch_documents, lr, seed
-        self.max_grad_norm, self.warmup_steps = max_grad_norm, warmup_steps
+        self.max_grad_norm, self.warmup_steps, self.encoder_lr = max_grad_norm, warmup_steps, encoder_lr
+        self.fresh = fresh          # step -> that step's documents (issue #30), instead of epochs over a pool
+        self.curriculum_steps = curriculum_steps
+        self.notes: dict = {}       # plain data a caller keeps with the training state (checkpointed, restored)
         self.bank = model.new_bank()
 
-    def fit(self, documents, on_step=None):
-        if self.steps == 0:
-            return []
+    def training_batches(self, documents: Sequence[Document]) -> Callable[[int], list[Document]]:
+        """step -> the step's documents: fresh ones, or the pool's shuffled epochs (fixed by the seed, so the data
+        position of a resumed run is its step alone)."""
+        if self.fresh is not None:
+            if not self.curriculum_steps:
+                return self.fresh
+            return lambda step: self.fresh(step, 1 if step < self.curriculum_steps // 2 else None)
         if len(documents) < 2 and self.model.config.self_match_weight:
             raise ValueError("CMTMemory.fit: self-matching needs at least 2 training documents per batch")
-        optimizer = make_optimizer(self.model, lr=self.lr)
+        order = list(_epoch_batches(len(documents), self.batch_documents, self.steps, self.seed))
+        return lambda step: [documents[i] for i in order[step]]
+
+    def fit(self, documents, on_step=None, *, ctx=None, checkpoint_every: int = 50, on_start=None):
+        """Train ``steps`` steps; with ``ctx`` (a `cl.transfer_run.TransferContext`) resume from the run's last
+        checkpoint and save one every ``checkpoint_every`` steps (trainable modules, optimiser, schedule, the
+        step — which fixes the data position — and the loss history). ``on_step(step, terms)`` runs before the
+        step's checkpoint; ``on_start()`` before the first step of a fresh (not resumed) training."""
+        if self.steps == 0:
+            return []
+        batch_at = self.training_batches(documents)
+        optimizer = make_optimizer(self.model, lr=self.lr, encoder_lr=self.encoder_lr)
         # Linear warm-up then linear decay to 0 (ours: neither paper fixes a schedule; at a constant lr 1e-3 training
         # diverged after ~200 steps on SmolLM2); warmup_steps 0 keeps the lr constant.
         schedule = (get_linear_schedule_with_warmup(optimizer, self.warmup_steps, self.steps)
                     if self.warmup_steps else None)
-        history = []
-        for step, index in enumerate(_epoch_batches(len(documents), self.batch_documents, self.steps, self.seed)):
-            batch = self.harness.batch([documents[i] for i in index]).to(self.harness.device)
-            terms = train_steps(self.model, [batch], optimizer, max_grad_norm=self.max_grad_norm)[0]
+        history: list[dict[str, float]] = []
+        start = 0
+        state = ctx.resume() if ctx is not None else None
+        if state is not None:
+            missing = self.model.load_state_dict(state["model"], strict=False).missing_keys
+            lost = [k for k in missing if not k.startswith("lm.") and k in dict(self.model.named_parameters())
+                    and self.model.get_parameter(k).requires_grad]
+            if lost:
+                raise RuntimeError(f"CMT checkpoint lacks trainable parameters {lost[:3]}: written by other options?")
+            optimizer.load_state_dict(state["optimizer"])
+            if schedule is not None:
+                schedule.load_state_dict(state["schedule"])
+            start, history = int(state["step"]), [dict(h) for h in state["history"]]
+            self.notes = state["notes"]
+            log.info("CMT training resumed at step %d of %d", start, self.steps)
+        elif on_start is not None:
+            on_start()
+        for step in range(start, self.steps):
+            batch = self.harness.batch(batch_at(step)).to(self.harness.device)
+            terms = train_steps(self.model, [batch], optimizer, max_grad_norm=self.max_grad_norm,
+                                true_memory=step < self.curriculum_steps)[0]
             if schedule is not None:
                 schedule.step()
             if not np.isfinite(terms["total"]):
@@ -196,6 +237,12 @@ class CMTMemory(StreamingMethod):
             history.append(terms)
             if on_step is not None:
                 on_step(step, terms)
+            if ctx is not None:
+                ctx.checkpoint(step + 1, lambda: {
+                    "step": step + 1, "model": self.model.checkpoint_state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "schedule": schedule.state_dict() if schedule is not None else None,
+                    "history": history, "notes": self.notes}, every=checkpoint_every)
         self.model.eval()
         return history
 

@@ -21,6 +21,8 @@ asked later):
   against, as SQuAD's official script does), the article title its ``topic``. Order: the
   articles shuffled by ``seed``, and the paragraphs within each; an article's paragraphs stay
   together, so `split_documents` can keep training and stream articles disjoint.
+* `FreshDocuments` — new synthetic documents for every training step, disjoint from the stream's and the
+  probes' by construction (none of their invented names); the step alone fixes them.
 * `split_documents` — a training split and a stream split with no document — and no topic —
   in common (CMT's memory modules train on the first, the second arrives as the stream).
 * `stream_batches` — the documents in arrival order, cut into batches of documents.
@@ -101,39 +103,85 @@ def _fresh(rng: np.random.Generator, used: set[str], syllables: int) -> str:
     raise RuntimeError("synthetic_facts: ran out of unique invented names; lower n_documents")
 
 
-def synthetic_facts(n_documents: int, *, seed: int = 0, facts_per_document: int = 3,
-                    answers: str = "invented") -> list[Document]:
-    """``n_documents`` documents about distinct invented entities, with one question per fact; ``answers``:
-    ``invented`` towns and friends, or ``closed`` (drawn from `TOWNS` and `FRIENDS`)."""
-    if n_documents < 1:
-        raise ValueError(f"n_documents must be >= 1, got {n_documents}")
+def _check_synthetic(answers: str, facts_per_document: int) -> None:
     if answers not in ANSWER_VOCABULARIES:
         raise ValueError(f"answers must be one of {ANSWER_VOCABULARIES}, got {answers!r}")
     if not 1 <= facts_per_document <= 4:
         raise ValueError(f"facts_per_document must be in 1..4 (four fact kinds), got {facts_per_document}")
+
+
+def _synthetic_document(rng: np.random.Generator, used: set[str], doc_id: str, facts_per_document: int,
+                        answers: str) -> Document:
+    entity = f"{_fresh(rng, used, 2)} {_fresh(rng, used, 2)}"
+    if answers == "closed":
+        town, friend = str(rng.choice(TOWNS)), str(rng.choice(FRIENDS))
+    else:
+        town, friend = _fresh(rng, used, 3), _fresh(rng, used, 2)
+    year = str(int(rng.integers(1500, 2000)))
+    job = str(rng.choice(OCCUPATIONS))
+    facts = [
+        (f"{entity} was born in the town of {town}.", f"In which town was {entity} born?", town),
+        (f"In {year}, {entity} founded a small workshop.", f"In which year did {entity} found a workshop?",
+         year),
+        (f"{entity} works as a {job}.", f"What does {entity} work as?", job),
+        (f"The closest friend of {entity} is {friend}.", f"Who is the closest friend of {entity}?", friend),
+    ]
+    chosen = [facts[j] for j in sorted(rng.choice(4, size=facts_per_document, replace=False))]
+    text = " ".join(sentence for sentence, _, _ in chosen)
+    return Document(doc_id, text, tuple(QA(q, a, doc_id) for _, q, a in chosen))
+
+
+def synthetic_facts(n_documents: int, *, seed: int = 0, facts_per_document: int = 3,
+                    answers: str = "invented") -> list[Document]:
+    """``n_documents`` documents about distinct invented entities, with one question per fact; ``answers``:
+    ``invented`` towns and friends, or ``closed`` (drawn from `TOWNS` and `FRIENDS`). The documents are a
+    sequence: the first n of a longer call are the n of a shorter one."""
+    if n_documents < 1:
+        raise ValueError(f"n_documents must be >= 1, got {n_documents}")
+    _check_synthetic(answers, facts_per_document)
     rng = np.random.default_rng(seed)
     used: set[str] = set()
-    documents = []
-    for i in range(n_documents):
-        entity = f"{_fresh(rng, used, 2)} {_fresh(rng, used, 2)}"
-        if answers == "closed":
-            town, friend = str(rng.choice(TOWNS)), str(rng.choice(FRIENDS))
-        else:
-            town, friend = _fresh(rng, used, 3), _fresh(rng, used, 2)
-        year = str(int(rng.integers(1500, 2000)))
-        job = str(rng.choice(OCCUPATIONS))
-        facts = [
-            (f"{entity} was born in the town of {town}.", f"In which town was {entity} born?", town),
-            (f"In {year}, {entity} founded a small workshop.", f"In which year did {entity} found a workshop?",
-             year),
-            (f"{entity} works as a {job}.", f"What does {entity} work as?", job),
-            (f"The closest friend of {entity} is {friend}.", f"Who is the closest friend of {entity}?", friend),
-        ]
-        chosen = [facts[j] for j in sorted(rng.choice(4, size=facts_per_document, replace=False))]
-        doc_id = f"doc-{seed}-{i:06d}"
-        text = " ".join(sentence for sentence, _, _ in chosen)
-        documents.append(Document(doc_id, text, tuple(QA(q, a, doc_id) for _, q, a in chosen)))
-    return documents
+    return [_synthetic_document(rng, used, f"doc-{seed}-{i:06d}", facts_per_document, answers)
+            for i in range(n_documents)]
+
+
+def capitalised_words(documents: Sequence[Document]) -> set[str]:
+    """Every capitalised word of the documents' texts (their invented names among them)."""
+    return {word.strip(".,?!") for doc in documents for word in doc.text.split() if word[:1].isupper()}
+
+
+class FreshDocuments:
+    """Training documents drawn anew at every step (issue #30: memorising a fixed pool is then impossible,
+    reading is the only way to lower the QA loss).
+
+    Step ``s``'s documents come from a generator seeded with ``(seed, s)`` — so a resumed run needs only the
+    step to continue, and any step can be regenerated — and no invented word of them is in ``reserved``
+    (the capitalised words of the stream's and probes' documents): disjoint by construction, every entity
+    name is drawn until it avoids them. Two different steps may (rarely) reuse one name; with ~2·10^6
+    two-syllable names and two per entity, an entity repeats with probability ~10^-12 per pair of documents.
+    """
+
+    def __init__(self, reserved: set[str], *, seed: int, batch_documents: int, facts_per_document: int = 3,
+                 answers: str = "closed"):
+        if batch_documents < 1:
+            raise ValueError(f"FreshDocuments: batch_documents must be >= 1, got {batch_documents}")
+        _check_synthetic(answers, facts_per_document)
+        self.reserved = frozenset(reserved)
+        self.seed, self.batch_documents = seed, batch_documents
+        self.facts_per_document, self.answers = facts_per_document, answers
+
+    def __call__(self, step: int, facts_per_document: int | None = None) -> list[Document]:
+        """Step ``step``'s documents (``facts_per_document``: this call's, e.g. a curriculum's 1-fact stage)."""
+        facts = facts_per_document or self.facts_per_document
+        _check_synthetic(self.answers, facts)
+        rng = np.random.default_rng([self.seed, 30_001, step])
+        used = set(self.reserved)
+        docs = [_synthetic_document(rng, used, f"fresh-{self.seed}-{step}-{j}", facts, self.answers)
+                for j in range(self.batch_documents)]
+        clash = capitalised_words(docs) & self.reserved - set(TOWNS) - set(FRIENDS) - {"In", "The"}
+        if clash:
+            raise RuntimeError(f"FreshDocuments: step {step} reused reserved names {sorted(clash)[:3]}")
+        return docs
 
 
 SQUAD_FOLDER = Path("text") / "qa" / "xquad_en_squad11_dev_subset"

@@ -12,7 +12,18 @@ One run, whatever the ``method``:
    so every run shares one base LM, over a word-level vocabulary of the run's texts; or
    ``smollm2``) and the encoder (``tiny`` random BERT, or all-MiniLM-L6-v2). The LM's parameters
    are hashed (SHA-256 over names, shapes, dtypes and bytes) before anything else happens.
-3. **Training** (cmt, mac; online_ft's optional QA warm-up) on the training split only.
+3. **Training** (cmt, mac; online_ft's optional QA warm-up) on the training split only — or, with
+   ``train_data: fresh``, on new synthetic documents every step (`transfer.cmt.data.FreshDocuments`: none
+   shares an invented name with the stream's or the probes' documents), optionally after a curriculum
+   (``curriculum_steps``). cmt/mac training checkpoints every ``train_checkpoint_every`` steps through
+   the run's context (trainable modules, optimiser, schedule, step = data position, loss history,
+   probe rows) and a relaunched run resumes there, in the same MLflow run.
+   **Reading probes** (`transfer.cmt.probes`, cmt/mac): ``2 × probe_documents`` further held-out
+   documents; their questions answered with the right bank, a bank of other documents, an empty bank
+   and the true document's memory, each scored by QA loss and F1 — logged as ``probe/<condition>_<loss|em|f1>``
+   before training and every ``probe_every`` steps (step = training steps done) and after training;
+   the table is the artifact ``cmt/probes.csv`` (``cmt/probes.txt``: the final one; the final answers:
+   ``cmt/probe_predictions.jsonl``) and the final values are ``probe_<condition>_<loss|em|f1>``.
 4. **Streaming** — the stream's documents arrive in batches of ``stream_batch_documents``; after
    the first batch, every ``checkpoint_every``-th and the last, two question sets are answered:
    the questions of *every document seen so far* (retention over the stream) and those of the
@@ -59,6 +70,7 @@ import torch
 from cl.transfer_run import TransferContext, single_thread
 from transfer.common.language_models import bundled_minilm_path, fingerprint as lm_fingerprint, load_causal_lm
 from transfer.cmt.model import CMT, CMTConfig
+from transfer.cmt import probes as reading
 from transfer.cmt.baselines import (
     ClosedBook,
     CMTMemory,
@@ -73,6 +85,8 @@ from transfer.cmt.baselines import (
 )
 from transfer.cmt.data import (
     QA,
+    FreshDocuments,
+    capitalised_words,
     QUESTION_TEMPLATE,
     Document,
     PromptFormat,
@@ -94,18 +108,39 @@ class FrozenLMChanged(RuntimeError):
 
 def load_documents(params) -> tuple[list[Document], list[Document]]:
     """(training split, stream split) for the run's options."""
+    train, stream, _ = load_splits(params)
+    return train, stream
+
+
+def load_splits(params) -> tuple[list[Document], list[Document], list[Document]]:
+    """(training split, stream split, held-out documents for the reading probes): all disjoint (SQuAD: the held-out
+    ones share no article with the training split; there may be fewer than asked). Synthetic documents are one
+    seeded sequence, so the training and stream splits do not depend on how many probe documents follow."""
     from cl.errors import ConfigError
 
+    held = 2 * params.probe_documents if params.method in ("cmt", "mac") and params.train_steps else 0
     if params.dataset == "synthetic":
-        documents = synthetic_facts(params.train_documents + params.stream_documents, seed=params.data_seed,
+        documents = synthetic_facts(params.train_documents + params.stream_documents + held, seed=params.data_seed,
                                     facts_per_document=params.facts_per_document, answers=params.synthetic_answers)
     else:
         documents = squad_stream(data_root=params.data_root, seed=params.data_seed)
     try:
-        return split_documents(documents, params.train_documents, params.stream_documents)
+        train, stream = split_documents(documents, params.train_documents, params.stream_documents)
     except ValueError as error:
         raise ConfigError(f"transfer.stream_documents / transfer.train_documents: {error}; the {params.dataset} "
                           f"data holds {len(documents)} documents") from None
+    taken = {d.doc_id for d in train + stream}
+    topics = {d.topic for d in train if d.topic}
+    rest = [d for d in documents if d.doc_id not in taken and not (d.topic and d.topic in topics)]
+    return train, stream, rest[:held]
+
+
+def fresh_documents(params, seed: int, reserved: list[Document]) -> FreshDocuments | None:
+    """train_data 'fresh': every step's documents, none sharing an invented name with ``reserved``."""
+    if params.train_data != "fresh" or params.method not in ("cmt", "mac"):
+        return None
+    return FreshDocuments(capitalised_words(reserved), seed=seed, batch_documents=params.train_batch_documents,
+                          facts_per_document=params.facts_per_document, answers=params.synthetic_answers)
 
 
 def _corpus(documents: list[Document]) -> list[str]:
@@ -179,7 +214,8 @@ def cmt_config(params) -> CMTConfig:
                      ff_hidden=params.ff_hidden, top_k=params.top_k, temperature=params.temperature,
                      qa_weight=params.qa_weight, self_match_weight=params.self_match_weight,
                      memory_aware_weight=params.memory_aware_weight, share_encoder=params.share_encoder,
-                     train_encoder=params.train_encoder)
+                     train_encoder=params.train_encoder,
+                     freeze_question_encoder=params.freeze_question_encoder)
 
 
 def demonstrations(params, train_docs: list[Document]) -> tuple[tuple[str, str, str], ...]:
@@ -206,7 +242,7 @@ def build_harness(params, documents: list[Document], lm_tokenizer, *, shots: tup
                    prompt=PromptFormat(lm_tokenizer if params.prompt == "chat" else None, demonstrations=shots))
 
 
-def build_method(params, lm, harness: Harness, seed: int) -> StreamingMethod:
+def build_method(params, lm, harness: Harness, seed: int, fresh: FreshDocuments | None = None) -> StreamingMethod:
     if params.method == "closed_book":
         return ClosedBook(lm, harness)
     if params.method == "online_ft":
@@ -219,14 +255,17 @@ def build_method(params, lm, harness: Harness, seed: int) -> StreamingMethod:
                                                                  max_tokens=params.max_doc_tokens,
                                                                  device=harness.device),
                                   top_k=params.rag_top_k)
+    batch_documents = params.train_batch_documents if fresh is not None \
+        else min(params.train_batch_documents, params.train_documents)
     if params.method == "cmt" and params.top_k is not None and params.train_steps \
-            and params.top_k >= min(params.train_batch_documents, params.train_documents):
+            and params.top_k >= batch_documents:
         log.warning("top_k=%d >= the %d documents of a training batch (the batch is the bank): training aggregates "
                     "every document, as top_k=None would; top-k only selects when answering from the stream",
-                    params.top_k, min(params.train_batch_documents, params.train_documents))
+                    params.top_k, batch_documents)
     model = CMT(lm, encoder, cmt_config(params))      # mac: the catalog has already set MAC's three options
     method = CMTMemory(model, harness, steps=params.train_steps, batch_documents=params.train_batch_documents,
-                       lr=params.lr, seed=seed, warmup_steps=params.warmup_steps)
+                       lr=params.lr, seed=seed, warmup_steps=params.warmup_steps, encoder_lr=params.encoder_lr,
+                       fresh=fresh, curriculum_steps=params.curriculum_steps)
     method.name = params.method
     return method
 
@@ -259,16 +298,27 @@ def run(ctx: TransferContext, params) -> dict[str, float]:
 
 def _run(ctx: TransferContext, params) -> dict[str, float]:
     device = str(getattr(ctx, "device", None) or "cpu")
-    train_docs, stream_docs = load_documents(params)
-    every_doc = train_docs + stream_docs
+    train_docs, stream_docs, held_out = load_splits(params)
+    fresh = fresh_documents(params, ctx.seed, stream_docs + held_out)
+    every_doc = train_docs + stream_docs + held_out
     documents = {d.doc_id: d for d in every_doc}
-    lm, lm_tokenizer = build_lm(params, every_doc, ctx.cache_dir)
+    # the tiny models' word vocabularies are built from the run's texts: the fresh documents' words must be in them
+    vocabulary = every_doc + ([d for step in range(params.train_steps) for d in fresh(step)]
+                              if fresh is not None and "tiny" in (params.lm, params.encoder) else [])
+    lm, lm_tokenizer = build_lm(params, vocabulary, ctx.cache_dir)
     lm.to(device)
     before = lm_fingerprint(lm)
     ctx.runlog.set_tags({"cmt.lm_sha256": before})
-    harness = build_harness(params, every_doc, lm_tokenizer, shots=demonstrations(params, train_docs), device=device)
+    harness = build_harness(params, vocabulary, lm_tokenizer, shots=demonstrations(params, train_docs), device=device)
     torch.manual_seed(ctx.seed)                        # the method's own initialisation
-    method = build_method(params, lm, harness, ctx.seed)
+    method = build_method(params, lm, harness, ctx.seed, fresh)
+    probe_set = None
+    if isinstance(method, CMTMemory) and method.steps and params.probe_documents:
+        if len(held_out) >= 2 * params.probe_documents:
+            probe_set = reading.ProbeSet.split(held_out, params.probe_documents, params.eval_questions)
+        else:
+            log.warning("reading probes skipped: %d held-out documents left, %d needed (probe_documents=%d)",
+                        len(held_out), 2 * params.probe_documents, params.probe_documents)
 
     batches = list(stream_batches(stream_docs, params.stream_batch_documents))
     checkpoints = checkpoint_batches(len(batches), params.checkpoint_every)
@@ -281,10 +331,35 @@ def _run(ctx: TransferContext, params) -> dict[str, float]:
     def on_step(step: int, terms: dict[str, float]) -> None:
         if step % log_every == 0 or step == params.train_steps - 1:
             ctx.runlog.log_metrics({f"train/{k}": v for k, v in terms.items()}, step=step)
+        if probe_set is not None and params.probe_every and (step + 1) % params.probe_every == 0 \
+                and step + 1 < params.train_steps:
+            run_probes(step + 1)
 
-    history = method.fit(train_docs, on_step=on_step)
+    def run_probes(step: int, predictions: list | None = None) -> dict:
+        result = reading.reading_probe(method.model, harness, probe_set, predictions=predictions)
+        ctx.runlog.log_metrics(reading.as_metrics(result), step=step)
+        log.info("cmt %s: reading probes after %d steps:\n%s", params.method, step, reading.format_table(result))
+        method.notes.setdefault("probes", []).append([step, result])     # checkpointed with the training state
+        return result
+
+    if isinstance(method, CMTMemory):
+        history = method.fit(train_docs, on_step=on_step, ctx=ctx, checkpoint_every=params.train_checkpoint_every,
+                             on_start=(lambda: run_probes(0)) if probe_set is not None and params.probe_every else None)
+    else:
+        history = method.fit(train_docs, on_step=on_step)
     train_seconds = time.perf_counter() - started
-    probe = training_documents_probe(method, harness, train_docs, len(stream_docs), params, documents)
+    probe_answers: list[dict] = []
+    final_probe = run_probes(params.train_steps, probe_answers) if probe_set is not None else None
+    if final_probe is not None:
+        ctx.runlog.log_artifact("cmt/probe_predictions.jsonl",
+                                "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in probe_answers).encode())
+        ctx.runlog.log_artifact("cmt/probes.csv", reading.table(method.notes["probes"]).encode())
+        ctx.runlog.log_artifact("cmt/probes.txt", (reading.format_table(final_probe) + "\n").encode())
+    seen_in_training = train_docs if fresh is None else \
+        [d for step in range(-(-len(stream_docs) // params.train_batch_documents))
+         for d in method.training_batches(train_docs)(step)]        # the first steps' documents, as trained on
+    documents.update({d.doc_id: d for d in seen_in_training})
+    probe = training_documents_probe(method, harness, seen_in_training, len(stream_docs), params, documents)
     ctx.runlog.progress(1, total, "streaming")
 
     order = evaluation_order(stream_docs, params.data_seed)
@@ -338,6 +413,8 @@ def _run(ctx: TransferContext, params) -> dict[str, float]:
         metrics["memory/model_copy_bytes"] = float(sum(p.numel() * p.element_size() for p in method.lm.parameters()))
     if probe is not None:
         metrics.update({"train_docs_em": probe.em, "train_docs_f1": probe.f1})
+    if final_probe is not None:
+        metrics.update({k.replace("/", "_"): v for k, v in reading.as_metrics(final_probe).items()})
     if history:
         tail = history[-min(10, len(history)):]
         metrics["train_loss"] = float(np.mean([h.get("total", h.get("qa", np.nan)) for h in tail]))

@@ -74,6 +74,9 @@ Deviations (ours) — to know before reading results
   the bank size no longer matters for memory (MAC needs chunks for full aggregation of big banks).
 * Scorer form, the self-matching and memory-aware terms' exact form, and the hard top-k are our
   reading of the paper's abstract (it names the techniques; the formulas are not public).
+* Frozen encoders (``train_encoder=False``, ``freeze_question_encoder``) run in eval mode while the rest trains
+  (as pretrained, no dropout). ``losses(true_memory=True)`` — the curriculum's first stages (issue #30, ours) —
+  makes the QA prefix from each question's own document's memory, without retrieval.
 * EM is SQuAD's official full match by default; MAC's prefix match is available
   (`transfer.cmt.metrics.exact_match(prefix=True)`).
 
@@ -87,30 +90,28 @@ Around it
   `transfer.cmt.params.CMTTransferParams`): train on a split of documents disjoint from the stream,
   stream, answer at checkpoints, check the frozen LM's hash; `benchmarks/cmt.py` runs its grid.
 * `transfer.cmt.data` — synthetic streaming facts, the offline SQuAD loader, the train/stream split.
+
+Where the parts live: the trainable blocks in `transfer.cmt.layers`, the bank in `transfer.cmt.memory_bank`,
+the frozen LM's prefixed forward and decoding in `transfer.cmt.frozen_lm`; this module assembles them (`CMT`),
+with the losses and the training step.
 """
 from __future__ import annotations
 
 import copy
-import inspect
-import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from transfer.cmt.data import CMTBatch
+from transfer.cmt.frozen_lm import answer_text, greedy_generate, lm_forward
+from transfer.cmt.layers import Compressor, CrossAttentionBlock, PrefixGenerator, Scorer, encoder_width
+from transfer.cmt.memory_bank import MemoryBank
 
 log = logging.getLogger(__name__)
-BANK_FORMAT = "clsuite-cmt-memory-bank"
-BANK_VERSION = 2          # 2: a retrieval key per entry
-BANK_TENSORS = "memory.safetensors"
-BANK_MANIFEST = "manifest.json"
-
-
 # --------------------------------------------------------------------------- configuration
 
 @dataclass(frozen=True)
@@ -128,6 +129,7 @@ class CMTConfig:
     memory_aware_weight: float = 1.0  # memory-aware reconstruction weight (0 switches it off)
     share_encoder: bool = False       # question encoder shares the document encoder's weights
     train_encoder: bool = True        # fine-tune the encoder(s) (MAC trains its T5)
+    freeze_question_encoder: bool = False   # keep the question encoder's pretrained weights (issue #30)
     dropout: float = 0.0
 
     def __post_init__(self):
@@ -147,321 +149,6 @@ class CMTConfig:
                              "switch at least one loss term on")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"CMTConfig.dropout must be in [0, 1), got {self.dropout}")
-
-
-# --------------------------------------------------------------------------- building blocks
-
-class MLP(nn.Module):
-    """MAC's per-token MLP: LayerNorm → Linear → tanh → Linear, plus a linear (or identity) skip."""
-
-    def __init__(self, dim_in: int, dim_out: int):
-        super().__init__()
-        self.skip = nn.Identity() if dim_in == dim_out else nn.Linear(dim_in, dim_out)
-        self.net = nn.Sequential(nn.LayerNorm(dim_in), nn.Linear(dim_in, dim_out), nn.Tanh(),
-                                 nn.Linear(dim_out, dim_out))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.skip(x) + self.net(x)
-
-
-class FeedForward(nn.Module):
-    """Pre-norm residual feed-forward: x + W2 GELU(W1 LN(x))."""
-
-    def __init__(self, dim: int, hidden: int, dropout: float = 0.0):
-        super().__init__()
-        self.net = nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout),
-                                 nn.Linear(hidden, dim), nn.Dropout(dropout))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.net(x)
-
-
-class CrossAttentionBlock(nn.Module):
-    """Pre-norm cross-attention (queries ``x`` over ``context``) + feed-forward, both residual."""
-
-    def __init__(self, dim: int, num_heads: int, ff_hidden: int, dropout: float = 0.0):
-        super().__init__()
-        self.norm_q = nn.LayerNorm(dim)
-        self.norm_kv = nn.LayerNorm(dim)
-        self.attention = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
-        self.ff = FeedForward(dim, ff_hidden, dropout)
-
-    def forward(self, x: torch.Tensor, context: torch.Tensor, context_mask: torch.Tensor | None = None):
-        """``context_mask``: (B, M) with 1 for real tokens (as a Hugging Face attention mask)."""
-        kv = self.norm_kv(context)
-        padding = None if context_mask is None else context_mask == 0
-        attended, _ = self.attention(self.norm_q(x), kv, kv, key_padding_mask=padding, need_weights=False)
-        return self.ff(x + attended)
-
-
-class Compressor(nn.Module):
-    """Encoder + K learnable soft tokens pooled by cross-attention → K vectors of width ``dim``, and a
-    retrieval key: the encoder's states mean-pooled over real tokens (its own sentence embedding).
-
-    Used twice: for documents (the memory vectors) and for questions (the aggregator's condition).
-    """
-
-    def __init__(self, encoder: nn.Module, *, num_tokens: int, dim: int, num_heads: int, ff_hidden: int,
-                 dropout: float = 0.0):
-        super().__init__()
-        enc_dim = _encoder_width(encoder)
-        if enc_dim % num_heads:
-            raise ValueError(f"CMTConfig.num_heads={num_heads} must divide the encoder's hidden size {enc_dim}")
-        self.encoder = encoder
-        self.soft_tokens = nn.Parameter(torch.randn(num_tokens, enc_dim) * 0.02)
-        self.pool = CrossAttentionBlock(enc_dim, num_heads, ff_hidden, dropout)
-        self.mlps = nn.ModuleList(MLP(enc_dim, dim) for _ in range(num_tokens))   # MAC: one per token
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(vectors (B, K, dim), keys (B, encoder width))."""
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        queries = self.soft_tokens.unsqueeze(0).expand(hidden.shape[0], -1, -1)
-        pooled = self.pool(queries, hidden, attention_mask)
-        vectors = torch.stack([mlp(pooled[:, i]) for i, mlp in enumerate(self.mlps)], dim=1)
-        real = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        keys = (hidden * real).sum(1) / real.sum(1).clamp(min=1)
-        return vectors, keys
-
-
-def _encoder_width(encoder: nn.Module) -> int:
-    config = getattr(encoder, "config", None)
-    width = getattr(config, "hidden_size", None) or getattr(config, "d_model", None)
-    if not width:
-        raise TypeError(f"{type(encoder).__name__}: the memory encoder must be a Hugging Face encoder whose "
-                        "config has hidden_size (e.g. BertModel / all-MiniLM-L6-v2)")
-    return int(width)
-
-
-class Scorer(nn.Module):
-    """score(question, entry) = cos(Wq·question key, Wm·entry key) / temperature.
-
-    Wq and Wm start as the identity, so an untrained scorer ranks by the encoder's own sentence
-    similarity (for MiniLM, a trained retriever); self-matching then adapts both.
-    """
-
-    def __init__(self, key_dim: int, temperature: float):
-        super().__init__()
-        self.question = nn.Linear(key_dim, key_dim)
-        self.memory = nn.Linear(key_dim, key_dim)
-        for layer in (self.question, self.memory):
-            nn.init.eye_(layer.weight)
-            nn.init.zeros_(layer.bias)
-        self.temperature = temperature
-
-    def forward(self, query_keys: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        """query_keys (Q, E), keys (N, E) → scores (Q, N)."""
-        q = F.normalize(self.question(query_keys), dim=-1)
-        m = F.normalize(self.memory(keys), dim=-1)
-        return q @ m.T / self.temperature
-
-
-class PrefixGenerator(nn.Module):
-    """K aggregated vectors → per-layer prefix (key, value), each (B, kv_heads, P, head_dim)."""
-
-    def __init__(self, *, dim: int, num_tokens: int, num_layers: int, prefix_length: int, kv_heads: int,
-                 head_dim: int, ff_hidden: int, dropout: float = 0.0):
-        super().__init__()
-        self.num_layers, self.prefix_length = num_layers, prefix_length
-        self.kv_heads, self.head_dim = kv_heads, head_dim
-        slots = 2 * num_layers * prefix_length
-        # MAC's spreading: token i fills ⌈S/K⌉ (first S mod K tokens) or ⌊S/K⌋ consecutive slots
-        counts = torch.full((num_tokens,), slots // num_tokens, dtype=torch.long)
-        counts[: slots % num_tokens] += 1
-        self.register_buffer("slot_source", torch.repeat_interleave(torch.arange(num_tokens), counts),
-                             persistent=False)
-        self.slot_embedding = nn.Parameter(torch.zeros(slots, dim))
-        self.ff = FeedForward(dim, ff_hidden, dropout)
-        self.out = nn.Linear(dim, kv_heads * head_dim)
-        nn.init.normal_(self.out.weight, std=0.02)
-        nn.init.zeros_(self.out.bias)
-
-    def forward(self, aggregated: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        b = aggregated.shape[0]
-        slots = self.out(self.ff(aggregated[:, self.slot_source] + self.slot_embedding))    # (B, S, kvh·hd)
-        kv = slots.view(b, self.prefix_length, 2 * self.num_layers, self.kv_heads, self.head_dim)
-        kv = kv.permute(2, 0, 3, 1, 4)                                    # (2L, B, kvh, P, hd)
-        return [(kv[2 * layer], kv[2 * layer + 1]) for layer in range(self.num_layers)]
-
-
-# --------------------------------------------------------------------------- frozen LM with a prefix
-
-def _cache_keyword(lm: nn.Module) -> str:
-    params = inspect.signature(lm.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
-
-
-def _prefix_cache(lm: nn.Module, prefix: Sequence[tuple[torch.Tensor, torch.Tensor]] | None):
-    from transformers import DynamicCache
-
-    if prefix is None:
-        return DynamicCache(config=lm.config)
-    return DynamicCache([(k, v) for k, v in prefix], config=lm.config)
-
-
-def _keeps_logits(lm: nn.Module) -> bool:
-    return "logits_to_keep" in inspect.signature(lm.forward).parameters
-
-
-def lm_forward(lm: nn.Module, prefix: Sequence[tuple[torch.Tensor, torch.Tensor]] | None,
-               input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor | None = None):
-    """Run the frozen causal LM behind per-layer prefix key/values (or none).
-
-    Rows are left padded; positions count real tokens and start after the prefix (the causal mask
-    is built from the cache length, so explicit positions do not shift it).
-    """
-    p = 0 if prefix is None else prefix[0][0].shape[2]
-    mask = torch.cat([attention_mask.new_ones(attention_mask.shape[0], p), attention_mask], dim=1)
-    positions = p + (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    return lm(input_ids=input_ids, attention_mask=mask, position_ids=positions, labels=labels,
-              use_cache=True, **{_cache_keyword(lm): _prefix_cache(lm, prefix)})
-
-
-@torch.no_grad()
-def greedy_generate(lm: nn.Module, prefix, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
-                    max_new_tokens: int, eos_token_id: int) -> list[list[int]]:
-    """Greedy decoding behind a prefix; each row's new tokens, cut before its first end-of-sequence."""
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    p = 0 if prefix is None else prefix[0][0].shape[2]
-    cache = _prefix_cache(lm, prefix)
-    mask = torch.cat([attention_mask.new_ones(attention_mask.shape[0], p), attention_mask], dim=1)
-    positions = p + (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    keyword = _cache_keyword(lm)
-    last_only = {"logits_to_keep": 1} if _keeps_logits(lm) else {}
-    logits = lm(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                **{keyword: cache}, **last_only).logits[:, -1]
-    rows: list[list[int]] = [[] for _ in range(input_ids.shape[0])]
-    done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-    positions = positions[:, -1:]
-    for step in range(max_new_tokens):
-        token = logits.argmax(-1)
-        done_before = done.clone()
-        done |= token == eos_token_id
-        for i in range(len(rows)):
-            if not done[i]:
-                rows[i].append(int(token[i]))
-        if bool(done.all()) or step == max_new_tokens - 1:
-            break
-        token = torch.where(done_before, torch.full_like(token, eos_token_id), token)
-        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
-        positions = positions + 1
-        logits = lm(input_ids=token[:, None], attention_mask=mask, position_ids=positions, use_cache=True,
-                    **{keyword: cache}).logits[:, -1]
-    return rows
-
-
-# --------------------------------------------------------------------------- memory bank
-
-class MemoryBank:
-    """Append-only store of K memory vectors and one retrieval key per document, with the documents' ids.
-
-    Entries are detached copies (no autograd history, no gradient ever reaches them); there is no
-    API to change or remove one. ``save``/``load`` write ``memory.safetensors`` + ``manifest.json``.
-    """
-
-    def __init__(self, num_tokens: int, dim: int, key_dim: int, *, dtype: torch.dtype = torch.float32):
-        if num_tokens < 1 or dim < 1 or key_dim < 1:
-            raise ValueError(f"MemoryBank: num_tokens, dim and key_dim must be >= 1, got {num_tokens}, {dim}, "
-                             f"{key_dim}")
-        self.num_tokens, self.dim, self.key_dim, self.dtype = int(num_tokens), int(dim), int(key_dim), dtype
-        self._chunks: list[tuple[torch.Tensor, torch.Tensor]] = []
-        self._joined: tuple[torch.Tensor, torch.Tensor] | None = (torch.empty(0, num_tokens, dim, dtype=dtype),
-                                                                  torch.empty(0, key_dim, dtype=dtype))
-        self._doc_ids: list[str] = []
-        self._known: set[str] = set()
-
-    def __len__(self) -> int:
-        return len(self._doc_ids)
-
-    @property
-    def doc_ids(self) -> tuple[str, ...]:
-        return tuple(self._doc_ids)
-
-    def _entries(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._joined is None:
-            self._joined = tuple(torch.cat(parts) for parts in zip(*self._chunks))
-            self._chunks = [self._joined]
-        return self._joined
-
-    @property
-    def memory(self) -> torch.Tensor:
-        """All entries' memory vectors, (N, K, D), in arrival order (a shared tensor: do not modify it)."""
-        return self._entries()[0]
-
-    @property
-    def keys(self) -> torch.Tensor:
-        """All entries' retrieval keys, (N, E), in arrival order (shared: do not modify)."""
-        return self._entries()[1]
-
-    @property
-    def bytes_per_document(self) -> int:
-        return (self.num_tokens * self.dim + self.key_dim) * torch.tensor([], dtype=self.dtype).element_size()
-
-    @property
-    def nbytes(self) -> int:
-        return len(self) * self.bytes_per_document
-
-    def append(self, doc_ids: Sequence[str], memory: torch.Tensor, keys: torch.Tensor) -> None:
-        """Add one entry per document id; ``memory`` is (len(doc_ids), K, D), ``keys`` (len(doc_ids), E)."""
-        doc_ids = [str(d) for d in doc_ids]
-        if memory.dim() != 3 or memory.shape[1:] != (self.num_tokens, self.dim):
-            raise ValueError(f"MemoryBank.append: memory must be (N, {self.num_tokens}, {self.dim}), "
-                             f"got {tuple(memory.shape)}")
-        if keys.shape != (memory.shape[0], self.key_dim):
-            raise ValueError(f"MemoryBank.append: keys must be ({memory.shape[0]}, {self.key_dim}), "
-                             f"got {tuple(keys.shape)}")
-        if memory.shape[0] != len(doc_ids):
-            raise ValueError(f"MemoryBank.append: {memory.shape[0]} memories but {len(doc_ids)} doc_ids")
-        repeated = [d for d in doc_ids if d in self._known] or \
-            [d for i, d in enumerate(doc_ids) if d in doc_ids[:i]]
-        if repeated:
-            raise ValueError(f"MemoryBank.append: document id(s) {repeated[:3]} already stored; the bank is "
-                             "append-only and ids must be unique")
-        with torch.no_grad():
-            self._chunks.append(tuple(t.detach().to(device="cpu", dtype=self.dtype).clone() for t in (memory, keys)))
-        self._joined = None
-        self._doc_ids.extend(doc_ids)
-        self._known.update(doc_ids)
-
-    def save(self, directory: str | Path) -> Path:
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        save_file({"memory": self.memory.contiguous(), "keys": self.keys.contiguous()}, str(directory / BANK_TENSORS),
-                  metadata={"format": BANK_FORMAT, "version": str(BANK_VERSION)})
-        manifest = {"format": BANK_FORMAT, "version": BANK_VERSION, "num_tokens": self.num_tokens,
-                    "dim": self.dim, "key_dim": self.key_dim, "dtype": str(self.dtype).removeprefix("torch."),
-                    "size": len(self), "doc_ids": self._doc_ids}
-        (directory / BANK_MANIFEST).write_text(json.dumps(manifest, indent=1))
-        return directory
-
-    @classmethod
-    def load(cls, directory: str | Path) -> MemoryBank:
-        from safetensors.torch import load_file
-
-        directory = Path(directory)
-        manifest_path = directory / BANK_MANIFEST
-        if not manifest_path.is_file():
-            raise FileNotFoundError(f"{manifest_path}: no memory-bank manifest; save a bank with MemoryBank.save")
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("format") != BANK_FORMAT or manifest.get("version") != BANK_VERSION:
-            raise ValueError(f"{manifest_path}: format {manifest.get('format')!r} v{manifest.get('version')} "
-                             f"is not {BANK_FORMAT!r} v{BANK_VERSION}")
-        dtype = getattr(torch, manifest["dtype"])
-        bank = cls(manifest["num_tokens"], manifest["dim"], manifest["key_dim"], dtype=dtype)
-        tensors = load_file(str(directory / BANK_TENSORS))
-        memory, keys = tensors["memory"], tensors["keys"]
-        if memory.shape != (manifest["size"], manifest["num_tokens"], manifest["dim"]) or memory.dtype != dtype \
-                or keys.shape != (manifest["size"], manifest["key_dim"]) or keys.dtype != dtype:
-            raise ValueError(f"{directory / BANK_TENSORS}: tensors {tuple(memory.shape)}, {tuple(keys.shape)} "
-                             f"{memory.dtype} do not match the manifest ({manifest['size']}, "
-                             f"{manifest['num_tokens']}, {manifest['dim']}) + keys {manifest['key_dim']} {dtype}")
-        if len(manifest["doc_ids"]) != manifest["size"]:
-            raise ValueError(f"{manifest_path}: {len(manifest['doc_ids'])} doc_ids for size {manifest['size']}")
-        if manifest["size"]:
-            bank.append(manifest["doc_ids"], memory, keys)
-        return bank
 
 
 # --------------------------------------------------------------------------- losses (pure functions)
@@ -511,15 +198,19 @@ class CMT(nn.Module):
         self.lm.eval()
         if question_encoder is None:
             question_encoder = encoder if config.share_encoder else copy.deepcopy(encoder)
-        if not config.train_encoder:
-            for module in (encoder, question_encoder):
-                for p in module.parameters():
-                    p.requires_grad_(False)
+        if config.freeze_question_encoder and question_encoder is encoder:
+            raise ValueError("CMTConfig.freeze_question_encoder with a shared encoder would freeze the document "
+                             "encoder too; use train_encoder=False, or share_encoder=False")
+        frozen = (encoder, question_encoder) if not config.train_encoder else \
+            (question_encoder,) if config.freeze_question_encoder else ()
+        for module in frozen:
+            for p in module.parameters():
+                p.requires_grad_(False)
         shape = dict(num_tokens=config.num_memory_tokens, dim=dim, num_heads=config.num_heads,
                      ff_hidden=config.ff_hidden, dropout=config.dropout)
         self.compressor = Compressor(encoder, **shape)
         self.question_encoder = Compressor(question_encoder, **shape)
-        self.key_dim = _encoder_width(encoder)
+        self.key_dim = encoder_width(encoder)
         self.scorer = Scorer(self.key_dim, config.temperature)
         self.aggregator = nn.ModuleList(CrossAttentionBlock(dim, config.num_heads, config.ff_hidden, config.dropout)
                                         for _ in range(config.num_aggregator_blocks))
@@ -533,6 +224,9 @@ class CMT(nn.Module):
     def train(self, mode: bool = True):
         super().train(mode)
         self.lm.eval()               # the frozen LM never drops out
+        for compressor in (self.compressor, self.question_encoder):
+            if not any(p.requires_grad for p in compressor.encoder.parameters()):
+                compressor.encoder.eval()      # a frozen pretrained encoder runs as pretrained (no dropout)
         return self
 
     def trainable_parameters(self) -> list[nn.Parameter]:
@@ -542,6 +236,13 @@ class CMT(nn.Module):
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         """Everything but the frozen LM (what a CMT checkpoint needs to store)."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("lm.")}
+
+    def checkpoint_state_dict(self) -> dict[str, torch.Tensor]:
+        """What a training checkpoint must keep: the trainable parameters and the buffers, not the frozen LM nor
+        frozen encoder weights (rebuilt identically from the pretrained files; ~180 MB for two MiniLM copies).
+        Load with ``load_state_dict(..., strict=False)``."""
+        frozen = {name for name, p in self.named_parameters() if not p.requires_grad}
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("lm.") and k not in frozen}
 
     def new_bank(self) -> MemoryBank:
         return MemoryBank(self.config.num_memory_tokens, self.memory_dim, self.key_dim)
@@ -563,20 +264,34 @@ class CMT(nn.Module):
         k = self.config.top_k if top_k == -1 else top_k
         scores = self.scorer(query_keys, keys)
         context, index = select_top_k(scores, memory, k)
+        return self.attend(condition, context), scores, index
+
+    def attend(self, condition: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
+        """The aggregator blocks: ``condition`` (Q, K, D) attends to ``context`` (Q, M, D). ``None`` is an empty
+        bank: nothing to attend to, so each block's attention adds 0 and only its feed-forward acts (the
+        reading probes' "empty bank")."""
         out = condition
         for block in self.aggregator:
-            out = block(out, context)
-        return out, scores, index
+            out = block.ff(out) if context is None else block(out, context)
+        return out
 
     # -- training
-    def losses(self, batch: CMTBatch) -> dict[str, torch.Tensor]:
-        """The weighted loss terms on one batch (its documents are the bank) and their sum ``total``."""
+    def losses(self, batch: CMTBatch, *, true_memory: bool = False) -> dict[str, torch.Tensor]:
+        """The weighted loss terms on one batch (its documents are the bank) and their sum ``total``.
+
+        ``true_memory``: the QA term's prefix comes from each question's own document's memory, no retrieval (the
+        curriculum's first stages, issue #30); self-matching still ranks the batch's documents."""
         cfg = self.config
         memory, keys = self.compress(batch.doc_enc_ids, batch.doc_enc_mask)         # (B, K, D), (B, E)
         terms: dict[str, torch.Tensor] = {}
         if cfg.qa_weight or cfg.self_match_weight:
             condition, query_keys = self.condition(batch.q_enc_ids, batch.q_enc_mask)   # (Q, K, D), (Q, E)
-            if cfg.qa_weight:
+            if cfg.qa_weight and true_memory:
+                scores = self.scorer(query_keys, keys)
+                out = lm_forward(self.lm, self.prefix(self.attend(condition, memory[batch.doc_index])),
+                                 batch.qa_lm_ids, batch.qa_lm_mask, batch.qa_lm_labels)
+                terms["qa"] = out.loss
+            elif cfg.qa_weight:
                 aggregated, scores, _ = self.aggregate(condition, query_keys, memory, keys)
                 out = lm_forward(self.lm, self.prefix(aggregated), batch.qa_lm_ids, batch.qa_lm_mask,
                                     batch.qa_lm_labels)
@@ -631,21 +346,13 @@ class CMT(nn.Module):
         return [answer_text(tokenizer, row) for row in rows], scores.argmax(1).tolist()
 
 
-def answer_text(tokenizer, row: Sequence[int]) -> str:
-    """A generated row → the answer: its text up to the first line break (answers are short phrases; an LM
-    that goes on — a few-shot prompt invites a next "Question:" — is cut there), stripped. Every method decodes
-    through this, so none is scored on more or less of what it generated."""
-    text = tokenizer.decode(list(row), skip_special_tokens=True).strip()
-    return text.split("\n", 1)[0].strip()
-
-
 def train_steps(model: CMT, batches: Iterable[CMTBatch], optimizer: torch.optim.Optimizer, *,
-                max_grad_norm: float | None = 1.0) -> list[dict[str, float]]:
+                max_grad_norm: float | None = 1.0, true_memory: bool = False) -> list[dict[str, float]]:
     """One optimiser step per batch on the weighted loss; returns each step's terms as floats."""
     model.train()
     history = []
     for batch in batches:
-        terms = model.losses(batch)
+        terms = model.losses(batch, true_memory=true_memory)
         optimizer.zero_grad(set_to_none=True)
         terms["total"].backward()
         if max_grad_norm is not None:
@@ -655,8 +362,21 @@ def train_steps(model: CMT, batches: Iterable[CMTBatch], optimizer: torch.optim.
     return history
 
 
-def make_optimizer(model: CMT, lr: float = 1e-4, weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    """AdamW over the trainable parameters only (the frozen LM is never given to the optimiser)."""
-    if lr <= 0:
-        raise ValueError(f"lr must be > 0, got {lr}")
-    return torch.optim.AdamW(model.trainable_parameters(), lr=lr, weight_decay=weight_decay)
+def make_optimizer(model: CMT, lr: float = 1e-4, weight_decay: float = 0.0, *, encoder_lr: float | None = None
+                   ) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters only (the frozen LM is never given to the optimiser).
+
+    ``encoder_lr``: the pretrained encoder(s) in a group of their own at that rate (MAC: 1e-5 for its T5; issue #30:
+    one lr of 3e-4 for everything wore MiniLM's retrieval from 100% top-1 down to a few %); the new modules keep
+    ``lr``. Groups: [new modules] or [new modules, encoders]."""
+    for name, value in (("lr", lr), ("encoder_lr", encoder_lr)):
+        if value is not None and value <= 0:
+            raise ValueError(f"{name} must be > 0, got {value}")
+    trainable = model.trainable_parameters()
+    if encoder_lr is None:
+        return torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay)
+    encoder_ids = {id(p) for c in (model.compressor, model.question_encoder) for p in c.encoder.parameters()}
+    new = [p for p in trainable if id(p) not in encoder_ids]
+    encoders = [p for p in trainable if id(p) in encoder_ids]
+    groups = [{"params": new, "lr": lr}] + ([{"params": encoders, "lr": encoder_lr}] if encoders else [])
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)

@@ -5,7 +5,7 @@ from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 
-from cl.registry import REPRODUCTIONS, TRANSFERS, Params
+from cl.registry import REPRODUCTIONS, TRANSFERS, Params, added_option
 
 
 CMT_METHODS = ("cmt", "mac", "closed_book", "rag", "online_ft")
@@ -72,6 +72,33 @@ class CMTTransferParams(Params):
     warmup_steps: int = Field(0, ge=0, description="cmt/mac: linear warm-up from 0 to lr over these steps, then "
                                                    "linear decay to 0 (0 = a constant lr; measured: constant 1e-3 "
                                                    "diverges after ~200 steps)")
+    # issue #30 (added after the archived grids: hash-neutral while at their defaults)
+    train_data: Literal["pool", "fresh"] = added_option(
+        "pool", description="cmt/mac: 'pool' trains on shuffled epochs of the train_documents split; 'fresh' "
+                            "draws new synthetic documents for every step (train_batch_documents of them, disjoint "
+                            "from the stream's and probes' by construction; drawn with the run's seed), so a memory "
+                            "cannot memorise and must read (synthetic only; the pool still supplies fewshot "
+                            "demonstrations)")
+    encoder_lr: Optional[float] = added_option(
+        None, gt=0, description="cmt/mac: learning rate of the pretrained encoder(s) (MAC: 1e-5); None = lr. The new "
+                                "modules (soft tokens, pooling, MLPs, scorer, aggregator, prefix) keep lr")
+    freeze_question_encoder: bool = added_option(
+        False, description="cmt/mac: keep the question encoder's pretrained weights frozen (its soft tokens, pooling "
+                           "and MLPs still train)")
+    probe_documents: int = added_option(
+        16, ge=0, description="cmt/mac: held-out documents (disjoint from training and stream) in the reading "
+                              "probes' bank; as many others form the 'other documents' bank; 0 = no probes")
+    probe_every: int = added_option(
+        0, ge=0, description="cmt/mac: run the reading probes every N training steps (logged as probe/* at the "
+                             "step), and always at the end; 0 = at the end only")
+    curriculum_steps: int = added_option(
+        0, ge=0, description="cmt/mac with train_data 'fresh': the first N steps answer from each question's own "
+                             "document's memory fed directly (no retrieval) — 1-fact documents for the first N/2, "
+                             "facts_per_document for the rest — then top-k over the batch's documents as the bank; "
+                             "0 = off")
+    train_checkpoint_every: int = added_option(
+        50, ge=1, description="cmt/mac: save the trainable modules, optimiser, schedule and data position every N "
+                              "training steps, so a stopped run resumes there")
     rag_top_k: int = Field(2, ge=1, description="rag: documents put into the prompt")
     ft_lr: float = Field(1e-5, gt=0, description="online_ft: AdamW learning rate of the LM copy")
     ft_steps_per_batch: int = Field(1, ge=1, description="online_ft: steps on each stream batch's documents")
@@ -106,6 +133,19 @@ class CMTTransferParams(Params):
         if self.prompt == "chat" and self.lm == "tiny":
             raise ValueError("prompt 'chat' needs an LM with a chat template (lm: smollm2); the tiny LM's word "
                              "vocabulary has none: use prompt 'plain'")
+        if self.train_data == "fresh" and self.dataset != "synthetic":
+            raise ValueError("train_data 'fresh' generates synthetic documents: use dataset 'synthetic' or "
+                             "train_data 'pool'")
+        if self.curriculum_steps and self.train_data != "fresh":
+            raise ValueError("curriculum_steps needs train_data 'fresh' (its first stage generates 1-fact documents)")
+        if self.curriculum_steps and self.curriculum_steps >= self.train_steps:
+            raise ValueError(f"curriculum_steps={self.curriculum_steps} must be below train_steps={self.train_steps} "
+                             "(the curriculum ends with the normal objective)")
+        if self.encoder_lr is not None and not self.train_encoder:
+            raise ValueError("encoder_lr is set but train_encoder is false (the encoders are frozen): drop one")
+        if self.freeze_question_encoder and self.share_encoder:
+            raise ValueError("freeze_question_encoder with share_encoder: the question encoder *is* the document "
+                             "encoder; use train_encoder: false to freeze both, or share_encoder: false")
         if self.method in ("cmt", "mac"):
             if not (self.qa_weight or self.self_match_weight or self.memory_aware_weight):
                 raise ValueError("qa_weight, self_match_weight and memory_aware_weight are all 0: switch at least "

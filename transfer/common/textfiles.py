@@ -48,6 +48,21 @@ def named_or_file(value) -> str:
     return "name" if isinstance(value, str) else "file"
 
 
+def entry_names(entries) -> list[str]:
+    """The names in a list of built-in names and own-file definitions (`TextFile`s), in order."""
+    return [entry if isinstance(entry, str) else entry.name for entry in entries]
+
+
+def check_entries(entries, what: str, check_file, where: str) -> None:
+    """Names must not repeat; each own-file entry passes `check_file(entry, where="<where>.<i>")` (preflight)."""
+    names = entry_names(entries)
+    if len(set(names)) != len(names):
+        raise ValueError(f"{what} repeat: {names}")
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, str) and check_file is not None:
+            check_file(entry, where=f"{where}.{i}")
+
+
 class TextFile(BaseModel):
     """A text task read from your own file(s): where the rows are and which columns hold what."""
 

@@ -6,7 +6,7 @@ from typing import Annotated, Literal, Optional, Union
 from pydantic import Discriminator, Field, Tag, model_validator
 
 from cl.registry import REPRODUCTIONS, TRANSFERS, Params
-from transfer.common.textfiles import TextFile, named_or_file
+from transfer.common.textfiles import TextFile, check_entries, entry_names, named_or_file
 
 
 SCALEARN_METHODS = ("scalearn", "scalearn_uniform", "scalearn_pp", "scalearn_uniform_pp",
@@ -74,12 +74,11 @@ class ScaLearnTransferParams(Params):
         names = self.task_names()
         if self.target not in names:
             raise ValueError(f"target {self.target!r} must be one of tasks {names}")
-        if len(set(names)) != len(names):
-            raise ValueError(f"tasks repeat: {names}")
+        check_entries(self.tasks, "tasks", None, "transfer.tasks")
         return self
 
     def task_names(self) -> list[str]:
-        return [t if isinstance(t, str) else t.name for t in self.tasks]
+        return entry_names(self.tasks)
 
     def target_task(self):
         """The target as an entry of `tasks` (its name, or its own-file definition)."""
@@ -91,9 +90,7 @@ class ScaLearnTransferParams(Params):
         glue = [t for t in self.tasks if isinstance(t, str)]
         if glue:
             glue_dir(self.data_root, glue)
-        for i, task in enumerate(self.tasks):
-            if not isinstance(task, str):
-                load_file_task(task, where=f"transfer.tasks.{i}")
+        check_entries(self.tasks, "tasks", load_file_task, "transfer.tasks")
 
 
 TRANSFERS.register(

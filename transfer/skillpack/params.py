@@ -6,7 +6,7 @@ from typing import Annotated, Literal, Optional, Union
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from cl.registry import REPRODUCTIONS, TRANSFERS, Params
-from transfer.common.textfiles import TextFile, named_or_file
+from transfer.common.textfiles import TextFile, check_entries, entry_names, named_or_file
 
 
 SKILL_LIST = ("sentiment", "qtype", "paraphrase", "arithmetic")
@@ -99,21 +99,18 @@ class SkillPackTransferParams(Params):
         names = self.skill_names()
         if self.skill is not None and self.skill not in names:
             raise ValueError(f"skill {self.skill!r} must be one of skills {names}")
-        if len(set(names)) != len(names):
-            raise ValueError(f"skills repeat: {names}")
+        check_entries(self.skills, "skills", None, "transfer.skills")
         return self
 
     def skill_names(self) -> list[str]:
-        return [s if isinstance(s, str) else s.name for s in self.skills]
+        return entry_names(self.skills)
 
     def preflight(self) -> None:
         from transfer.skillpack.skills import _text_root, check_file_skill
 
         if any(s in ("sentiment", "qtype", "paraphrase") for s in self.skills if isinstance(s, str)):
             _text_root(self.data_root)
-        for i, skill in enumerate(self.skills):
-            if not isinstance(skill, str):
-                check_file_skill(skill, where=f"transfer.skills.{i}")
+        check_entries(self.skills, "skills", check_file_skill, "transfer.skills")
 
 
 TRANSFERS.register(
