@@ -89,17 +89,17 @@ CEILING = Reproduction(
     "An upper bound on what FPF calls can add to replay-free SGD here, not k-FPF itself: every candidate "
     "starts from the same end-of-stream state and the best on validation is kept; 3 epochs per task.",
     _ceiling_describe, _ceiling_claims, "benchmarks/fpf.py",
-    notes=("Measured so far: buffer 200, seeds 0 and 1, both datasets (4 of the grid's 12 cells; the others are "
-           "queued by `python benchmarks/fpf.py --only ceiling`). One FPF call at the end of plain SGD lifts test "
-           "accuracy from 19.84 ± 0.03% to 66.98 ± 2.52% on Split Fashion-MNIST and from 20.92 ± 0.18% to "
-           "87.81 ± 1.07% on Split MNIST — within noise of the published replay's 67.98 ± 4.01 and 89.59 ± 2.41 "
-           "at the same buffer (3 seeds). Mechanism (the probe, same runs, mean of the seeds): the four old tasks "
-           "go from 0% to 40–79% (FMNIST) and 85–89% (MNIST) while the newest drops from 99% to 86% / 92%. "
-           "Validation chose lr 0.1 or 0.05, 300 steps, on [bn, fc, stem conv] in three runs and [bn, fc] in one; "
-           "[fc] alone reached 50–61% (FMNIST) and 61–69% (MNIST) validation accuracy in seed 0.",
+    notes=("Measured so far: buffer 200 — Split Fashion-MNIST seeds 0–2, Split MNIST seeds 0–1 (5 of the grid's 12 "
+           "cells; the others are queued by `python benchmarks/fpf.py --only ceiling`). One FPF call at the end of "
+           "plain SGD lifts test accuracy from 19.85 ± 0.03% to 66.24 ± 2.20% on Split Fashion-MNIST and from "
+           "20.92 ± 0.18% to 87.81 ± 1.07% on Split MNIST — within noise of the published replay's 67.98 ± 4.01 "
+           "and 89.59 ± 2.41 at the same buffer (3 seeds). Mechanism (the probe, same runs, mean of the seeds): "
+           "the four old tasks go from 0% to 36–80% (FMNIST) and 85–89% (MNIST) while the newest drops from 99% "
+           "to 87% / 92%. Validation chose 300 steps on [bn, fc, stem conv] in three runs, on [bn, fc] in one, "
+           "and 1,000 steps on [fc] in one (lr 0.1 in four, 0.05 in one).",
            "So the ceiling is far above naive: the published k-FPF's 23–31% is its budget (8 × 30 steps at lr "
            "0.05 without momentum on [bn, fc]), not what FPF can do. Cost: the search (12 candidates) makes a "
            "cell 2.07e13 FLOPs, 1.27× replay's; the stream plus the chosen call alone is about 1.05e13, 0.65× "
-           "replay's (estimated: the six BN-containing candidates cost the same). With two seeds the ceiling is "
-           "not told apart from replay; the sweep over k and steps (experiments/kfpf_sweep.yaml) is not run yet."),
+           "replay's (estimated: the six BN-containing candidates cost the same). The ceiling is not told apart "
+           "from replay; the sweep over k and steps (experiments/kfpf_sweep.yaml) is not run yet."),
     position=30)
