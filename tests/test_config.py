@@ -121,3 +121,18 @@ def test_flat_params_are_dotted_strings():
     assert params["model.hidden"] == "[256, 256]"
     assert params["seed"] == "3"
     assert yaml.safe_load(make().to_yaml())["strategy"] == {"name": "replay", "mem_size": 100}
+
+
+def test_component_options_are_validated_once_from_yaml_to_the_builder(monkeypatch):
+    """resolve_component validates the options; preflight and the runner reuse that `Params`, not a new one."""
+    from cl.config import component_params, resolve_component
+    from cl.registry import STRATEGIES
+
+    component = resolve_component("strategy", {"name": "replay", "mem_size": 123})
+    params = component_params("strategy", component)
+    assert params.mem_size == 123
+    entry = STRATEGIES.get("replay")
+    calls = []
+    original = entry.params.model_validate
+    monkeypatch.setattr(entry.params, "model_validate", lambda *a, **k: calls.append(1) or original(*a, **k))
+    assert component_params("strategy", component) is params and not calls

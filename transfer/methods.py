@@ -2,8 +2,8 @@
 
 The `clsuite.registry` entry point (pyproject.toml) names this module, so the platform finds the methods without
 naming them, and a new method is a new folder `transfer/<method>/` with a `params.py`; nothing else changes.
-The text datasets the methods read register here too
-(`transfer.common.datasets`, for ``clsuite data list``). Only light modules are imported here: they are pydantic only, so validating a grid imports no torch.
+The text datasets the methods read register here too (`transfer.common.datasets`, for ``clsuite data list``).
+Only light modules are imported here (pydantic only), so validating a grid imports no torch.
 """
 from __future__ import annotations
 
