@@ -17,9 +17,6 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -31,7 +28,7 @@ def main() -> None:
 
     import torch
 
-    from cl import checkpoint as ckpt
+    from cl import checkpoint_file
     from cl.grid import expand, load_grid
     from cl.registry import TRANSFERS
     from cl.cache import cache_root
@@ -49,7 +46,7 @@ def main() -> None:
         if not found:
             sys.exit(f"no checkpoint of cell {cell.config_hash} under {cache_root() / 'checkpoints'}")
         path = found[-1]
-    header, body = ckpt._read(path)
+    header, body = checkpoint_file._read(path)      # unvalidated: the checkpoint of a run still going
     state = torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)["state"]
     step = int(state["step"])
 

@@ -10,20 +10,16 @@ accuracy and the last-layer gap; a probe, not a result (one seed, one lr, few ep
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
+import torch
 
-from cl.config import TrainConfig  # noqa: E402
-from cl.transfer_run import TransferContext, single_thread  # noqa: E402
-from transfer.mobiletl.experiment import run  # noqa: E402
-from transfer.mobiletl.params import MobileTLTransferParams  # noqa: E402
+from cl.config import TrainConfig
+from cl.transfer_run import TransferContext, single_thread
+from transfer.mobiletl.experiment import run
+from transfer.mobiletl.params import MobileTLTransferParams
 
 METHODS = ({"method": "full"}, {"method": "last_layer"}, {"method": "bias_bn"}, {"method": "plain_topk"},
            {"method": "plain_topk", "bn_reestimate": True}, {"method": "mobiletl"},

@@ -164,7 +164,7 @@ class Registry:
         self._builtins_loaded = True
         for module in self._builtin_modules:
             importlib.import_module(module)
-        _load_entry_points()
+        load_plugins()
 
 
 _entry_points_loaded = False
@@ -172,7 +172,8 @@ _entry_point_failures: dict[str, str] = {}     # module -> why it did not load
 _entry_points_found = 0
 
 
-def _load_entry_points() -> None:
+def load_plugins() -> None:
+    """Import every module of the `clsuite.registry` entry points (and so register their entries), once."""
     global _entry_points_loaded, _entry_points_found
     if _entry_points_loaded:
         return
@@ -192,11 +193,6 @@ def _load_problems() -> str:
         return (f". No `{ENTRY_POINT_GROUP}` entry points are installed, so no method is registered: install the "
                 "project (`pip install -e .`) in this environment")
     return "".join(f". Entry point {module} failed to load ({why})" for module, why in _entry_point_failures.items())
-
-
-def load_plugins() -> None:
-    """Import every module of the `clsuite.registry` entry points (and so register their entries) now."""
-    _load_entry_points()
 
 
 def import_user_modules(modules: Iterable[str]) -> None:
@@ -221,7 +217,7 @@ def import_user_modules(modules: Iterable[str]) -> None:
 SCENARIOS = Registry("scenario", builtin_modules=("cl.catalog",))
 MODELS = Registry("model", builtin_modules=("cl.catalog",))
 STRATEGIES = Registry("strategy")
-# add-ons for any strategy (e.g. FPF's fine-tuning): build(ctx, params) -> an Avalanche plugin
+# add-ons for any strategy (e.g. a fine-tuning step): build(ctx, params) -> an Avalanche plugin
 PLUGINS = Registry("plugin")
 # knowledge-transfer experiments: run(ctx: cl.transfer_run.TransferContext, params) -> final metrics
 TRANSFERS = Registry("transfer")

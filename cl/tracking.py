@@ -3,7 +3,7 @@
 A running experiment writes to a `RunLog`. In a single process that is `MlflowRunLog`
 (direct writes); grid workers get a `QueueRunLog` that forwards every call to the launcher,
 which replays them through one `MlflowRunLog` — a single writer, so parallel workers lose
-nothing to SQLite's locking. Strategies never call MLflow: the `MLflowLoggerPlugin` observes
+nothing to SQLite's locking. Strategies never call MLflow: the logger plugin (`cl.run_logger`) observes
 training and evaluation and logs through the `RunLog`.
 
 Logged per run (experience t = 0..T-1, metrics with ``step=t``):
