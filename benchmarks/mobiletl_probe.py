@@ -17,6 +17,7 @@ import time
 import torch
 
 from cl.config import TrainConfig
+from cl.tracking import NullRunLog
 from cl.transfer_run import TransferContext, single_thread
 from transfer.mobiletl.experiment import run
 from transfer.mobiletl.params import MobileTLTransferParams
@@ -24,14 +25,6 @@ from transfer.mobiletl.params import MobileTLTransferParams
 METHODS = ({"method": "full"}, {"method": "last_layer"}, {"method": "bias_bn"}, {"method": "plain_topk"},
            {"method": "plain_topk", "bn_reestimate": True}, {"method": "mobiletl"},
            {"method": "mobiletl", "bn_reestimate": True})
-
-
-class _Log:
-    def log_metrics(self, metrics, step=None): pass
-    def log_params(self, params): pass
-    def set_tags(self, tags): pass
-    def log_artifact(self, path, data): pass
-    def progress(self, done, total, what): pass
 
 
 def main() -> None:
@@ -64,7 +57,7 @@ def main() -> None:
                                                 pretrain_epochs=args.pretrain_epochs, **options)
                 torch.manual_seed(0)
                 start = time.time()
-                out = run(TransferContext(runlog=_Log(), train=train, device=torch.device("cpu"), seed=0), params)
+                out = run(TransferContext(runlog=NullRunLog(), train=train, device=torch.device("cpu"), seed=0), params)
                 accs[name] = 100 * out["acc"]
                 print(f"{pair:<15}{name:<24}{accs[name]:>13.1f}{100 * out['source/test_acc']:>15.1f}"
                       f"{time.time() - start:>9.0f}", flush=True)

@@ -5,9 +5,8 @@ rates on, so the data position and both optimiser groups must come back."""
 from __future__ import annotations
 
 import pytest
-import yaml
 
-from tests.test_resume import assert_one_resumed_run, clsuite, crash, env, history, uninterrupted  # noqa: F401
+from tests.test_resume import env, history, killed_and_resumed, uninterrupted  # noqa: F401
 
 pytest.importorskip("transformers")
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -24,14 +23,7 @@ def cmt_config(experiment: str) -> dict:
 
 def test_cmt_training_killed_at_step_4_resumes_into_the_same_run_with_the_same_loss(env, tmp_path, fresh_store):
     raw = cmt_config("resume-cmt")
-    path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    run_id = crash(["run", str(path), "--tracking-uri", fresh_store], env, "step=4", fresh_store, raw["experiment"])
-
-    resumed = clsuite(["run", str(path), "--tracking-uri", fresh_store, "--resume"], env)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    client, run = assert_one_resumed_run(fresh_store, raw["experiment"], "step=4")
-    assert run.info.run_id == run_id
+    client, run_id = killed_and_resumed(raw, tmp_path, env, fresh_store, "step=4")
 
     reference, recorder = uninterrupted(raw)
     assert history(client, run_id, "train/total") == sorted(recorder.metrics["train/total"])

@@ -4,6 +4,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from tests.test_resume import env  # noqa: F401  (the fixture: cache and store of a test, for its subprocesses)
 from transfer.mobiletl.memory import ActivationMeter, saved_activation_bytes
 from transfer.mobiletl.model import FoldedBatchNorm, MaskedReLU6, SignedHardswish, pack_bits, unpack_bits
 
@@ -292,34 +293,18 @@ def test_validation_split_is_disjoint_seeded_and_sized():
 
 
 @pytest.mark.usefixtures("one_thread")
-def test_lr_sweep_killed_mid_sweep_resumes_with_the_same_choice_and_result(tmp_path, fresh_store, monkeypatch):
+def test_lr_sweep_killed_mid_sweep_resumes_with_the_same_choice_and_result(env, tmp_path, fresh_store):
     """Killed in the second lr candidate's first epoch (position 3 + 1): the resumed run keeps the first
     candidate's validation score, rebuilds the second candidate's model and ends as an uninterrupted run."""
-    import os
+    from tests.test_resume import killed_and_resumed, uninterrupted
 
-    import yaml
-
-    from tests.test_resume import assert_one_resumed_run, clsuite, crash, uninterrupted
-
-    root = __import__("pathlib").Path(__file__).resolve().parents[1]
-    monkeypatch.setenv("CLSUITE_CACHE", str(tmp_path / "cache"))
-    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "OMP_NUM_THREADS": "1", "CLSUITE_CACHE": str(tmp_path / "cache")}
-    from cl import checkpoint_file
-    env.pop(checkpoint_file.CRASH_ENV, None)
-    env.pop(checkpoint_file.ANY_CODE_ENV, None)
     raw = {"experiment": "resume-mobiletl-sweep", "seed": 1,
            "transfer": {"name": "mobiletl", "source": "digits", "target": "digits", "image_size": 16,
                         "source_samples_per_class": 20, "target_samples_per_class": 20, "pretrain_epochs": 1,
                         "test_samples": 100, "num_trainable_blocks": 2, "method": "plain_topk",
                         "bn_reestimate": True, "val_fraction": 0.25, "lr_candidates": [0.05, 0.01]},
            "train": {"epochs": 3, "lr": 0.05, "momentum": 0.9, "batch_size": 32}}
-    path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    run_id = crash(["run", str(path), "--tracking-uri", fresh_store], env, "step=4", fresh_store, raw["experiment"])
-    resumed = clsuite(["run", str(path), "--tracking-uri", fresh_store, "--resume"], env)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    client, run = assert_one_resumed_run(fresh_store, raw["experiment"], "step=4")
+    client, run_id = killed_and_resumed(raw, tmp_path, env, fresh_store, "step=4")
     reference, recorder = uninterrupted(raw)
     metrics = client.get_run(run_id).data.metrics
     for key in ("final/acc", "final/lr", "val/acc"):

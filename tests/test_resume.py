@@ -125,17 +125,23 @@ def crash(args: list[str], env: dict, crash_at: str, uri: str, experiment: str) 
     return runs[0].info.run_id
 
 
+def killed_and_resumed(raw: dict, tmp_path, env: dict, uri: str, at: str):
+    """`clsuite run` of `raw`, SIGKILLed right after its checkpoint at `at`, then relaunched with ``--resume``: the
+    relaunch must finish that same MLflow run. Returns (client, run id)."""
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    run_id = crash(["run", str(path), "--tracking-uri", uri], env, at, uri, raw["experiment"])
+    resumed = clsuite(["run", str(path), "--tracking-uri", uri, "--resume"], env)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    client, run = assert_one_resumed_run(uri, raw["experiment"], at)
+    assert run.info.run_id == run_id
+    return client, run_id
+
+
 @pytest.mark.parametrize("case", ["memo", "fpf"])
 def test_run_killed_after_experience_2_resumes_into_the_same_run_with_the_same_result(case, env, tmp_path, fresh_store):
     raw = cl_config(case, f"resume-{case}")
-    path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    run_id = crash(["run", str(path), "--tracking-uri", fresh_store], env, CRASH_AT, fresh_store, raw["experiment"])
-
-    resumed = clsuite(["run", str(path), "--tracking-uri", fresh_store, "--resume"], env)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    client, run = assert_one_resumed_run(fresh_store, raw["experiment"], CRASH_AT)
-    assert run.info.run_id == run_id
+    client, run_id = killed_and_resumed(raw, tmp_path, env, fresh_store, CRASH_AT)
 
     reference, recorder = uninterrupted(raw)
     R = np.full((T, T), np.nan)
@@ -179,14 +185,7 @@ def test_grid_relaunch_continues_the_cell_a_killed_launcher_left(env, tmp_path, 
 
 def test_transfer_killed_after_epoch_1_resumes_with_the_same_result(env, tmp_path, fresh_store):
     raw = transfer_config("resume-transfer")
-    path = tmp_path / "run.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    run_id = crash(["run", str(path), "--tracking-uri", fresh_store], env, "step=1", fresh_store, raw["experiment"])
-
-    resumed = clsuite(["run", str(path), "--tracking-uri", fresh_store, "--resume"], env)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    client, run = assert_one_resumed_run(fresh_store, raw["experiment"], "step=1")
-    assert run.info.run_id == run_id
+    client, run_id = killed_and_resumed(raw, tmp_path, env, fresh_store, "step=1")
 
     reference, recorder = uninterrupted(raw)
     assert history(client, run_id, "train/loss") == sorted(recorder.metrics["train/loss"])
