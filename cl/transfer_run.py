@@ -1,6 +1,7 @@
 """How a transfer experiment runs inside the suite: what it receives, and what the runner logs.
 
-A transfer experiment is not a class-incremental stream, so it does not go through Avalanche. It registers in `cl.registry.TRANSFERS` with a
+A transfer experiment is not a class-incremental stream, so it does not go through Avalanche.
+It registers in `cl.registry.TRANSFERS` with a
 params model and ``run(ctx: TransferContext, params) -> dict[str, float]``: it trains and
 evaluates, logs its own curves through ``ctx.runlog`` and returns its final metrics, which
 the runner logs (prefixed ``final/`` unless they already carry a ``/``). Everything around
