@@ -237,3 +237,53 @@ def test_the_report_regenerates_from_the_archived_runs_as_committed(tmp_path):
     result = CliRunner().invoke(app, ["report", "--reproductions", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert out.read_text(encoding="utf-8") == (ROOT / "docs" / "reproductions.md").read_text(encoding="utf-8")
+
+
+READING = reproduction_for("experiments/cmt_reading.yaml")
+
+
+def reading_runs(right_f1: float) -> pd.DataFrame:
+    """Two seeds of CMT and MAC at their last probe; CMT's right bank at `right_f1`, everything else at 10 F1."""
+    rows = []
+    for method in ("CMT", "MAC"):
+        for seed in range(2):
+            row = {"method": method, "seed": seed, "probe_questions": 48, "probe/memory_doc_loss_own": 1.5,
+                   "probe/memory_doc_loss_other": 1.9, "probe/memory_doc_loss_none": 4.1}
+            for condition in ("right_bank", "other_bank", "empty_bank", "true_memory"):
+                f1 = right_f1 if (method, condition) in {("CMT", "right_bank"), ("CMT", "true_memory")} else 10.0
+                row |= {f"probe/{condition}_f1": f1 + seed, f"probe/{condition}_loss": 2.0}
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize("right_f1, verdict", [(60.0, "yes"), (14.0, "within noise")])
+def test_reading_is_claimed_only_when_the_right_bank_beats_a_wrong_one_beyond_the_questions_noise(right_f1, verdict):
+    claims = READING.claims(reading_runs(right_f1))
+    reads = next(c for c in claims if c.claim.startswith("CMT reads the bank: right bank > a bank of other"))
+    assert reads.verdict == verdict                  # 4 F1 points on 48 questions are inside their noise
+    mac = next(c for c in claims if c.claim.startswith("MAC reads the bank: right bank > no memory"))
+    assert mac.verdict == "within noise" and "+0.00 points" in mac.ours
+    holds = next(c for c in claims if c.claim.startswith("CMT's memory holds its document"))
+    assert holds.holds is True and "+0.40 nats" in holds.ours
+
+
+def test_reading_details_render_the_probe_curves_from_the_metric_histories(tmp_path):
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("reading")
+    with mlflow.start_run() as run:
+        for step, loss in ((0, 5.9), (50, 2.5)):
+            mlflow.log_metrics({f"probe/{c}_{k}": (loss if k == "loss" else 10.0 * step / 50)
+                                for c in ("right_bank", "other_bank", "empty_bank", "true_memory")
+                                for k in ("loss", "f1")}, step=step)
+        mlflow.log_metrics({"probe/memory_doc_loss_own": 1.5, "probe/memory_doc_loss_other": 1.9,
+                            "probe/memory_doc_loss_none": 4.1}, step=50)
+    runs = pd.DataFrame([{"run_id": run.info.run_id, "group_hash": "g", "label": "base", "seed": 0, "method": "CMT"}])
+    lines = READING.details(runs, uri)
+    assert lines[0].startswith("Reading probes of CMT during training")
+    assert "| 0 | 5.900 / 0.0 | 5.900 / 0.0 | 5.900 / 0.0 | 5.900 / 0.0 | — |" in lines
+    assert "| 50 | 2.500 / 10.0 | 2.500 / 10.0 | 2.500 / 10.0 | 2.500 / 10.0 | 1.50 / 1.90 / 4.10 |" in lines
+    text = render([(READING, [ClaimResult("a > b", "p", "o", True)], lines)], "a test")
+    assert text.index("| a > b |") < text.index("Reading probes of CMT") < text.index("| 50 |")

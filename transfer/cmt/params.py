@@ -187,3 +187,4 @@ TRANSFERS.register(
                    "num_memory_tokens": 4, "top_k": 2, "ff_hidden": 64, "num_aggregator_blocks": 1, "train_steps": 2,
                    "train_batch_documents": 4, "lr": 1e-3, "max_new_tokens": 3})
 REPRODUCTIONS.register("cmt", target="transfer.cmt.claims:REPRODUCTION", summary="CMT vs MAC and its ablations")
+REPRODUCTIONS.register("cmt_reading", target="transfer.cmt.claims:READING", summary="do CMT and MAC read the bank")
