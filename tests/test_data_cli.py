@@ -3,7 +3,8 @@
 The server serves small files with the real names and formats (MNIST idx .gz, CIFAR-10's
 python tarball, a GLUE zip, MSR paraphrase files, SST/TREC lines, SQuAD JSON). Their checksums
 are injected where the real code reads them: torchvision's dataset classes for the images,
-`transfer.common.datasets.DOWNLOADS` for the text sets. After a fetch, the suite's own readers load the
+the `DOWNLOADS` tables of `transfer.common.datasets`, `transfer.skillpack.datasets` and
+`transfer.cmt.datasets` for the text sets. After a fetch, the suite's own readers load the
 result (the split_mnist / split_cifar10 / split_cifar100 scenarios, GLUE's loader, the skills, the SQuAD stream).
 """
 from __future__ import annotations
@@ -162,10 +163,13 @@ RTE_FILES = {"train.tsv": RTE_ROWS, "dev.tsv": RTE_ROWS,
 
 
 def inject(monkeypatch, name: str, base: str, files: dict[str, bytes]) -> None:
-    """Pin the sha256 of the served files in the table the real code reads."""
-    from transfer.common import datasets
+    """Pin the sha256 of the served files in the table the real code reads (the module that registers `name`)."""
+    from transfer.cmt import datasets as qa
+    from transfer.common import datasets as shared
+    from transfer.skillpack import datasets as skill_texts
 
-    monkeypatch.setitem(datasets.DOWNLOADS, name, tuple(
+    table = next(m.DOWNLOADS for m in (shared, skill_texts, qa) if name in m.DOWNLOADS)
+    monkeypatch.setitem(table, name, tuple(
         Download(f, (f"{base}/canonical/{f}",), sha256=sha256(d)) for f, d in files.items()))
 
 

@@ -1,10 +1,12 @@
-"""The text datasets the transfer experiments read, where to fetch them, and how they are laid out.
+"""The GLUE tasks the transfer experiments read (ScaLearn; SkillPack's paraphrase skill), where to fetch them and
+how they are laid out, and what every method's text datasets share.
 
-Registered in `cl.datasets` (``clsuite data list`` / ``clsuite data fetch``). Where a dataset must
-lie is the readers' own rule, called here, not restated: `transfer.common.glue.glue_dir` (GLUE tasks),
-`transfer.skillpack.skills` (SST sentences, TREC), `transfer.cmt.data.squad_path` (the SQuAD subset). A
-fetch writes the standard layout, ``<data root>/text/...``, which every one of them looks at first,
-and then loads the staged copy with the same reader before anything is moved into place.
+Registered in `cl.datasets` (``clsuite data list`` / ``clsuite data fetch``). Where a dataset must lie is the
+reader's own rule, called here, not restated (`transfer.common.glue.glue_dir`). A fetch writes the standard
+layout, ``<data root>/text/...``, which every reader looks at first, and then loads the staged copy with the same
+reader before anything is moved into place. A method's own text sets register from its package's ``datasets.py``
+with the helpers below (`transfer.skillpack.datasets`: SST sentences, TREC; `transfer.cmt.datasets`: the SQuAD
+subset); `transfer.methods` imports them all.
 
 Sources and checksums (sha256 of the downloaded file):
 
@@ -16,10 +18,6 @@ Sources and checksums (sha256 of the downloaded file):
   SentEval's copy plus GLUE's list of dev pairs (sha256 from the same record; the dev-id list
   also matches this project's offline copy byte for byte); ``train.tsv`` / ``dev.tsv`` split by
   that list, ``test.tsv`` indexed.
-* SST sentence-level (``stsa.binary.*``) and TREC (``train.txt``/``test.txt``): the files of
-  tonyzhaozh/few-shot-learning at a fixed commit; XQuAD-en: google-deepmind/xquad at a fixed
-  commit. The URLs name the commit, so the files cannot change; the sha256 are those of this
-  project's offline copies, which ../shared/data/text/PROVENANCE.tsv traces to exactly those files.
 
 None of the experiments reads SuperGLUE, MNIST-1D or NQ-open today, so they are not listed.
 """
@@ -27,16 +25,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cl.datafiles import DataNotFoundError
+from typing import Callable, Mapping, Sequence
+
 from cl.datasets import DatasetSource, Download, FetchError, extract_zip, place, register
 from transfer.common import glue
-from transfer.skillpack import skills
 
 GLUE_BASE = "https://dl.fbaipublicfiles.com/glue/data/"
 SENTEVAL_BASE = "https://dl.fbaipublicfiles.com/senteval/senteval_data/"
-FEW_SHOT_BASE = ("https://raw.githubusercontent.com/tonyzhaozh/few-shot-learning/"
-                 "e04d8643be91c2cce63f33e07760ff75d5aa3ad0/data/")
-XQUAD_BASE = "https://raw.githubusercontent.com/google-deepmind/xquad/7d30520c717524000f0d9d2f9c10a069acd9d285/"
 
 # What each dataset downloads; `cl.datasets.fetch` reads this table when it runs.
 DOWNLOADS: dict[str, tuple[Download, ...]] = {
@@ -58,26 +53,6 @@ DOWNLOADS: dict[str, tuple[Download, ...]] = {
         Download("dev_ids.tsv", (GLUE_BASE + "mrpc_dev_ids.tsv",),
                  sha256="971d7767d81b997fd9060ade0ec23c4fc31cbb226a55d1bd4a1bac474eb81dc7"),
     ),
-    "sst2-sentences": (
-        Download("stsa.binary.train", (FEW_SHOT_BASE + "sst2/stsa.binary.train",),
-                 sha256="71c04bcc41291fa47454dd670df701b14ee9249156babeaac404cfe2c8d74338"),
-        Download("stsa.binary.dev", (FEW_SHOT_BASE + "sst2/stsa.binary.dev",),
-                 sha256="02fedc82855dbdcabe82c65ed1af6c6570788eaac51073cdb35ee8c7784426d1"),
-        Download("stsa.binary.test", (FEW_SHOT_BASE + "sst2/stsa.binary.test",),
-                 sha256="6a80dc9b9a0db2d3b37f2f809304febad31c90ab67a5b4157b7d9f881c53ef5b"),
-    ),
-    "trec": (
-        Download("train.txt", (FEW_SHOT_BASE + "trec/train.txt",),
-                 sha256="202e3e1ad6143ed4f147f199324277e25b2573a78c08c3af1ff840b49c0779de"),
-        Download("test.txt", (FEW_SHOT_BASE + "trec/test.txt",),
-                 sha256="69b2d406aa15b3b514b6bf9b3bf1fa2c3515ce7ae744651173f8e57347bfb2a9"),
-    ),
-    "xquad-en": (
-        Download("xquad.en.json", (XQUAD_BASE + "xquad.en.json",),
-                 sha256="e4c57d1c9143aaa1c5d265ba5987a65f4e69528d2a98f29d6e75019b10344f29"),
-        Download("CC-BY-SA4.0.txt", (XQUAD_BASE + "CC-BY-SA4.0.txt",),
-                 sha256="25ddafc153e4cfdafd70729574ef1b44348e1814709e57680d55347038d3f92c"),
-    ),
 }
 
 GLUE_LICENSES = {"cola": "research use (CoLA)", "mrpc": "Microsoft Research shared-source licence",
@@ -87,12 +62,20 @@ GLUE_READERS = "scalearn (tasks and target)"
 TEXT = Path("text")
 
 
-def _downloads(name: str):
-    return lambda: DOWNLOADS[name]
+def downloads_of(table: Mapping[str, Sequence[Download]], name: str) -> Callable[[], Sequence[Download]]:
+    """What `DatasetSource.downloads` takes: `name`'s entry of a module's download table, read at fetch time."""
+    return lambda: table[name]
 
 
-def _split_sizes(texts: dict[str, int]) -> str:
+def split_sizes(texts: dict[str, int]) -> str:
     return " / ".join(f"{n} {split}" for split, n in texts.items())
+
+
+def place_files(folder: str) -> Callable[[Path, dict[str, Path]], None]:
+    """A `DatasetSource.build` that puts the downloaded files, as they are, into ``text/<folder>``."""
+    def build(stage_root: Path, files: dict[str, Path]) -> None:
+        place(files, stage_root / TEXT / folder)
+    return build
 
 
 # --------------------------------------------------------------------------- GLUE
@@ -149,8 +132,8 @@ def _glue_verify(task: str):
     def verify(stage_root: Path) -> str:
         sizes = {split: len(glue.load_split(task, split, str(stage_root))) for split in ("train", "dev")}
         if not all(sizes.values()):
-            raise FetchError(f"GLUE {task}: no labelled rows read ({_split_sizes(sizes)})")
-        return f"{_split_sizes(sizes)} examples"
+            raise FetchError(f"GLUE {task}: no labelled rows read ({split_sizes(sizes)})")
+        return f"{split_sizes(sizes)} examples"
     return verify
 
 
@@ -162,80 +145,6 @@ for _task, _spec in glue.TASKS.items():
         layout=f"text/glue/{_spec.folder}/{{train,dev}}.tsv (GLUE's TSVs)",
         read_by=GLUE_READERS + (", skillpack skill 'paraphrase'" if _task == "mrpc" else ""),
         license=GLUE_LICENSES.get(_task, "see the task's GLUE page"), locate=_glue_locate(_task),
-        downloads=_downloads(_name) if _fetchable else None,
+        downloads=downloads_of(DOWNLOADS, _name) if _fetchable else None,
         build=(_mrpc_build if _task == "mrpc" else _glue_build_zip(_task)) if _fetchable else None,
         verify=_glue_verify(_task) if _fetchable else None))
-
-
-# --------------------------------------------------------------------------- skills' text files
-
-
-def _text_files_locate(folder: str, names: tuple[str, ...]):
-    def locate(root: Path) -> Path:
-        base = skills._text_root(str(root)) / folder
-        missing = [n for n in names if not (base / n).is_file()]
-        if missing:
-            raise DataNotFoundError(f"transfer.data_root: {', '.join(missing)} not in {base.resolve()}")
-        return base
-    return locate
-
-
-def _text_files_build(folder: str):
-    def build(stage_root: Path, files: dict[str, Path]) -> None:
-        place(files, stage_root / TEXT / folder)
-    return build
-
-
-def _skill_verify(skill: str):
-    def verify(stage_root: Path) -> str:
-        sizes = {split: len(skills.load_skill(skill, split, data_root=str(stage_root))) for split in ("train", "test")}
-        if not all(sizes.values()):
-            raise FetchError(f"skill {skill}: no examples read ({_split_sizes(sizes)})")
-        return f"{_split_sizes(sizes)} examples"
-    return verify
-
-
-register(DatasetSource(
-    name="sst2-sentences", title="SST-2, sentence level", group="text", install_dir="text/sst2_sentence_level",
-    layout="text/sst2_sentence_level/stsa.binary.{train,dev,test} ('label text' lines)",
-    read_by="skillpack skill 'sentiment'", license="research use (SST)",
-    locate=_text_files_locate("sst2_sentence_level", ("stsa.binary.train", "stsa.binary.test")),
-    downloads=_downloads("sst2-sentences"), build=_text_files_build("sst2_sentence_level"),
-    verify=_skill_verify("sentiment")))
-
-register(DatasetSource(
-    name="trec", title="TREC question classification", group="text", install_dir="text/trec",
-    layout="text/trec/{train,test}.txt ('COARSE:fine question' lines, latin-1)",
-    read_by="skillpack skill 'qtype'", license="research use (TREC)",
-    locate=_text_files_locate("trec", ("train.txt", "test.txt")),
-    downloads=_downloads("trec"), build=_text_files_build("trec"), verify=_skill_verify("qtype")))
-
-
-# --------------------------------------------------------------------------- QA
-
-
-def _squad_locate(root: Path) -> Path:
-    from transfer.cmt.data import squad_path
-
-    return squad_path(root).parent
-
-
-def _squad_build(stage_root: Path, files: dict[str, Path]) -> None:
-    place(files, stage_root / TEXT / "qa" / "xquad_en_squad11_dev_subset")
-
-
-def _squad_verify(stage_root: Path) -> str:
-    from transfer.cmt.data import squad_stream
-
-    documents = squad_stream(data_root=stage_root, seed=None)
-    if not documents:
-        raise FetchError("xquad.en.json: no paragraph with an answered question")
-    return f"{len(documents)} paragraphs, {sum(len(d.qas) for d in documents)} questions"
-
-
-register(DatasetSource(
-    name="xquad-en", title="XQuAD-en (SQuAD v1.1 dev subset)", group="qa",
-    install_dir="text/qa/xquad_en_squad11_dev_subset",
-    layout="text/qa/xquad_en_squad11_dev_subset/xquad.en.json (SQuAD v1.1 JSON)",
-    read_by="cmt (dataset: squad)", license="CC BY-SA 4.0",
-    locate=_squad_locate, downloads=_downloads("xquad-en"), build=_squad_build, verify=_squad_verify))
