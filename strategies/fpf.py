@@ -86,7 +86,8 @@ def build_fpf_plugin(ctx: StrategyContext, params) -> FPFPlugin:
                      iterations=params.iterations, lr=params.lr, momentum=params.momentum,
                      batch_size=params.batch_size or ctx.train.batch_size, at=params.at,
                      mem_size=params.mem_size, n_experiences=ctx.scenario.n_experiences,
-                     seed=int(torch.initial_seed()) % 2**31)
+                     seed=int(torch.initial_seed()) % 2**31, loss=params.loss, probe=params.probe,
+                     probe_sets=probe_sets(ctx.scenario, params.probe_per_class) if params.probe != "none" else ())
 
 
 def _build_kfpf(ctx: StrategyContext, params, beta: float) -> SupervisedTemplate:
@@ -144,13 +145,15 @@ def _load_fpf_common(plugin: FPFBase, state: dict) -> None:
 
 
 def _save_fpf(plugin: FPFPlugin, ctx) -> dict:
-    return {**_fpf_common_state(plugin), "own_buffer": _reservoir_state(plugin.own_buffer), "trained": plugin._trained}
+    return {**_fpf_common_state(plugin), "own_buffer": _reservoir_state(plugin.own_buffer), "trained": plugin._trained,
+            "calls": plugin.calls}
 
 
 def _load_fpf(plugin: FPFPlugin, state: dict, ctx) -> None:
     _load_fpf_common(plugin, state)
     plugin.own_buffer = _load_reservoir(state["own_buffer"])
     plugin._trained = int(state["trained"])
+    plugin.calls = list(state.get("calls", []))          # checkpoints written before the probe have none
 
 
 def _save_kfpf(plugin: KFPFPlugin, ctx) -> dict:
