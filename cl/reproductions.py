@@ -55,6 +55,9 @@ class Reproduction:
     benchmark: str = ""
     notes: tuple[str, ...] = field(default_factory=tuple)
     position: int = 0           # where the report places it (the suite's own: strategies first, then transfer)
+    # further grids whose runs (when the store has them) join `grid`'s before `claims`: a follow-up grid that
+    # reuses this one's cells as its comparison, its claims shown only once it has runs
+    references: tuple[str, ...] = ()
 
 
 def reproductions() -> list[Reproduction]:
@@ -135,6 +138,10 @@ def claims_for(reproduction: Reproduction, *, tracking_uri: str | None = None) -
     runs = grid_runs(reproduction.grid, reproduction.describe, tracking_uri=tracking_uri)
     if runs.empty:
         return []
+    more = [grid_runs(grid, reproduction.describe, tracking_uri=tracking_uri) for grid in reproduction.references]
+    more = [frame for frame in more if not frame.empty]
+    if more:
+        runs = pd.concat([runs, *more], ignore_index=True)
     return reproduction.claims(runs)
 
 

@@ -197,3 +197,42 @@ def test_the_fpf_probe_sees_the_model_the_runner_evaluates():
     final_row = result.accuracy_matrix[-1]
     assert [log.metrics[f"fpf/acc_after/exp{j}"] for j in range(5)] == pytest.approx(final_row)
     assert log.metrics["fpf/calls"] == 5 and "fpf/acc_before" in log.metrics
+
+
+@pytest.mark.parametrize("host_gain, verdicts", [(0.05, ("yes", "yes")), (0.0, ("within noise", "yes")),
+                                                 (-0.04, ("no", "within noise"))])
+def test_host_loss_claims_join_the_published_claims_only_with_their_runs(host_gain, verdicts):
+    """Dark-ER 0.75 (±0.01), FPF with cross-entropy 0.715 (±0.01); the host loss `host_gain` from Dark-ER."""
+    import pandas as pd
+
+    from cl.reproductions import reproduction_for
+
+    published = reproduction_for("experiments/fpf_fmnist.yaml")
+    assert published.references == ("experiments/fpf_darker_host_loss.yaml",)
+    rows = [{"scenario_name": "split_fmnist", "buffer": 200, "seed": s, "method": method, "final/avg_acc": acc + d}
+            for s, d in enumerate((-0.01, 0.0, 0.01))
+            for method, acc in (("dark_er", 0.75), ("dark_er+fpf", 0.715))]
+    plain = published.claims(pd.DataFrame(rows))
+    assert not any("own loss" in c.claim or "host's loss" in c.claim for c in plain)
+    rows += [{"scenario_name": "split_fmnist", "buffer": 200, "seed": s, "method": "dark_er+fpf(host)",
+              "final/avg_acc": 0.75 + host_gain + d, "fpf/acc_before": 0.74, "fpf/acc_after": 0.75 + host_gain}
+             for s, d in enumerate((-0.01, 0.0, 0.01))]
+    claims = {c.claim: c for c in published.claims(pd.DataFrame(rows))}
+    versus_host = claims["FPF with Dark-ER's own loss (α·logit matching + β·CE) improves dark_er (split_fmnist, "
+                         "buffer 200)"]
+    versus_ce = claims["the host's loss beats cross-entropy as FPF's fine-tuning loss on dark_er (split_fmnist, "
+                       "buffer 200)"]
+    assert (versus_host.verdict, versus_ce.verdict) == verdicts
+    assert f"{100 * host_gain:+.2f} points" in versus_host.ours and "74.00% right before" in versus_host.ours
+    assert len(claims) == len(plain) + 2
+
+
+def test_the_published_grid_labels_host_loss_runs_apart_and_its_old_labels_do_not_move():
+    from cl.grid import expand, load_grid
+    from cl.reproductions import ROOT, reproduction_for
+
+    describe = reproduction_for("experiments/fpf_fmnist.yaml").describe
+    old = {describe(c.config)["method"] for c in expand(load_grid(ROOT / "experiments" / "fpf_fmnist.yaml"))}
+    assert old == {"naive", "replay", "dark_er", "replay+fpf", "dark_er+fpf", "kfpf_ce", "kfpf_kd"}
+    new = {describe(c.config)["method"] for c in expand(load_grid(ROOT / "experiments" / "fpf_darker_host_loss.yaml"))}
+    assert new == {"dark_er+fpf(host)"}
