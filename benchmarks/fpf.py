@@ -149,8 +149,8 @@ def darker_host(args, reference: pd.DataFrame) -> dict[str, float]:
         text = " | ".join(f"after task {c['experience'] + 1}: {c['before']:.1f}→{c['after']:.1f}" for c in calls)
         print(f"  {scenario}, buffer {int(buffer)}: {text}")
         n_exp = sum(1 for c in group.columns if c.startswith("fpf/acc_before/exp"))
-        last = [f"{100 * group[f'fpf/acc_before/exp{j}'].mean():.1f}→{100 * group[f'fpf/acc_after/exp{j}'].mean():.1f}"
-                for j in range(n_exp)]
+        last = [f"{100 * group[f'fpf/acc_before/exp{j}'].mean():.1f}→"
+                f"{100 * group[f'fpf/acc_after/exp{j}'].mean():.1f}" for j in range(n_exp)]
         print("    last call, per task: " + " | ".join(f"task {j + 1}: {c}" for j, c in enumerate(last)))
         results[f"darker_{scenario}_{int(buffer)}_last_call_before"] = 100 * group["fpf/acc_before"].mean()
         results[f"darker_{scenario}_{int(buffer)}_last_call_after"] = 100 * group["fpf/acc_after"].mean()

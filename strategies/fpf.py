@@ -61,9 +61,9 @@ Our choices, where the paper as available to us is silent:
 - Cost: FPF's FLOPs are counted on its first iteration and extrapolated (`cl.cost`).
 
 Where it lives, one idea a module: `strategies.fpf_selection` (which modules), `strategies.fpf_buffers`
-(what FPF fine-tunes on), `strategies.fpf_tuning` (one FPF call and its loss), `strategies.fpf_host` (the host's
-own loss), `strategies.fpf_plugin` (FPF on any strategy) and `strategies.kfpf` (k-FPF and its tuning on a validation split); this module holds the
-registry's builders and what the plugins carry in a checkpoint.
+(what FPF fine-tunes on), `strategies.fpf_tuning` (one FPF call and its loss), `strategies.fpf_host` (the
+host's own loss), `strategies.fpf_plugin` (FPF on any strategy) and `strategies.kfpf` (k-FPF and its tuning on a
+validation split); this module holds the registry's builders and what the plugins carry in a checkpoint.
 """
 from __future__ import annotations
 

@@ -10,7 +10,8 @@ from cl.reproductions import ClaimResult, Reproduction, difference, within_noise
 
 
 def _plugin_label(plugin) -> str:
-    """``fpf``, or ``fpf(host)`` when FPF fine-tunes with the host's own loss (experiments/fpf_darker_host_loss.yaml)."""
+    """``fpf``, or ``fpf(host)`` when FPF fine-tunes with the host's own loss
+    (experiments/fpf_darker_host_loss.yaml)."""
     loss = plugin.options.get("loss")
     return plugin.name + (f"({loss})" if loss and loss != "ce" else "")
 
@@ -22,9 +23,11 @@ def _fpf_describe(config) -> dict:
 
 def _host_loss_claims(scenario: str, buffer: float, by: dict) -> list[ClaimResult]:
     """Issue #28: Dark-ER + FPF fine-tuned with Dark-ER's own loss, against Dark-ER and against FPF with cross-entropy
-    (the runs of experiments/fpf_darker_host_loss.yaml beside fpf_fmnist.yaml's); the probe's last call in the text."""
+    (the runs of experiments/fpf_darker_host_loss.yaml beside fpf_fmnist.yaml's); the probe's last call in the text.
+    Judged from two seeds of the host-loss runs on: one seed's gap has no noise to be compared with (the benchmark
+    prints it in its table)."""
     host = by.get("dark_er+fpf(host)")
-    if host is None or "dark_er" not in by:
+    if host is None or len(host) < 2 or "dark_er" not in by:
         return []
     where = f"({scenario}, buffer {int(buffer)})"
     mechanism = ""

@@ -217,6 +217,7 @@ def test_host_loss_claims_join_the_published_claims_only_with_their_runs(host_ga
     rows += [{"scenario_name": "split_fmnist", "buffer": 200, "seed": s, "method": "dark_er+fpf(host)",
               "final/avg_acc": 0.75 + host_gain + d, "fpf/acc_before": 0.74, "fpf/acc_after": 0.75 + host_gain}
              for s, d in enumerate((-0.01, 0.0, 0.01))]
+    assert len(published.claims(pd.DataFrame(rows[:-2]))) == len(plain)     # one seed: nothing to judge it by
     claims = {c.claim: c for c in published.claims(pd.DataFrame(rows))}
     versus_host = claims["FPF with Dark-ER's own loss (α·logit matching + β·CE) improves dark_er (split_fmnist, "
                          "buffer 200)"]
