@@ -237,3 +237,15 @@ def test_the_published_grid_labels_host_loss_runs_apart_and_its_old_labels_do_no
     assert old == {"naive", "replay", "dark_er", "replay+fpf", "dark_er+fpf", "kfpf_ce", "kfpf_kd"}
     new = {describe(c.config)["method"] for c in expand(load_grid(ROOT / "experiments" / "fpf_darker_host_loss.yaml"))}
     assert new == {"dark_er+fpf(host)"}
+
+
+def test_the_host_check_names_the_plugin_by_its_place_even_after_a_bad_one():
+    from cl.config import RunConfig
+    from cl.errors import ConfigError
+
+    raw = {"scenario": {"name": "split_digits"}, "model": {"name": "mlp"}, "strategy": {"name": "naive"},
+           "plugins": [{"name": "fpf", "lr": -1}, {"name": "fpf", "loss": "host"}]}
+    with pytest.raises(ConfigError) as caught:
+        RunConfig.from_dict(raw)
+    assert any(p.startswith("plugins[0].lr") for p in caught.value.problems)
+    assert any(p.startswith("plugins[1].loss: 'host'") for p in caught.value.problems)
