@@ -17,7 +17,7 @@ benchmarks/results/<experiment>.jsonl; store: reports/fpf/mlflow.db unless --tra
 
     python benchmarks/fpf.py --quick                 # all grids on 8×8 digits, few epochs: a smoke run
     python benchmarks/fpf.py --only ceiling          # the ceiling grid (≈ 30 min per cell on a busy 2-core box)
-    python benchmarks/fpf.py --only darker_host --max-cells 1   # Dark-ER's own loss: its first cell (≈ 10 min)
+    python benchmarks/fpf.py --only darker_host --max-cells 1   # Dark-ER's own loss: one cell (≈ 15 min, busy)
     python benchmarks/fpf.py --no-run                # the tables from the runs measured so far
 """
 from __future__ import annotations

@@ -41,7 +41,8 @@ def parser(description: str, *, store: str, quick_help: str) -> argparse.Argumen
     parser.add_argument("--no-run", action="store_true",
                         help="launch nothing: print the table from the runs already measured")
     parser.add_argument("--max-cells", type=int, default=None, metavar="N",
-                        help="run at most N unfinished cells (one at a time, in the benchmark's order), then report")
+                        help="per grid: run at most N unfinished cells (one at a time, in the benchmark's order), "
+                             "then report")
     return parser
 
 
