@@ -7,6 +7,9 @@ benchmarks/results/<experiment>.jsonl; store: reports/fpf/mlflow.db unless --tra
 - ``published`` — `experiments/fpf_fmnist.yaml`: Split Fashion-MNIST and Split MNIST, 5 × 2 classes, ResNet-32
   (one input channel), buffers 200 and 500, 3 seeds; naive, replay, dark_er, replay+FPF, dark_er+FPF, kfpf_ce,
   kfpf_kd. Prints final accuracy and forgetting (mean ± std over seeds) and training FLOPs relative to replay.
+- ``darker_host`` — `experiments/fpf_darker_host_loss.yaml` (issue #28): Dark-ER + FPF fine-tuned with Dark-ER's
+  own loss (α·logit matching + β·CE, ``loss: host``), printed beside the published grid's dark_er and dark_er + FPF
+  (cross-entropy) runs at buffer 200, with the mechanism: the probe's accuracy right before → right after each call.
 - ``ceiling`` — `experiments/kfpf_ceiling.yaml`: plain SGD through the same stream, then one FPF call on the
   last iteration whose modules / lr / steps are chosen on a validation split carved from the training data.
   The mechanism check is printed next to the verdict: test accuracy per experience right before the call
@@ -14,6 +17,7 @@ benchmarks/results/<experiment>.jsonl; store: reports/fpf/mlflow.db unless --tra
 
     python benchmarks/fpf.py --quick                 # all grids on 8×8 digits, few epochs: a smoke run
     python benchmarks/fpf.py --only ceiling          # the ceiling grid (≈ 30 min per cell on a busy 2-core box)
+    python benchmarks/fpf.py --only darker_host --max-cells 1   # Dark-ER's own loss: one cell (≈ 15 min, busy)
     python benchmarks/fpf.py --no-run                # the tables from the runs measured so far
 """
 from __future__ import annotations
@@ -22,6 +26,7 @@ import argparse
 import json
 
 import numpy as np
+import pandas as pd
 
 from benchmarks import gridbench
 from benchmarks.paths import ROOT
@@ -32,7 +37,8 @@ METHODS = ("naive", "replay", "dark_er", "replay+fpf", "dark_er+fpf", "kfpf_ce",
 REPRODUCTION = reproduction_for("experiments/fpf_fmnist.yaml")
 CEILING = reproduction_for("experiments/kfpf_ceiling.yaml")
 GRIDS = {"published": "experiments/fpf_fmnist.yaml", "ceiling": "experiments/kfpf_ceiling.yaml",
-         "sweep": "experiments/kfpf_sweep.yaml"}
+         "sweep": "experiments/kfpf_sweep.yaml", "darker_host": "experiments/fpf_darker_host_loss.yaml"}
+HOST_METHODS = {"dark_er": "dark_er", "dark_er+fpf": "dark_er+fpf(ce)", "dark_er+fpf(host)": "dark_er+fpf(host)"}
 QUICK = {"scenario": {"name": "split_digits", "n_experiences": 5}, "train.epochs": 2}
 
 
@@ -64,13 +70,14 @@ def chosen_settings(runs) -> list[str]:
             if columns else "?" for _, row in runs.iterrows()]
 
 
-def published(args) -> dict[str, float]:
+def published(args) -> tuple[dict[str, float], pd.DataFrame]:
+    """The published grid's table and claims; its results and its runs (the reference of the other grids)."""
     spec = grid("published", args.quick)
     _, runs = gridbench.finished_runs(spec, args, REPRODUCTION.describe)
     results: dict[str, float] = {}
     if runs.empty:
         print("published grid: no finished runs")
-        return results
+        return results, runs
     runs["acc"], runs["fgt"] = 100 * runs["final/avg_acc"], 100 * runs["final/forgetting"]
     for scenario in sorted(runs["scenario_name"].unique()):
         here = runs[runs["scenario_name"] == scenario]
@@ -103,7 +110,70 @@ def published(args) -> dict[str, float]:
           f"(b) k-FPF reaches replay (within one std, at fewer FLOPs) in {sum(reaches)}/{len(reaches)}")
     results["fpf_improves"] = float(bool(improves) and all(improves))
     results["kfpf_reaches_replay"] = float(bool(reaches) and all(reaches))
+    return results, runs
+
+
+def darker_host(args, reference: pd.DataFrame) -> dict[str, float]:
+    """Dark-ER vs Dark-ER + FPF (cross-entropy, published grid) vs Dark-ER + FPF with Dark-ER's own loss."""
+    spec = grid("darker_host", args.quick)
+    _, runs = gridbench.finished_runs(spec, args, REPRODUCTION.describe, order=seed_major)
+    results: dict[str, float] = {}
+    if runs.empty:
+        print("\ndarker_host grid: no finished runs (experiments/fpf_darker_host_loss.yaml)")
+        return results
+    buffers = set(runs["buffer"].dropna())
+    if not reference.empty:
+        reference = reference[reference["method"].isin(HOST_METHODS) & reference["buffer"].isin(buffers)]
+    both = pd.concat([reference, runs], ignore_index=True)
+    both["acc"] = 100 * both["final/avg_acc"]
+    print("\nFPF on Dark-ER: fine-tuning with cross-entropy (published grid) vs with Dark-ER's own loss "
+          "(final accuracy %, mean ± std over seeds; per seed)")
+    print(f"{'scenario':<14}{'buffer':>7}  {'method':<19}{'n':>3}{'final acc %':>16}  per seed")
+    for (scenario, buffer), group in both.groupby(["scenario_name", "buffer"]):
+        for method, label in HOST_METHODS.items():
+            rows = group[group["method"] == method].sort_values("seed")
+            if rows.empty:
+                continue
+            seeds = ", ".join(f"{int(s)}: {a:.2f}" for s, a in zip(rows["seed"], rows["acc"]))
+            print(f"{scenario:<14}{int(buffer):>7}  {label:<19}{len(rows):>3}{gridbench.mean_std(rows.acc, 2):>16}  "
+                  f"{seeds}")
+            key = f"darker_{scenario}_{int(buffer)}_{label.replace('+', '_').replace('(', '_').rstrip(')')}_acc"
+            results[key] = rows["acc"].mean()
+    print("\nMechanism (the probe, host-loss runs): test accuracy of the seen tasks right before → right after each "
+          "FPF call (mean over seeds, %), and per task for the last call")
+    for (scenario, buffer), group in runs.groupby(["scenario_name", "buffer"]):
+        calls = _probe_calls(group, args.tracking_uri)
+        if not calls:
+            print(f"  {scenario}, buffer {int(buffer)}: no probe recorded")
+            continue
+        text = " | ".join(f"after task {c['experience'] + 1}: {c['before']:.1f}→{c['after']:.1f}" for c in calls)
+        print(f"  {scenario}, buffer {int(buffer)}: {text}")
+        n_exp = sum(1 for c in group.columns if c.startswith("fpf/acc_before/exp"))
+        last = [f"{100 * group[f'fpf/acc_before/exp{j}'].mean():.1f}→"
+                f"{100 * group[f'fpf/acc_after/exp{j}'].mean():.1f}" for j in range(n_exp)]
+        print("    last call, per task: " + " | ".join(f"task {j + 1}: {c}" for j, c in enumerate(last)))
+        results[f"darker_{scenario}_{int(buffer)}_last_call_before"] = 100 * group["fpf/acc_before"].mean()
+        results[f"darker_{scenario}_{int(buffer)}_last_call_after"] = 100 * group["fpf/acc_after"].mean()
+    print()
+    for claim in REPRODUCTION.claims(both):
+        if "Dark-ER's own loss" in claim.claim or "host's loss" in claim.claim:
+            print(f"[{claim.verdict}] {claim.claim} — {claim.ours}")
     return results
+
+
+def _probe_calls(group: pd.DataFrame, tracking_uri: str) -> list[dict]:
+    """Per FPF call (by the experience it followed), the probe's accuracy of the seen tasks right before and right
+    after it, mean over the group's runs, from the metric histories (the run's columns hold only the last call)."""
+    from cl.tracking import store_client
+
+    client = store_client(tracking_uri)
+    per_call: dict[int, dict[str, list[float]]] = {}
+    for run_id in group["run_id"]:
+        for when in ("before", "after"):
+            for metric in client.get_metric_history(run_id, f"fpf/acc_{when}"):
+                per_call.setdefault(metric.step, {"before": [], "after": []})[when].append(metric.value)
+    return [{"experience": step, "before": 100 * np.mean(v["before"]), "after": 100 * np.mean(v["after"])}
+            for step, v in sorted(per_call.items()) if v["before"] and v["after"]]
 
 
 def ceiling(args, reference: dict[str, float]) -> dict[str, float]:
@@ -178,8 +248,11 @@ def main() -> None:
     args = parser.parse_args()
     chosen = args.only or list(GRIDS)
     # the published grid's naive / replay are the reference; without it chosen, only its measured runs are read
-    results = published(args if "published" in chosen else argparse.Namespace(**{**vars(args), "no_run": True}))
+    results, published_runs = published(args if "published" in chosen
+                                        else argparse.Namespace(**{**vars(args), "no_run": True}))
     reference = dict(results)
+    if "darker_host" in chosen:
+        results.update(darker_host(args, published_runs))
     if "ceiling" in chosen:
         results.update(ceiling(args, reference))
     if "sweep" in chosen:

@@ -40,6 +40,9 @@ def parser(description: str, *, store: str, quick_help: str) -> argparse.Argumen
                              "(never with --quick)")
     parser.add_argument("--no-run", action="store_true",
                         help="launch nothing: print the table from the runs already measured")
+    parser.add_argument("--max-cells", type=int, default=None, metavar="N",
+                        help="per grid: run at most N unfinished cells (one at a time, in the benchmark's order), "
+                             "then report")
     return parser
 
 
@@ -79,7 +82,8 @@ def run_grid(spec: GridSpec, args: argparse.Namespace, *, order=None) -> list[Ce
     """Launch every cell not yet finished; print what ran and what failed; return the cells.
 
     `order` (a key on cells): launch them one at a time in that order, rewriting the results file after each,
-    so a long grid that is stopped keeps every cell it finished (e.g. every dataset's first seed first)."""
+    so a long grid that is stopped keeps every cell it finished (e.g. every dataset's first seed first).
+    ``--max-cells N``: one at a time, stop once N cells have run (finished or failed; reused ones do not count)."""
     # through the environment, not the config: where the data lives is not part of a run's identity
     os.environ["CLSUITE_DATA_ROOT"] = args.data_root
     if args.tracking_uri.startswith("sqlite:///"):
@@ -92,10 +96,17 @@ def run_grid(spec: GridSpec, args: argparse.Namespace, *, order=None) -> list[Ce
         print(f"{results.relative_to(ROOT)}: {carried.imported} runs imported, {carried.skipped} already in the store")
     if args.no_run:
         return cells
-    batches = [[cell] for cell in sorted(cells, key=order)] if order else [cells]
+    limit = getattr(args, "max_cells", None)
+    if order or limit is not None:
+        batches = [[cell] for cell in (sorted(cells, key=order) if order else cells)]
+    else:
+        batches = [cells]
     finished = reused = 0
     failed = []
     for batch in batches:
+        if limit is not None and finished + len(failed) >= limit:
+            print(f"{spec.name}: stopped after {limit} cell(s) (--max-cells)")
+            break
         summary = launch(spec, batch, tracking_uri=args.tracking_uri, workers=args.workers)
         finished, reused = finished + summary.finished, reused + summary.skipped_finished
         failed += summary.failed

@@ -140,13 +140,15 @@ class RunConfig(BaseModel):
         if not isinstance(plugins, (list, tuple)):
             problems.append("plugins: must be a list, e.g. `plugins: [{name: fpf}]`")
             plugins = []
-        resolved_plugins = []
+        resolved_plugins = {}
         for i, plugin in enumerate(plugins):
             try:
-                resolved_plugins.append(resolve_component("plugin", plugin, where=f"plugins[{i}]"))
+                resolved_plugins[i] = resolve_component("plugin", plugin, where=f"plugins[{i}]")
             except ConfigError as exc:
                 problems.extend(exc.problems)
-        data["plugins"] = tuple(resolved_plugins)
+        data["plugins"] = tuple(resolved_plugins.values())
+        if isinstance(data.get("strategy"), ComponentConfig):
+            problems.extend(_plugin_strategy_problems(data["strategy"], resolved_plugins))
         if problems:  # report the other sections' problems too, in one go
             unknown = sorted(set(data) - set(cls.model_fields))
             problems.extend(f"{key}: unknown field; allowed: {', '.join(cls.model_fields)}" for key in unknown)
@@ -281,6 +283,18 @@ def resolve_component(kind: str, raw: Any, *, where: str | None = None) -> Compo
     component = ComponentConfig(name=name, options=dump_options(params))
     _VALIDATED[_params_key(kind, component)] = params
     return component
+
+
+def _plugin_strategy_problems(strategy: ComponentConfig, plugins: Mapping[int, ComponentConfig]) -> list[str]:
+    """What plugins (by their index in `plugins:`) say about the strategy they are added to: a plugin's `Params` may
+    define ``check_strategy(strategy: ComponentConfig) -> str | None``, a problem naming its own field and the fix."""
+    problems = []
+    for i, plugin in plugins.items():
+        check = getattr(component_params("plugin", plugin), "check_strategy", None)
+        problem = check(strategy) if check is not None else None
+        if problem:
+            problems.append(f"plugins[{i}].{problem}")
+    return problems
 
 
 _VALIDATED: dict[tuple[str, str, str], Any] = {}       # (kind, name, options) -> the entry's Params

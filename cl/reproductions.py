@@ -55,6 +55,9 @@ class Reproduction:
     benchmark: str = ""
     notes: tuple[str, ...] = field(default_factory=tuple)
     position: int = 0           # where the report places it (the suite's own: strategies first, then transfer)
+    # further grids whose runs (when the store has them) join `grid`'s before `claims`: a follow-up grid that
+    # reuses this one's cells as its comparison, its claims shown only once it has runs
+    references: tuple[str, ...] = ()
     details: Callable | None = None   # (runs frame, tracking_uri) -> markdown lines shown under the claims: what
     #                                   a final value cannot show, e.g. a probe's curve from the metric histories
 
@@ -133,18 +136,26 @@ def reproduction_for(grid: str) -> Reproduction:
     raise KeyError(f"no reproduction for grid {grid!r}; known: {[r.grid for r in known]}")
 
 
-def claims_for(reproduction: Reproduction, *, tracking_uri: str | None = None) -> list[ClaimResult]:
+def runs_for(reproduction: Reproduction, *, tracking_uri: str | None = None) -> pd.DataFrame:
+    """The FINISHED runs of the reproduction's grid, with those of its `references` grids when it has runs."""
     runs = grid_runs(reproduction.grid, reproduction.describe, tracking_uri=tracking_uri)
     if runs.empty:
-        return []
-    return reproduction.claims(runs)
+        return runs
+    more = [grid_runs(grid, reproduction.describe, tracking_uri=tracking_uri) for grid in reproduction.references]
+    more = [frame for frame in more if not frame.empty]
+    return pd.concat([runs, *more], ignore_index=True) if more else runs
+
+
+def claims_for(reproduction: Reproduction, *, tracking_uri: str | None = None) -> list[ClaimResult]:
+    runs = runs_for(reproduction, tracking_uri=tracking_uri)
+    return [] if runs.empty else reproduction.claims(runs)
 
 
 def details_for(reproduction: Reproduction, *, tracking_uri: str | None = None) -> list[str]:
     """The reproduction's extra markdown (`Reproduction.details`) from its grid's runs; nothing without runs."""
     if reproduction.details is None:
         return []
-    runs = grid_runs(reproduction.grid, reproduction.describe, tracking_uri=tracking_uri)
+    runs = runs_for(reproduction, tracking_uri=tracking_uri)
     return [] if runs.empty else list(reproduction.details(runs, tracking_uri))
 
 

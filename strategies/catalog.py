@@ -77,6 +77,21 @@ class FineTuneParams(Params):
 class FPFParams(FineTuneParams):
     at: Literal["every_experience", "end"] = Field("every_experience", description="when FPF runs")
     mem_size: int = Field(200, ge=1, description="own reservoir, used only if the strategy has no buffer")
+    loss: Literal["ce", "host"] = added_option("ce", description="fine-tuning loss: 'ce' = cross-entropy on the "
+                                               "buffer (the paper's), 'host' = the host strategy's own replay loss "
+                                               "(dark_er: its α·logit matching + β·CE; replay: CE)")
+    probe: Literal["last", "all", "none"] = added_option("none", description="test accuracy per seen experience "
+                                                         "right before and after the last / every FPF call")
+    probe_per_class: int = added_option(100, ge=1, description="probe: test samples per class (fixed draw)")
+
+    def check_strategy(self, strategy) -> str | None:
+        """`loss: host` needs a host whose replay loss FPF knows (`strategies.fpf_host`)."""
+        from strategies.fpf_host import HOSTS
+
+        if self.loss == "host" and strategy.name not in HOSTS:
+            return (f"loss: 'host' fine-tunes with the host strategy's own replay loss, which FPF knows for "
+                    f"{', '.join(HOSTS)}, not for strategy {strategy.name!r}; use loss: ce (or drop it)")
+        return None
 
 
 class FPFTuneGroup(Params):

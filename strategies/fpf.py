@@ -51,6 +51,9 @@ Our choices, where the paper as available to us is silent:
   `storage_policy`: Replay, Dark-ER, ER-ACE, GDumb) with cross-entropy; otherwise it keeps a
   reservoir of `mem_size` samples itself. It runs when a `train()` call ends (after every
   experience with the suite's runner), or with ``at: end`` after the last experience only.
+  ``loss: host`` (ours, issue #28) fine-tunes with the host's own replay loss instead — Dark-ER's logit
+  matching to the logits its buffer stores, with its α and β (`strategies.fpf_host` lists the deviations);
+  ``probe`` measures accuracy around its calls as for k-FPF (`fpf/calls.json`, `fpf/acc_before`/`after`).
 - Registered defaults (k = 100, 100 iterations, lr 0.05, modules [bn, fc], momentum 0) are those the
   published grid's configs resolve to, and their hashes are pinned; new grids state every setting and
   use ``modules: [auto]`` (by sensitivity, within `max_param_fraction`: on ResNet-32 at 2% it takes the
@@ -58,9 +61,9 @@ Our choices, where the paper as available to us is silent:
 - Cost: FPF's FLOPs are counted on its first iteration and extrapolated (`cl.cost`).
 
 Where it lives, one idea a module: `strategies.fpf_selection` (which modules), `strategies.fpf_buffers`
-(what FPF fine-tunes on), `strategies.fpf_tuning` (one FPF call), `strategies.fpf_plugin` (FPF on any
-strategy) and `strategies.kfpf` (k-FPF and its tuning on a validation split); this module holds the
-registry's builders and what the plugins carry in a checkpoint.
+(what FPF fine-tunes on), `strategies.fpf_tuning` (one FPF call and its loss), `strategies.fpf_host` (the
+host's own loss), `strategies.fpf_plugin` (FPF on any strategy) and `strategies.kfpf` (k-FPF and its tuning on a
+validation split); this module holds the registry's builders and what the plugins carry in a checkpoint.
 """
 from __future__ import annotations
 
@@ -86,7 +89,8 @@ def build_fpf_plugin(ctx: StrategyContext, params) -> FPFPlugin:
                      iterations=params.iterations, lr=params.lr, momentum=params.momentum,
                      batch_size=params.batch_size or ctx.train.batch_size, at=params.at,
                      mem_size=params.mem_size, n_experiences=ctx.scenario.n_experiences,
-                     seed=int(torch.initial_seed()) % 2**31)
+                     seed=int(torch.initial_seed()) % 2**31, loss=params.loss, probe=params.probe,
+                     probe_sets=probe_sets(ctx.scenario, params.probe_per_class) if params.probe != "none" else ())
 
 
 def _build_kfpf(ctx: StrategyContext, params, beta: float) -> SupervisedTemplate:
@@ -144,13 +148,15 @@ def _load_fpf_common(plugin: FPFBase, state: dict) -> None:
 
 
 def _save_fpf(plugin: FPFPlugin, ctx) -> dict:
-    return {**_fpf_common_state(plugin), "own_buffer": _reservoir_state(plugin.own_buffer), "trained": plugin._trained}
+    return {**_fpf_common_state(plugin), "own_buffer": _reservoir_state(plugin.own_buffer), "trained": plugin._trained,
+            "calls": plugin.calls}
 
 
 def _load_fpf(plugin: FPFPlugin, state: dict, ctx) -> None:
     _load_fpf_common(plugin, state)
     plugin.own_buffer = _load_reservoir(state["own_buffer"])
     plugin._trained = int(state["trained"])
+    plugin.calls = list(state.get("calls", []))          # checkpoints written before the probe have none
 
 
 def _save_kfpf(plugin: KFPFPlugin, ctx) -> dict:

@@ -61,30 +61,33 @@ class ReservoirBuffer:
 
 
 class _TensorBuffer:
-    """A strategy's buffer materialised as tensors, sampled like a reservoir."""
+    """A strategy's buffer materialised as tensors (with its stored logits, if it keeps any), sampled like a
+    reservoir."""
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, seed: int):
-        self.x, self.y = x, y
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, seed: int, logits: torch.Tensor | None = None):
+        self.x, self.y, self.logits = x, y, logits
         self._generator = torch.Generator().manual_seed(seed)
 
     def __len__(self) -> int:
         return len(self.y)
-
-    logits = None
 
     def sample_index(self, batch_size: int) -> torch.Tensor:
         return torch.randperm(len(self), generator=self._generator)[:batch_size]
 
     def sample(self, batch_size: int):
         index = self.sample_index(batch_size)
-        return self.x[index], self.y[index], None
+        return self.x[index], self.y[index], None if self.logits is None else self.logits[index]
 
 
 def strategy_buffer(strategy, seed: int) -> _TensorBuffer | None:
-    """The exemplars of an Avalanche strategy with a `storage_policy` (Replay, Dark-ER, ...)."""
+    """The exemplars of an Avalanche strategy with a `storage_policy` (Replay, Dark-ER, ...), with the logits stored
+    beside them when the buffer has a ``logits`` data attribute (Avalanche's `DER`)."""
     policy = storage_policy(strategy)
     if policy is None or len(policy.buffer) == 0:
         return None
-    items = [policy.buffer[i] for i in range(len(policy.buffer))]
+    dataset = policy.buffer
+    items = [dataset[i] for i in range(len(dataset))]
+    stored = getattr(dataset, "logits", None)
+    logits = None if stored is None else torch.stack([torch.as_tensor(stored[i]) for i in range(len(dataset))]).float()
     return _TensorBuffer(torch.stack([item[0] for item in items]),
-                         torch.as_tensor([int(item[1]) for item in items]), seed)
+                         torch.as_tensor([int(item[1]) for item in items]), seed, logits)

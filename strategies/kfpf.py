@@ -15,7 +15,7 @@ import torch
 
 from strategies.fpf_buffers import ReservoirBuffer
 from strategies.fpf_plugin import FPFBase
-from strategies.fpf_tuning import FineTuner, accuracy
+from strategies.fpf_tuning import BufferLoss, FineTuner, accuracy
 
 
 def trigger_steps(total_iterations: int, k: int) -> list[int]:
@@ -64,10 +64,9 @@ class KFPFPlugin(FPFBase):
                  tune: Sequence[dict] = (), probe: str = "last", probe_sets: Sequence[tuple] = (),
                  n_experiences: int | None = None):
         super().__init__(modules=modules, max_param_fraction=max_param_fraction,
-                         tuner=FineTuner(iterations=iterations, lr=lr, batch_size=batch_size, beta=beta,
-                                         momentum=momentum))
-        if probe not in ("last", "all", "none"):
-            raise ValueError(f"probe: {probe!r}; use 'last', 'all' or 'none'")
+                         tuner=FineTuner(iterations=iterations, lr=lr, batch_size=batch_size,
+                                         loss=BufferLoss(ce=1.0, logits=beta), momentum=momentum),
+                         probe=probe, probe_sets=probe_sets)
         if tune and valid_per_class < 1:
             raise ValueError("tune: choosing the FPF setting needs a validation split; set valid_per_class ≥ 1")
         self.k = k
@@ -78,11 +77,8 @@ class KFPFPlugin(FPFBase):
         self.triggered_at: list[int] = []
         self.valid_per_class = valid_per_class
         self.tune = [dict(group) for group in tune]
-        self.probe = probe
-        self.probe_sets = list(probe_sets)       # per experience: (x, y) test samples
         self.valid_x: list[torch.Tensor] = []
         self.valid_y: list[torch.Tensor] = []
-        self.calls: list[dict] = []               # where each call fell and what it did
         self.n_experiences = n_experiences
 
     # ------------------------------------------------------------------ the stream
@@ -116,7 +112,7 @@ class KFPFPlugin(FPFBase):
         seen = strategy.clock.train_exp_counter + 1
         record = {"call": len(self.triggered_at), "iteration": self.iteration, "experience": seen - 1,
                   "of_total": self.total_iterations}
-        probing = self.probe == "all" or (self.probe == "last" and last)
+        probing = self.probing(last)
         if probing:
             record["acc_before"] = self._probe(model, device, seen)
         if last and self.tune:
@@ -130,16 +126,6 @@ class KFPFPlugin(FPFBase):
         if probing:
             record["acc_after"] = self._probe(model, device, seen)
         self.calls.append(record)
-
-    def _probe(self, model, device, seen: int) -> dict:
-        """Test accuracy per seen experience and overall (sample-weighted)."""
-        per, total, correct = [], 0, 0.0
-        for x, y in self.probe_sets[:seen]:
-            acc = accuracy(model, x, y, device)
-            per.append(acc)
-            total += len(y)
-            correct += acc * len(y)
-        return {"per_experience": per, "seen": correct / max(1, total)}
 
     # ------------------------------------------------------------------ choosing the last call on validation
 
@@ -179,12 +165,7 @@ class KFPFPlugin(FPFBase):
         validation accuracy; and a summary of the last call."""
         out = []
         for record in self.calls:
-            values = {"fpf/call_iteration": float(record["iteration"])}
-            for when in ("before", "after"):
-                probe = record.get(f"acc_{when}")
-                if probe:
-                    values[f"fpf/acc_{when}"] = probe["seen"]
-                    values.update({f"fpf/acc_{when}/exp{j}": a for j, a in enumerate(probe["per_experience"])})
+            values = {"fpf/call_iteration": float(record["iteration"]), **self.probe_metrics(record)}
             tuned = record.get("tuned")
             if tuned:
                 values["fpf/val_acc_before"] = tuned["val_acc_before"]

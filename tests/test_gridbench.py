@@ -64,8 +64,12 @@ def test_main_launches_the_unfinished_cells_reads_them_back_and_reports(tmp_path
     assert out.splitlines()[-2:] == ["no finished runs to report", "RESULT ok=0 seeds=0 quick=0 {}"]
     assert not reports
 
+    out = bench("--max-cells", "1")                             # one cell, then the report on what exists
+    assert "tiny_bench: stopped after 1 cell(s)" in out and "tiny_bench: 1 run now, 0 reused, 0 failed" in out
+    assert len(reports[-1][0]) == 1
+
     out = bench()
-    assert "tiny_bench: 4 run now, 0 reused, 0 failed" in out and out.endswith("RESULT ok=1 quick=0\n")
+    assert "tiny_bench: 3 run now, 1 reused, 0 failed" in out and out.endswith("RESULT ok=1 quick=0\n")
     assert reports[-1] == ([("naive", 0), ("naive", 1), ("replay", 0), ("replay", 1)], "tiny_bench", 4, False)
 
     out = bench()                                               # a rerun reuses every finished cell
