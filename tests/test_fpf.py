@@ -369,8 +369,16 @@ def test_ceiling_claim_compares_after_the_call_with_right_before_it(gain, verdic
     from cl.reproductions import reproduction_for
 
     ceiling = reproduction_for("experiments/kfpf_ceiling.yaml")
-    runs = pd.DataFrame([{"scenario_name": "split_mnist", "buffer": 200, "seed": s, "fpf/acc_before": 0.20 + 0.01 * s,
-                          "final/avg_acc": 0.20 + gain + 0.01 * s} for s in range(3)])
+    runs = pd.DataFrame([{"scenario_name": "split_mnist", "buffer": 200, "seed": s, "method": "kfpf_ceiling",
+                          "fpf/acc_before": 0.20 + 0.01 * s, "final/avg_acc": 0.20 + gain + 0.01 * s,
+                          "cost/train_flops": 2.0} for s in range(3)])
     (claim,) = ceiling.claims(runs)
     assert claim.verdict == verdict and f"{100 * gain:+.2f} points" in claim.ours
     assert ceiling.claims(runs.drop(columns=["fpf/acc_before"])) == []       # runs before the probe existed
+    # the published grid's replay at the same buffer (the reference grid's runs) adds the comparison with it
+    replay = pd.DataFrame([{"scenario_name": "split_mnist", "buffer": 200, "seed": s, "method": "replay",
+                            "final/avg_acc": 0.45 + 0.01 * s, "cost/train_flops": 1.0} for s in range(3)])
+    _, reaches = ceiling.claims(pd.concat([runs, replay], ignore_index=True))
+    assert reaches.claim.startswith("one FPF call at the end reaches replay (split_mnist, buffer 200)")
+    assert reaches.verdict == ("yes" if gain == 0.30 else "no")          # 0.51 vs replay's 0.46; else far below
+    assert "2.00× replay's training FLOPs" in reaches.ours
