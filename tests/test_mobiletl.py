@@ -434,3 +434,31 @@ def test_feature_cache_falls_back_when_the_premise_breaks():
     model.eval()
     with torch.no_grad():
         assert torch.allclose(forward([0, 1, 2, 3]), model(x[:4]), atol=1e-5)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_experiment_with_the_feature_cache_logs_what_the_full_path_logs(env, monkeypatch, caplog):
+    """End to end (an lr sweep of two candidates with BN re-estimation): every metric of the run, the cost metrics
+    included, is the same with the cache as with the cache switched off; the features are computed once per run."""
+    import logging
+
+    from tests.test_resume import uninterrupted
+    from transfer.mobiletl.feature_cache import FeatureCache
+
+    raw = {"experiment": "mobiletl-feature-cache", "seed": 1,
+           "transfer": {"name": "mobiletl", "source": "digits", "target": "digits", "image_size": 16,
+                        "source_samples_per_class": 20, "target_samples_per_class": 20, "pretrain_epochs": 1,
+                        "test_samples": 100, "num_trainable_blocks": 2, "method": "plain_topk",
+                        "bn_reestimate": True, "val_fraction": 0.25, "lr_candidates": [0.05, 0.01]},
+           "train": {"epochs": 2, "lr": 0.05, "momentum": 0.9, "batch_size": 32}}
+    with caplog.at_level(logging.INFO, logger="transfer.mobiletl.feature_cache"):
+        cached, cached_log = uninterrupted(raw)
+    assert sum("frozen-feature cache:" in r.getMessage() for r in caplog.records) == 1
+    monkeypatch.setattr(FeatureCache, "forward_for", lambda self, model: None)
+    full, full_log = uninterrupted(raw)
+    def results(metrics):      # all but the clock and the source's pretraining loss (the second run loads it)
+        return {k: v for k, v in metrics.items()
+                if "seconds" not in k and not k.startswith("time/") and k != "source/train_loss"}
+
+    assert results(cached.metrics) == results(full.metrics) and "cost/train_flops" in cached.metrics
+    assert results(cached_log.metrics) == results(full_log.metrics)     # per-epoch losses, validation scores
