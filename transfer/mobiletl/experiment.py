@@ -25,6 +25,11 @@ One run = one transfer method on one seed:
    (`transfer.mobiletl.memory.ActivationMeter`, batch = train.batch_size); trainable parameters;
    training FLOPs (one step counted with `FlopCounterMode`, times the number of steps).
 
+Execution: for plain_topk and mobiletl the frozen lower blocks' outputs are computed once per run and the epochs
+run the trainable top on them (`transfer.mobiletl.feature_cache`; same losses, weights and metrics as running the
+whole network, which the other methods and any model breaking the premise still do). The cost metrics above are
+the method's — measured on the whole network's step — not what this shortcut executes.
+
 Grayscale images are repeated to 3 channels and resized (bilinear) to `image_size`.
 Optimiser: SGD with the run's `train` settings (lr, momentum, weight decay, batch size);
 `train.epochs` is the number of transfer epochs.
