@@ -32,6 +32,7 @@ default's) and `torch.inference_mode` for evaluation (logits compared with `no_g
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import statistics
 import time
@@ -39,7 +40,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import torch
-from torch.nn import functional as F
 
 from benchmarks.paths import ROOT, SHARED_DATA
 from cl.grid import expand, load_grid
@@ -82,6 +82,16 @@ def data_preparation(params) -> float:
         _prepare(train, params.image_size)
         _prepare(test if dataset == params.target else test[:2000], params.image_size)   # as `run` does
     return time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def threads(n: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def time_epoch(model, x, y, train, lr, features=None) -> float:
@@ -153,6 +163,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=20, help="training batches timed per case and repeat")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (the grid's single worker takes all "
+                                                               "cores; 1 = a worker per core)")
     parser.add_argument("--end-to-end", metavar="CASE", default=None,
                         help="instead: run one grid case (e.g. mobiletl_bnre) through the suite cached and uncached")
     parser.add_argument("--epochs", type=int, default=1, help="--end-to-end: epochs per lr candidate")
@@ -171,7 +183,7 @@ def main() -> None:
     batches_per_epoch = -(-N_TRAIN // bs)
     settings = SimpleNamespace(lr=0.01, momentum=train.momentum, weight_decay=train.weight_decay, batch_size=bs)
 
-    with single_thread():
+    with single_thread() if args.threads == 1 else threads(args.threads):
         prepare_s = data_preparation(first)
         models = {}
         for label, params in grid_cases:
@@ -221,7 +233,8 @@ def main() -> None:
             im_equal = torch.equal(eval_model(probe_eval[:64]), reference)
 
     print(f"MobileTL v2 grid settings: {first.arch} width {first.width_mult}, {size}×{size}, batch {bs}, top "
-          f"{first.num_trainable_blocks}; {args.batches} batches per case × {args.repeats} repeats, one thread, "
+          f"{first.num_trainable_blocks}; {args.batches} batches per case × {args.repeats} repeats, {args.threads} "
+          f"thread(s), "
           f"extrapolated to {batches_per_epoch} batches per epoch")
     print(f"{'case':<16}{'uncached s/epoch':>17}{'cached s/epoch':>16}{'ratio':>8}{'cache build s/run':>19}"
           f"{'cell h before':>15}{'cell h after':>14}")
@@ -251,8 +264,8 @@ def main() -> None:
     print(f"per run, unchanged: {evals_per_run:.0f} s = evaluations ({eval_s * 1e3:.2f} ms per image, full network, "
           f"batch 512) + loading and resizing the images ({prepare_s:.0f} s"
           f"{'' if prepare_s else ': no data files, left out'})")
-    print(f"grid total, one thread: {before_total / 3600:.1f} h before, {after_total / 3600:.1f} h after "
-          f"(saves {100 * (1 - after_total / before_total):.0f}%)")
+    print(f"grid total, {args.threads} thread(s), one cell at a time: {before_total / 3600:.1f} h before, "
+          f"{after_total / 3600:.1f} h after (saves {100 * (1 - after_total / before_total):.0f}%)")
     print(f"\nwhole-network options ({args.batches} training batches; evaluation of 1,024 images), adopted only "
           f"if they change no number:")
     cl_ratio = {}

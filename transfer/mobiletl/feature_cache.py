@@ -16,9 +16,10 @@ train-mode lower module — and the caller then runs the full network as before;
 
 Exactness: the frozen part's output for an image is the same whatever the other images of its batch are, but
 oneDNN's kernels can round differently for different batch *sizes* (~1e-10 here). The features are therefore
-computed in chunks of exactly the training batch size, and a batch of any other size (an epoch's last, partial batch)
-runs the frozen part live on its images, exactly as the uncached path does: the cached run then reproduces the
-uncached one (same losses, weights and accuracies; checked bitwise in tests/test_mobiletl.py).
+computed in chunks of exactly the training batch size, and a batch of any other size (an epoch's last, partial
+batch) runs the frozen part live on its images, as the uncached path does: the cached run then reproduces the
+uncached one — same losses, weights and accuracies (tests/test_mobiletl.py, to 1e-5 and bit for bit on our
+machine; `benchmarks/mobiletl_speed.py --end-to-end` on a real v2 cell: identical metrics and epoch losses).
 
 Unchanged by the cache: the method's cost metrics. Activation memory and the training FLOPs (``cost/…``) are
 measured on the full network's training step before training, so they report what the method costs, not what
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
