@@ -24,6 +24,15 @@ Then options for the methods that need the whole network (full, bias+BN), timed 
 they change any number: the channels_last memory format for training (the epoch's mean loss compared with the
 default's) and `torch.inference_mode` for evaluation (logits compared with `no_grad`'s).
 
+Measured 2026-12-03 on the shared 2-core machine (load ≈ 4-5: two other measurements running), one thread, 20
+batches × 3 repeats: plain top-k / MobileTL (± BN re-estimation) epochs 1.44-1.45× faster with the cache (6.4-6.6 s
+→ 4.4-4.6 s an epoch), full / last layer / bias+BN 1.00-1.02× (they fall back); the cache's build 2 s a run; the grid
+3.1 h → 2.7 h (−13%; cells one at a time). The top-k methods' remaining time is their trainable top itself (its
+backward is ~3× its forward; BN backward on 4×4 and 2×2 maps dominates). channels_last: full 1.13×, bias+BN 1.51×,
+but the losses differ (1.9e-2 / 5.3e-3 after 20 steps): not adopted. inference_mode: no gain (0.82×). With 2 threads
+instead of 1 the same table ran 3-10× slower (erratic) on the busy machine. `--end-to-end mobiletl_bnre`: identical
+metrics and epoch losses, cached vs uncached, on a real v2 cell (1 epoch per lr).
+
     OMP_NUM_THREADS=1 python benchmarks/mobiletl_speed.py                 # 20 batches per case, 3 repeats
     OMP_NUM_THREADS=1 python benchmarks/mobiletl_speed.py --batches 5 --repeats 1   # a smoke run
     OMP_NUM_THREADS=1 python benchmarks/mobiletl_speed.py --end-to-end mobiletl_bnre  # one real cell, 1 epoch per
