@@ -292,5 +292,6 @@ def main() -> None:
           f"full_epoch_ratio={ratios['full']:.2f} channels_last_full_ratio={cl_ratio['full']:.2f} "
           f"channels_last_bias_bn_ratio={cl_ratio['bias_bn']:.2f}")
 
+
 if __name__ == "__main__":
     main()
