@@ -30,9 +30,9 @@ report's (`cl.reproductions`).
 
     python benchmarks/mobiletl.py --blocks-only   # part 1 only: seconds
     python benchmarks/mobiletl.py --quick         # part 2 on 1 seed, 100 images per class, 1 epoch: minutes
-    python benchmarks/mobiletl.py                 # both parts, the v2 grid (21 runs of 3 lr candidates each:
-                                                  # 10-50 min a cell, ≈ 4.5 h a seed on one busy core, estimated
-                                                  # from benchmarks/mobiletl_probe.py's timings)
+    OMP_NUM_THREADS=1 python benchmarks/mobiletl.py   # both parts, the v2 grid (21 runs of 3 lr candidates each:
+                                                  # 5-14 min a cell, ≈ 0.9 h a seed on one thread of the busy
+                                                  # machine, projected by benchmarks/mobiletl_speed.py)
     python benchmarks/mobiletl.py --grid experiments/mobiletl_mnist_to_fmnist.yaml   # the archived grid
 The final RESULT line carries `plain_topk_acc=` (plain top-k's mean target accuracy).
 """

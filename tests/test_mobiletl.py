@@ -311,3 +311,154 @@ def test_lr_sweep_killed_mid_sweep_resumes_with_the_same_choice_and_result(env, 
         assert metrics[key] == reference.metrics[key], key
     for key in ("val/acc_lr0.05", "val/acc_lr0.01"):       # the first one was scored before the kill
         assert metrics[key] == recorder.metrics[key][-1][1], key
+
+
+# --------------------------------------------------------------------------- frozen-feature cache
+
+CACHE_CASES = [("plain_topk", False), ("plain_topk", True), ("mobiletl", False), ("mobiletl", True)]
+
+
+def _transfer_model(arch: str, method: str, bn_reestimate: bool, x: torch.Tensor):
+    from transfer.mobiletl.experiment import prepare_for_transfer
+    from transfer.mobiletl.params import MobileTLTransferParams
+
+    model = small_mobilenets()[arch]
+    with torch.no_grad():      # source-like statistics, far from batch statistics: train-mode BN would show
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 1.5)
+    params = MobileTLTransferParams(method=method, bn_reestimate=bn_reestimate, num_trainable_blocks=2)
+    torch.manual_seed(1)       # the new head
+    return prepare_for_transfer(model, params, n_classes=10, bn_data=x)
+
+
+def _train(model, x, y, features=None, epochs=2):
+    from types import SimpleNamespace
+
+    from transfer.mobiletl.experiment import accuracy, train_epochs
+
+    losses = []
+    torch.manual_seed(7)       # the classifier's dropout draws from the global RNG
+    train = SimpleNamespace(lr=0.05, momentum=0.9, weight_decay=1e-4, batch_size=16)
+    steps = train_epochs(model, x, y, epochs=epochs, train=train, device=torch.device("cpu"),
+                         generator=torch.Generator().manual_seed(3), features=features,
+                         on_epoch=lambda e, loss: losses.append(loss))
+    return losses, steps, accuracy(model, x, y, torch.device("cpu"))
+
+
+def _max_weight_gap(a: nn.Module, b: nn.Module) -> float:
+    sb = b.state_dict()
+    return max(float((v.float() - sb[k].float()).abs().max()) for k, v in a.state_dict().items() if v.numel())
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("arch", ["v2", "v3"])
+@pytest.mark.parametrize("method,bn_reestimate", CACHE_CASES)
+def test_feature_cache_trains_the_same_model_as_the_full_path(arch, method, bn_reestimate):
+    """50 images in batches of 16 (three full batches read the cache, the partial one runs live), 2 epochs: the
+    same losses, steps, accuracy and weights (to 1e-5; on this machine bit for bit) with and without the cache."""
+    import copy
+
+    from transfer.mobiletl.feature_cache import FeatureCache
+
+    torch.manual_seed(0)
+    x, y = torch.randn(50, 3, 32, 32), torch.randint(0, 10, (50,))
+    uncached = _transfer_model(arch, method, bn_reestimate, x)
+    cached = copy.deepcopy(uncached)
+    reference = _train(uncached, x, y)
+    cache = FeatureCache(x, batch_size=16)
+    result = _train(cached, x, y, features=cache)
+    assert cache.builds == 1 and cache.features.shape[0] == 50         # the cache was really used
+    assert result[1] == reference[1] and result[2] == reference[2]
+    assert result[0] == pytest.approx(reference[0], abs=1e-5)
+    assert _max_weight_gap(cached, uncached) <= 1e-5
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_feature_cache_comparison_fails_when_the_frozen_part_runs_in_train_mode():
+    """The check above can fail: a full path whose frozen blocks run in train mode (batch statistics) trains a
+    different model than the cache (which, by construction, assumes eval-mode frozen blocks)."""
+    import copy
+
+    from transfer.mobiletl.feature_cache import FeatureCache
+
+    torch.manual_seed(0)
+    x, y = torch.randn(50, 3, 32, 32), torch.randint(0, 10, (50,))
+    model = _transfer_model("v2", "plain_topk", False, x)
+    cached = copy.deepcopy(model)
+    _train(cached, x, y, features=FeatureCache(x, batch_size=16), epochs=1)
+    model._frozen = []          # MobileTLNet.train no longer puts the lower blocks in eval mode
+    _train(model, x, y, epochs=1)
+    assert _max_weight_gap(cached, model) > 1e-3
+
+
+@pytest.mark.parametrize("method", ["full", "last_layer", "bias_bn"])
+def test_feature_cache_is_off_for_methods_that_need_the_whole_network(method):
+    from transfer.mobiletl.experiment import prepare_for_transfer
+    from transfer.mobiletl.feature_cache import FeatureCache, split
+    from transfer.mobiletl.params import MobileTLTransferParams
+
+    model = prepare_for_transfer(small_mobilenets()["v2"], MobileTLTransferParams(method=method), n_classes=10)
+    assert "not a MobileTL network" in split(model)
+    cache = FeatureCache(torch.randn(4, 3, 32, 32), batch_size=2)
+    assert cache.forward_for(model) is None and cache.features is None
+
+
+def test_feature_cache_falls_back_when_the_premise_breaks():
+    """A trainable or train-mode module below the cut, or frozen weights that changed, are never served stale."""
+    from transfer.mobiletl.feature_cache import FeatureCache, split
+
+    x = torch.randn(8, 3, 32, 32)
+    model = _transfer_model("v2", "mobiletl", False, x)
+    lower, top = split(model)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(top(lower(x)), model(x))
+    assert isinstance(split(model), tuple) and len(model.net.features) > len(top.features)   # net itself uncut
+    stem_bn = model.net.features[0][1]
+    stem_bn.weight.requires_grad_(True)
+    assert "requires a gradient" in split(model)
+    stem_bn.weight.requires_grad_(False)
+    frozen = model._frozen
+    model._frozen = [m for m in frozen if m is not stem_bn]
+    assert "train mode" in split(model)
+    model._frozen = frozen
+    cache = FeatureCache(x, batch_size=4)
+    assert cache.forward_for(model) is not None and cache.builds == 1
+    assert cache.forward_for(model) is not None and cache.builds == 1              # same frozen state: reused
+    with torch.no_grad():
+        stem_bn.running_mean.add_(0.1)
+    forward = cache.forward_for(model)
+    assert cache.builds == 2                                                      # changed: recomputed
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(forward([0, 1, 2, 3]), model(x[:4]), atol=1e-5)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_experiment_with_the_feature_cache_logs_what_the_full_path_logs(env, monkeypatch, caplog):
+    """End to end (an lr sweep of two candidates with BN re-estimation): every metric of the run, the cost metrics
+    included, is the same with the cache as with the cache switched off; the features are computed once per run."""
+    import logging
+
+    from tests.test_resume import uninterrupted
+    from transfer.mobiletl.feature_cache import FeatureCache
+
+    raw = {"experiment": "mobiletl-feature-cache", "seed": 1,
+           "transfer": {"name": "mobiletl", "source": "digits", "target": "digits", "image_size": 16,
+                        "source_samples_per_class": 20, "target_samples_per_class": 20, "pretrain_epochs": 1,
+                        "test_samples": 100, "num_trainable_blocks": 2, "method": "plain_topk",
+                        "bn_reestimate": True, "val_fraction": 0.25, "lr_candidates": [0.05, 0.01]},
+           "train": {"epochs": 2, "lr": 0.05, "momentum": 0.9, "batch_size": 32}}
+    with caplog.at_level(logging.INFO, logger="transfer.mobiletl.feature_cache"):
+        cached, cached_log = uninterrupted(raw)
+    assert sum("frozen-feature cache:" in r.getMessage() for r in caplog.records) == 1
+    monkeypatch.setattr(FeatureCache, "forward_for", lambda self, model: None)
+    full, full_log = uninterrupted(raw)
+    def results(metrics):      # all but the clock and the source's pretraining loss (the second run loads it)
+        return {k: v for k, v in metrics.items()
+                if "seconds" not in k and not k.startswith("time/") and k != "source/train_loss"}
+
+    assert results(cached.metrics) == results(full.metrics) and "cost/train_flops" in cached.metrics
+    assert results(cached_log.metrics) == results(full_log.metrics)     # per-epoch losses, validation scores

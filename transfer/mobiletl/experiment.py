@@ -25,6 +25,11 @@ One run = one transfer method on one seed:
    (`transfer.mobiletl.memory.ActivationMeter`, batch = train.batch_size); trainable parameters;
    training FLOPs (one step counted with `FlopCounterMode`, times the number of steps).
 
+Execution: for plain_topk and mobiletl the frozen lower blocks' outputs are computed once per run and the epochs
+run the trainable top on them (`transfer.mobiletl.feature_cache`; same losses, weights and metrics as running the
+whole network, which the other methods and any model breaking the premise still do). The cost metrics above are
+the method's — measured on the whole network's step — not what this shortcut executes.
+
 Grayscale images are repeated to 3 channels and resized (bilinear) to `image_size`.
 Optimiser: SGD with the run's `train` settings (lr, momentum, weight decay, batch size);
 `train.epochs` is the number of transfer epochs.
@@ -50,6 +55,7 @@ from cl.cost import count_flops
 from cl.scenarios import image_tensors
 from cl.training import run_epochs
 from cl.transfer_run import TransferContext
+from transfer.mobiletl.feature_cache import FeatureCache
 from transfer.mobiletl.memory import saved_activation_bytes
 from transfer.mobiletl.model import MobileTLConfig, mobiletl, reestimate_bn
 
@@ -77,8 +83,12 @@ def classifier_layer(model: nn.Module) -> tuple[nn.Module, str, nn.Linear]:
 
 def train_epochs(model, x, y, *, epochs, train, device, generator, on_epoch=None, ctx: TransferContext | None = None,
                  checkpoint_every: int = 1, lr: float | None = None, resumed: dict | None = None,
-                 step_offset: int = 0, extra_state=None) -> int:
+                 step_offset: int = 0, extra_state=None, features: FeatureCache | None = None) -> int:
     """Plain SGD over (x, y) at `lr` (default `train.lr`); returns the number of optimiser steps.
+
+    With `features` (a `FeatureCache` of `x`), batches run the trainable top on the cached outputs of the frozen
+    lower blocks when the model allows it (`transfer.mobiletl.feature_cache`: same result, less compute), and the
+    whole network otherwise.
 
     With `ctx`, the run checkpoints every `checkpoint_every` epochs (model, optimiser, the batch-order
     generator, epochs and steps done, plus ``extra_state()`` if given) as position `step_offset` + epochs done;
@@ -96,8 +106,13 @@ def train_epochs(model, x, y, *, epochs, train, device, generator, on_epoch=None
         generator.set_state(state["generator"])
         start, steps = int(state["epoch"]), int(state["steps"])
 
+    if features is not None and features.x is not x:
+        raise ValueError("features: a FeatureCache of other images than the x being trained on")
+    forward = features.forward_for(model) if features is not None else None
+
     def batch_loss(batch):
-        return F.cross_entropy(model(x[batch].to(device)), y[batch].to(device))
+        logits = forward(batch) if forward is not None else model(x[batch].to(device))
+        return F.cross_entropy(logits, y[batch].to(device))
 
     def after_epoch(epoch: int, mean_loss: float, steps: int) -> None:
         if on_epoch is not None:
@@ -228,6 +243,7 @@ def run(ctx: TransferContext, params) -> dict[str, float]:
     resumed = ctx.resume()
     sweep = resumed.get("sweep", {"done": [], "best": None}) if resumed is not None else {"done": [], "best": None}
     steps = 0
+    features = FeatureCache(x_train, batch_size=ctx.train.batch_size, device=ctx.device)
     for index, lr in enumerate(candidates):
         if index < len(sweep["done"]):
             continue
@@ -242,7 +258,7 @@ def run(ctx: TransferContext, params) -> dict[str, float]:
         steps = train_epochs(
             model, x_train, y_train, epochs=epochs, train=ctx.train, device=ctx.device, generator=generator,
             ctx=ctx, lr=lr, resumed=resumed if resumed is not None and resumed.get("candidate", 0) == index else None,
-            step_offset=index * epochs, extra_state=lambda: {"candidate": index, "sweep": sweep},
+            step_offset=index * epochs, extra_state=lambda: {"candidate": index, "sweep": sweep}, features=features,
             on_epoch=lambda e, loss: (ctx.runlog.log_metrics({f"{label}train/loss": loss}, step=e),
                                       ctx.runlog.progress(index * epochs + e + 1, len(candidates) * epochs,
                                                           f"lr {lr:g} epoch {e + 1}")))
