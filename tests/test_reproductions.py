@@ -287,3 +287,15 @@ def test_reading_details_render_the_probe_curves_from_the_metric_histories(tmp_p
     assert "| 50 | 2.500 / 10.0 | 2.500 / 10.0 | 2.500 / 10.0 | 2.500 / 10.0 | 1.50 / 1.90 / 4.10 |" in lines
     text = render([(READING, [ClaimResult("a > b", "p", "o", True)], lines)], "a test")
     assert text.index("| a > b |") < text.index("Reading probes of CMT") < text.index("| 50 |")
+
+
+def test_mobiletl_v2_details_print_the_settings_conditions_next_to_the_methods():
+    v2 = reproduction_for("experiments/mobiletl_v2.yaml")
+    rows = [{"method": m, "seed": s, "final/acc": acc, "final/val/acc": acc + 0.01, "final/lr": 0.01,
+             "cost/train_flops": flops, "memory/activation_bytes": mem, "final/source/test_acc": 0.99}
+            for s in range(3) for m, acc, flops, mem in (("full", 0.80, 10.0, 8.0), ("last_layer", 0.65, 3.0, 1.0),
+                                                          ("plain_top5", 0.75, 8.0, 2.0))]
+    lines = v2.details(pd.DataFrame(rows), None)
+    assert "| plain_top5 | 3 | 0.01 | 76.0 | 75.0 | 0.80 | 0.25 |" in lines
+    assert "-15.0 points (not met)" in lines[-1] and "saves 20% of full fine-tuning's training FLOPs" in lines[-1]
+    assert "scores 99.0% on its own test images" in lines[-1]

@@ -75,3 +75,4 @@ TRANSFERS.register(
                    "target_samples_per_class": 10, "test_samples": 100, "width_mult": 0.25, "image_size": 16,
                    "pretrain_epochs": 1, "num_trainable_blocks": 2})
 REPRODUCTIONS.register("mobiletl", target="transfer.mobiletl.claims:REPRODUCTION", summary="MobileTL vs full, last-layer, bias+BN")
+REPRODUCTIONS.register("mobiletl_v2", target="transfer.mobiletl.claims:V2", summary="MobileTL rebuilt (issue #29)")
