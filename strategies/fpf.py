@@ -138,25 +138,24 @@ def _load_reservoir(state: dict | None) -> ReservoirBuffer | None:
 
 def _fpf_common_state(plugin: FPFBase) -> dict:
     return {"sensitivity": plugin.sensitivity.per_experience, "selections": plugin.selections,
-            "tuner_flops": plugin.tuner.flops, "tuner_calls": plugin.tuner.calls}
+            "tuner_flops": plugin.tuner.flops, "tuner_calls": plugin.tuner.calls, "calls": plugin.calls}
 
 
 def _load_fpf_common(plugin: FPFBase, state: dict) -> None:
     plugin.sensitivity.per_experience = [{k: float(v) for k, v in row.items()} for row in state["sensitivity"]]
     plugin.selections = [list(names) for names in state["selections"]]
     plugin.tuner.flops, plugin.tuner.calls = float(state["tuner_flops"]), int(state["tuner_calls"])
+    plugin.calls = list(state.get("calls", []))          # checkpoints written before the probe have none
 
 
 def _save_fpf(plugin: FPFPlugin, ctx) -> dict:
-    return {**_fpf_common_state(plugin), "own_buffer": _reservoir_state(plugin.own_buffer), "trained": plugin._trained,
-            "calls": plugin.calls}
+    return {**_fpf_common_state(plugin), "own_buffer": _reservoir_state(plugin.own_buffer), "trained": plugin._trained}
 
 
 def _load_fpf(plugin: FPFPlugin, state: dict, ctx) -> None:
     _load_fpf_common(plugin, state)
     plugin.own_buffer = _load_reservoir(state["own_buffer"])
     plugin._trained = int(state["trained"])
-    plugin.calls = list(state.get("calls", []))          # checkpoints written before the probe have none
 
 
 def _save_kfpf(plugin: KFPFPlugin, ctx) -> dict:

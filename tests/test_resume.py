@@ -386,6 +386,9 @@ def test_stopped_and_resumed_in_process_equals_uninterrupted(name, env, monkeypa
     assert np.array_equal(np.array(resumed.accuracy_matrix), np.array(reference.accuracy_matrix), equal_nan=True)
     assert first.metrics["train/loss"] + second.metrics["train/loss"] == recorder.metrics["train/loss"]
     assert resumed.metrics["cost/train_flops"] == reference.metrics["cost/train_flops"]
+    fpf = {k: v for k, v in recorder.metrics.items() if k.startswith("fpf/")}
+    assert {k: v for k, v in second.metrics.items() if k.startswith("fpf/")} == fpf     # k-FPF: every call's record
+    assert not name.startswith("kfpf") or len(fpf["fpf/call_iteration"]) == 3
     assert not path.exists()
 
 
