@@ -15,6 +15,8 @@ benchmarks/results/<experiment>.jsonl; store: reports/fpf/mlflow.db unless --tra
   The mechanism check is printed next to the verdict: test accuracy per experience right before the call
   (plain SGD's, from the same stream) and right after it. Cells run one at a time, every dataset's seed 0 first.
 
+Every run also redraws the paper's cost–accuracy figure from all measured runs: reports/fpf/cost_accuracy.png.
+
     python benchmarks/fpf.py --quick                 # all grids on 8×8 digits, few epochs: a smoke run
     python benchmarks/fpf.py --only ceiling          # the ceiling grid (≈ 30 min per cell on a busy 2-core box)
     python benchmarks/fpf.py --only darker_host --max-cells 1   # Dark-ER's own loss: one cell (≈ 15 min, busy)
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -216,12 +219,15 @@ def ceiling(args, reference: dict[str, float]) -> dict[str, float]:
     return results
 
 
+def sweep_describe(config) -> dict:
+    o = config.strategy.options
+    return {"scenario_name": config.scenario.name, "buffer": o.get("mem_size"), "k": o["k"],
+            "iterations": o["iterations"], "method": f"k-FPF {o['k']}×{o['iterations']}"}
+
+
 def sweep(args, reference: dict[str, float]) -> dict[str, float]:
     spec = grid("sweep", args.quick)
-    _, runs = gridbench.finished_runs(spec, args, lambda c: {"scenario_name": c.scenario.name,
-                                                             "k": c.strategy.options["k"],
-                                                             "iterations": c.strategy.options["iterations"]},
-                                      order=seed_major)
+    _, runs = gridbench.finished_runs(spec, args, sweep_describe, order=seed_major)
     results: dict[str, float] = {}
     if runs.empty:
         print("\nsweep grid: no finished runs (experiments/kfpf_sweep.yaml)")
@@ -241,6 +247,53 @@ def sweep(args, reference: dict[str, float]) -> dict[str, float]:
     return results
 
 
+def cost_accuracy_figure(args, out: Path = ROOT / "reports" / "fpf" / "cost_accuracy.png") -> Path | None:
+    """The paper's cost–accuracy figure from every measured run: per dataset and buffer, final accuracy (mean ± std
+    over seeds) against training FLOPs relative to replay's — the published grid's methods, the ceiling (with its
+    12-candidate search), Dark-ER + FPF with its own loss, and each k × steps of the sweep (green). Written to
+    `out` (default reports/fpf/cost_accuracy.png); None when no run has FLOPs to plot."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import NullFormatter
+
+    reading = argparse.Namespace(**{**vars(args), "no_run": True})
+    frames = [gridbench.finished_runs(grid(name, args.quick), reading, describe)[1]
+              for name, describe in (("published", REPRODUCTION.describe), ("darker_host", REPRODUCTION.describe),
+                                     ("ceiling", CEILING.describe), ("sweep", sweep_describe))]
+    runs = pd.concat([f for f in frames if not f.empty], ignore_index=True) if any(not f.empty for f in frames) \
+        else None
+    if runs is None or "cost/train_flops" not in runs:
+        return None
+    naive = runs[runs["method"] == "naive"]
+    runs = runs.dropna(subset=["buffer"])
+    panels = sorted(runs.groupby(["scenario_name", "buffer"]).groups)
+    fig = Figure(figsize=(4.2 * len(panels), 3.6), layout="constrained")
+    for i, (scenario, buffer) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        here = pd.concat([runs[(runs["scenario_name"] == scenario) & (runs["buffer"] == buffer)],
+                          naive[naive["scenario_name"] == scenario]])
+        replay = here.loc[here["method"] == "replay", "cost/train_flops"].mean()
+        if not replay == replay:            # no replay run to divide by
+            continue
+        for method, group in here.groupby("method"):
+            x = group["cost/train_flops"].mean() / replay
+            y, err = 100 * group["final/avg_acc"].mean(), 100 * group["final/avg_acc"].std()
+            ax.errorbar(x, y, yerr=err if err == err else None, fmt="o", ms=4, capsize=2,
+                        color="tab:red" if method == "kfpf_ceiling" else "tab:green" if "×" in method
+                        else "tab:blue")
+            ax.annotate(method, (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
+        ax.set_xscale("log")                # the sweep spans 0.7× to ~16× replay's FLOPs
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ticks = [t for t in (0.5, 1, 2, 4, 8, 16) if t <= 1.5 * ax.get_xlim()[1]]
+        ax.set_xticks(ticks, [f"{t:g}×" for t in ticks])
+        ax.set_xlabel("training FLOPs / replay's")
+        ax.set_ylabel("final accuracy (%)")
+        ax.set_title(f"{scenario}, buffer {int(buffer)}", fontsize=9)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig).print_png(str(out))
+    return out
+
+
 def main() -> None:
     parser = gridbench.parser(__doc__.splitlines()[0], store="fpf",
                               quick_help="8×8 digits instead of (Fashion-)MNIST, 2 epochs, 1–2 seeds")
@@ -257,6 +310,9 @@ def main() -> None:
         results.update(ceiling(args, reference))
     if "sweep" in chosen:
         results.update(sweep(args, reference))
+    figure = cost_accuracy_figure(args)
+    if figure is not None:
+        print(f"\ncost–accuracy figure (every measured run): {figure.relative_to(ROOT)}")
     results = {k: v for k, v in results.items() if not k.endswith("_flops_abs")}
     ceiling_accs = [v for k, v in results.items() if k.startswith("ceiling_") and k.endswith("_acc")
                     and not k.endswith("_sgd_acc")]
