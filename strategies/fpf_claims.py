@@ -155,8 +155,8 @@ PUBLISHED = Reproduction(
            "older ones at 0–38% (mean 3–14%), next to naive's 0% — 30 steps on [bn, fc] at lr 0.05 do not "
            "rebalance the head, so k-FPF fails against replay here for want of fine-tuning first. "
            "experiments/kfpf_ceiling.yaml measures how far one well-chosen FPF call can go.",
-           "What FPF costs Dark-ER (−3.5 points) comes from its fine-tuning loss: fine-tuned with Dark-ER's own objective (α·logit matching "
-           "+ β·CE on the buffer; experiments/fpf_darker_host_loss.yaml, the host-loss rows) FPF no longer costs "
+           "What FPF costs Dark-ER (−3.5 points) comes from its fine-tuning loss: fine-tuned with Dark-ER's own "
+           "objective (α·logit matching + β·CE on the buffer; experiments/fpf_darker_host_loss.yaml, the host-loss rows) FPF no longer costs "
            "Dark-ER accuracy — and adds none either: the probe shows the last call moving the seen tasks by under "
            "a point on Split Fashion-MNIST (the first call, after task 1, lifts them ~15 points under either "
            "loss). Caveat: with Dark-ER's β = 0.5 the host loss's cross-entropy steps are half as large, which "
