@@ -152,7 +152,8 @@ def _reading_details(runs: pd.DataFrame, tracking_uri: str | None) -> list[str]:
         seeds = group["run_id"].nunique()
         lines += [f"Reading probes of {method} during training (QA loss / F1 on held-out documents; mean of "
                   f"{seeds} run{'s' if seeds > 1 else ''}; document LM loss where measured):", "",
-                  "| step | " + " | ".join(name for _, name in PROBE_CONDITIONS) + " | doc LM loss own / other / none |",
+                  "| step | " + " | ".join(name for _, name in PROBE_CONDITIONS)
+                  + " | doc LM loss own / other / none |",
                   "|---|" + "---|" * (len(PROBE_CONDITIONS) + 1)]
         for step, row in curve.iterrows():
             cells = [f"{row.get(f'probe/{c}_loss', float('nan')):.3f} / {row.get(f'probe/{c}_f1', float('nan')):.1f}"
