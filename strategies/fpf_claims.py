@@ -157,8 +157,8 @@ PUBLISHED = Reproduction(
            "experiments/kfpf_ceiling.yaml measures how far one well-chosen FPF call can go.",
            "What FPF costs Dark-ER (−3.5 points) comes from its fine-tuning loss: fine-tuned with Dark-ER's own "
            "objective (α·logit matching + β·CE on the buffer; experiments/fpf_darker_host_loss.yaml, the host-loss "
-           "rows) FPF no longer costs Dark-ER accuracy — and adds none either: the probe shows the last call moving the seen tasks by under "
-           "a point on Split Fashion-MNIST (the first call, after task 1, lifts them ~15 points under either "
+           "rows) FPF no longer costs Dark-ER accuracy — and adds none either: the probe shows the last call "
+           "moving the seen tasks by under a point on Split Fashion-MNIST (the first call, after task 1, lifts them ~15 points under either "
            "loss). Caveat: with Dark-ER's β = 0.5 the host loss's cross-entropy steps are half as large, which "
            "this grid does not separate from the logit matching."),
     position=20)
@@ -177,10 +177,11 @@ CEILING = Reproduction(
     _ceiling_describe, _ceiling_claims, "benchmarks/fpf.py", references=("experiments/fpf_fmnist.yaml",),
     details=_ceiling_details,
     notes=("All 12 cells measured (2 datasets × buffers 200 and 500 × 3 seeds). One FPF call at the end of plain "
-           "SGD, "           "its setting chosen on validation images carved from the training data, lifts test accuracy from "
+           "SGD, its setting chosen on validation images carved from the training data, lifts test accuracy from "
            "plain SGD's 17–20% to 66–69% on Split Fashion-MNIST and 84–88% on Split MNIST: the four old tasks go "
            "from 0% to 61–87% while the newest ends at 86–91%, from ~99% (table below; on Split MNIST seed 2 plain "
-           "SGD "           "itself ends with its newest task at ~45%, hence the 81.6%). At buffer 200 that is within noise of the "
+           "SGD itself ends with its newest task at ~45%, hence the 81.6%). At buffer 200 that is within noise of "
+           "the "
            "published replay at the same buffer; at buffer 500 it is not: replay gains 8.5 (Fashion-MNIST) and 4.8 "
            "(MNIST) points from the larger buffer, one call at the end 3.1 and −4.0 — the validation choice is "
            "noisier there (one seed took [fc] alone for 1,000 steps).",
