@@ -159,8 +159,8 @@ PUBLISHED = Reproduction(
            "objective (α·logit matching + β·CE on the buffer; experiments/fpf_darker_host_loss.yaml, the host-loss "
            "rows) FPF no longer costs Dark-ER accuracy — and adds none either: the probe shows the last call "
            "moving the seen tasks by under a point on Split Fashion-MNIST (the first call, after task 1, lifts "
-           "them ~15 points under either loss). Caveat: with Dark-ER's β = 0.5 the host loss's cross-entropy steps are half as large, which "
-           "this grid does not separate from the logit matching."),
+           "them ~15 points under either loss). Caveat: with Dark-ER's β = 0.5 the host loss's cross-entropy "
+           "steps are half as large, which this grid does not separate from the logit matching."),
     position=20)
 
 
