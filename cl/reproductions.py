@@ -177,12 +177,16 @@ def render(results: list[tuple], source: str) -> str:
                   f"- Known deviations: {rep.deviations}", ""]
         for note in rep.notes:                           # one paragraph each
             lines += [f"> {note}", ""]
-        if not claims:
+        if not claims and not details:
             lines += ["Not measured yet: no finished runs of this grid in the store.", ""]
             continue
-        lines += ["| claim | paper | ours | same direction |", "|---|---|---|---|"]
-        lines += [f"| {c.claim} | {c.paper} | {c.ours} | {'**no**' if c.verdict == 'no' else c.verdict} |"
-                  for c in claims]
+        if claims:
+            lines += ["| claim | paper | ours | same direction |", "|---|---|---|---|"]
+            lines += [f"| {c.claim} | {c.paper} | {c.ours} | {'**no**' if c.verdict == 'no' else c.verdict} |"
+                      for c in claims]
+        else:
+            lines.append("No claim can be judged from the runs finished so far (a claim compares methods that "
+                         "have not all run yet).")
         lines.append("")
         if details:
             lines += [*details, ""]

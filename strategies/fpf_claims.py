@@ -188,7 +188,7 @@ CEILING = Reproduction(
            "So the published k-FPF's 23–31% (the section above) measures its budget — 8 × 30 steps at lr 0.05 "
            "without momentum on [bn, fc] — not what FPF can recover. Cost: a cell with the 12-candidate search "
            "is 1.23–1.27× replay's training FLOPs; the stream plus the chosen call alone about 0.65× (estimated: "
-           "the six BN-containing candidates cost the same). Not measured yet: the sweep over k and steps "
+           "the six BN-containing candidates cost the same). Still to run: the sweep over k and steps "
            "(experiments/kfpf_sweep.yaml, ≈ 20 core-hours), which would place k-FPF itself on the paper's "
            "cost–accuracy curve."),
     position=30)

@@ -287,6 +287,8 @@ def test_reading_details_render_the_probe_curves_from_the_metric_histories(tmp_p
     assert "| 50 | 2.500 / 10.0 | 2.500 / 10.0 | 2.500 / 10.0 | 2.500 / 10.0 | 1.50 / 1.90 / 4.10 |" in lines
     text = render([(READING, [ClaimResult("a > b", "p", "o", True)], lines)], "a test")
     assert text.index("| a > b |") < text.index("Reading probes of CMT") < text.index("| 50 |")
+    partial = render([(READING, [], lines)], "a test")         # runs, but no claim can be judged yet
+    assert "Not measured yet" not in partial and "No claim can be judged" in partial and "| 50 |" in partial
 
 
 def test_mobiletl_v2_details_print_the_settings_conditions_next_to_the_methods():
