@@ -240,23 +240,13 @@ def test_new_options_at_their_defaults_leave_the_config_unchanged():
 def test_the_probe_matches_the_runners_final_accuracy_and_is_logged():
     from cl.config import RunConfig
     from cl.runner import execute
-    from cl.tracking import NullRunLog
-
-    class Log(NullRunLog):
-        def __init__(self):
-            self.metrics, self.artifacts = {}, {}
-
-        def log_metrics(self, metrics, step=None):
-            self.metrics.update(metrics)
-
-        def log_artifact(self, path, data):
-            self.artifacts[path] = data
+    from tests.helpers.run_logs import LatestValuesLog
 
     cfg = RunConfig.from_dict({"scenario": {"name": "split_digits", "n_experiences": 5}, "model": {"name": "mlp"},
                                "strategy": {"name": "kfpf_ce", "k": 4, "mem_size": 40, "iterations": 5,
                                             "probe": "all", "probe_per_class": 1000},
                                "train": {"epochs": 1, "lr": 0.1}})
-    log = Log()
+    log = LatestValuesLog()
     result = execute(cfg, log)
     assert result.ok, result.reason
     calls = __import__("json").loads(log.artifacts["fpf/calls.json"])

@@ -169,24 +169,14 @@ def test_the_fpf_probe_sees_the_model_the_runner_evaluates():
 
     from cl.config import RunConfig
     from cl.runner import execute
-    from cl.tracking import NullRunLog
-
-    class Log(NullRunLog):
-        def __init__(self):
-            self.metrics, self.artifacts = {}, {}
-
-        def log_metrics(self, metrics, step=None):
-            self.metrics.update(metrics)
-
-        def log_artifact(self, path, data):
-            self.artifacts[path] = data
+    from tests.helpers.run_logs import LatestValuesLog
 
     cfg = RunConfig.from_dict({"scenario": {"name": "split_digits", "n_experiences": 5}, "model": {"name": "mlp"},
                                "strategy": {"name": "dark_er", "mem_size": 40},
                                "plugins": [{"name": "fpf", "iterations": 10, "loss": "host", "probe": "all",
                                             "probe_per_class": 1000}],
                                "train": {"epochs": 1, "lr": 0.1}})
-    log = Log()
+    log = LatestValuesLog()
     result = execute(cfg, log)
     assert result.ok, result.reason
     calls = json.loads(log.artifacts["fpf/calls.json"])
