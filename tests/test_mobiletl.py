@@ -293,17 +293,22 @@ def test_validation_split_is_disjoint_seeded_and_sized():
 
 
 @pytest.mark.usefixtures("one_thread")
+def sweep_run(experiment: str, *, epochs: int) -> dict:
+    """A tiny plain top-k run with BN re-estimation and a two-lr sweep on validation (digits → digits, 16 px)."""
+    return {"experiment": experiment, "seed": 1,
+            "transfer": {"name": "mobiletl", "source": "digits", "target": "digits", "image_size": 16,
+                         "source_samples_per_class": 20, "target_samples_per_class": 20, "pretrain_epochs": 1,
+                         "test_samples": 100, "num_trainable_blocks": 2, "method": "plain_topk",
+                         "bn_reestimate": True, "val_fraction": 0.25, "lr_candidates": [0.05, 0.01]},
+            "train": {"epochs": epochs, "lr": 0.05, "momentum": 0.9, "batch_size": 32}}
+
+
 def test_lr_sweep_killed_mid_sweep_resumes_with_the_same_choice_and_result(env, tmp_path, fresh_store):
     """Killed in the second lr candidate's first epoch (position 3 + 1): the resumed run keeps the first
     candidate's validation score, rebuilds the second candidate's model and ends as an uninterrupted run."""
     from tests.test_resume import killed_and_resumed, uninterrupted
 
-    raw = {"experiment": "resume-mobiletl-sweep", "seed": 1,
-           "transfer": {"name": "mobiletl", "source": "digits", "target": "digits", "image_size": 16,
-                        "source_samples_per_class": 20, "target_samples_per_class": 20, "pretrain_epochs": 1,
-                        "test_samples": 100, "num_trainable_blocks": 2, "method": "plain_topk",
-                        "bn_reestimate": True, "val_fraction": 0.25, "lr_candidates": [0.05, 0.01]},
-           "train": {"epochs": 3, "lr": 0.05, "momentum": 0.9, "batch_size": 32}}
+    raw = sweep_run("resume-mobiletl-sweep", epochs=3)
     client, run_id = killed_and_resumed(raw, tmp_path, env, fresh_store, "step=4")
     reference, recorder = uninterrupted(raw)
     metrics = client.get_run(run_id).data.metrics
@@ -445,12 +450,7 @@ def test_experiment_with_the_feature_cache_logs_what_the_full_path_logs(env, mon
     from tests.test_resume import uninterrupted
     from transfer.mobiletl.feature_cache import FeatureCache
 
-    raw = {"experiment": "mobiletl-feature-cache", "seed": 1,
-           "transfer": {"name": "mobiletl", "source": "digits", "target": "digits", "image_size": 16,
-                        "source_samples_per_class": 20, "target_samples_per_class": 20, "pretrain_epochs": 1,
-                        "test_samples": 100, "num_trainable_blocks": 2, "method": "plain_topk",
-                        "bn_reestimate": True, "val_fraction": 0.25, "lr_candidates": [0.05, 0.01]},
-           "train": {"epochs": 2, "lr": 0.05, "momentum": 0.9, "batch_size": 32}}
+    raw = sweep_run("mobiletl-feature-cache", epochs=2)
     with caplog.at_level(logging.INFO, logger="transfer.mobiletl.feature_cache"):
         cached, cached_log = uninterrupted(raw)
     assert sum("frozen-feature cache:" in r.getMessage() for r in caplog.records) == 1
