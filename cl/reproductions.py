@@ -146,17 +146,13 @@ def runs_for(reproduction: Reproduction, *, tracking_uri: str | None = None) -> 
     return pd.concat([runs, *more], ignore_index=True) if more else runs
 
 
-def claims_for(reproduction: Reproduction, *, tracking_uri: str | None = None) -> list[ClaimResult]:
+def measured(reproduction: Reproduction, *, tracking_uri: str | None = None) -> tuple[list[ClaimResult], list[str]]:
+    """The reproduction's claims and its `details` lines, both from one read of its runs; nothing without runs."""
     runs = runs_for(reproduction, tracking_uri=tracking_uri)
-    return [] if runs.empty else reproduction.claims(runs)
-
-
-def details_for(reproduction: Reproduction, *, tracking_uri: str | None = None) -> list[str]:
-    """The reproduction's extra markdown (`Reproduction.details`) from its grid's runs; nothing without runs."""
-    if reproduction.details is None:
-        return []
-    runs = runs_for(reproduction, tracking_uri=tracking_uri)
-    return [] if runs.empty else list(reproduction.details(runs, tracking_uri))
+    if runs.empty:
+        return [], []
+    details = [] if reproduction.details is None else list(reproduction.details(runs, tracking_uri))
+    return reproduction.claims(runs), details
 
 
 def render(results: list[tuple], source: str) -> str:
@@ -194,8 +190,7 @@ def render(results: list[tuple], source: str) -> str:
 
 
 def write_report(path: str | Path, *, tracking_uri: str | None = None, source: str = "the tracking store") -> str:
-    results = [(rep, claims_for(rep, tracking_uri=tracking_uri), details_for(rep, tracking_uri=tracking_uri))
-               for rep in reproductions()]
+    results = [(rep, *measured(rep, tracking_uri=tracking_uri)) for rep in reproductions()]
     text = render(results, source)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(text + "\n", encoding="utf-8")
