@@ -16,11 +16,12 @@ import argparse
 import torch
 import torchvision
 from torch.nn import functional as F
-from torch.utils.flop_counter import FlopCounterMode
+
+from cl.cost import flop_counter_mode
 
 
 def forward_flops(fn, *args) -> tuple[int, torch.Tensor]:
-    counter = FlopCounterMode(display=False)
+    counter = flop_counter_mode()
     with counter, torch.no_grad():
         out = fn(*args)
     return counter.get_total_flops(), out

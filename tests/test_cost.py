@@ -56,3 +56,32 @@ def test_count_flops_closes_the_counter_on_error():
     assert not _get_current_dispatch_mode_stack()
     _, flops = count_flops(torch.mm, torch.ones(2, 3), torch.ones(3, 4))
     assert flops == 2 * 2 * 3 * 4
+
+
+def _conv_step_flops(conv: torch.nn.Module, x: torch.Tensor) -> int:
+    return count_flops(lambda: conv(x).sum().backward())[1]
+
+
+@pytest.mark.parametrize("groups", [1, 3, 6])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_a_convolution_step_costs_three_forwards_whatever_its_groups(groups, transposed):
+    # forward: 2 · N · (output positions, input positions when transposed) · C_out · C_in/groups · k²; the
+    # input's and the weight's gradients cost one forward each (torch 2.14 counts the weight's `groups` × too much)
+    layer = torch.nn.ConvTranspose2d if transposed else torch.nn.Conv2d
+    conv = layer(6, 12, 3, groups=groups, bias=False)
+    x = torch.randn(2, 6, 5, 5, requires_grad=True)
+    positions = 5 * 5 if transposed else 3 * 3
+    forward = 2 * 2 * positions * 12 * (6 // groups) * 9
+    assert count_flops(lambda: conv(x))[1] == forward
+    assert _conv_step_flops(conv, x) == 3 * forward
+    x.requires_grad_(False)                          # only the weight's gradient
+    assert _conv_step_flops(conv, x) == 2 * forward
+
+
+def test_ungrouped_convolutions_count_as_torch_does():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    conv, x = torch.nn.Conv2d(4, 8, 3, stride=2, padding=1), torch.randn(3, 4, 9, 9, requires_grad=True)
+    with FlopCounterMode(display=False) as stock:
+        conv(x).sum().backward()
+    assert _conv_step_flops(conv, x) == stock.get_total_flops()
