@@ -35,6 +35,7 @@ from benchmarks import gridbench
 from benchmarks.paths import ROOT
 from cl.grid import GridSpec, load_grid
 from cl.reproductions import reproduction_for
+from strategies.fpf_claims import chosen_candidates
 
 METHODS = ("naive", "replay", "dark_er", "replay+fpf", "dark_er+fpf", "kfpf_ce", "kfpf_kd")
 REPRODUCTION = reproduction_for("experiments/fpf_fmnist.yaml")
@@ -64,13 +65,6 @@ def seed_major(cell) -> tuple:
     still covers both datasets at the buffer that matters most."""
     config = cell.config
     return config.strategy.options.get("mem_size", 0), config.seed, config.scenario.name
-
-
-def chosen_settings(runs) -> list[str]:
-    """Per run, the candidate (modules/lr/steps) with the best validation accuracy (the first, on ties)."""
-    columns = [c for c in runs.columns if c.startswith("fpf/val_acc/")]
-    return [max(columns, key=lambda c: (row[c], -columns.index(c))).removeprefix("fpf/val_acc/")
-            if columns else "?" for _, row in runs.iterrows()]
 
 
 def published(args) -> tuple[dict[str, float], pd.DataFrame]:
@@ -193,7 +187,7 @@ def ceiling(args, reference: dict[str, float]) -> dict[str, float]:
     for (scenario, buffer), group in runs.groupby(["scenario_name", "buffer"]):
         before, after = 100 * group["fpf/acc_before"], 100 * group["final/avg_acc"]
         val = f"{100 * group['fpf/val_acc_before'].mean():.1f}→{100 * group['fpf/val_acc_chosen'].mean():.1f}"
-        chosen = ", ".join(f"{int(s)}: {c}" for s, c in zip(group["seed"], chosen_settings(group)))
+        chosen = ", ".join(f"{int(s)}: {c}" for s, c in zip(group["seed"], chosen_candidates(group)))
         print(f"{scenario:<14}{int(buffer):>7}{len(group):>3}{gridbench.mean_std(before, 2):>16}"
               f"{gridbench.mean_std(after, 2):>18}{(after - before).mean():>+8.2f}{val:>19}  {chosen}")
         key = f"{scenario}_{int(buffer)}"

@@ -112,6 +112,15 @@ def _ceiling_claims(runs: pd.DataFrame) -> list[ClaimResult]:
     return out
 
 
+def chosen_candidates(runs: pd.DataFrame) -> pd.Series:
+    """Per run, the FPF candidate (modules/lr/steps) with the best validation accuracy — the first on ties, as
+    the ceiling plugin chooses — or "?" when the runs logged no candidates."""
+    candidates = [c for c in runs if c.startswith("fpf/val_acc/")]
+    if not candidates:
+        return pd.Series("?", index=runs.index)
+    return runs[candidates].idxmax(axis=1).str.removeprefix("fpf/val_acc/")
+
+
 def _ceiling_details(runs: pd.DataFrame, tracking_uri: str | None) -> list[str]:
     """The mechanism per (dataset, buffer), mean over seeds: test accuracy right before the one FPF call (plain
     SGD's, same runs) and right after it, for the four old experiences and the newest; the published grid's
@@ -122,15 +131,13 @@ def _ceiling_details(runs: pd.DataFrame, tracking_uri: str | None) -> list[str]:
         return []
     experiences = sorted(int(c.rsplit("exp", 1)[1]) for c in runs if c.startswith("fpf/acc_before/exp"))
     old, newest = experiences[:-1], experiences[-1]
-    candidates = [c for c in runs if c.startswith("fpf/val_acc/")]
     lines = ["One FPF call's mechanism (test accuracy in %, mean over seeds; old = the first four experiences):", "",
              "| dataset, buffer | seeds | plain SGD → after the call | old tasks | newest task | published replay "
              "| chosen on validation (seeds) |", "|---|---|---|---|---|---|---|"]
     for (scenario, buffer), group in runs.groupby(["scenario_name", "buffer"]):
         def pair(before: list[str], after: list[str]) -> str:
             return f"{100 * group[before].mean(axis=1).mean():.1f} → {100 * group[after].mean(axis=1).mean():.1f}"
-        chosen = group[candidates].idxmax(axis=1).str.removeprefix("fpf/val_acc/").value_counts() if candidates \
-            else pd.Series(dtype=int)
+        chosen = chosen_candidates(group).value_counts()
         same = replay[(replay["scenario_name"] == scenario) & (replay["buffer"] == buffer)]
         lines.append(
             f"| {scenario}, {int(buffer)} | {len(group)} | {pair(['fpf/acc_before'], ['final/avg_acc'])} | "
