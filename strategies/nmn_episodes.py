@@ -40,6 +40,7 @@ class Episodes:
     presentation: torch.Tensor
     scored: torch.Tensor | None = None
     classes: torch.Tensor | None = None          # (B, n_way): the class behind each label (image episodes)
+    task: torch.Tensor | None = None             # (B, 2): amplitude and phase of each episode's sinusoid
 
 
 class ImageEpisodes:
@@ -147,7 +148,19 @@ class SinusoidEpisodes:
         y = amplitude * np.sin(x - phase)
         steps = torch.arange(1, self.length + 1).expand(n, -1)
         return Episodes(torch.tensor(x, dtype=torch.float32).unsqueeze(-1),
-                        torch.tensor(y, dtype=torch.float32).unsqueeze(-1), steps.clone())
+                        torch.tensor(y, dtype=torch.float32).unsqueeze(-1), steps.clone(),
+                        task=torch.tensor(np.concatenate([amplitude, phase], 1), dtype=torch.float32))
+
+    def resample_future(self, episodes: Episodes, boundary: int, rng: np.random.Generator) -> Episodes:
+        """The same episodes up to `boundary`; after it, fresh points of the same sinusoid."""
+        if episodes.task is None:
+            raise ValueError("episodes.task is missing: resample_future needs episodes drawn by this source")
+        x, y = episodes.x.clone(), episodes.y.clone()
+        amplitude, phase = episodes.task[:, :1], episodes.task[:, 1:]
+        fresh = torch.tensor(rng.uniform(-5.0, 5.0, (len(x), self.length - boundary)), dtype=torch.float32)
+        x[:, boundary:, 0] = fresh
+        y[:, boundary:, 0] = amplitude * torch.sin(fresh - phase)
+        return Episodes(x, y, episodes.presentation.clone(), task=episodes.task)
 
 
 def rotated_classes(x: torch.Tensor, y: torch.Tensor, rotations: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -181,6 +181,16 @@ def test_another_future_keeps_the_past_and_the_task():
                        torch.gather(other.classes, 1, other.y))
 
 
+def test_another_sinusoid_future_keeps_the_past_and_the_function():
+    source = SinusoidEpisodes(length=10)
+    episodes = source.sample(3, np.random.default_rng(4))
+    other = source.resample_future(episodes, 6, np.random.default_rng(5))
+    assert torch.equal(other.x[:, :6], episodes.x[:, :6]) and torch.equal(other.y[:, :6], episodes.y[:, :6])
+    assert not torch.equal(other.x[:, 6:], episodes.x[:, 6:])
+    amplitude, phase = episodes.task[:, :1, None], episodes.task[:, 1:, None]
+    assert torch.allclose(other.y, amplitude * torch.sin(other.x - phase), atol=1e-5)   # the same sinusoid
+
+
 def test_future_gradient_agreement_compares_two_futures_of_one_state():
     from strategies.nmn_episodic import future_gradient_agreement
 

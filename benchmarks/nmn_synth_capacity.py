@@ -1,0 +1,162 @@
+"""Can a synthesizer learn the NMN's future gradient at all, given a fixed network and enough steps?
+
+The sg runs (experiments/nmn_episodic*.yaml) fail the gate: their synthesizers end at cosine ≈ 0 to the true
+future gradient, and at only 0.05–0.26 even to the (bootstrapped) targets they are trained on — after 150
+updates, each fitting one target per chunk boundary while the network under them moves. Two explanations differ in
+what would fix them: too few synthesizer steps on a moving target (budget), or a synthesizer that cannot predict
+the gradient from what it sees (design). This separates them.
+
+It trains the episodic NMN with truncated backprop (``bp``, the grid's settings) for ``--pretrain`` updates,
+freezes it, and fits two fresh synthesizers (`StateSynthesizer`, Adam at the grid's synth lr) on fresh training
+episodes for ``--steps`` steps:
+
+* **bootstrapped** — what sg trains on: at each chunk boundary, the gradient that reaches the next chunk's start
+  through that chunk's own losses plus the synthesizer's guess at its end (Jaderberg et al. 2017, §3.1);
+* **true future** — the best target there is: the full backprop of every later step's loss (an oracle sg cannot
+  have during training; it bounds what this synthesizer can learn);
+* **scaled** — the same target, each state tensor's error divided by its target's squared norm.
+
+Every ``--every`` steps both are probed on fixed validation episodes (the runs' probe: cosine to the true future
+gradient over all boundaries and state tensors). Reading: the true-future synthesizer near the ceiling (image tasks:
+√ of the agreement between two futures, benchmarks/nmn_gradient_ceiling.py) and the bootstrapped one below it →
+the bootstrapping or its budget; both near zero → the synthesizer's inputs or architecture.
+
+    python benchmarks/nmn_synth_capacity.py                          # sinusoid, 150 + 600 steps (~10 min, 1 core)
+    python benchmarks/nmn_synth_capacity.py --task digits --length 50
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+
+def fit_on_true_future(trainer, episodes, scaled: bool = False) -> float:
+    """One synthesizer step regressing S(state) at every chunk boundary on the true future gradient there; the
+    cosine of the prediction to that target (in per-episode units, as `Trainer._fit_synthesizer`). `scaled`: each
+    state tensor's squared error divided by its target's squared norm, so that no tensor's scale drowns the
+    others (the keys' gradient is 10–200× the rest's: cosine addressing divides by the norm of barely written keys)."""
+    import torch
+    from torch.nn import functional as F
+
+    from strategies.nmn_episodic import carried
+
+    model, (B, T) = trainer.model, episodes.presentation.shape
+    prev = trainer.prev_labels(episodes.y, model.head.out_features)
+    boundaries = set(range(trainer.truncation, T, trainer.truncation))
+    u = model.encoder(episodes.x).detach()
+    _, losses, _, kept = trainer.unroll(model.initial_state(B), u, prev, episodes.y, 0, T, boundaries)
+    states = [(t, k) for t in sorted(kept) for k in carried(kept[t])]
+    grads = torch.autograd.grad(losses.sum(), [kept[t][k] for t, k in states], allow_unused=True)
+    targets = {(t, k): (g if g is not None else torch.zeros_like(kept[t][k])).detach()
+               for (t, k), g in zip(states, grads)}
+    trainer.synth_opt.zero_grad(set_to_none=True)
+    predicted, wanted, loss = [], [], 0.0
+    for t in sorted(kept):
+        guess = trainer.synth(kept[t])
+        for k in carried(kept[t]):
+            error = F.mse_loss(guess[k], targets[t, k], reduction="sum")
+            loss = loss + (error / targets[t, k].pow(2).sum().clamp_min(1e-12) * B if scaled else error)
+            predicted.append(guess[k].detach().flatten())
+            wanted.append(targets[t, k].flatten())
+    (loss / B).backward()
+    torch.nn.utils.clip_grad_norm_(list(trainer.synth.parameters()), trainer.clip)
+    trainer.synth_opt.step()
+    return float(F.cosine_similarity(torch.cat(predicted), torch.cat(wanted), dim=0))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="sinusoid", choices=("sinusoid", "digits"))
+    parser.add_argument("--length", type=int, default=20, help="steps per episode (the grid: 20 sinusoid, 50 digits)")
+    parser.add_argument("--pretrain", type=int, default=150, help="bp updates before the network is frozen")
+    parser.add_argument("--steps", type=int, default=600, help="synthesizer steps per target")
+    parser.add_argument("--every", type=int, default=100)
+    parser.add_argument("--synth-lr", type=float, default=1e-3)
+    parser.add_argument("--synth-hidden", type=int, default=128, help="the synthesizers' hidden units (sg: 128)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    import copy
+
+    import numpy as np
+    import torch
+
+    from strategies.catalog import NMNEpisodicParams
+    from strategies.nmn_episodic import (EVAL_SEEDS, EpisodicNMN, StateSynthesizer, Trainer, build_task,
+                                         future_gradient_agreement)
+
+    torch.set_num_threads(1)
+    params = NMNEpisodicParams(task=args.task, method="bp", length=args.length, truncation=5, updates=args.pretrain)
+    train, val, _, kind, n_out, label_dim = build_task(params)
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    model = EpisodicNMN(train.input_dim, n_out, label_dim, encoder_hidden=params.encoder_hidden,
+                        encoder_dim=params.encoder_dim, hidden=params.hidden, slots=params.slots,
+                        key_dim=params.key_dim, value_dim=params.value_dim)
+    bp = Trainer(model, method="bp", kind=kind, lr=1e-3, fast_lr_ratio=1.0, truncation=params.truncation)
+    started = time.time()
+    for _ in range(args.pretrain):
+        bp.train_batch(train.sample(16, rng))
+    pretrain_s = time.time() - started
+    frozen = copy.deepcopy(model.state_dict())
+
+    # two synthesizers on the same frozen network; lr 0 for the network's optimisers keeps it frozen while the
+    # bootstrapped one trains through sg's own `train_batch`
+    trainers = {name: Trainer(model, method="sg", kind=kind, lr=0.0, fast_lr_ratio=1.0, truncation=params.truncation,
+                              synth_lr=args.synth_lr) for name in ("bootstrapped", "true future", "scaled")}
+    for trainer in trainers.values():          # the same fresh synthesizer for both targets
+        torch.manual_seed(args.seed + 1)
+        trainer.synth = StateSynthesizer(model, hidden=args.synth_hidden)
+        trainer.synth_opt = torch.optim.Adam(trainer.synth.parameters(), lr=args.synth_lr)
+    probe = val.sample(16, np.random.default_rng(EVAL_SEEDS["probe"]))
+    agreements = [future_gradient_agreement(bp, probe, b, val)
+                  for b in range(params.truncation, args.length, params.truncation)]
+    ceilings = {k: float(max(np.mean([a[k] for a in agreements]), 0.0) ** 0.5) for k in agreements[0]}
+    ceiling = ceilings["all"]
+    rows, fits = [], {name: [] for name in trainers}
+    samplers = {name: np.random.default_rng(args.seed + 100 + i) for i, name in enumerate(trainers)}
+    for step in range(args.steps + 1):
+        if step % args.every == 0:
+            rows.append({"step": step, **{name: tr.probe_cosine(probe)["all"] for name, tr in trainers.items()},
+                         **{f"{name} fit": float(np.mean(fits[name][-args.every:])) if fits[name] else float("nan")
+                            for name in trainers}})
+        if step == args.steps:
+            break
+        boot = trainers["bootstrapped"]
+        boot.train_batch(train.sample(16, samplers["bootstrapped"]))
+        fits["bootstrapped"].append(boot.synth_fit[-1] if boot.synth_fit else float("nan"))
+        for name in ("true future", "scaled"):
+            fits[name].append(fit_on_true_future(trainers[name], train.sample(16, samplers[name]),
+                                                 scaled=name == "scaled"))
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in frozen.items()), "the network moved"
+
+    print(f"NMN synthesizers on a frozen network ({args.task}, length {args.length}, truncation {params.truncation}, "
+          f"{args.pretrain} bp updates first, {pretrain_s:.0f} s; synth lr {args.synth_lr:g}, hidden "
+          f"{args.synth_hidden}, seed {args.seed})")
+    print("cosine to the true future gradient on fixed validation episodes (probe) and to each one's own training "
+          f"target (fit, mean of the last steps); ceiling √agreement = {ceiling:.3f}")
+    names = [k for k in rows[0] if k != "step"]
+    print(f"{'step':>6}" + "".join(f"{n:>18}" for n in names))
+    for row in rows:
+        print(f"{row['step']:>6}" + "".join(f"{row[n]:>18.3f}" for n in names))
+    last = rows[-1]
+    final = {name: tr.probe_cosine(probe) for name, tr in trainers.items()}
+    print("\nper state tensor at the end (probe cosine; ceiling √agreement of two futures):")
+    print(f"{'tensor':>8}" + "".join(f"{n:>15}" for n in trainers) + f"{'ceiling':>15}")
+    final = {n: {**cos, "mean": float(np.mean([v for k, v in cos.items() if k != "all"]))} for n, cos in final.items()}
+    ceilings["mean"] = float(np.mean([v for k, v in ceilings.items() if k != "all"]))
+    for key in final["bootstrapped"]:
+        print(f"{key:>8}" + "".join(f"{final[n][key]:>15.3f}" for n in trainers)
+              + f"{ceilings.get(key, float('nan')):>15.3f}")
+    print(f"RESULT nmn_synth_cos_bootstrapped={last['bootstrapped']:.3f} "
+          f"nmn_synth_cos_true_future={last['true future']:.3f} nmn_synth_cos_scaled={last['scaled']:.3f} "
+          f"mean_over_tensors_scaled={final['scaled']['mean']:.3f} ceiling_mean_over_tensors={ceilings['mean']:.3f} "
+          f"ceiling={ceiling:.3f} "
+          + json.dumps({"task": args.task, "pretrain": args.pretrain, "steps": args.steps, "seed": args.seed,
+                        "synth_lr": args.synth_lr, "synth_hidden": args.synth_hidden},
+                       separators=(",", ":")))
+
+
+if __name__ == "__main__":
+    main()
