@@ -35,7 +35,8 @@ def fit_on_true_future(trainer, episodes, scaled: bool = False) -> float:
     """One synthesizer step regressing S(state) at every chunk boundary on the true future gradient there; the
     cosine of the prediction to that target (in per-episode units, as `Trainer._fit_synthesizer`). `scaled`: each
     state tensor's squared error divided by its target's squared norm, so that no tensor's scale drowns the
-    others (the keys' gradient is 10–200× the rest's: cosine addressing divides by the norm of barely written keys)."""
+    others (the keys' gradient is 10–200× the rest's: cosine addressing divides by the norm of barely written
+    keys)."""
     import torch
     from torch.nn import functional as F
 
@@ -63,6 +64,47 @@ def fit_on_true_future(trainer, episodes, scaled: bool = False) -> float:
     torch.nn.utils.clip_grad_norm_(list(trainer.synth.parameters()), trainer.clip)
     trainer.synth_opt.step()
     return float(F.cosine_similarity(torch.cat(predicted), torch.cat(wanted), dim=0))
+
+
+def parameter_cosine(trainer, episodes, control: bool = False) -> float:
+    """The gate that matters for the controllers: the cosine, over their parameters, between the update the
+    synthetic gradients make and the one the true future gradients would make — each chunk unrolled from a
+    detached start as sg trains, ⟨state at the chunk's end, S(state)⟩ against ⟨state, true future gradient⟩,
+    summed over chunks. `control`: in place of S, the true future gradients of the *other* episodes of the batch
+    (rolled by one) — right in scale and kind, wrong in content: the cosine a guess that knows nothing of the
+    episode gets, since the chunk's Jacobian can map unrelated gradients to similar parameter updates."""
+    import torch
+    from torch.nn import functional as F
+
+    from strategies.nmn_episodic import carried
+
+    model, (B, T) = trainer.model, episodes.presentation.shape
+    prev = trainer.prev_labels(episodes.y, model.head.out_features)
+    u = model.encoder(episodes.x).detach()
+    boundaries = set(range(trainer.truncation, T, trainer.truncation))
+    _, losses, _, kept = trainer.unroll(model.initial_state(B), u, prev, episodes.y, 0, T, boundaries)
+    keys = [(t, k) for t in sorted(kept) for k in carried(kept[t])]
+    grads = torch.autograd.grad(losses.sum(), [kept[t][k] for t, k in keys], allow_unused=True)
+    true = {(t, k): (g.detach() if g is not None else torch.zeros_like(kept[t][k])) for (t, k), g in zip(keys, grads)}
+    params = list(model.controller_parameters())
+    totals = {"synthetic": [torch.zeros_like(p) for p in params], "true": [torch.zeros_like(p) for p in params]}
+    state = model.initial_state(B)
+    for start in range(0, T, trainer.truncation):
+        stop = min(T, start + trainer.truncation)
+        end, _, _, _ = trainer.unroll({k: v.detach() for k, v in state.items()}, u, prev, episodes.y, start, stop)
+        if stop < T:
+            guess = trainer.synth(end) if not control else \
+                {k: torch.roll(true[stop, k], 1, dims=0) for k in carried(end)}
+            for name, target in (("synthetic", {k: guess[k].detach() for k in guess}),
+                                 ("true", {k: true[stop, k] for k in carried(end)})):
+                inner = sum((end[k] * target[k]).sum() for k in target)
+                for total, g in zip(totals[name], torch.autograd.grad(inner, params, retain_graph=True,
+                                                                       allow_unused=True)):
+                    if g is not None:
+                        total += g
+        state = end
+    flat = {name: torch.cat([t.flatten() for t in total]) for name, total in totals.items()}
+    return float(F.cosine_similarity(flat["synthetic"], flat["true"], dim=0))
 
 
 def main() -> None:
@@ -119,6 +161,8 @@ def main() -> None:
     for step in range(args.steps + 1):
         if step % args.every == 0:
             rows.append({"step": step, **{name: tr.probe_cosine(probe)["all"] for name, tr in trainers.items()},
+                         **{f"{name} params": parameter_cosine(tr, probe) for name, tr in trainers.items()},
+                         "control params": parameter_cosine(trainers["true future"], probe, control=True),
                          **{f"{name} fit": float(np.mean(fits[name][-args.every:])) if fits[name] else float("nan")
                             for name in trainers}})
         if step == args.steps:
@@ -137,9 +181,11 @@ def main() -> None:
     print("cosine to the true future gradient on fixed validation episodes (probe) and to each one's own training "
           f"target (fit, mean of the last steps); ceiling √agreement = {ceiling:.3f}")
     names = [k for k in rows[0] if k != "step"]
-    print(f"{'step':>6}" + "".join(f"{n:>18}" for n in names))
+    print("(params: the same probe over the controllers' parameters — the update the synthetic gradients make vs "
+          "the one the true future gradients would)")
+    print(f"{'step':>6}" + "".join(f"{n:>20}" for n in names))
     for row in rows:
-        print(f"{row['step']:>6}" + "".join(f"{row[n]:>18.3f}" for n in names))
+        print(f"{row['step']:>6}" + "".join(f"{row[n]:>20.3f}" for n in names))
     last = rows[-1]
     final = {name: tr.probe_cosine(probe) for name, tr in trainers.items()}
     print("\nper state tensor at the end (probe cosine; ceiling √agreement of two futures):")
@@ -151,6 +197,8 @@ def main() -> None:
               + f"{ceilings.get(key, float('nan')):>15.3f}")
     print(f"RESULT nmn_synth_cos_bootstrapped={last['bootstrapped']:.3f} "
           f"nmn_synth_cos_true_future={last['true future']:.3f} nmn_synth_cos_scaled={last['scaled']:.3f} "
+          f"params_cos_bootstrapped={last['bootstrapped params']:.3f} "
+          f"params_cos_true_future={last['true future params']:.3f} params_cos_control={last['control params']:.3f} "
           f"mean_over_tensors_scaled={final['scaled']['mean']:.3f} ceiling_mean_over_tensors={ceilings['mean']:.3f} "
           f"ceiling={ceiling:.3f} "
           + json.dumps({"task": args.task, "pretrain": args.pretrain, "steps": args.steps, "seed": args.seed,

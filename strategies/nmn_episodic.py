@@ -56,9 +56,12 @@ future gradients of two futures of the same state — how much of the target the
 Measured (experiments/nmn_episodic.yaml, 3 seeds, archived; benchmarks/nmn.py): the gate fails —
 synthesizer cosine 0.00 ± 0.02 on digits, −0.01 ± 0.04 on the sinusoid — although the state
 determines half the future gradient (agreement 0.50 after 150 bp updates: a ceiling near 0.7), so
-sg gets no verdict; its controllers stay at chance on digits. The memory itself works: bp's
-meta-test accuracy goes 42 → 72% from the 2nd to the 10th presentation, the memory-free LSTM's
-30 → 22%; sinusoid MSE after 10 points 1.03 (bp) vs 3.12 (LSTM).
+sg gets no verdict; its controllers stay at chance on digits. Why (benchmarks/nmn_synth_capacity.py, a frozen
+network): the future gradient is dominated by the memory keys' (cosine addressing: ∝ 1/‖key‖ for barely written
+slots), which the synthesizers cannot predict (0.09 of a 0.68 ceiling after 2,000 steps); h is learnable from the
+true target (0.40 of 0.50) but not from the bootstrapped one, which the mispredicted key gradients pollute.
+The memory itself works: bp's meta-test accuracy goes 42 → 72% from the 2nd to the 10th presentation, the
+memory-free LSTM's 30 → 22%; sinusoid MSE after 10 points 1.03 (bp) vs 3.12 (LSTM).
 """
 from __future__ import annotations
 
