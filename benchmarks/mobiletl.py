@@ -55,7 +55,7 @@ from transfer.mobiletl.model import MobileTLConfig, mobiletl
 PAPER = {"v2": 46.3, "v3": 53.3}
 GRID = "experiments/mobiletl_mnist_to_fmnist.yaml"     # archived: 32 px, 5 epochs, one lr (issue 6)
 GRID_V2 = "experiments/mobiletl_v2.yaml"                 # issue 29: 64 px, 20 epochs, lr on validation, baselines
-REPRODUCTION = reproduction_for(GRID)                    # its describe/claims read either grid's runs
+REPRODUCTION = reproduction_for(GRID_V2)                 # its describe/claims read either grid's runs
 METHODS = ("full", "last_layer", "bias_bn", "plain_top5", "plain_top5_bnre", "mobiletl_top2", "mobiletl_top5",
            "mobiletl_top5_bnre", "mobiletl_top5_int4", "v3_full", "v3_mobiletl_top5", "v3_mobiletl_top5_exact_act")
 QUICK = {"transfer.source_samples_per_class": 100, "transfer.target_samples_per_class": 100,

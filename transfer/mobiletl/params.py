@@ -74,5 +74,7 @@ TRANSFERS.register(
     smoke_options={"source": "digits", "target": "digits", "source_samples_per_class": 20,
                    "target_samples_per_class": 10, "test_samples": 100, "width_mult": 0.25, "image_size": 16,
                    "pretrain_epochs": 1, "num_trainable_blocks": 2})
-REPRODUCTIONS.register("mobiletl", target="transfer.mobiletl.claims:REPRODUCTION", summary="MobileTL vs full, last-layer, bias+BN")
-REPRODUCTIONS.register("mobiletl_v2", target="transfer.mobiletl.claims:V2", summary="MobileTL rebuilt (issue #29)")
+REPRODUCTIONS.register("mobiletl", target="transfer.mobiletl.claims:REPRODUCTION",
+                       summary="MobileTL vs full, last-layer, bias+BN and plain top-k (64 px, lr on validation)")
+REPRODUCTIONS.register("mobiletl_approximations", target="transfer.mobiletl.claims:APPROXIMATIONS",
+                       summary="MobileTL's approximations vs exact ones (the first, 32-px grid)")
