@@ -15,6 +15,7 @@ RESULT line.
 
     python benchmarks/memcontrol.py --quick   # 1 seed, small sizes, 3 trials: a smoke run (minutes)
     python benchmarks/memcontrol.py           # the grid as published (18 runs)
+    python benchmarks/memcontrol.py --grid experiments/memcontrol_tradeoff.yaml   # issue 29's setting (~15 core-h)
 """
 from __future__ import annotations
 
@@ -93,4 +94,6 @@ if __name__ == "__main__":
                    quick=lambda spec: gridbench.quick_variant(spec, QUICK),
                    quick_help="1 seed; 200 pretraining steps, 20 images per class, 5 memorised ×30, 3 trials, "
                               "3 epochs, 100 evaluation samples", describe=REPRODUCTION.describe, report=report,
+                   grid_help="the MemControl grid (default: the first, rank-4 grid; issue 29's trade-off setting: "
+                             "experiments/memcontrol_tradeoff.yaml)",
                    no_runs="memcontrol_less_mem_at_comparable_fid=0 stage2_matches_trial=0")
