@@ -205,7 +205,7 @@ class NMNEpisodicParams(Params):
     truncation: int = Field(10, ge=1, description="sg/bp: steps per chunk (no true gradient crosses a chunk end)")
     fast_lr_ratio: float = Field(1.0, gt=0, description="controllers' lr = ratio × train.lr (the paper: fast ≥ slow)")
     synth_lr: float = Field(1e-3, gt=0, description="sg: Adam lr of the synthesizers")
-    synth_state: Literal["all", "controller"] = Field(
+    synth_state: Literal["all", "controller"] = added_option(
         "all", description="sg: the state whose future gradient is synthesised — all of it (h, c, query and the "
                            "memory's keys, values, read weights) or the controller's only (h, c, query; the memory "
                            "gets none, as in bp)")
