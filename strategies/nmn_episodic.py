@@ -63,6 +63,14 @@ sg gets no verdict; its controllers stay at chance on digits. Why (benchmarks/nm
 network): the future gradient is dominated by the memory keys' (cosine addressing: ∝ 1/‖key‖ for barely written
 slots), which the synthesizers cannot predict (0.09 of a 0.68 ceiling after 2,000 steps); h is learnable from the
 true target (0.40 of 0.50) but not from the bootstrapped one, which the mispredicted key gradients pollute.
+Synthesising the controller's state only (synth_state "controller"; the same probe, ``--synth-state controller``,
+seed 0, sinusoid 600 steps, digits 400) removes that pollution — h from the bootstrapped target reaches 0.28 of a
+0.50 ceiling on the sinusoid, 0.20 of 0.30 on digits — and over h, c, q the probe reaches 0.23 of 0.33 on the
+sinusoid but 0.07 of 0.39 on digits, whose q gradient stays unpredicted (0.05 of 0.47). In training the gate fails
+all the same (experiments/nmn_episodic_controller_sg.yaml, 150 updates, 3 seeds × 2 lr ratios: −0.04 to 0.05; with
+600 updates, experiments/nmn_episodic_controller_long.yaml: −0.005, −0.003): the synthesizers do not even fit their
+own targets there (0.00–0.04) while the controllers move under them. sg then scores as bp (digits 44 → 74% from the
+2nd to the 10th presentation, bp 42 → 72%) — its synthetic gradients no longer hurt, but they are no signal either.
 The memory itself works: bp's meta-test accuracy goes 42 → 72% from the 2nd to the 10th presentation, the
 memory-free LSTM's 30 → 22%; sinusoid MSE after 10 points 1.03 (bp) vs 3.12 (LSTM).
 """
