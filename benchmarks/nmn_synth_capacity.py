@@ -16,6 +16,12 @@ episodes for ``--steps`` steps:
   have during training; it bounds what this synthesizer can learn);
 * **scaled** — the same target, each state tensor's error divided by its target's squared norm.
 
+``--synth-state controller`` fits synthesizers of the controller's state only (h, c, query; sg's ``synth_state``):
+the bootstrapped and the true-future one (no scaled one), probed and bounded over those tensors only. In the
+parameter probe, the synthetic update is then compared with the update of the *whole* true future gradient, and
+"oracle params" gives the cosine the true gradient of h, c and query alone reaches there (the best such a
+synthesizer can do in parameter space).
+
 Every ``--every`` steps both are probed on fixed validation episodes (the runs' probe: cosine to the true future
 gradient over all boundaries and state tensors). Reading: the true-future synthesizer near the ceiling (image tasks:
 √ of the agreement between two futures, benchmarks/nmn_gradient_ceiling.py) and the bootstrapped one below it →
@@ -23,6 +29,7 @@ the bootstrapping or its budget; both near zero → the synthesizer's inputs or 
 
     python benchmarks/nmn_synth_capacity.py                          # sinusoid, 150 + 600 steps (~10 min, 1 core)
     python benchmarks/nmn_synth_capacity.py --task digits --length 50
+    python benchmarks/nmn_synth_capacity.py --synth-state controller
 """
 from __future__ import annotations
 
@@ -33,21 +40,21 @@ import time
 
 def fit_on_true_future(trainer, episodes, scaled: bool = False) -> float:
     """One synthesizer step regressing S(state) at every chunk boundary on the true future gradient there; the
-    cosine of the prediction to that target (in per-episode units, as `Trainer._fit_synthesizer`). `scaled`: each
+    cosine of the prediction to that target over the tensors it predicts (in per-episode units, as
+    `Trainer._fit_synthesizer`). `scaled`: each
     state tensor's squared error divided by its target's squared norm, so that no tensor's scale drowns the
     others (the keys' gradient is 10–200× the rest's: cosine addressing divides by the norm of barely written
     keys)."""
     import torch
     from torch.nn import functional as F
 
-    from strategies.nmn_episodic import carried
-
     model, (B, T) = trainer.model, episodes.presentation.shape
     prev = trainer.prev_labels(episodes.y, model.head.out_features)
     boundaries = set(range(trainer.truncation, T, trainer.truncation))
     u = model.encoder(episodes.x).detach()
     _, losses, _, kept = trainer.unroll(model.initial_state(B), u, prev, episodes.y, 0, T, boundaries)
-    states = [(t, k) for t in sorted(kept) for k in carried(kept[t])]
+    names = trainer.synth.names()
+    states = [(t, k) for t in sorted(kept) for k in names]
     grads = torch.autograd.grad(losses.sum(), [kept[t][k] for t, k in states], allow_unused=True)
     targets = {(t, k): (g if g is not None else torch.zeros_like(kept[t][k])).detach()
                for (t, k), g in zip(states, grads)}
@@ -55,7 +62,7 @@ def fit_on_true_future(trainer, episodes, scaled: bool = False) -> float:
     predicted, wanted, loss = [], [], 0.0
     for t in sorted(kept):
         guess = trainer.synth(kept[t])
-        for k in carried(kept[t]):
+        for k in names:
             error = F.mse_loss(guess[k], targets[t, k], reduction="sum")
             loss = loss + (error / targets[t, k].pow(2).sum().clamp_min(1e-12) * B if scaled else error)
             predicted.append(guess[k].detach().flatten())
@@ -66,13 +73,15 @@ def fit_on_true_future(trainer, episodes, scaled: bool = False) -> float:
     return float(F.cosine_similarity(torch.cat(predicted), torch.cat(wanted), dim=0))
 
 
-def parameter_cosine(trainer, episodes, control: bool = False) -> float:
+def parameter_cosine(trainer, episodes, guess: str = "synthesizer") -> float:
     """The gate that matters for the controllers: the cosine, over their parameters, between the update the
     synthetic gradients make and the one the true future gradients would make — each chunk unrolled from a
-    detached start as sg trains, ⟨state at the chunk's end, S(state)⟩ against ⟨state, true future gradient⟩,
-    summed over chunks. `control`: in place of S, the true future gradients of the *other* episodes of the batch
-    (rolled by one) — right in scale and kind, wrong in content: the cosine a guess that knows nothing of the
-    episode gets, since the chunk's Jacobian can map unrelated gradients to similar parameter updates."""
+    detached start as sg trains, ⟨state at the chunk's end, S(state)⟩ against ⟨state, true future gradient⟩ (every
+    carried tensor), summed over chunks. In place of S, over the tensors S predicts: `guess` "control", the true
+    future gradients of the *other* episodes of the batch (rolled by one) — right in scale and kind, wrong in
+    content: the cosine a guess that knows nothing of the episode gets, since the chunk's Jacobian can map
+    unrelated gradients to similar parameter updates; "oracle", their own true future gradients — what a perfect
+    synthesizer of those tensors would reach (1 when S predicts every tensor)."""
     import torch
     from torch.nn import functional as F
 
@@ -93,9 +102,12 @@ def parameter_cosine(trainer, episodes, control: bool = False) -> float:
         stop = min(T, start + trainer.truncation)
         end, _, _, _ = trainer.unroll({k: v.detach() for k, v in state.items()}, u, prev, episodes.y, start, stop)
         if stop < T:
-            guess = trainer.synth(end) if not control else \
-                {k: torch.roll(true[stop, k], 1, dims=0) for k in carried(end)}
-            for name, target in (("synthetic", {k: guess[k].detach() for k in guess}),
+            if guess == "synthesizer":
+                synthetic = {k: v.detach() for k, v in trainer.synth(end).items()}
+            else:
+                synthetic = {k: torch.roll(true[stop, k], 1, dims=0) if guess == "control" else true[stop, k]
+                             for k in trainer.synth.names()}
+            for name, target in (("synthetic", synthetic),
                                  ("true", {k: true[stop, k] for k in carried(end)})):
                 inner = sum((end[k] * target[k]).sum() for k in target)
                 for total, g in zip(totals[name], torch.autograd.grad(inner, params, retain_graph=True,
@@ -117,6 +129,8 @@ def main() -> None:
     parser.add_argument("--synth-lr", type=float, default=1e-3)
     parser.add_argument("--synth-hidden", type=int, default=128, help="the synthesizers' hidden units (sg: 128)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--synth-state", default="all", choices=("all", "controller"),
+                        help="the state synthesised (sg's synth_state): all of it, or h, c and query only")
     args = parser.parse_args()
 
     import copy
@@ -145,14 +159,16 @@ def main() -> None:
 
     # two synthesizers on the same frozen network; lr 0 for the network's optimisers keeps it frozen while the
     # bootstrapped one trains through sg's own `train_batch`
+    targets = ("bootstrapped", "true future") + (("scaled",) if args.synth_state == "all" else ())
     trainers = {name: Trainer(model, method="sg", kind=kind, lr=0.0, fast_lr_ratio=1.0, truncation=params.truncation,
-                              synth_lr=args.synth_lr) for name in ("bootstrapped", "true future", "scaled")}
-    for trainer in trainers.values():          # the same fresh synthesizer for both targets
+                              synth_lr=args.synth_lr, synth_state=args.synth_state) for name in targets}
+    for trainer in trainers.values():          # the same fresh synthesizer for every target
         torch.manual_seed(args.seed + 1)
-        trainer.synth = StateSynthesizer(model, hidden=args.synth_hidden)
+        trainer.synth = StateSynthesizer(model, hidden=args.synth_hidden, state=args.synth_state)
         trainer.synth_opt = torch.optim.Adam(trainer.synth.parameters(), lr=args.synth_lr)
     probe = val.sample(16, np.random.default_rng(EVAL_SEEDS["probe"]))
-    agreements = [future_gradient_agreement(bp, probe, b, val)
+    synthesised = trainers["bootstrapped"].synth.names()
+    agreements = [future_gradient_agreement(bp, probe, b, val, names=synthesised)
                   for b in range(params.truncation, args.length, params.truncation)]
     ceilings = {k: float(max(np.mean([a[k] for a in agreements]), 0.0) ** 0.5) for k in agreements[0]}
     ceiling = ceilings["all"]
@@ -162,7 +178,9 @@ def main() -> None:
         if step % args.every == 0:
             rows.append({"step": step, **{name: tr.probe_cosine(probe)["all"] for name, tr in trainers.items()},
                          **{f"{name} params": parameter_cosine(tr, probe) for name, tr in trainers.items()},
-                         "control params": parameter_cosine(trainers["true future"], probe, control=True),
+                         "control params": parameter_cosine(trainers["true future"], probe, guess="control"),
+                         **({"oracle params": parameter_cosine(trainers["true future"], probe, guess="oracle")}
+                            if args.synth_state == "controller" else {}),
                          **{f"{name} fit": float(np.mean(fits[name][-args.every:])) if fits[name] else float("nan")
                             for name in trainers}})
         if step == args.steps:
@@ -170,14 +188,14 @@ def main() -> None:
         boot = trainers["bootstrapped"]
         boot.train_batch(train.sample(16, samplers["bootstrapped"]))
         fits["bootstrapped"].append(boot.synth_fit[-1] if boot.synth_fit else float("nan"))
-        for name in ("true future", "scaled"):
+        for name in targets[1:]:
             fits[name].append(fit_on_true_future(trainers[name], train.sample(16, samplers[name]),
                                                  scaled=name == "scaled"))
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in frozen.items()), "the network moved"
 
     print(f"NMN synthesizers on a frozen network ({args.task}, length {args.length}, truncation {params.truncation}, "
           f"{args.pretrain} bp updates first, {pretrain_s:.0f} s; synth lr {args.synth_lr:g}, hidden "
-          f"{args.synth_hidden}, seed {args.seed})")
+          f"{args.synth_hidden}, seed {args.seed}; synthesised: {', '.join(synthesised)})")
     print("cosine to the true future gradient on fixed validation episodes (probe) and to each one's own training "
           f"target (fit, mean of the last steps); ceiling √agreement = {ceiling:.3f}")
     names = [k for k in rows[0] if k != "step"]
@@ -195,15 +213,16 @@ def main() -> None:
     for key in final["bootstrapped"]:
         print(f"{key:>8}" + "".join(f"{final[n][key]:>15.3f}" for n in trainers)
               + f"{ceilings.get(key, float('nan')):>15.3f}")
-    print(f"RESULT nmn_synth_cos_bootstrapped={last['bootstrapped']:.3f} "
-          f"nmn_synth_cos_true_future={last['true future']:.3f} nmn_synth_cos_scaled={last['scaled']:.3f} "
-          f"params_cos_bootstrapped={last['bootstrapped params']:.3f} "
-          f"params_cos_true_future={last['true future params']:.3f} params_cos_control={last['control params']:.3f} "
-          f"mean_over_tensors_scaled={final['scaled']['mean']:.3f} ceiling_mean_over_tensors={ceilings['mean']:.3f} "
-          f"ceiling={ceiling:.3f} "
+    result = {f"nmn_synth_cos_{n.replace(' ', '_')}": last[n] for n in trainers}
+    result.update({f"params_cos_{n.replace(' ', '_')}": last[f"{n} params"] for n in (*trainers, "control", "oracle")
+                   if f"{n} params" in last})
+    if "scaled" in final:
+        result["mean_over_tensors_scaled"] = final["scaled"]["mean"]
+    result.update(ceiling_mean_over_tensors=ceilings["mean"], ceiling=ceiling)
+    print("RESULT " + " ".join(f"{k}={v:.3f}" for k, v in result.items()) + " "
           + json.dumps({"task": args.task, "pretrain": args.pretrain, "steps": args.steps, "seed": args.seed,
-                        "synth_lr": args.synth_lr, "synth_hidden": args.synth_hidden},
-                       separators=(",", ":")))
+                        "synth_lr": args.synth_lr, "synth_hidden": args.synth_hidden,
+                        "synth_state": args.synth_state}, separators=(",", ":")))
 
 
 if __name__ == "__main__":

@@ -205,6 +205,10 @@ class NMNEpisodicParams(Params):
     truncation: int = Field(10, ge=1, description="sg/bp: steps per chunk (no true gradient crosses a chunk end)")
     fast_lr_ratio: float = Field(1.0, gt=0, description="controllers' lr = ratio × train.lr (the paper: fast ≥ slow)")
     synth_lr: float = Field(1e-3, gt=0, description="sg: Adam lr of the synthesizers")
+    synth_state: Literal["all", "controller"] = added_option(
+        "all", description="sg: the state whose future gradient is synthesised — all of it (h, c, query and the "
+                           "memory's keys, values, read weights) or the controller's only (h, c, query; the memory "
+                           "gets none, as in bp)")
     hidden: int = Field(64, ge=4, description="controller LSTM units")
     slots: int = Field(64, ge=1, description="memory slots (must hold a whole episode: ≥ length − 1)")
     key_dim: int = Field(32, ge=2)

@@ -44,7 +44,10 @@ choice; the synthesizers always Adam):
   gradient at the next chunk's start, which includes that chunk's own ĝ). Synthesizers: an MLP
   on [h; c; q] for (∂h, ∂c, ∂q) and one MLP shared by all slots on [M^key_i; M^value_i; w^r_i; h]
   for each slot's gradients (*open*; cDNI's label conditioning is left out: the future labels
-  are unknown at a boundary); last layers zero-initialised; Adam at ``synth_lr``.
+  are unknown at a boundary); last layers zero-initialised; Adam at ``synth_lr``. Which state is synthesised
+  (``synth_state``, *open*): ``all`` (the default, the archived runs) or ``controller`` — h, c and q only, as DNI
+  for RNNs synthesises the core state's gradient (Jaderberg et al. §3.1, §3.3); the memory tensors then get no
+  synthetic gradient (as in bp), are not regressed on, and no guess of theirs enters the bootstrapped targets.
 * ``lstm`` — the memory-free baseline, trained as ``bptt``.
 
 The gate (``probe_cosine``): on fixed validation episodes, at every chunk boundary, the cosine
@@ -60,6 +63,14 @@ sg gets no verdict; its controllers stay at chance on digits. Why (benchmarks/nm
 network): the future gradient is dominated by the memory keys' (cosine addressing: ∝ 1/‖key‖ for barely written
 slots), which the synthesizers cannot predict (0.09 of a 0.68 ceiling after 2,000 steps); h is learnable from the
 true target (0.40 of 0.50) but not from the bootstrapped one, which the mispredicted key gradients pollute.
+Synthesising the controller's state only (synth_state "controller"; the same probe, ``--synth-state controller``,
+seed 0, sinusoid 600 steps, digits 400) removes that pollution — h from the bootstrapped target reaches 0.28 of a
+0.50 ceiling on the sinusoid, 0.20 of 0.30 on digits — and over h, c, q the probe reaches 0.23 of 0.33 on the
+sinusoid but 0.07 of 0.39 on digits, whose q gradient stays unpredicted (0.05 of 0.47). In training the gate fails
+all the same (experiments/nmn_episodic_controller_sg.yaml, 150 updates, 3 seeds × 2 lr ratios: −0.04 to 0.05; with
+600 updates, experiments/nmn_episodic_controller_long.yaml: −0.005, −0.003): the synthesizers do not even fit their
+own targets there (0.00–0.04) while the controllers move under them. sg then scores as bp (digits 44 → 74% from the
+2nd to the 10th presentation, bp 42 → 72%) — its synthetic gradients no longer hurt, but they are no signal either.
 The memory itself works: bp's meta-test accuracy goes 42 → 72% from the 2nd to the 10th presentation, the
 memory-free LSTM's 30 → 22%; sinusoid MSE after 10 points 1.03 (bp) vs 3.12 (LSTM).
 """
@@ -72,6 +83,8 @@ from torch.nn import functional as F
 
 METHODS = ("sg", "bp", "bptt", "lstm")
 STATE = ("h", "c", "query", "keys", "values", "read")      # the state that carries gradient between steps
+CONTROLLER_STATE = ("h", "c", "query")                      # the controller's own part of it
+SYNTH_STATES = ("all", "controller")                        # what sg's synthesizers predict (`StateSynthesizer`)
 
 
 def mlp(sizes) -> nn.Sequential:
@@ -142,16 +155,20 @@ class EpisodicNMN(nn.Module):
 
 
 class StateSynthesizer(nn.Module):
-    """Predicts the future gradient at a chunk boundary for every state tensor (zero at initialisation): one MLP
-    on the episode's vectors [h; c; query], one MLP shared by the slots on [key_i; value_i; read_i; h]."""
+    """Predicts the future gradient at a chunk boundary (zero at initialisation): one MLP on the episode's vectors
+    [h; c; query] for their gradients, and — `state` "all" — one MLP shared by the slots on [key_i; value_i; read_i;
+    h] for the memory's. `state` "controller": the controller's part only (DNI for RNNs synthesises the core
+    state's gradient, Jaderberg et al. §3.1); the memory tensors then get no synthetic gradient, as in bp."""
 
-    def __init__(self, model: EpisodicNMN, hidden: int = 128):
+    def __init__(self, model: EpisodicNMN, hidden: int = 128, state: str = "all"):
         super().__init__()
+        if state not in SYNTH_STATES:
+            raise ValueError(f"state: {state!r}; one of {SYNTH_STATES}")
         h, k, v = model.hidden, model.key_dim, model.value_dim
         self.sizes = {"h": h, "c": h, **({"query": k} if model.memory else {})}
         width = sum(self.sizes.values())
         self.controller = mlp([width, hidden, width])
-        self.slot = mlp([k + v + 1 + h, hidden, k + v + 1]) if model.memory else None
+        self.slot = mlp([k + v + 1 + h, hidden, k + v + 1]) if model.memory and state == "all" else None
         self.dims = (k, v)
         for net in (self.controller, self.slot):
             if net is not None:
@@ -170,6 +187,10 @@ class StateSynthesizer(nn.Module):
             out.update(keys=s[..., :k], values=s[..., k:k + v], read=s[..., -1])
         return out
 
+    def names(self) -> list[str]:
+        """The state tensors it predicts, in `STATE` order."""
+        return [*self.sizes, *(("keys", "values", "read") if self.slot is not None else ())]
+
 
 def carried(state: dict) -> list[str]:
     return [name for name in STATE if name in state]
@@ -180,7 +201,7 @@ class Trainer:
 
     def __init__(self, model: EpisodicNMN, *, method: str, kind: str, lr: float, fast_lr_ratio: float,
                  truncation: int, synth_lr: float = 1e-3, clip: float = 10.0, optimizer: str = "adam",
-                 momentum: float = 0.0):
+                 momentum: float = 0.0, synth_state: str = "all"):
         if method not in METHODS:
             raise ValueError(f"method: {method!r}; one of {METHODS}")
         self.model, self.method, self.kind, self.clip = model, method, kind, clip
@@ -189,7 +210,7 @@ class Trainer:
             (lambda params, lr_: torch.optim.SGD(params, lr=lr_, momentum=momentum))
         self.fast = make(model.controller_parameters(), fast_lr_ratio * lr)
         self.slow = make(model.slow_parameters(), lr)
-        self.synth = StateSynthesizer(model) if method == "sg" else None
+        self.synth = StateSynthesizer(model, state=synth_state) if method == "sg" else None
         self.synth_opt = torch.optim.Adam(self.synth.parameters(), lr=synth_lr) if self.synth else None
         self.synth_fit: list[float] = []           # cosine of S to its (bootstrapped) training target
 
@@ -261,7 +282,9 @@ class Trainer:
 
     def _fit_synthesizer(self, boundary: dict, chunk_start: dict) -> None:
         """Regress S(previous boundary) on the gradient that reached this chunk's start (bootstrapped target),
-        in per-episode loss units: ∂(Σ_t L_t of one episode)/∂state = B·T·∂(mean loss / T)/∂state."""
+        in per-episode loss units: ∂(Σ_t L_t of one episode)/∂state = B·T·∂(mean loss / T)/∂state. The target
+        carries the guesses S made at this chunk's end, and only those: with synth_state "controller", no memory
+        tensor's guess enters it, and the memory tensors are not regressed on."""
         B = chunk_start["h"].shape[0]
         prediction = self.synth(boundary)
         names = [k for k in prediction if chunk_start[k].grad is not None]
@@ -284,7 +307,9 @@ class Trainer:
         return losses, preds
 
     def probe_cosine(self, episodes) -> dict[str, float]:
-        """Cosine between S(state) and the true future gradient at every chunk boundary (full backprop)."""
+        """Cosine between S(state) and the true future gradient (full backprop) at every chunk boundary, per
+        synthesised tensor and over all of them ("all"). Only the tensors S predicts count: with synth_state
+        "controller", "all" is over h, c and query — the memory tensors get no synthetic gradient to judge."""
         if self.synth is None:
             return {}
         model, (B, T) = self.model, episodes.presentation.shape
@@ -292,23 +317,19 @@ class Trainer:
         boundaries = set(range(self.truncation, T, self.truncation))
         u = model.encoder(episodes.x).detach()
         _, losses, _, kept = self.unroll(model.initial_state(B), u, prev, episodes.y, 0, T, boundaries)
-        states = [s[k] for t in sorted(kept) for s in [kept[t]] for k in carried(s)]
-        true = torch.autograd.grad(losses.sum(), states, allow_unused=True)   # per-episode units already
-        predicted, target, parts = [], [], {}
-        i = 0
+        names = self.synth.names()
+        states = [kept[t][k] for t in sorted(kept) for k in names]
+        true = iter(torch.autograd.grad(losses.sum(), states, allow_unused=True))   # per-episode units already
+        parts: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {k: [] for k in names}
         for t in sorted(kept):
             guess = self.synth(kept[t])
-            for k in carried(kept[t]):
-                g = true[i] if true[i] is not None else torch.zeros_like(states[i])
-                predicted.append(guess[k].detach().flatten())
-                target.append(g.flatten())
-                parts.setdefault(k, []).append((guess[k].detach().flatten(), g.flatten()))
-                i += 1
-        out = {"all": float(F.cosine_similarity(torch.cat(predicted), torch.cat(target), dim=0))}
-        for k, pairs in parts.items():
-            out[k] = float(F.cosine_similarity(torch.cat([p for p, _ in pairs]), torch.cat([g for _, g in pairs]),
-                                               dim=0))
-        return out
+            for k in names:
+                g = next(true)
+                g = g if g is not None else torch.zeros_like(kept[t][k])
+                parts[k].append((guess[k].detach().flatten(), g.flatten()))
+        cosine = lambda pairs: float(F.cosine_similarity(torch.cat([p for p, _ in pairs]),  # noqa: E731
+                                                         torch.cat([g for _, g in pairs]), dim=0))
+        return {"all": cosine([pair for k in names for pair in parts[k]]), **{k: cosine(parts[k]) for k in names}}
 
 
 def presentation_scores(episodes, losses: torch.Tensor, preds: torch.Tensor, kind: str,
@@ -330,21 +351,22 @@ def presentation_scores(episodes, losses: torch.Tensor, preds: torch.Tensor, kin
     return out
 
 
-def future_gradient_agreement(trainer: Trainer, episodes, boundary: int, source, seed: int = 0) -> dict[str, float]:
+def future_gradient_agreement(trainer: Trainer, episodes, boundary: int, source, seed: int = 0,
+                              names=None) -> dict[str, float]:
     """How much of the future gradient at a boundary the state there determines — the synthesizers' ceiling.
 
     The same episodes twice: as they are, and with another future after `boundary` (`source.resample_future`: the
     same task, the same state at the boundary, the remaining labels reordered and fresh images). Returns the cosine
-    between the two true future gradients, over all state tensors ("all") and per tensor. If g = μ(state) + noise,
-    E cos(g_A, g_B) ≈ |μ|²/E|g|², and no synthesizer — which sees only the state — can point at g better than about
-    √ of that (its best guess is μ)."""
+    between the two true future gradients, over the state tensors `names` ("all"; default: every carried tensor)
+    and per tensor. If g = μ(state) + noise, E cos(g_A, g_B) ≈ |μ|²/E|g|², and no synthesizer — which sees only the
+    state — can point at g better than about √ of that (its best guess is μ)."""
     model, (B, T) = trainer.model, episodes.presentation.shape
     n_out = model.head.out_features
+    names = list(names or carried(model.initial_state(B)))
     futures = []
     for ep in (episodes, source.resample_future(episodes, boundary, np.random.default_rng(seed))):
         _, losses, _, kept = trainer.unroll(model.initial_state(B), model.encoder(ep.x).detach(),
                                             trainer.prev_labels(ep.y, n_out), ep.y, 0, T, {boundary})
-        names = carried(kept[boundary])
         grads = torch.autograd.grad(losses[:, boundary:].sum(), [kept[boundary][k] for k in names],
                                     allow_unused=True)
         futures.append({k: (g if g is not None else torch.zeros_like(kept[boundary][k])).flatten()
@@ -408,7 +430,7 @@ def run(ctx, params) -> dict[str, float]:
                         key_dim=params.key_dim, value_dim=params.value_dim, memory=params.method != "lstm")
     trainer = Trainer(model, method=params.method, kind=kind, lr=ctx.train.lr, fast_lr_ratio=params.fast_lr_ratio,
                       truncation=params.truncation, synth_lr=params.synth_lr, optimizer=ctx.train.optimizer,
-                      momentum=ctx.train.momentum)
+                      momentum=ctx.train.momentum, synth_state=params.synth_state)
     batch = ctx.train.batch_size
     probe = val.sample(batch, np.random.default_rng(EVAL_SEEDS["probe"]))
     probes: list[tuple[int, dict]] = []

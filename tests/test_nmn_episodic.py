@@ -7,7 +7,7 @@ import torch
 from cl.config import RunConfig
 from cl.errors import ConfigError
 from strategies.nmn_episodes import ImageEpisodes, SinusoidEpisodes
-from strategies.nmn_episodic import STATE, EpisodicNMN, Trainer, carried
+from strategies.nmn_episodic import CONTROLLER_STATE, STATE, EpisodicNMN, Trainer, carried
 
 
 def image_source(n_way=3, length=12, classes=(0, 1, 2, 3)):
@@ -67,6 +67,22 @@ def test_the_head_reads_the_controller_state_and_the_memory_only():
     assert EpisodicNMN(16, 3, 3, hidden=8, memory=False, encoder_dim=6).head.in_features == 8
 
 
+def summed_controller_grads(trainer, episodes) -> dict[int, torch.Tensor]:
+    """One `train_batch` with the weights left alone: the controllers' gradients summed over its chunks."""
+    total = {}
+
+    def accumulate(optimizer, parameters):                       # sum the gradients instead of stepping
+        if optimizer is trainer.fast:
+            for i, p in enumerate(trainer.model.controller_parameters()):
+                if p.grad is not None:
+                    total[i] = total.get(i, 0) + p.grad.clone()
+        optimizer.zero_grad(set_to_none=True)
+
+    trainer._clip_step = accumulate
+    trainer.train_batch(episodes)
+    return total
+
+
 def test_with_an_oracle_synthesizer_sg_recovers_the_full_backprop_gradient():
     """DNI's wiring: truncated chunks + the true future gradient at each boundary = backprop through the episode."""
     torch.manual_seed(0)
@@ -76,21 +92,10 @@ def test_with_an_oracle_synthesizer_sg_recovers_the_full_backprop_gradient():
 
     def controller_grads(method, oracle=None):
         trainer = Trainer(model, method=method, kind="classification", lr=1e-3, fast_lr_ratio=1.0, truncation=4)
-        total = {}
-
-        def accumulate(optimizer, parameters):                   # sum the gradients instead of stepping
-            if optimizer is trainer.fast:
-                for i, p in enumerate(model.controller_parameters()):
-                    if p.grad is not None:
-                        total[i] = total.get(i, 0) + p.grad.clone()
-            optimizer.zero_grad(set_to_none=True)
-
-        trainer._clip_step = accumulate
         if oracle is not None:
             trainer.synth = oracle
             trainer._fit_synthesizer = lambda *a: None
-        trainer.train_batch(episodes)
-        return total
+        return summed_controller_grads(trainer, episodes)
 
     full = controller_grads("bptt")
     # the oracle: the true future gradient at the boundaries 4 and 8, from one full unroll (per-episode units)
@@ -127,8 +132,43 @@ def test_probe_cosine_measures_the_synthesizers_against_the_true_gradient():
     assert set(cos) == {"all", *STATE} and all(-1 <= v <= 1 for v in cos.values())
 
 
+def test_a_controller_only_synthesizer_leaves_the_memory_to_truncated_backprop():
+    """synth_state "controller": S predicts h, c and query only; the memory tensors get no synthetic gradient (with
+    S silent, sg's controller gradients are bp's exactly — and with "all" a guess for the slots moves them), are not
+    regressed on, and a short sg run trains the synthesizer and probes it over those three tensors."""
+    torch.manual_seed(0)
+    episodes = image_source(length=12).sample(4, np.random.default_rng(2))
+    model = EpisodicNMN(16, 3, 3, hidden=8, slots=12, key_dim=4, value_dim=4, encoder_hidden=8, encoder_dim=8)
+    make = lambda method, **kw: Trainer(model, method=method, kind="classification", lr=1e-3,  # noqa: E731
+                                        fast_lr_ratio=1.0, truncation=4, **kw)
+    controller = make("sg", synth_state="controller")
+    state = model.initial_state(4)
+    assert controller.synth.names() == list(CONTROLLER_STATE) and set(controller.synth(state)) == set(CONTROLLER_STATE)
+    assert set(make("sg").synth(state)) == set(STATE)
+
+    bp = summed_controller_grads(make("bp"), episodes)
+    for synth_state, moved in (("controller", False), ("all", True)):
+        sg = make("sg", synth_state=synth_state)
+        sg._fit_synthesizer = lambda *a: None                       # S stays as it is for the whole batch
+        if synth_state == "all":                                    # only the slots' guess speaks
+            torch.nn.init.normal_(sg.synth.slot[-1].weight)
+        grads = summed_controller_grads(sg, episodes)
+        same = set(bp) == set(grads) and all(torch.allclose(bp[i], grads[i], atol=1e-6) for i in bp)
+        assert same is not moved
+
+    assert controller.synth.slot is None                            # nothing to regress on the memory's gradient
+    before = [p.clone() for p in controller.synth.parameters()]
+    for _ in range(3):
+        controller.train_batch(episodes)
+    assert len(controller.synth_fit) == 3 * 2
+    assert any(not torch.equal(a, b) for a, b in zip(before, controller.synth.parameters()))
+    cos = controller.probe_cosine(episodes)
+    assert set(cos) == {"all", *CONTROLLER_STATE} and all(-1 <= v <= 1 for v in cos.values())
+
+
 @pytest.mark.parametrize("options, field", [({"slots": 10, "length": 20}, "slots"),
                                             ({"method": "bp", "truncation": 50}, "truncation"),
+                                            ({"synth_state": "keys"}, "synth_state"),
                                             ({"meta_test_classes": [0, 1]}, "meta_test_classes")])
 def test_bad_options_name_the_field(options, field):
     with pytest.raises(ConfigError, match=field):
