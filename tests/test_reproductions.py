@@ -26,6 +26,27 @@ def test_fpf_claims_follow_the_numbers(gain, holds):
     assert kfpf.holds is True and "0.55× FLOPs" in kfpf.ours      # −1 point is within replay's std (1 point)
 
 
+
+@pytest.mark.parametrize("acc, reaches", [(0.50, False), (0.605, True)])   # replay: 61 ± 1
+def test_kfpf_sweep_compares_replay_with_the_largest_budget_below_its_flops_not_the_best_accuracy(acc, reaches):
+    """The rule is fixed before accuracy is seen: the 8×100 cell (0.9× replay's FLOPs) stands for k-FPF, not the
+    more accurate but costlier 20×100 (1.5×) nor the cheaper 8×30; it reaches replay within replay's seed spread."""
+    sweep = reproduction_for("experiments/kfpf_sweep.yaml")
+    rows = [{"scenario_name": "split_fmnist", "buffer": 200, "method": "replay", "seed": s,
+             "final/avg_acc": 0.60 + 0.01 * s, "final/forgetting": 0.3, "cost/train_flops": 10.0} for s in range(3)]
+    for method, score, flops in (("k-FPF 8×30", 0.40, 7.0), ("k-FPF 8×100", acc, 9.0), ("k-FPF 20×100", 0.70, 15.0)):
+        k, steps = method.split()[1].split("×")
+        rows.append({"scenario_name": "split_fmnist", "buffer": 200, "method": method, "seed": 0, "k": int(k),
+                     "iterations": int(steps), "final/avg_acc": score, "final/forgetting": 0.5,
+                     "cost/train_flops": flops, "fpf/acc_before": 0.2, "fpf/acc_after": score})
+    versus_replay, more = sweep.claims(pd.DataFrame(rows))
+    assert "k-FPF 8×100" in versus_replay.claim and "0.90× replay's" in versus_replay.ours
+    assert versus_replay.holds is reaches
+    assert "k-FPF 20×100 vs k-FPF 8×30" in more.claim and more.holds is True
+    table = "\n".join(sweep.details(pd.DataFrame(rows), None))
+    assert f"| split_fmnist, 200 | 8 × 100 | 1 | {100 * acc:.1f} | 50.0 | 0.90× | 20.0 → {100 * acc:.1f} |" in table
+
+
 MEMCONTROL = reproduction_for("experiments/memcontrol_mnist.yaml")
 
 
