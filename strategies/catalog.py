@@ -255,5 +255,6 @@ TRANSFERS.register(
 REPRODUCTIONS.register("memo", target="strategies.memo_claims:REPRODUCTION", summary="MEMO vs DER and replay")
 REPRODUCTIONS.register("fpf", target="strategies.fpf_claims:PUBLISHED", summary="FPF and k-FPF vs their hosts")
 REPRODUCTIONS.register("kfpf_ceiling", target="strategies.fpf_claims:CEILING", summary="one FPF call's ceiling")
-REPRODUCTIONS.register("kfpf_sweep", target="strategies.fpf_claims:SWEEP", summary="k-FPF: k calls × steps against FLOPs")
+REPRODUCTIONS.register("kfpf_sweep", target="strategies.fpf_claims:SWEEP",
+                       summary="k-FPF: k calls × steps against FLOPs")
 REPRODUCTIONS.register("nmn", target="strategies.nmn_claims:REPRODUCTION", summary="neural memory network, episodic")
