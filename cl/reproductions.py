@@ -61,6 +61,12 @@ class Reproduction:
     details: Callable | None = None   # (runs frame, tracking_uri) -> markdown lines shown under the claims: what
     #                                   a final value cannot show, e.g. a probe's curve from the metric histories
 
+    def __post_init__(self):
+        for name in ("notes", "references"):
+            if isinstance(getattr(self, name), str):     # ("one paragraph") is a str: each letter would render alone
+                raise TypeError(f"Reproduction {self.title!r}: {name} must be a tuple of strings, got one string — "
+                                "write (text,) with a trailing comma")
+
 
 def reproductions() -> list[Reproduction]:
     """Every registered reproduction, in report order."""

@@ -303,5 +303,5 @@ SWEEP = Reproduction(
            "where the published grid's 8 × 30 without momentum on [bn, fc] scored 25. The mechanism is the last call: "
            "it lifts test accuracy from 20–35% (little more than the newest task) to the cell's final accuracy, so the "
            "steps per call matter most (8 × 30: 42.5%; 8 × 100: 67.5%); more calls add little at this seed "
-           "(20 × 100: 67.6% at 1.45×) and cut forgetting (29 → 21 points)."),
+           "(20 × 100: 67.6% at 1.45×) and cut forgetting (29 → 21 points).",),
     position=35)

@@ -47,6 +47,13 @@ def test_kfpf_sweep_compares_replay_with_the_largest_budget_below_its_flops_not_
     assert f"| split_fmnist, 200 | 8 × 100 | 1 | {100 * acc:.1f} | 50.0 | 0.90× | 20.0 → {100 * acc:.1f} |" in table
 
 
+
+@pytest.mark.parametrize("field", ["notes", "references"])
+def test_a_reproduction_refuses_one_string_where_a_tuple_of_them_belongs(field):
+    with pytest.raises(TypeError, match=f"{field} must be a tuple of strings"):
+        reproductions.Reproduction("t", "experiments/x.yaml", "p", "o", "d", dict, list, **{field: "one paragraph"})
+
+
 MEMCONTROL = reproduction_for("experiments/memcontrol_mnist.yaml")
 
 
