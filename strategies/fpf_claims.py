@@ -295,13 +295,14 @@ SWEEP = Reproduction(
     "sensitivity is their parameters' change over the stream: free).",
     _sweep_describe, _sweep_claims, "benchmarks/fpf.py --only sweep", references=("experiments/fpf_fmnist.yaml",),
     details=_sweep_details,
-    notes=("Measured so far: Split Fashion-MNIST, buffer 200, seed 0, 7 of the 9 k × steps cells (not run: 50 × 100 "
-           "and 50 × 300 — 5,000 and 15,000 FPF steps —, Split MNIST and seeds 1–2; one seed cannot separate "
-           "neighbouring cells). With the "
+    notes=("Measured so far: Split Fashion-MNIST, buffer 200, seed 0, 8 of the 9 k × steps cells (not run: 50 × 300 — "
+           "15,000 FPF steps —, Split MNIST and seeds 1–2; one seed cannot separate neighbouring cells). With the "
            "issue #28 fixes — the k-th call on the last iteration, momentum 0.9, modules by sensitivity — k-FPF is no "
            "longer near naive: 8 calls × 100 steps reach 67.5%, replay's 68.0 ± 4.0, at 0.93× its training FLOPs, "
            "where the published grid's 8 × 30 without momentum on [bn, fc] scored 25. The mechanism is the last call: "
            "it lifts test accuracy from 20–35% (little more than the newest task) to the cell's final accuracy, so the "
            "steps per call matter most (8 × 30: 42.5%; 8 × 100: 67.5%); more calls add little at this seed "
-           "(20 × 100: 67.6% at 1.45×) and cut forgetting (29 → 21 points).",),
+           "(20 × 100: 67.6% at 1.45×) and cut forgetting (29 → 21 points). Past that, more FPF lowers accuracy "
+           "(20 × 300: 60.2% at 3.2×; 50 × 100: 55.0% at 2.8×) — our reading, not tested: thousands of steps on the "
+           "same 200 buffered images overfit them.",),
     position=35)
