@@ -36,9 +36,7 @@ def main() -> None:
     train, val, _, kind, n_out, label_dim = build_task(params)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
-    model = EpisodicNMN(train.input_dim, n_out, label_dim, encoder_hidden=params.encoder_hidden,
-                        encoder_dim=params.encoder_dim, hidden=params.hidden, slots=params.slots,
-                        key_dim=params.key_dim, value_dim=params.value_dim)
+    model = EpisodicNMN.for_params(params, train.input_dim, n_out, label_dim)
     trainer = Trainer(model, method=args.method, kind=kind, lr=1e-3, fast_lr_ratio=1.0, truncation=params.truncation)
     episodes = val.sample(args.episodes, np.random.default_rng(EVAL_SEEDS["probe"]))
     boundaries = (5, 25, 45)

@@ -113,6 +113,13 @@ class EpisodicNMN(nn.Module):
                 self.write.bias[-1].fill_(-3.0)         # writes start in fresh slots, not over the slot just read
         self.head = nn.Linear(hidden + (value_dim if memory else 0), n_out)
 
+    @classmethod
+    def for_params(cls, params, input_dim: int, n_out: int, label_dim: int) -> "EpisodicNMN":
+        """The network a run of `params` (NMNEpisodicParams) trains: one place for the runner and the probes."""
+        return cls(input_dim, n_out, label_dim, encoder_hidden=params.encoder_hidden, encoder_dim=params.encoder_dim,
+                   hidden=params.hidden, slots=params.slots, key_dim=params.key_dim, value_dim=params.value_dim,
+                   memory=params.method != "lstm")
+
     def controller_parameters(self):
         """Fast: the LSTM and the read/write interfaces."""
         for module in (self.cell, *((self.write, self.read_key) if self.memory else ())):
@@ -425,9 +432,7 @@ def run(ctx, params) -> dict[str, float]:
     started = time.time()
     rng = set_seed(ctx.seed)
     train, val, test, kind, n_out, label_dim = build_task(params)
-    model = EpisodicNMN(train.input_dim, n_out, label_dim, encoder_hidden=params.encoder_hidden,
-                        encoder_dim=params.encoder_dim, hidden=params.hidden, slots=params.slots,
-                        key_dim=params.key_dim, value_dim=params.value_dim, memory=params.method != "lstm")
+    model = EpisodicNMN.for_params(params, train.input_dim, n_out, label_dim)
     trainer = Trainer(model, method=params.method, kind=kind, lr=ctx.train.lr, fast_lr_ratio=params.fast_lr_ratio,
                       truncation=params.truncation, synth_lr=params.synth_lr, optimizer=ctx.train.optimizer,
                       momentum=ctx.train.momentum, synth_state=params.synth_state)
