@@ -40,7 +40,9 @@ Our choices, where the paper as available to us is silent:
   on the published grid, T = 945 and k = 8, the last call was on iteration 944 and the task-end
   evaluations of tasks 1–4 came 24–95 SGD steps after a call.) `fpf/calls.json` says where every call
   fell, what it tuned and — with the probe — the test accuracy per seen experience right before and
-  right after it (`fpf/acc_before`, `fpf/acc_after` metrics; the probe reads test data only to report).
+  right after it (`fpf/acc_before`, `fpf/acc_after` metrics; the probe reads test data only to report),
+  and the accuracy on the buffer it tunes on (`fpf/buffer_acc_before`, `…_after`: overfitting the buffer
+  shows as that accuracy near 100% while test accuracy falls).
   The buffer is a reservoir (Vitter's Algorithm R) over every training sample seen, each stored with
   the logits of the forward pass that saw it. KD loss = CE + β·MSE(logits, stored logits), over all outputs.
 - Choosing a call's setting (`tune`, ours, for the issue-#28 ceiling): `valid_per_class` images per class

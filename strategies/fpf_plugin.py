@@ -47,24 +47,31 @@ class FPFBase(SupervisedPlugin):
     def probing(self, last: bool) -> bool:
         return self.probe == "all" or (self.probe == "last" and last)
 
-    def _probe(self, model, device, seen: int) -> dict:
-        """Test accuracy per seen experience and overall (sample-weighted)."""
+    def _probe(self, model, device, seen: int, buffer=None) -> dict:
+        """Test accuracy per seen experience and overall (sample-weighted); with `buffer`, also the accuracy on the
+        samples FPF fine-tunes on — the buffer near 100% while test accuracy falls is FPF overfitting its buffer."""
         per, total, correct = [], 0, 0.0
         for x, y in self.probe_sets[:seen]:
             acc = accuracy(model, x, y, device)
             per.append(acc)
             total += len(y)
             correct += acc * len(y)
-        return {"per_experience": per, "seen": correct / max(1, total)}
+        out = {"per_experience": per, "seen": correct / max(1, total)}
+        if buffer is not None and len(buffer):
+            out["buffer"] = accuracy(model, buffer.x[:len(buffer)], buffer.y[:len(buffer)], device)
+        return out
 
     @staticmethod
     def probe_metrics(record: dict) -> dict[str, float]:
-        """A call's probe as metrics: fpf/acc_before, fpf/acc_after and per experience …/exp<j>."""
+        """A call's probe as metrics: fpf/acc_before, fpf/acc_after, per experience …/exp<j>, and the buffer's
+        accuracy fpf/buffer_acc_before, …_after."""
         values = {}
         for when in ("before", "after"):
             probe = record.get(f"acc_{when}")
             if probe:
                 values[f"fpf/acc_{when}"] = probe["seen"]
+                if "buffer" in probe:
+                    values[f"fpf/buffer_acc_{when}"] = probe["buffer"]
                 values.update({f"fpf/acc_{when}/exp{j}": a for j, a in enumerate(probe["per_experience"])})
         return values
 
@@ -161,12 +168,12 @@ class FPFPlugin(FPFBase):
         record = {"call": len(self.calls) + 1, "experience": self._trained - 1}
         probing = self.probing(last)
         if probing:
-            record["acc_before"] = self._probe(model, device, self._trained)
+            record["acc_before"] = self._probe(model, device, self._trained, buffer)
         record["modules"] = self.selected_modules(model)
         self.selections.append(record["modules"])
         self.tuner(model, record["modules"], buffer, device, loss=self.buffer_loss)
         if probing:
-            record["acc_after"] = self._probe(model, device, self._trained)
+            record["acc_after"] = self._probe(model, device, self._trained, buffer)
         self.calls.append(record)
 
     def run_metrics(self) -> list[tuple[int, dict[str, float]]]:

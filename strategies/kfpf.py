@@ -114,7 +114,7 @@ class KFPFPlugin(FPFBase):
                   "of_total": self.total_iterations}
         probing = self.probing(last)
         if probing:
-            record["acc_before"] = self._probe(model, device, seen)
+            record["acc_before"] = self._probe(model, device, seen, self.buffer)
         if last and self.tune:
             record["tuned"] = self._tune_and_apply(strategy)
             self.selections.append(record["tuned"]["modules"])
@@ -124,7 +124,7 @@ class KFPFPlugin(FPFBase):
             record["modules"] = names
             self.tuner(model, names, self.buffer, device)
         if probing:
-            record["acc_after"] = self._probe(model, device, seen)
+            record["acc_after"] = self._probe(model, device, seen, self.buffer)
         self.calls.append(record)
 
     # ------------------------------------------------------------------ choosing the last call on validation

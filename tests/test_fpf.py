@@ -256,6 +256,9 @@ def test_the_probe_matches_the_runners_final_accuracy_and_is_logged():
     # the probe after the last call sees the model the runner evaluates: the same accuracy on the whole test set
     assert log.metrics["fpf/acc_after"] == pytest.approx(result.metrics["final/avg_acc"])
     assert log.metrics["fpf/last_call_iteration"] == log.metrics["fpf/total_iterations"]
+    # the buffer FPF tunes on is probed too (overfitting shows as the buffer near 100% while test accuracy falls)
+    assert all(0 <= c[f"acc_{w}"]["buffer"] <= 1 for c in calls["calls"] for w in ("before", "after"))
+    assert log.metrics["fpf/buffer_acc_after"] == calls["calls"][-1]["acc_after"]["buffer"]
 
 
 def test_kfpf_kd_stores_the_logits_of_the_step_that_saw_the_sample():
