@@ -257,7 +257,7 @@ def _sweep_details(runs: pd.DataFrame, tracking_uri: str | None) -> list[str]:
     cells = _sweep_cells(runs)
     if cells.empty:
         return []
-    lines = ["The sweep, per cell (test accuracy and forgetting in %, mean over seeds; FLOPs relative to the published "
+    lines = ["The sweep, per cell (test accuracy ± its std over seeds and forgetting in %, means over seeds; FLOPs relative to the published "
              "replay at the same buffer; the last FPF call's probe: accuracy right before → right after it):", "",
              "| dataset, buffer | k × steps | seeds | final acc | forgetting | FLOPs vs replay | last call |",
              "|---|---|---|---|---|---|---|"]
@@ -267,8 +267,10 @@ def _sweep_details(runs: pd.DataFrame, tracking_uri: str | None) -> list[str]:
                  else "—")
         probe = (f"{100 * group['fpf/acc_before'].mean():.1f} → {100 * group['fpf/acc_after'].mean():.1f}"
                  if "fpf/acc_before" in group and group["fpf/acc_before"].notna().any() else "—")
+        acc = group["final/avg_acc"]
+        spread = f" ± {100 * acc.std():.1f}" if len(acc) > 1 else ""
         lines.append(f"| {scenario}, {int(buffer)} | {int(k)} × {int(steps)} | {len(group)} | "
-                     f"{100 * group['final/avg_acc'].mean():.1f} | {100 * group['final/forgetting'].mean():.1f} | "
+                     f"{100 * acc.mean():.1f}{spread} | {100 * group['final/forgetting'].mean():.1f} | "
                      f"{ratio} | {probe} |")
     published = runs[runs["method"].isin(["naive", "replay", "replay+fpf"])]
     for scenario, buffer in sorted(set(zip(cells["scenario_name"], cells["buffer"]))):
