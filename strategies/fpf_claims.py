@@ -257,8 +257,8 @@ def _sweep_details(runs: pd.DataFrame, tracking_uri: str | None) -> list[str]:
     cells = _sweep_cells(runs)
     if cells.empty:
         return []
-    lines = ["The sweep, per cell (test accuracy ± its std over seeds and forgetting in %, means over seeds; FLOPs relative to the published "
-             "replay at the same buffer; the last FPF call's probe: accuracy right before → right after it):", "",
+    lines = ["The sweep, per cell (test accuracy ± its std over seeds and forgetting in %, means over seeds; FLOPs "
+             "relative to the published replay at the same buffer; the last FPF call's probe: accuracy right before → right after it):", "",
              "| dataset, buffer | k × steps | seeds | final acc | forgetting | FLOPs vs replay | last call |",
              "|---|---|---|---|---|---|---|"]
     for (scenario, buffer, k, steps), group in cells.groupby(["scenario_name", "buffer", "k", "iterations"]):
