@@ -40,13 +40,16 @@ def test_kfpf_sweep_compares_replay_with_the_largest_budget_below_its_flops_not_
                      "iterations": int(steps), "final/avg_acc": score, "final/forgetting": 0.5,
                      "cost/train_flops": flops, "fpf/acc_before": 0.2, "fpf/acc_after": score})
     rows.append({**rows[-1], "seed": 1, "final/avg_acc": 0.72})                   # a second seed of 20×100
+    for row in rows[-2:]:                                # only 20×100's runs logged the buffer's accuracy
+        row.update({"fpf/buffer_acc_before": 0.3, "fpf/buffer_acc_after": 1.0})
     versus_replay, more = sweep.claims(pd.DataFrame(rows))
     assert "k-FPF 8×100" in versus_replay.claim and "0.90× replay's" in versus_replay.ours
     assert versus_replay.holds is reaches
     assert "k-FPF 20×100 vs k-FPF 8×30" in more.claim and more.holds is True
     table = "\n".join(sweep.details(pd.DataFrame(rows), None))
-    assert f"| split_fmnist, 200 | 8 × 100 | 1 | {100 * acc:.1f} | 50.0 | 0.90× | 20.0 → {100 * acc:.1f} |" in table
-    assert "| split_fmnist, 200 | 20 × 100 | 2 | 71.0 ± 1.4 | 50.0 | 1.50× | 20.0 → 70.0 |" in table
+    assert f"| split_fmnist, 200 | 8 × 100 | 1 | {100 * acc:.1f} | 50.0 | 0.90× | 20.0 → {100 * acc:.1f} | — |" in table
+    assert "| split_fmnist, 200 | 20 × 100 | 2 | 71.0 ± 1.4 | 50.0 | 1.50× | 20.0 → 70.0 | 30.0 → 100.0 |" in table
+    assert "| split_fmnist, 200 | replay (published grid) | 3 | 61.0 ± 1.0 | 30.0 | 1.00× | — | — |" in table
 
 
 
