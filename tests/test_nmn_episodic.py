@@ -208,6 +208,19 @@ def test_claims_pass_the_gate_first_and_use_the_ratio_chosen_on_validation(cos, 
     assert memory is None or memory.holds is True
 
 
+def test_the_report_tables_accuracy_by_presentation_at_the_chosen_ratio_with_the_gate_beside_it():
+    from cl.reproductions import reproduction_for
+
+    runs = _claim_runs(0.05, 0.1)
+    for n in (1, 5, 10):
+        runs[f"final/acc_p{n}"] = 0.1 * n / 10 + 0.2
+    table = "\n".join(reproduction_for("experiments/nmn_episodic.yaml").details(runs, None))
+    # ratio 3 is chosen on validation: sg's 2nd presentation is 0.6 + 0.01·seed, not ratio 1's 1.6 + …
+    assert "| digits | sg | 3 | 3 | 21.0 ± 0.0 | 61.0 ± 1.0 | 25.0 ± 0.0 | 30.0 ± 0.0 | 61.0 ± 1.0 | 0.05 |" in table
+    assert "| digits | lstm | 3 | 3 | 21.0 ± 0.0 | 21.0 ± 1.0 | 25.0 ± 0.0 | 30.0 ± 0.0 | 21.0 ± 1.0 | — |" in table
+    assert table.index("| digits | sg |") < table.index("| digits | bp |") < table.index("| digits | lstm |")
+
+
 def test_another_future_keeps_the_past_and_the_task():
     source = image_source(length=12)
     episodes = source.sample(3, np.random.default_rng(4))
