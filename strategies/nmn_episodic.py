@@ -17,7 +17,17 @@ Model (`EpisodicNMN`). Encoder u_t = e(x_t) (an MLP; slow). Controller: an LSTM 
 [u_t; y_{t−1}] (fast). Memory: key/value slots (*open*: MANN stores one vector; key/value as
 in Kaiser et al. 2017). Read controller (fast): a query q_t and a strength β from [h_t; u_t]
 (*open*: from h_t alone, 300 updates of bptt left the 2nd-presentation accuracy at 30% on
-digits; with u_t beside it, 87% after 50); w^r = softmax(β cos(q_t, M^key)); r_t = w^r M^value.
+digits; with u_t beside it, 87% after 50); w^r = softmax(β s(q_t, M^key)); r_t = w^r M^value. The score s
+(``addressing``, *open*: the paper names MANN's memory, whose read is cosine, and publishes no read of its own):
+``cosine`` (the default, the archived runs) — s = cos(q_t, M^key_i), MANN's and the NTM's; or ``unit`` — the query is
+normalised as it is made, q_t/‖q_t‖, so every key is written as a unit vector (Kaiser et al. 2017 keep normalised
+keys too), and s = q_t·M^key_i, a plain dot product. Why: cosine divides by ‖M^key_i‖, and a slot that writes have
+touched with total weight w has ‖M^key_i‖ ≈ w‖q‖, so its score's gradient grows as 1/w — the future gradient sg must
+predict is then dominated by these keys' (see "Measured"). With unit keys nothing divides by a slot's norm
+(∂s/∂M^key_i = q_t, of norm 1); a slot holding a whole key scores its cosine as before, a slot written with weight
+w about w times that (a barely written slot is hard to match instead of as easy as a full one). The slot is not
+renormalised after a soft write (that would bring back 1/‖slot‖); the one norm divided by is the query's, made by
+a linear layer from [h_t; u_t].
 Write controller (fast): from [h_{t−1}; y_{t−1}] — the previous step's state and the label just
 revealed — a value v and a gate σ(g); the key is q_{t−1}, the query x_{t−1} was read with
 (*open*: keys and queries then share one space from the start); write weights
@@ -85,6 +95,7 @@ METHODS = ("sg", "bp", "bptt", "lstm")
 STATE = ("h", "c", "query", "keys", "values", "read")      # the state that carries gradient between steps
 CONTROLLER_STATE = ("h", "c", "query")                      # the controller's own part of it
 SYNTH_STATES = ("all", "controller")                        # what sg's synthesizers predict (`StateSynthesizer`)
+ADDRESSING = ("cosine", "unit")                             # how a query scores the slots (`EpisodicNMN.similarity`)
 
 
 def mlp(sizes) -> nn.Sequential:
@@ -99,9 +110,11 @@ class EpisodicNMN(nn.Module):
 
     def __init__(self, input_dim: int, n_out: int, label_dim: int, *, encoder_hidden: int = 128,
                  encoder_dim: int = 64, hidden: int = 64, slots: int = 64, key_dim: int = 32, value_dim: int = 32,
-                 memory: bool = True, usage_decay: float = 0.95):
+                 memory: bool = True, usage_decay: float = 0.95, addressing: str = "cosine"):
         super().__init__()
-        self.memory, self.slots, self.usage_decay = memory, slots, usage_decay
+        if addressing not in ADDRESSING:
+            raise ValueError(f"addressing: {addressing!r}; one of {ADDRESSING}")
+        self.memory, self.slots, self.usage_decay, self.addressing = memory, slots, usage_decay, addressing
         self.key_dim, self.value_dim, self.hidden = key_dim, value_dim, hidden
         self.encoder = nn.Sequential(mlp([input_dim, encoder_hidden, encoder_dim]), nn.ReLU())
         self.cell = nn.LSTMCell(encoder_dim + label_dim, hidden)
@@ -118,7 +131,7 @@ class EpisodicNMN(nn.Module):
         """The network a run of `params` (NMNEpisodicParams) trains: one place for the runner and the probes."""
         return cls(input_dim, n_out, label_dim, encoder_hidden=params.encoder_hidden, encoder_dim=params.encoder_dim,
                    hidden=params.hidden, slots=params.slots, key_dim=params.key_dim, value_dim=params.value_dim,
-                   memory=params.method != "lstm")
+                   memory=params.method != "lstm", addressing=params.addressing)
 
     def controller_parameters(self):
         """Fast: the LSTM and the read/write interfaces."""
@@ -154,11 +167,23 @@ class EpisodicNMN(nn.Module):
             return new, self.head(new["h"])
         out = self.read_key(torch.cat([new["h"], u], -1))
         new["query"], beta = out[:, :-1], 1 + F.softplus(out[:, -1:])
-        similarity = F.cosine_similarity(new["query"][:, None], new["keys"], dim=-1, eps=1e-6)      # (B, K)
-        new["read"] = torch.softmax(beta * similarity, -1)
+        if self.addressing == "unit":                 # the query — and so the key it is written under — has norm 1
+            new["query"] = F.normalize(new["query"], dim=-1, eps=1e-6)
+        new["read"] = torch.softmax(beta * self.similarity(new["query"], new["keys"]), -1)
         new["usage"] = self.usage_decay * new["usage"] + new["read"].detach()
         r = (new["read"][..., None] * new["values"]).sum(1)
         return new, self.head(torch.cat([new["h"], r], -1))
+
+
+    def similarity(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """(B, K) scores of the slots' keys (B, K, d) for the query (B, d). ``cosine``: cos(q, M^key_i), whose
+        gradient wrt a key grows as 1/‖M^key_i‖ — large for the slots a write has barely touched. ``unit``: the
+        plain dot product q·M^key_i with q of norm 1 (normalised when it is made, so every key is written as a unit
+        vector): no division by a key's norm, the gradient wrt a key is β‖q‖ = β at most whatever its norm; a slot
+        holding one whole key scores its cosine to the query, a slot written with weight w about w times that."""
+        if self.addressing == "cosine":
+            return F.cosine_similarity(query[:, None], keys, dim=-1, eps=1e-6)
+        return (query[:, None] * keys).sum(-1)
 
 
 class StateSynthesizer(nn.Module):

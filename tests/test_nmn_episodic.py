@@ -166,9 +166,61 @@ def test_a_controller_only_synthesizer_leaves_the_memory_to_truncated_backprop()
     assert set(cos) == {"all", *CONTROLLER_STATE} and all(-1 <= v <= 1 for v in cos.values())
 
 
+def near_zero_key_gradient(addressing: str) -> float:
+    """The norm of ∂(slot 0's read weight)/∂(slot 0's key) when a write has barely touched slot 0 (‖key‖ = 1e-4)."""
+    torch.manual_seed(0)
+    model = EpisodicNMN(16, 3, 3, hidden=8, slots=6, key_dim=4, value_dim=4, encoder_hidden=8, encoder_dim=8,
+                        addressing=addressing)
+    query = torch.nn.functional.normalize(torch.randn(2, 4), dim=-1)
+    keys = torch.nn.functional.normalize(torch.randn(2, 6, 4), dim=-1)
+    keys[:, 0] *= 1e-4
+    keys.requires_grad_(True)
+    weights = torch.softmax(9.0 * model.similarity(query, keys), -1)
+    (grad,) = torch.autograd.grad(weights[:, 0].sum(), keys)
+    return float(grad[:, 0].norm(dim=-1).max())
+
+
+def test_unit_addressing_reads_without_cosines_one_over_key_norm():
+    """cosine's score of a barely written slot has a gradient ∝ 1/‖key‖ (here ~10⁴); unit's is bounded by β‖q‖ = 9
+    (times the softmax's slope ≤ 1/4) whatever the key's norm. Its keys are written as unit vectors, and the read of
+    a slot holding one whole key scores as cosine does."""
+    assert near_zero_key_gradient("cosine") > 100.0
+    assert near_zero_key_gradient("unit") <= 9.0 / 4 + 1e-4
+    torch.manual_seed(0)
+    cosine = EpisodicNMN(16, 3, 3, hidden=8, slots=12, key_dim=4, value_dim=4, encoder_hidden=8, encoder_dim=8)
+    unit = EpisodicNMN(16, 3, 3, hidden=8, slots=12, key_dim=4, value_dim=4, encoder_hidden=8, encoder_dim=8,
+                       addressing="unit")
+    unit.load_state_dict(cosine.state_dict())                     # the same weights: only the read differs
+    state = unit.initial_state(2)
+    for t in range(6):
+        state, _ = unit.step(state, torch.rand(2, 8), torch.eye(3)[[0, 1]], first=t == 0)
+    assert torch.allclose(state["query"].norm(dim=-1), torch.ones(2)) and (state["keys"].norm(dim=-1) <= 1 + 1e-5).all()
+    keys = torch.nn.functional.normalize(torch.randn(2, 12, 4), dim=-1)          # whole keys: the two reads agree
+    assert torch.allclose(unit.similarity(state["query"], keys), cosine.similarity(state["query"], keys), atol=1e-5)
+    with pytest.raises(ValueError, match="addressing"):
+        EpisodicNMN(16, 3, 3, addressing="dot")
+
+
+@pytest.mark.parametrize("method", ["bp", "sg"])
+def test_unit_addressing_trains(method):
+    """A few dozen updates on episodes of far-apart classes lower the loss; sg's gate is probed over every tensor."""
+    torch.manual_seed(0)
+    source = image_source(length=12)
+    rng = np.random.default_rng(0)
+    model = EpisodicNMN(16, 3, 3, hidden=16, slots=12, key_dim=8, value_dim=8, encoder_hidden=16, encoder_dim=16,
+                        addressing="unit")
+    trainer = Trainer(model, method=method, kind="classification", lr=1e-2, fast_lr_ratio=1.0, truncation=4)
+    losses = [trainer.train_batch(source.sample(8, rng)) for _ in range(40)]
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
+    if method == "sg":
+        cos = trainer.probe_cosine(source.sample(4, rng))
+        assert set(cos) == {"all", *STATE} and all(-1 <= v <= 1 for v in cos.values())
+
+
 @pytest.mark.parametrize("options, field", [({"slots": 10, "length": 20}, "slots"),
                                             ({"method": "bp", "truncation": 50}, "truncation"),
                                             ({"synth_state": "keys"}, "synth_state"),
+                                            ({"addressing": "dot"}, "addressing"),
                                             ({"meta_test_classes": [0, 1]}, "meta_test_classes")])
 def test_bad_options_name_the_field(options, field):
     with pytest.raises(ConfigError, match=field):
