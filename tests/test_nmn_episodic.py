@@ -260,6 +260,27 @@ def test_claims_pass_the_gate_first_and_use_the_ratio_chosen_on_validation(cos, 
     assert memory is None or memory.holds is True
 
 
+@pytest.mark.parametrize("cos, verdict", [(0.05, "not measured"), (0.5, "yes")])
+def test_another_addressings_runs_get_their_own_gate_and_sg_vs_bp_claims(cos, verdict):
+    """experiments/nmn_episodic_addressing.yaml's runs join the main grid's: their gate and sg vs bp are judged
+    apart, labelled with the addressing, and leave the main grid's claims as they were."""
+    from cl.reproductions import reproduction_for
+
+    claims_of = reproduction_for("experiments/nmn_episodic.yaml").claims
+    main = _claim_runs(0.0, 0.1)
+    unit = _claim_runs(cos, 0.1)
+    unit = unit[unit["method"] != "lstm"].assign(addressing="unit", synth_state="all")
+    both = claims_of(pd.concat([main.assign(addressing="cosine", synth_state="all"), unit], ignore_index=True))
+    alone = claims_of(main)
+    assert [c.claim for c in both[:len(alone)]] == [c.claim for c in alone]
+    extra = both[len(alone):]
+    assert [c.claim.split(":")[0] for c in extra][:1] == ["the gate (digits, unit addressing, synth_state all)"]
+    assert extra[0].holds is (cos >= 0.2) and f"per seed {cos:.3f}, {cos:.3f}, {cos:.3f}" in extra[0].ours
+    sg = next(c for c in extra if c.claim.startswith("sg beats bp (digits, unit addressing, synth_state all, acc"))
+    assert sg.verdict == verdict
+    assert not any("memory-free LSTM" in c.claim or "recalled" in c.claim for c in extra)
+
+
 def test_another_future_keeps_the_past_and_the_task():
     source = image_source(length=12)
     episodes = source.sample(3, np.random.default_rng(4))
