@@ -177,5 +177,5 @@ REPRODUCTION = Reproduction(
     "least-recently-used writes; the rare variant shows two classes once (one would be given away by label "
     "counting); digits instead of Omniglot.",
     _nmn_describe, _nmn_claims, "benchmarks/nmn.py",
-    notes=NMN_NOTES,
+    notes=NMN_NOTES, references=("experiments/nmn_episodic_addressing.yaml",),
     position=40)
