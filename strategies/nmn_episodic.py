@@ -81,6 +81,21 @@ all the same (experiments/nmn_episodic_controller_sg.yaml, 150 updates, 3 seeds 
 600 updates, experiments/nmn_episodic_controller_long.yaml: −0.005, −0.003): the synthesizers do not even fit their
 own targets there (0.00–0.04) while the controllers move under them. sg then scores as bp (digits 44 → 74% from the
 2nd to the 10th presentation, bp 42 → 72%) — its synthetic gradients no longer hurt, but they are no signal either.
+Reading without the 1/‖key‖ factor (addressing "unit"; the same probes with ``--addressing unit``, seed 0, sinusoid
+600 steps, digits --length 50 --steps 400, each beside a cosine run of today's script): the keys' true future gradient
+per episode falls from 860–3,700 to 5–9 (sinusoid) and from 36–2,700 to 2–6 (digits), the size of the other tensors'
+(0.02–4), and h's bootstrapped target is no longer polluted (digits: h 0.23 from it, 0.22 from the true target, of
+0.44; cosine 0.05 and 0.18 of 0.37). The whole is still not predicted: over every tensor 0.12 of a 0.60 ceiling on the
+sinusoid (cosine 0.10 of 0.58) and 0.05 of 0.52 on digits (cosine 0.28 of 0.51 — there the keys' gradient is the whole
+target, and its size at barely written slots can be read off their norm); the now small keys' gradient is unpredicted
+(0.14, 0.03), the query's too (0.00, 0.05 of 0.57, 0.55); controller-only −0.12 and 0.12 (cosine 0.28 and 0.04), so
+the grid below synthesises every tensor. The ceiling after 150 bp updates (benchmarks/nmn_gradient_ceiling.py, digits)
+drops from 0.71 to 0.56. In training the gate fails again (experiments/nmn_episodic_addressing.yaml: sg with every
+tensor synthesised vs bp, ratio 1, 150 updates, 3 seeds): 0.03 ± 0.05 on digits (−0.001, 0.087, −0.000), 0.03 ± 0.005
+on the sinusoid — while on digits two seeds' synthesizers fit their own bootstrapped targets at 0.76 and 0.88: their
+own guesses passed back through a chunk. sg stays at chance on digits (23 → 20% from the 2nd to the 10th presentation;
+bp 52 → 73%) and is near bp on the sinusoid (MSE after 10 points 0.54 ± 0.03, bp 0.49 ± 0.04; bp with cosine 1.03 ±
+0.09). The 1/‖key‖ factor made the keys' gradient huge; it is not why the gate fails.
 The memory itself works: bp's meta-test accuracy goes 42 → 72% from the 2nd to the 10th presentation, the
 memory-free LSTM's 30 → 22%; sinusoid MSE after 10 points 1.03 (bp) vs 3.12 (LSTM).
 """
