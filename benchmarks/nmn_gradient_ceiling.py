@@ -9,6 +9,7 @@ the state) can reach on average. Prints the table per boundary and state tensor 
 the sg runs' `synth_cos`.
 
     python benchmarks/nmn_gradient_ceiling.py            # 150 updates, boundaries 5, 25, 45 (a few minutes)
+    python benchmarks/nmn_gradient_ceiling.py --addressing unit     # the read without cosine's 1/‖key‖ factor
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ def main() -> None:
     parser.add_argument("--method", default="bp", choices=("bp", "bptt", "sg"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--episodes", type=int, default=64)
+    parser.add_argument("--addressing", default="cosine", choices=("cosine", "unit"),
+                        help="the memory read (the runs' addressing): cosine, or unit keys and a plain dot product")
     args = parser.parse_args()
 
     import numpy as np
@@ -32,7 +35,7 @@ def main() -> None:
     from strategies.catalog import NMNEpisodicParams
 
     torch.set_num_threads(1)
-    params = NMNEpisodicParams(method=args.method, updates=args.updates)
+    params = NMNEpisodicParams(method=args.method, updates=args.updates, addressing=args.addressing)
     train, val, _, kind, n_out, label_dim = build_task(params)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
@@ -49,7 +52,8 @@ def main() -> None:
             trainer.train_batch(train.sample(16, rng))
     names = [k for k in rows[0] if k not in ("update", "boundary")]
     print(f"cosine between the true future gradients of two futures of the same episodes ({args.method}, "
-          f"seed {args.seed}, {args.episodes} validation episodes); ceiling = √ of 'all'")
+          f"seed {args.seed}, {args.episodes} validation episodes, addressing {args.addressing}); "
+          "ceiling = √ of 'all'")
     print(f"{'update':>7}{'step':>6}" + "".join(f"{n:>9}" for n in names) + f"{'ceiling':>9}")
     for row in rows:
         print(f"{row['update']:>7}{row['boundary']:>6}" + "".join(f"{row[n]:>9.3f}" for n in names)
@@ -57,7 +61,9 @@ def main() -> None:
     last = [r for r in rows if r["update"] == rows[-1]["update"]]
     agreement = float(np.mean([r["all"] for r in last]))
     print(f"RESULT nmn_future_gradient_agreement={agreement:.3f} synth_cos_ceiling={max(agreement, 0) ** 0.5:.3f} "
-          + json.dumps({f"b{r['boundary']}_{n}": round(r[n], 3) for r in last for n in names}, separators=(",", ":")))
+          + json.dumps({"addressing": args.addressing,
+                        **{f"b{r['boundary']}_{n}": round(r[n], 3) for r in last for n in names}},
+                       separators=(",", ":")))
 
 
 if __name__ == "__main__":

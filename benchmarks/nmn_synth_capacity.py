@@ -30,6 +30,10 @@ the bootstrapping or its budget; both near zero → the synthesizer's inputs or 
     python benchmarks/nmn_synth_capacity.py                          # sinusoid, 150 + 600 steps (~10 min, 1 core)
     python benchmarks/nmn_synth_capacity.py --task digits --length 50
     python benchmarks/nmn_synth_capacity.py --synth-state controller
+    python benchmarks/nmn_synth_capacity.py --addressing unit      # keys written as unit vectors, dot-product read
+
+It also prints the norm of the true future gradient per state tensor (what dominates the target) and, with
+``--addressing unit``, measures all of this for the read without cosine's 1/‖key‖ factor.
 """
 from __future__ import annotations
 
@@ -71,6 +75,28 @@ def fit_on_true_future(trainer, episodes, scaled: bool = False) -> float:
     torch.nn.utils.clip_grad_norm_(list(trainer.synth.parameters()), trainer.clip)
     trainer.synth_opt.step()
     return float(F.cosine_similarity(torch.cat(predicted), torch.cat(wanted), dim=0))
+
+
+def future_gradient_norms(trainer, episodes) -> dict[str, tuple[float, float]]:
+    """Per carried state tensor: the norm of one episode's true future gradient (every later step's loss) at each
+    chunk boundary, averaged over the episodes; (min, max) over the boundaries. What dominates the synthesizers'
+    target: with cosine addressing the keys' (∝ 1/‖key‖ for barely written slots)."""
+    import torch
+
+    from strategies.nmn_episodic import carried
+
+    model, (B, T) = trainer.model, episodes.presentation.shape
+    prev = trainer.prev_labels(episodes.y, model.head.out_features)
+    u = model.encoder(episodes.x).detach()
+    boundaries = sorted(range(trainer.truncation, T, trainer.truncation))
+    _, losses, _, kept = trainer.unroll(model.initial_state(B), u, prev, episodes.y, 0, T, set(boundaries))
+    keys = [(t, k) for t in boundaries for k in carried(kept[t])]
+    grads = torch.autograd.grad(losses.sum(), [kept[t][k] for t, k in keys], allow_unused=True)
+    per = {}
+    for (t, k), g in zip(keys, grads):
+        norm = 0.0 if g is None else float(g.flatten(1).norm(dim=1).mean())
+        per.setdefault(k, []).append(norm)
+    return {k: (min(v), max(v)) for k, v in per.items()}
 
 
 def parameter_cosine(trainer, episodes, guess: str = "synthesizer") -> float:
@@ -131,6 +157,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--synth-state", default="all", choices=("all", "controller"),
                         help="the state synthesised (sg's synth_state): all of it, or h, c and query only")
+    parser.add_argument("--addressing", default="cosine", choices=("cosine", "unit"),
+                        help="the memory read (the runs' addressing): cosine, or unit keys and a plain dot product")
     args = parser.parse_args()
 
     import copy
@@ -143,7 +171,8 @@ def main() -> None:
                                          future_gradient_agreement)
 
     torch.set_num_threads(1)
-    params = NMNEpisodicParams(task=args.task, method="bp", length=args.length, truncation=5, updates=args.pretrain)
+    params = NMNEpisodicParams(task=args.task, method="bp", length=args.length, truncation=5, updates=args.pretrain,
+                               addressing=args.addressing)
     train, val, _, kind, n_out, label_dim = build_task(params)
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
@@ -170,6 +199,7 @@ def main() -> None:
                   for b in range(params.truncation, args.length, params.truncation)]
     ceilings = {k: float(max(np.mean([a[k] for a in agreements]), 0.0) ** 0.5) for k in agreements[0]}
     ceiling = ceilings["all"]
+    norms = future_gradient_norms(bp, probe)
     rows, fits = [], {name: [] for name in trainers}
     samplers = {name: np.random.default_rng(args.seed + 100 + i) for i, name in enumerate(trainers)}
     for step in range(args.steps + 1):
@@ -193,7 +223,10 @@ def main() -> None:
 
     print(f"NMN synthesizers on a frozen network ({args.task}, length {args.length}, truncation {params.truncation}, "
           f"{args.pretrain} bp updates first, {pretrain_s:.0f} s; synth lr {args.synth_lr:g}, hidden "
-          f"{args.synth_hidden}, seed {args.seed}; synthesised: {', '.join(synthesised)})")
+          f"{args.synth_hidden}, seed {args.seed}; synthesised: {', '.join(synthesised)}; addressing "
+          f"{args.addressing})")
+    print("true future gradient's norm per episode at the boundaries (mean over the probe's episodes; min – max over "
+          "boundaries): " + ", ".join(f"{k} {lo:.2f} – {hi:.2f}" for k, (lo, hi) in norms.items()))
     print("cosine to the true future gradient on fixed validation episodes (probe) and to each one's own training "
           f"target (fit, mean of the last steps); ceiling √agreement = {ceiling:.3f}")
     names = [k for k in rows[0] if k != "step"]
@@ -217,10 +250,11 @@ def main() -> None:
     if "scaled" in final:
         result["mean_over_tensors_scaled"] = final["scaled"]["mean"]
     result.update(ceiling_mean_over_tensors=ceilings["mean"], ceiling=ceiling)
+    result.update({f"grad_norm_max_{k}": hi for k, (_, hi) in norms.items()})
     print("RESULT " + " ".join(f"{k}={v:.3f}" for k, v in result.items()) + " "
           + json.dumps({"task": args.task, "pretrain": args.pretrain, "steps": args.steps, "seed": args.seed,
                         "synth_lr": args.synth_lr, "synth_hidden": args.synth_hidden,
-                        "synth_state": args.synth_state}, separators=(",", ":")))
+                        "synth_state": args.synth_state, "addressing": args.addressing}, separators=(",", ":")))
 
 
 if __name__ == "__main__":

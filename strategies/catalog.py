@@ -209,6 +209,10 @@ class NMNEpisodicParams(Params):
         "all", description="sg: the state whose future gradient is synthesised — all of it (h, c, query and the "
                            "memory's keys, values, read weights) or the controller's only (h, c, query; the memory "
                            "gets none, as in bp)")
+    addressing: Literal["cosine", "unit"] = added_option(
+        "cosine", description="how the read scores the slots: cosine(query, key) (divides by the key's norm: its "
+                              "gradient blows up for barely written slots) or unit — the query normalised when it "
+                              "is made, so keys are written as unit vectors, and the read a plain dot product")
     hidden: int = Field(64, ge=4, description="controller LSTM units")
     slots: int = Field(64, ge=1, description="memory slots (must hold a whole episode: ≥ length − 1)")
     key_dim: int = Field(32, ge=2)

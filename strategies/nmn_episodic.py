@@ -17,7 +17,17 @@ Model (`EpisodicNMN`). Encoder u_t = e(x_t) (an MLP; slow). Controller: an LSTM 
 [u_t; y_{t−1}] (fast). Memory: key/value slots (*open*: MANN stores one vector; key/value as
 in Kaiser et al. 2017). Read controller (fast): a query q_t and a strength β from [h_t; u_t]
 (*open*: from h_t alone, 300 updates of bptt left the 2nd-presentation accuracy at 30% on
-digits; with u_t beside it, 87% after 50); w^r = softmax(β cos(q_t, M^key)); r_t = w^r M^value.
+digits; with u_t beside it, 87% after 50); w^r = softmax(β s(q_t, M^key)); r_t = w^r M^value. The score s
+(``addressing``, *open*: the paper names MANN's memory, whose read is cosine, and publishes no read of its own):
+``cosine`` (the default, the archived runs) — s = cos(q_t, M^key_i), MANN's and the NTM's; or ``unit`` — the query is
+normalised as it is made, q_t/‖q_t‖, so every key is written as a unit vector (Kaiser et al. 2017 keep normalised
+keys too), and s = q_t·M^key_i, a plain dot product. Why: cosine divides by ‖M^key_i‖, and a slot that writes have
+touched with total weight w has ‖M^key_i‖ ≈ w‖q‖, so its score's gradient grows as 1/w — the future gradient sg must
+predict is then dominated by these keys' (see "Measured"). With unit keys nothing divides by a slot's norm
+(∂s/∂M^key_i = q_t, of norm 1); a slot holding a whole key scores its cosine as before, a slot written with weight
+w about w times that (a barely written slot is hard to match instead of as easy as a full one). The slot is not
+renormalised after a soft write (that would bring back 1/‖slot‖); the one norm divided by is the query's, made by
+a linear layer from [h_t; u_t].
 Write controller (fast): from [h_{t−1}; y_{t−1}] — the previous step's state and the label just
 revealed — a value v and a gate σ(g); the key is q_{t−1}, the query x_{t−1} was read with
 (*open*: keys and queries then share one space from the start); write weights
@@ -66,11 +76,27 @@ true target (0.40 of 0.50) but not from the bootstrapped one, which the mispredi
 Synthesising the controller's state only (synth_state "controller"; the same probe, ``--synth-state controller``,
 seed 0, sinusoid 600 steps, digits 400) removes that pollution — h from the bootstrapped target reaches 0.28 of a
 0.50 ceiling on the sinusoid, 0.20 of 0.30 on digits — and over h, c, q the probe reaches 0.23 of 0.33 on the
-sinusoid but 0.07 of 0.39 on digits, whose q gradient stays unpredicted (0.05 of 0.47). In training the gate fails
+sinusoid but 0.07 of 0.39 on digits, whose q gradient stays unpredicted (0.05 of 0.47; rerun later with the
+committed script: 0.28 of 0.43 and 0.04 of 0.35, cause not found). In training the gate fails
 all the same (experiments/nmn_episodic_controller_sg.yaml, 150 updates, 3 seeds × 2 lr ratios: −0.04 to 0.05; with
 600 updates, experiments/nmn_episodic_controller_long.yaml: −0.005, −0.003): the synthesizers do not even fit their
 own targets there (0.00–0.04) while the controllers move under them. sg then scores as bp (digits 44 → 74% from the
 2nd to the 10th presentation, bp 42 → 72%) — its synthetic gradients no longer hurt, but they are no signal either.
+Reading without the 1/‖key‖ factor (addressing "unit"; the same probes with ``--addressing unit``, seed 0, sinusoid
+600 steps, digits --length 50 --steps 400, each beside a cosine run of today's script): the keys' true future gradient
+per episode falls from 860–3,700 to 5–9 (sinusoid) and from 36–2,700 to 2–6 (digits), the size of the other tensors'
+(0.02–4), and h's bootstrapped target is no longer polluted (digits: h 0.23 from it, 0.22 from the true target, of
+0.44; cosine 0.05 and 0.18 of 0.37). The whole is still not predicted: over every tensor 0.12 of a 0.60 ceiling on the
+sinusoid (cosine 0.10 of 0.58) and 0.05 of 0.52 on digits (cosine 0.28 of 0.51 — there the keys' gradient is the whole
+target, and its size at barely written slots can be read off their norm); the now small keys' gradient is unpredicted
+(0.14, 0.03), the query's too (0.00, 0.05 of 0.57, 0.55); controller-only −0.12 and 0.12 (cosine 0.28 and 0.04), so
+the grid below synthesises every tensor. The ceiling after 150 bp updates (benchmarks/nmn_gradient_ceiling.py, digits)
+drops from 0.71 to 0.56. In training the gate fails again (experiments/nmn_episodic_addressing.yaml: sg with every
+tensor synthesised vs bp, ratio 1, 150 updates, 3 seeds): 0.03 ± 0.05 on digits (−0.001, 0.087, −0.000), 0.03 ± 0.005
+on the sinusoid — while on digits two seeds' synthesizers fit their own bootstrapped targets at 0.76 and 0.88: their
+own guesses passed back through a chunk. sg stays at chance on digits (23 → 20% from the 2nd to the 10th presentation;
+bp 52 → 73%) and is near bp on the sinusoid (MSE after 10 points 0.54 ± 0.03, bp 0.49 ± 0.04; bp with cosine 1.03 ±
+0.09). The 1/‖key‖ factor made the keys' gradient huge; it is not why the gate fails.
 The memory itself works: bp's meta-test accuracy goes 42 → 72% from the 2nd to the 10th presentation, the
 memory-free LSTM's 30 → 22%; sinusoid MSE after 10 points 1.03 (bp) vs 3.12 (LSTM).
 """
@@ -85,6 +111,7 @@ METHODS = ("sg", "bp", "bptt", "lstm")
 STATE = ("h", "c", "query", "keys", "values", "read")      # the state that carries gradient between steps
 CONTROLLER_STATE = ("h", "c", "query")                      # the controller's own part of it
 SYNTH_STATES = ("all", "controller")                        # what sg's synthesizers predict (`StateSynthesizer`)
+ADDRESSING = ("cosine", "unit")                             # how a query scores the slots (`EpisodicNMN.similarity`)
 
 
 def mlp(sizes) -> nn.Sequential:
@@ -99,9 +126,11 @@ class EpisodicNMN(nn.Module):
 
     def __init__(self, input_dim: int, n_out: int, label_dim: int, *, encoder_hidden: int = 128,
                  encoder_dim: int = 64, hidden: int = 64, slots: int = 64, key_dim: int = 32, value_dim: int = 32,
-                 memory: bool = True, usage_decay: float = 0.95):
+                 memory: bool = True, usage_decay: float = 0.95, addressing: str = "cosine"):
         super().__init__()
-        self.memory, self.slots, self.usage_decay = memory, slots, usage_decay
+        if addressing not in ADDRESSING:
+            raise ValueError(f"addressing: {addressing!r}; one of {ADDRESSING}")
+        self.memory, self.slots, self.usage_decay, self.addressing = memory, slots, usage_decay, addressing
         self.key_dim, self.value_dim, self.hidden = key_dim, value_dim, hidden
         self.encoder = nn.Sequential(mlp([input_dim, encoder_hidden, encoder_dim]), nn.ReLU())
         self.cell = nn.LSTMCell(encoder_dim + label_dim, hidden)
@@ -118,7 +147,7 @@ class EpisodicNMN(nn.Module):
         """The network a run of `params` (NMNEpisodicParams) trains: one place for the runner and the probes."""
         return cls(input_dim, n_out, label_dim, encoder_hidden=params.encoder_hidden, encoder_dim=params.encoder_dim,
                    hidden=params.hidden, slots=params.slots, key_dim=params.key_dim, value_dim=params.value_dim,
-                   memory=params.method != "lstm")
+                   memory=params.method != "lstm", addressing=params.addressing)
 
     def controller_parameters(self):
         """Fast: the LSTM and the read/write interfaces."""
@@ -154,11 +183,23 @@ class EpisodicNMN(nn.Module):
             return new, self.head(new["h"])
         out = self.read_key(torch.cat([new["h"], u], -1))
         new["query"], beta = out[:, :-1], 1 + F.softplus(out[:, -1:])
-        similarity = F.cosine_similarity(new["query"][:, None], new["keys"], dim=-1, eps=1e-6)      # (B, K)
-        new["read"] = torch.softmax(beta * similarity, -1)
+        if self.addressing == "unit":                 # the query — and so the key it is written under — has norm 1
+            new["query"] = F.normalize(new["query"], dim=-1, eps=1e-6)
+        new["read"] = torch.softmax(beta * self.similarity(new["query"], new["keys"]), -1)
         new["usage"] = self.usage_decay * new["usage"] + new["read"].detach()
         r = (new["read"][..., None] * new["values"]).sum(1)
         return new, self.head(torch.cat([new["h"], r], -1))
+
+
+    def similarity(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        """(B, K) scores of the slots' keys (B, K, d) for the query (B, d). ``cosine``: cos(q, M^key_i), whose
+        gradient wrt a key grows as 1/‖M^key_i‖ — large for the slots a write has barely touched. ``unit``: the
+        plain dot product q·M^key_i with q of norm 1 (normalised when it is made, so every key is written as a unit
+        vector): no division by a key's norm, the gradient wrt a key is β‖q‖ = β at most whatever its norm; a slot
+        holding one whole key scores its cosine to the query, a slot written with weight w about w times that."""
+        if self.addressing == "cosine":
+            return F.cosine_similarity(query[:, None], keys, dim=-1, eps=1e-6)
+        return (query[:, None] * keys).sum(-1)
 
 
 class StateSynthesizer(nn.Module):

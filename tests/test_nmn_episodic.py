@@ -166,9 +166,61 @@ def test_a_controller_only_synthesizer_leaves_the_memory_to_truncated_backprop()
     assert set(cos) == {"all", *CONTROLLER_STATE} and all(-1 <= v <= 1 for v in cos.values())
 
 
+def near_zero_key_gradient(addressing: str) -> float:
+    """The norm of ∂(slot 0's read weight)/∂(slot 0's key) when a write has barely touched slot 0 (‖key‖ = 1e-4)."""
+    torch.manual_seed(0)
+    model = EpisodicNMN(16, 3, 3, hidden=8, slots=6, key_dim=4, value_dim=4, encoder_hidden=8, encoder_dim=8,
+                        addressing=addressing)
+    query = torch.nn.functional.normalize(torch.randn(2, 4), dim=-1)
+    keys = torch.nn.functional.normalize(torch.randn(2, 6, 4), dim=-1)
+    keys[:, 0] *= 1e-4
+    keys.requires_grad_(True)
+    weights = torch.softmax(9.0 * model.similarity(query, keys), -1)
+    (grad,) = torch.autograd.grad(weights[:, 0].sum(), keys)
+    return float(grad[:, 0].norm(dim=-1).max())
+
+
+def test_unit_addressing_reads_without_cosines_one_over_key_norm():
+    """cosine's score of a barely written slot has a gradient ∝ 1/‖key‖ (here ~10⁴); unit's is bounded by β‖q‖ = 9
+    (times the softmax's slope ≤ 1/4) whatever the key's norm. Its keys are written as unit vectors, and the read of
+    a slot holding one whole key scores as cosine does."""
+    assert near_zero_key_gradient("cosine") > 100.0
+    assert near_zero_key_gradient("unit") <= 9.0 / 4 + 1e-4
+    torch.manual_seed(0)
+    cosine = EpisodicNMN(16, 3, 3, hidden=8, slots=12, key_dim=4, value_dim=4, encoder_hidden=8, encoder_dim=8)
+    unit = EpisodicNMN(16, 3, 3, hidden=8, slots=12, key_dim=4, value_dim=4, encoder_hidden=8, encoder_dim=8,
+                       addressing="unit")
+    unit.load_state_dict(cosine.state_dict())                     # the same weights: only the read differs
+    state = unit.initial_state(2)
+    for t in range(6):
+        state, _ = unit.step(state, torch.rand(2, 8), torch.eye(3)[[0, 1]], first=t == 0)
+    assert torch.allclose(state["query"].norm(dim=-1), torch.ones(2)) and (state["keys"].norm(dim=-1) <= 1 + 1e-5).all()
+    keys = torch.nn.functional.normalize(torch.randn(2, 12, 4), dim=-1)          # whole keys: the two reads agree
+    assert torch.allclose(unit.similarity(state["query"], keys), cosine.similarity(state["query"], keys), atol=1e-5)
+    with pytest.raises(ValueError, match="addressing"):
+        EpisodicNMN(16, 3, 3, addressing="dot")
+
+
+@pytest.mark.parametrize("method", ["bp", "sg"])
+def test_unit_addressing_trains(method):
+    """A few dozen updates on episodes of far-apart classes lower the loss; sg's gate is probed over every tensor."""
+    torch.manual_seed(0)
+    source = image_source(length=12)
+    rng = np.random.default_rng(0)
+    model = EpisodicNMN(16, 3, 3, hidden=16, slots=12, key_dim=8, value_dim=8, encoder_hidden=16, encoder_dim=16,
+                        addressing="unit")
+    trainer = Trainer(model, method=method, kind="classification", lr=1e-2, fast_lr_ratio=1.0, truncation=4)
+    losses = [trainer.train_batch(source.sample(8, rng)) for _ in range(40)]
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
+    if method == "sg":
+        cos = trainer.probe_cosine(source.sample(4, rng))
+        assert set(cos) == {"all", *STATE} and all(-1 <= v <= 1 for v in cos.values())
+
+
 @pytest.mark.parametrize("options, field", [({"slots": 10, "length": 20}, "slots"),
                                             ({"method": "bp", "truncation": 50}, "truncation"),
                                             ({"synth_state": "keys"}, "synth_state"),
+                                            ({"addressing": "dot"}, "addressing"),
                                             ({"meta_test_classes": [0, 1]}, "meta_test_classes")])
 def test_bad_options_name_the_field(options, field):
     with pytest.raises(ConfigError, match=field):
@@ -214,11 +266,38 @@ def test_the_report_tables_accuracy_by_presentation_at_the_chosen_ratio_with_the
     runs = _claim_runs(0.05, 0.1)
     for n in (1, 5, 10):
         runs[f"final/acc_p{n}"] = 0.1 * n / 10 + 0.2
+    unit = runs[runs["method"] != "lstm"].assign(addressing="unit", **{"final/synth_cos": 0.3})
+    runs = pd.concat([runs, unit], ignore_index=True)
     table = "\n".join(reproduction_for("experiments/nmn_episodic.yaml").details(runs, None))
     # ratio 3 is chosen on validation: sg's 2nd presentation is 0.6 + 0.01·seed, not ratio 1's 1.6 + …
-    assert "| digits | sg | 3 | 3 | 21.0 ± 0.0 | 61.0 ± 1.0 | 25.0 ± 0.0 | 30.0 ± 0.0 | 61.0 ± 1.0 | 0.05 |" in table
-    assert "| digits | lstm | 3 | 3 | 21.0 ± 0.0 | 21.0 ± 1.0 | 25.0 ± 0.0 | 30.0 ± 0.0 | 21.0 ± 1.0 | — |" in table
-    assert table.index("| digits | sg |") < table.index("| digits | bp |") < table.index("| digits | lstm |")
+    row = "| digits | {} | {} | 3 | 3 | 21.0 ± 0.0 | {} | 25.0 ± 0.0 | 30.0 ± 0.0 | {} | {} |"
+    assert row.format("cosine", "sg", "61.0 ± 1.0", "61.0 ± 1.0", "0.05") in table
+    assert row.format("cosine", "lstm", "21.0 ± 1.0", "21.0 ± 1.0", "—") in table
+    assert row.format("unit", "sg", "61.0 ± 1.0", "61.0 ± 1.0", "0.30") in table
+    order = [f"| digits | {a} | {m} |" for a, m in (("cosine", "sg"), ("cosine", "bp"), ("cosine", "lstm"),
+                                                      ("unit", "sg"), ("unit", "bp"))]
+    assert [table.index(r) for r in order] == sorted(table.index(r) for r in order)
+
+
+@pytest.mark.parametrize("cos, verdict", [(0.05, "not measured"), (0.5, "yes")])
+def test_another_addressings_runs_get_their_own_gate_and_sg_vs_bp_claims(cos, verdict):
+    """experiments/nmn_episodic_addressing.yaml's runs join the main grid's: their gate and sg vs bp are judged
+    apart, labelled with the addressing, and leave the main grid's claims as they were."""
+    from cl.reproductions import reproduction_for
+
+    claims_of = reproduction_for("experiments/nmn_episodic.yaml").claims
+    main = _claim_runs(0.0, 0.1)
+    unit = _claim_runs(cos, 0.1)
+    unit = unit[unit["method"] != "lstm"].assign(addressing="unit", synth_state="all")
+    both = claims_of(pd.concat([main.assign(addressing="cosine", synth_state="all"), unit], ignore_index=True))
+    alone = claims_of(main)
+    assert [c.claim for c in both[:len(alone)]] == [c.claim for c in alone]
+    extra = both[len(alone):]
+    assert [c.claim.split(":")[0] for c in extra][:1] == ["the gate (digits, unit addressing, synth_state all)"]
+    assert extra[0].holds is (cos >= 0.2) and f"per seed {cos:.3f}, {cos:.3f}, {cos:.3f}" in extra[0].ours
+    sg = next(c for c in extra if c.claim.startswith("sg beats bp (digits, unit addressing, synth_state all, acc"))
+    assert sg.verdict == verdict
+    assert not any("memory-free LSTM" in c.claim or "recalled" in c.claim for c in extra)
 
 
 def test_another_future_keeps_the_past_and_the_task():
