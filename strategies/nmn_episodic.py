@@ -190,7 +190,6 @@ class EpisodicNMN(nn.Module):
         r = (new["read"][..., None] * new["values"]).sum(1)
         return new, self.head(torch.cat([new["h"], r], -1))
 
-
     def similarity(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """(B, K) scores of the slots' keys (B, K, d) for the query (B, d). ``cosine``: cos(q, M^key_i), whose
         gradient wrt a key grows as 1/‖M^key_i‖ — large for the slots a write has barely touched. ``unit``: the
