@@ -267,8 +267,8 @@ def _before_after(group: pd.DataFrame, metric: str) -> str:
 
 def _sweep_details(runs: pd.DataFrame, tracking_uri: str | None) -> list[str]:
     """Each k × steps cell: accuracy, forgetting, training FLOPs against the published replay's, and the mechanism —
-    the last call's probe on the test data and on the buffer it tunes on (right before → right after it): a call
-    that drives the buffer to 100% while test accuracy falls is overfitting those images."""
+    the last call's probe on the test data and on the buffer it tunes on (right before → right after it): whether
+    the calls fit the images they tune on, and how far test accuracy follows."""
     cells = _sweep_cells(runs)
     if cells.empty:
         return []
